@@ -1,0 +1,87 @@
+//! Uniform access to the replicated objects: kind, id, meta and name of an [`Object`].
+
+use crate::v1::{object::Kind, Meta, Object, ObjectKind};
+
+impl Object {
+    /// The object's kind (unspecified when the oneof is unset).
+    pub fn object_kind(&self) -> ObjectKind {
+        match &self.kind {
+            None => ObjectKind::Unspecified,
+            Some(Kind::Cluster(_)) => ObjectKind::Cluster,
+            Some(Kind::Node(_)) => ObjectKind::Node,
+            Some(Kind::Service(_)) => ObjectKind::Service,
+            Some(Kind::Task(_)) => ObjectKind::Task,
+            Some(Kind::Network(_)) => ObjectKind::Network,
+            Some(Kind::Secret(_)) => ObjectKind::Secret,
+            Some(Kind::Config(_)) => ObjectKind::Config,
+        }
+    }
+
+    /// The object's meta, if the object and its meta are set.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self.kind.as_ref()? {
+            Kind::Cluster(o) => o.meta.as_ref(),
+            Kind::Node(o) => o.meta.as_ref(),
+            Kind::Service(o) => o.meta.as_ref(),
+            Kind::Task(o) => o.meta.as_ref(),
+            Kind::Network(o) => o.meta.as_ref(),
+            Kind::Secret(o) => o.meta.as_ref(),
+            Kind::Config(o) => o.meta.as_ref(),
+        }
+    }
+
+    /// The object's id ("" when unset).
+    pub fn id(&self) -> &str {
+        self.meta().map(|m| m.id.as_str()).unwrap_or("")
+    }
+}
+
+impl From<crate::v1::Service> for Object {
+    fn from(o: crate::v1::Service) -> Self {
+        Object { kind: Some(Kind::Service(o)) }
+    }
+}
+impl From<crate::v1::Node> for Object {
+    fn from(o: crate::v1::Node) -> Self {
+        Object { kind: Some(Kind::Node(o)) }
+    }
+}
+impl From<crate::v1::Task> for Object {
+    fn from(o: crate::v1::Task) -> Self {
+        Object { kind: Some(Kind::Task(o)) }
+    }
+}
+impl From<crate::v1::Cluster> for Object {
+    fn from(o: crate::v1::Cluster) -> Self {
+        Object { kind: Some(Kind::Cluster(o)) }
+    }
+}
+impl From<crate::v1::Network> for Object {
+    fn from(o: crate::v1::Network) -> Self {
+        Object { kind: Some(Kind::Network(o)) }
+    }
+}
+impl From<crate::v1::Secret> for Object {
+    fn from(o: crate::v1::Secret) -> Self {
+        Object { kind: Some(Kind::Secret(o)) }
+    }
+}
+impl From<crate::v1::Config> for Object {
+    fn from(o: crate::v1::Config) -> Self {
+        Object { kind: Some(Kind::Config(o)) }
+    }
+}
+
+/// Name of an object kind as users read it in messages (`service`, `node`, ...).
+pub fn kind_name(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Unspecified => "object",
+        ObjectKind::Cluster => "cluster",
+        ObjectKind::Node => "node",
+        ObjectKind::Service => "service",
+        ObjectKind::Task => "task",
+        ObjectKind::Network => "network",
+        ObjectKind::Secret => "secret",
+        ObjectKind::Config => "config",
+    }
+}

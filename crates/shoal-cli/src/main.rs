@@ -1,0 +1,899 @@
+//! shoal: the command-line client. Docker-Swarm-like verbs over the control API of the local
+//! daemon (unix socket) or of a manager (HOST:PORT). It only parses, calls and prints: every
+//! decision is made by the daemon.
+
+mod output;
+mod specs;
+mod units;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_api::names;
+use shoal_api::v1::{self, control_client::ControlClient, *};
+use shoal_manager::client::{connect, Host, MAX_MESSAGE_BYTES};
+use tonic::transport::Channel;
+
+use crate::output::{print_json, print_table, Format};
+use crate::specs::{CommonFlags, Lists};
+
+/// Default control socket of the local daemon.
+const DEFAULT_HOST: &str = "unix:///run/shoal/shoal.sock";
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "shoal: a clustered container orchestrator")]
+struct Cli {
+    /// Daemon to talk to: unix:///path/to.sock (local daemon) or HOST:PORT (a manager).
+    #[arg(long, short = 'H', env = "SHOAL_HOST", default_value = DEFAULT_HOST, global = true)]
+    host: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show what the daemon is (role, cluster, raft state).
+    Info(FormatArg),
+    /// Manage the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+}
+
+#[derive(Debug, Args)]
+struct FormatArg {
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Make the local daemon the first manager of a new cluster.
+    Init {
+        /// Address other nodes reach this one at (default: the daemon's).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+    /// Join the local daemon to a cluster through one of its managers.
+    Join {
+        /// Join token (from `shoal cluster join-token`).
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this one at (default: the daemon's).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// HOST:PORT of a manager.
+        addr: String,
+    },
+    /// Print the command to join a node as worker or manager.
+    JoinToken {
+        /// Print the token alone.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+        /// worker or manager.
+        role: String,
+    },
+    /// Leave the cluster (a manager needs --force, or a demotion first).
+    Leave {
+        /// Leave even as a manager.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the cluster object and its settings.
+    Inspect(FormatArg),
+    /// Change cluster settings.
+    Update(SettingsFlags),
+}
+
+#[derive(Debug, Args, Default)]
+struct SettingsFlags {
+    /// Node heartbeat period (e.g. 1s).
+    #[arg(long)]
+    heartbeat_period: Option<String>,
+    /// Missed heartbeats before a node is down.
+    #[arg(long)]
+    heartbeat_grace: Option<u32>,
+    /// Raft election timeout (takes effect as managers restart).
+    #[arg(long)]
+    election_timeout: Option<String>,
+    /// Raft heartbeat between managers (takes effect as managers restart).
+    #[arg(long)]
+    raft_heartbeat: Option<String>,
+    /// Log entries between raft snapshots (takes effect as managers restart).
+    #[arg(long)]
+    snapshot_interval: Option<u64>,
+    /// Log entries kept behind a snapshot (takes effect as managers restart).
+    #[arg(long)]
+    log_entries_kept: Option<u64>,
+    /// Terminated tasks kept per slot.
+    #[arg(long)]
+    task_history_limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// List nodes.
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: Format,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show nodes in detail ("self" names the local node).
+    Inspect {
+        #[arg(long, default_value = "json")]
+        format: Format,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability, labels or role.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or replace a label (KEY=VALUE).
+        #[arg(long)]
+        label_add: Vec<String>,
+        /// Remove a label.
+        #[arg(long)]
+        label_rm: Vec<String>,
+        /// manager or worker.
+        #[arg(long)]
+        role: Option<String>,
+        node: String,
+    },
+    /// Make nodes managers.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster.
+    Rm {
+        /// Remove even if the node is not down.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Create a service.
+    Create(Box<CreateArgs>),
+    /// Update a service.
+    Update(Box<UpdateArgs>),
+    /// List services.
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show services in detail.
+    Inspect {
+        #[arg(long, default_value = "json")]
+        format: Format,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// List the tasks of a service.
+    Ps {
+        #[arg(long, default_value = "table")]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+        service: String,
+    },
+    /// Remove services.
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Scale replicated services: NAME=REPLICAS ...
+    Scale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Service name (default: derived from the image).
+    #[arg(long)]
+    name: Option<String>,
+    /// replicated, global, replicated-job or global-job.
+    #[arg(long, default_value = "replicated")]
+    mode: String,
+    /// Environment variable (KEY=VALUE).
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// Service label (KEY=VALUE).
+    #[arg(long, short = 'l')]
+    label: Vec<String>,
+    /// Container label (KEY=VALUE).
+    #[arg(long)]
+    container_label: Vec<String>,
+    /// Placement constraint (e.g. node.role==worker).
+    #[arg(long)]
+    constraint: Vec<String>,
+    /// Placement preference (spread=node.labels.<key>).
+    #[arg(long)]
+    placement_pref: Vec<String>,
+    /// Mount (type=bind|volume|tmpfs,source=..,target=..[,readonly]).
+    #[arg(long)]
+    mount: Vec<String>,
+    /// Publish a port (PUBLISHED:TARGET[/PROTO] or published=..,target=..,mode=host).
+    #[arg(long, short = 'p')]
+    publish: Vec<String>,
+    /// Attach to a network.
+    #[arg(long)]
+    network: Vec<String>,
+    /// Give the service a secret (NAME or source=..,target=..).
+    #[arg(long)]
+    secret: Vec<String>,
+    /// Give the service a config (NAME or source=..,target=..).
+    #[arg(long)]
+    config: Vec<String>,
+    /// Additional group for the container's user.
+    #[arg(long)]
+    group: Vec<String>,
+    /// Return once the service is created, without waiting for it to converge.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Print only the service id.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    #[command(flatten)]
+    common: CommonFlags,
+    /// Image to run.
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// New image.
+    #[arg(long)]
+    image: Option<String>,
+    /// New command arguments (space separated, replaces the old ones).
+    #[arg(long)]
+    args: Option<String>,
+    #[arg(long)]
+    env_add: Vec<String>,
+    #[arg(long)]
+    env_rm: Vec<String>,
+    #[arg(long)]
+    label_add: Vec<String>,
+    #[arg(long)]
+    label_rm: Vec<String>,
+    #[arg(long)]
+    container_label_add: Vec<String>,
+    #[arg(long)]
+    container_label_rm: Vec<String>,
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    #[arg(long)]
+    constraint_rm: Vec<String>,
+    #[arg(long)]
+    placement_pref_add: Vec<String>,
+    #[arg(long)]
+    placement_pref_rm: Vec<String>,
+    #[arg(long)]
+    mount_add: Vec<String>,
+    /// Remove the mount at this target path.
+    #[arg(long)]
+    mount_rm: Vec<String>,
+    #[arg(long)]
+    publish_add: Vec<String>,
+    /// Remove the port published at this port.
+    #[arg(long)]
+    publish_rm: Vec<String>,
+    #[arg(long)]
+    network_add: Vec<String>,
+    #[arg(long)]
+    network_rm: Vec<String>,
+    #[arg(long)]
+    secret_add: Vec<String>,
+    #[arg(long)]
+    secret_rm: Vec<String>,
+    #[arg(long)]
+    config_add: Vec<String>,
+    #[arg(long)]
+    config_rm: Vec<String>,
+    #[arg(long)]
+    group_add: Vec<String>,
+    #[arg(long)]
+    group_rm: Vec<String>,
+    /// Replace the tasks even if nothing else changed.
+    #[arg(long)]
+    force: bool,
+    /// Go back to the previous spec.
+    #[arg(long)]
+    rollback: bool,
+    /// Return without waiting for the update to converge.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// Print only the service id.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    #[command(flatten)]
+    common: CommonFlags,
+    /// Service name or id.
+    service: String,
+}
+
+type Client = ControlClient<Channel>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns a gRPC status into the one line a user reads.
+fn status_line(host: &str, s: tonic::Status) -> String {
+    let msg = s.message();
+    if s.code() == tonic::Code::Unavailable && (msg.is_empty() || msg.contains("transport") || msg.contains("connect"))
+    {
+        return format!("cannot reach shoald at {host}: {msg}");
+    }
+    if msg.is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        msg.to_string()
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let host = Host::parse(&cli.host).map_err(|e| e.to_string())?;
+    let channel = connect(&host).await.map_err(|e| e.to_string())?;
+    let mut c = ControlClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let hs = cli.host.clone();
+    let err = move |s: tonic::Status| status_line(&hs, s);
+    match cli.cmd {
+        Cmd::Info(f) => info(&mut c, f.format).await.map_err(err),
+        Cmd::Cluster(cmd) => cluster(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Node(cmd) => node(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Service(cmd) => service(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+    }
+}
+
+/// A failure: from the daemon or from the command line.
+enum Fail {
+    Rpc(tonic::Status),
+    Usage(String),
+}
+
+impl Fail {
+    fn into_line(self, f: &dyn Fn(tonic::Status) -> String) -> String {
+        match self {
+            Fail::Rpc(s) => f(s),
+            Fail::Usage(m) => m,
+        }
+    }
+}
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Self {
+        Fail::Rpc(s)
+    }
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Self {
+        Fail::Usage(s)
+    }
+}
+
+async fn info(c: &mut Client, format: Format) -> Result<(), tonic::Status> {
+    let i = c.info(InfoRequest {}).await?.into_inner();
+    match format {
+        Format::Json => print_json(&serde_json::to_value(&i).unwrap_or_default()),
+        Format::Table => {
+            println!("Node ID:     {}", i.node_id);
+            println!("Hostname:    {}", i.hostname);
+            println!("State:       {}", i.state);
+            println!("Cluster ID:  {}", i.cluster_id);
+            println!("Advertise:   {}", i.advertise_addr);
+            println!("Managers:    {}", i.manager_addrs.join(", "));
+            if let Some(r) = i.raft {
+                println!(
+                    "Raft:        id {} term {} leader {} ({})",
+                    r.raft_id, r.term, r.leader_raft_id, r.leader_addr
+                );
+                println!("             voters {:?} learners {:?}", r.voters, r.learners);
+                println!(
+                    "             last log {} applied {} snapshot {}",
+                    r.last_log_index, r.last_applied, r.snapshot_index
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn settings_from(f: &SettingsFlags, base: ClusterSettings) -> Result<ClusterSettings, String> {
+    let mut s = base;
+    let ms = |v: &Option<String>| v.as_deref().map(units::parse_duration_ms).transpose();
+    if let Some(v) = ms(&f.heartbeat_period)? {
+        s.heartbeat_period_ms = v.max(0) as u64;
+    }
+    if let Some(v) = f.heartbeat_grace {
+        s.heartbeat_grace_periods = v;
+    }
+    if let Some(v) = ms(&f.election_timeout)? {
+        s.election_timeout_ms = v.max(0) as u64;
+    }
+    if let Some(v) = ms(&f.raft_heartbeat)? {
+        s.raft_heartbeat_ms = v.max(0) as u64;
+    }
+    if let Some(v) = f.snapshot_interval {
+        s.snapshot_interval_entries = v;
+    }
+    if let Some(v) = f.log_entries_kept {
+        s.log_entries_kept = v;
+    }
+    if let Some(v) = f.task_history_limit {
+        s.task_history_limit = v;
+    }
+    Ok(s)
+}
+
+fn parse_role(s: &str) -> Result<NodeRole, String> {
+    names::parse_node_role(s).ok_or_else(|| format!("role {s:?} must be worker or manager"))
+}
+
+async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
+    match cmd {
+        ClusterCmd::Init { advertise_addr, settings } => {
+            let s = settings_from(&settings, ClusterSettings::default())?;
+            let r = c
+                .init_cluster(InitClusterRequest {
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    settings: Some(s),
+                })
+                .await?
+                .into_inner();
+            println!("Cluster initialized: current node ({}) is now a manager.", r.node_id);
+            println!();
+            let t = c
+                .get_join_token(GetJoinTokenRequest { role: NodeRole::Worker as i32, rotate: false })
+                .await?
+                .into_inner();
+            println!("To add a worker to this cluster, run the following command:");
+            println!();
+            println!(
+                "    shoal cluster join --token {} {}",
+                t.token,
+                t.manager_addrs.first().cloned().unwrap_or_default()
+            );
+            println!();
+            println!(
+                "To add a manager to this cluster, run 'shoal cluster join-token manager' and follow the instructions."
+            );
+        }
+        ClusterCmd::Join { token, advertise_addr, addr } => {
+            eprintln!("Joining through {addr} ...");
+            let r = c
+                .join_cluster(JoinClusterRequest {
+                    token,
+                    remote_addr: addr,
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!("This node joined the cluster as a {}.", names::node_role(r.role()));
+        }
+        ClusterCmd::JoinToken { quiet, rotate, role } => {
+            let role = parse_role(&role)?;
+            let t = c.get_join_token(GetJoinTokenRequest { role: role as i32, rotate }).await?.into_inner();
+            if quiet {
+                println!("{}", t.token);
+            } else {
+                if rotate {
+                    println!("Successfully rotated {} join token.", names::node_role(role));
+                    println!();
+                }
+                println!("To add a {} to this cluster, run the following command:", names::node_role(role));
+                println!();
+                println!(
+                    "    shoal cluster join --token {} {}",
+                    t.token,
+                    t.manager_addrs.first().cloned().unwrap_or_default()
+                );
+            }
+        }
+        ClusterCmd::Leave { force } => {
+            c.leave_cluster(LeaveClusterRequest { force }).await?;
+            println!("Node left the cluster.");
+        }
+        ClusterCmd::Inspect(f) => {
+            let cl = c.get_cluster(GetClusterRequest {}).await?.into_inner().cluster.unwrap_or_default();
+            match f.format {
+                Format::Json => print_json(&serde_json::to_value(&cl).unwrap_or_default()),
+                Format::Table => output::cluster_pretty(&cl),
+            }
+        }
+        ClusterCmd::Update(flags) => {
+            let cl = c.get_cluster(GetClusterRequest {}).await?.into_inner().cluster.unwrap_or_default();
+            let version = cl.meta.as_ref().map(|m| m.version).unwrap_or(0);
+            let s = settings_from(&flags, cl.settings.unwrap_or_default())?;
+            c.update_cluster(UpdateClusterRequest { version, settings: Some(s) }).await?;
+            println!("Cluster updated.");
+            if flags.election_timeout.is_some()
+                || flags.raft_heartbeat.is_some()
+                || flags.snapshot_interval.is_some()
+                || flags.log_entries_kept.is_some()
+            {
+                println!("Raft settings take effect on each manager when it restarts.");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn update_node_spec(
+    c: &mut Client,
+    node: &str,
+    f: impl FnOnce(&mut NodeSpec) -> Result<(), String>,
+) -> Result<v1::Node, Fail> {
+    let n = c.get_node(GetNodeRequest { node: node.to_string() }).await?.into_inner().node.unwrap_or_default();
+    let mut spec = n.spec.clone().unwrap_or_default();
+    f(&mut spec)?;
+    let version = n.meta.as_ref().map(|m| m.version).unwrap_or(0);
+    let id = n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+    let r = c.update_node(UpdateNodeRequest { node: id, version, spec: Some(spec) }).await?.into_inner();
+    Ok(r.node.unwrap_or_default())
+}
+
+fn hostname_of(n: &v1::Node) -> String {
+    n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default()
+}
+
+async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
+    match cmd {
+        NodeCmd::Ls { format, quiet } => {
+            let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+            if quiet {
+                for v in &nodes {
+                    println!("{}", v.node.as_ref().and_then(|n| n.meta.as_ref()).map(|m| m.id.as_str()).unwrap_or(""));
+                }
+                return Ok(());
+            }
+            let self_id = c.info(InfoRequest {}).await.map(|r| r.into_inner().node_id).unwrap_or_default();
+            let rows: Vec<serde_json::Value> = nodes.iter().map(output::node_row).collect();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(rows)),
+                Format::Table => print_table(
+                    &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ADDR"],
+                    rows.iter()
+                        .map(|r| {
+                            let id = r["id"].as_str().unwrap_or("").to_string();
+                            let mark = if id == self_id { " *" } else { "" };
+                            vec![
+                                format!("{id}{mark}"),
+                                r["hostname"].as_str().unwrap_or("").to_string(),
+                                r["status"].as_str().unwrap_or("").to_string(),
+                                r["availability"].as_str().unwrap_or("").to_string(),
+                                r["manager_status"].as_str().unwrap_or("").to_string(),
+                                r["addr"].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        NodeCmd::Inspect { format, nodes } => {
+            let mut out = Vec::new();
+            for q in nodes {
+                let v = c.get_node(GetNodeRequest { node: q }).await?.into_inner();
+                out.push(v);
+            }
+            match format {
+                Format::Json => print_json(&serde_json::to_value(&out).unwrap_or_default()),
+                Format::Table => out.iter().for_each(output::node_pretty),
+            }
+        }
+        NodeCmd::Update { availability, label_add, label_rm, role, node } => {
+            let avail = availability
+                .map(|a| {
+                    names::parse_availability(&a)
+                        .ok_or_else(|| format!("availability {a:?} must be active, pause or drain"))
+                })
+                .transpose()?;
+            let role = role.map(|r| parse_role(&r)).transpose()?;
+            let adds = specs::labels(&label_add)?;
+            let n = update_node_spec(c, &node, |s| {
+                if let Some(a) = avail {
+                    s.availability = a as i32;
+                }
+                if let Some(r) = role {
+                    s.desired_role = r as i32;
+                }
+                let ann = s.annotations.get_or_insert_with(Default::default);
+                ann.labels.extend(adds);
+                for k in &label_rm {
+                    if ann.labels.remove(k).is_none() {
+                        return Err(format!("node has no label {k:?}"));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            println!("{}", n.meta.map(|m| m.id).unwrap_or_default());
+        }
+        NodeCmd::Promote { nodes } => {
+            for q in nodes {
+                let n = update_node_spec(c, &q, |s| {
+                    s.desired_role = NodeRole::Manager as i32;
+                    Ok(())
+                })
+                .await?;
+                println!("Node {} promoted to a manager in the cluster.", hostname_of(&n));
+            }
+        }
+        NodeCmd::Demote { nodes } => {
+            for q in nodes {
+                let n = update_node_spec(c, &q, |s| {
+                    s.desired_role = NodeRole::Worker as i32;
+                    Ok(())
+                })
+                .await?;
+                println!("Manager {} demoted in the cluster.", hostname_of(&n));
+            }
+        }
+        NodeCmd::Rm { force, nodes } => {
+            for q in nodes {
+                c.remove_node(RemoveNodeRequest { node: q.clone(), force }).await?;
+                println!("{q}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service_name_from_image(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let base = last.split([':', '@']).next().unwrap_or(last);
+    let cleaned: String =
+        base.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' { ch } else { '-' }).collect();
+    let suffix = &shoal_manager::node::new_id()[..6];
+    format!("{}-{suffix}", cleaned.trim_matches('-'))
+}
+
+async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let name = a.name.clone().unwrap_or_else(|| service_name_from_image(&a.image));
+            let mut spec = specs::base_spec(name, &a.mode, a.image.clone(), a.args.clone())?;
+            specs::apply_common(&mut spec, &a.common)?;
+            let lists = Lists {
+                env: a.env.clone(),
+                labels: a.label.clone(),
+                container_labels: a.container_label.clone(),
+                constraints: a.constraint.clone(),
+                placement_prefs: a.placement_pref.clone(),
+                mounts: a.mount.clone(),
+                publish: a.publish.clone(),
+                networks: a.network.clone(),
+                secrets: a.secret.clone(),
+                configs: a.config.clone(),
+                groups: a.group.clone(),
+            };
+            specs::add_lists(&mut spec, &lists)?;
+            let v = c.create_service(CreateServiceRequest { spec: Some(spec) }).await?.into_inner();
+            let id = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default();
+            println!("{id}");
+            let _ = (a.detach, a.quiet);
+        }
+        ServiceCmd::Update(a) => {
+            let cur = c.get_service(GetServiceRequest { service: a.service.clone() }).await?.into_inner();
+            let svc = cur.service.unwrap_or_default();
+            let version = svc.meta.as_ref().map(|m| m.version).unwrap_or(0);
+            let mut spec = svc.spec.clone().unwrap_or_default();
+            if !a.rollback {
+                specs::apply_common(&mut spec, &a.common)?;
+                let rm = Lists {
+                    env: a.env_rm.clone(),
+                    labels: a.label_rm.clone(),
+                    container_labels: a.container_label_rm.clone(),
+                    constraints: a.constraint_rm.clone(),
+                    placement_prefs: a.placement_pref_rm.clone(),
+                    mounts: a.mount_rm.clone(),
+                    publish: a.publish_rm.clone(),
+                    networks: a.network_rm.clone(),
+                    secrets: a.secret_rm.clone(),
+                    configs: a.config_rm.clone(),
+                    groups: a.group_rm.clone(),
+                };
+                specs::remove_lists(&mut spec, &rm)?;
+                let add = Lists {
+                    env: Vec::new(),
+                    labels: a.label_add.clone(),
+                    container_labels: a.container_label_add.clone(),
+                    constraints: a.constraint_add.clone(),
+                    placement_prefs: a.placement_pref_add.clone(),
+                    mounts: a.mount_add.clone(),
+                    publish: a.publish_add.clone(),
+                    networks: a.network_add.clone(),
+                    secrets: a.secret_add.clone(),
+                    configs: a.config_add.clone(),
+                    groups: a.group_add.clone(),
+                };
+                specs::add_lists(&mut spec, &add)?;
+                let tt = spec.task_template.get_or_insert_with(Default::default);
+                let ct = tt.container.get_or_insert_with(Default::default);
+                specs::upsert_env(&mut ct.env, &a.env_add);
+                if let Some(img) = &a.image {
+                    ct.image = img.clone();
+                }
+                if let Some(args) = &a.args {
+                    ct.args = args.split_whitespace().map(str::to_string).collect();
+                }
+                if a.force {
+                    tt.force_update += 1;
+                }
+            }
+            let v = c
+                .update_service(UpdateServiceRequest {
+                    service: a.service.clone(),
+                    version,
+                    spec: Some(spec),
+                    rollback: a.rollback,
+                })
+                .await?
+                .into_inner();
+            let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
+            println!("{name}");
+            let _ = (a.detach, a.quiet);
+        }
+        ServiceCmd::Ls { format, quiet } => {
+            let services = c.list_services(ListServicesRequest {}).await?.into_inner().services;
+            let rows: Vec<serde_json::Value> = services.iter().map(output::service_row).collect();
+            if quiet {
+                rows.iter().for_each(|r| println!("{}", r["id"].as_str().unwrap_or("")));
+                return Ok(());
+            }
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(rows)),
+                Format::Table => print_table(
+                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r["id"].as_str().unwrap_or("").chars().take(12).collect(),
+                                r["name"].as_str().unwrap_or("").to_string(),
+                                r["mode"].as_str().unwrap_or("").to_string(),
+                                format!("{}/{}", r["running"], r["replicas"]),
+                                r["image"].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        ServiceCmd::Inspect { format, services } => {
+            let mut out = Vec::new();
+            for q in services {
+                let v = c.get_service(GetServiceRequest { service: q }).await?.into_inner();
+                out.push(v.service.unwrap_or_default());
+            }
+            match format {
+                Format::Json => print_json(&serde_json::to_value(&out).unwrap_or_default()),
+                Format::Table => out.iter().for_each(output::service_pretty),
+            }
+        }
+        ServiceCmd::Ps { format, quiet, service } => {
+            let svc = c
+                .get_service(GetServiceRequest { service: service.clone() })
+                .await?
+                .into_inner()
+                .service
+                .unwrap_or_default();
+            let name =
+                svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
+            let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let mut tasks =
+                c.list_tasks(ListTasksRequest { service: id, node: String::new() }).await?.into_inner().tasks;
+            tasks.sort_by_key(|t| {
+                (t.slot, t.node_id.clone(), std::cmp::Reverse(t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0)))
+            });
+            let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+            let host_of = |id: &str| {
+                nodes
+                    .iter()
+                    .filter_map(|v| v.node.as_ref())
+                    .find(|n| n.meta.as_ref().is_some_and(|m| m.id == id))
+                    .map(hostname_of)
+                    .unwrap_or_default()
+            };
+            let rows: Vec<serde_json::Value> =
+                tasks.iter().map(|t| output::task_row(&name, t, &host_of(&t.node_id))).collect();
+            if quiet {
+                rows.iter().for_each(|r| println!("{}", r["id"].as_str().unwrap_or("")));
+                return Ok(());
+            }
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(rows)),
+                Format::Table => print_table(
+                    &["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r["id"].as_str().unwrap_or("").chars().take(12).collect(),
+                                r["name"].as_str().unwrap_or("").to_string(),
+                                r["node"].as_str().unwrap_or("").to_string(),
+                                r["desired_state"].as_str().unwrap_or("").to_string(),
+                                r["state"].as_str().unwrap_or("").to_string(),
+                                r["error"].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        ServiceCmd::Rm { services } => {
+            let mut failed = Vec::new();
+            for q in services {
+                match c.remove_service(RemoveServiceRequest { service: q.clone() }).await {
+                    Ok(_) => println!("{q}"),
+                    Err(s) => failed.push(s),
+                }
+            }
+            if let Some(s) = failed.into_iter().next() {
+                return Err(Fail::Rpc(s));
+            }
+        }
+        ServiceCmd::Scale { pairs } => {
+            for p in pairs {
+                let (name, n) = p
+                    .split_once('=')
+                    .and_then(|(a, b)| b.parse::<u64>().ok().map(|n| (a.to_string(), n)))
+                    .ok_or_else(|| format!("invalid scale {p:?}: use SERVICE=REPLICAS"))?;
+                let v = c.get_service(GetServiceRequest { service: name.clone() }).await?.into_inner();
+                let svc = v.service.unwrap_or_default();
+                let mut spec = svc.spec.clone().unwrap_or_default();
+                match spec.mode.as_mut() {
+                    Some(service_spec::Mode::Replicated(r)) => r.replicas = n,
+                    _ => return Err(format!("{name}: scale can only be used with replicated mode").into()),
+                }
+                let version = svc.meta.as_ref().map(|m| m.version).unwrap_or(0);
+                c.update_service(UpdateServiceRequest {
+                    service: name.clone(),
+                    version,
+                    spec: Some(spec),
+                    rollback: false,
+                })
+                .await?;
+                println!("{name} scaled to {n}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Output: tables for people, JSON for scripts. The JSON row shapes of `node ls`,
+//! `service ls` and `service ps` are a contract (field names stay stable); `inspect` prints the
+//! whole object in protobuf's canonical JSON mapping.
+
+use serde_json::{json, Value};
+use shoal_api::names;
+use shoal_api::v1::{service_spec::Mode, Cluster, NodeRole, NodeView, Service, ServiceView, Task};
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// JSON on one document.
+    Json,
+}
+
+/// Prints pretty JSON.
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{:<w$}   ", cell, w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// `node ls --format json` row.
+pub fn node_row(v: &NodeView) -> Value {
+    let n = v.node.clone().unwrap_or_default();
+    let status = n.status.clone().unwrap_or_default();
+    let spec = n.spec.clone().unwrap_or_default();
+    json!({
+        "id": n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+        "hostname": n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default(),
+        "role": names::node_role(n.role()),
+        "status": names::node_state(status.state()),
+        "availability": names::availability(spec.availability()),
+        "manager_status": if n.role() == NodeRole::Manager && !v.manager_status.is_empty() { Value::from(v.manager_status.clone()) } else { Value::Null },
+        "addr": status.addr,
+    })
+}
+
+fn mode_name(s: &Service) -> &'static str {
+    match s.spec.as_ref().and_then(|sp| sp.mode.as_ref()) {
+        Some(Mode::Replicated(_)) => "replicated",
+        Some(Mode::Global(_)) => "global",
+        Some(Mode::ReplicatedJob(_)) => "replicated-job",
+        Some(Mode::GlobalJob(_)) => "global-job",
+        None => "",
+    }
+}
+
+/// `service ls --format json` row.
+pub fn service_row(v: &ServiceView) -> Value {
+    let s = v.service.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    json!({
+        "id": s.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+        "name": spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+        "mode": mode_name(&s),
+        "replicas": v.desired_tasks,
+        "running": v.running_tasks,
+        "image": spec.task_template.as_ref().and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
+    })
+}
+
+/// `service ps --format json` row (plus `node`, the hostname, for the table).
+pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
+    let status = t.status.clone().unwrap_or_default();
+    let name = if t.slot > 0 { format!("{service_name}.{}", t.slot) } else { format!("{service_name}.{}", t.node_id) };
+    json!({
+        "id": t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+        "name": name,
+        "slot": t.slot,
+        "node_id": t.node_id,
+        "node": node_hostname,
+        "desired_state": names::task_state(t.desired_state()),
+        "state": names::task_state(status.state()),
+        "error": status.err,
+    })
+}
+
+/// `service inspect --format table`.
+pub fn service_pretty(s: &Service) {
+    let row = service_row(&ServiceView { service: Some(s.clone()), running_tasks: 0, desired_tasks: 0 });
+    println!("ID:       {}", row["id"].as_str().unwrap_or(""));
+    println!("Name:     {}", row["name"].as_str().unwrap_or(""));
+    println!("Mode:     {}", row["mode"].as_str().unwrap_or(""));
+    if let Some(Mode::Replicated(r)) = s.spec.as_ref().and_then(|sp| sp.mode.as_ref()) {
+        println!(" Replicas: {}", r.replicas);
+    }
+    println!("Image:    {}", row["image"].as_str().unwrap_or(""));
+    if let Some(c) = s.spec.as_ref().and_then(|sp| sp.task_template.as_ref()).and_then(|t| t.container.as_ref()) {
+        if !c.args.is_empty() {
+            println!("Args:     {}", c.args.join(" "));
+        }
+        if !c.env.is_empty() {
+            println!("Env:      {}", c.env.join(" "));
+        }
+    }
+    println!("Version:  {}", s.meta.as_ref().map(|m| m.version).unwrap_or(0));
+    println!();
+}
+
+/// `node inspect --format table`.
+pub fn node_pretty(v: &NodeView) {
+    let row = node_row(v);
+    for k in ["id", "hostname", "role", "status", "availability", "manager_status", "addr"] {
+        let val = match &row[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("{:<15} {}", format!("{k}:"), val);
+    }
+    println!();
+}
+
+/// `cluster inspect --format table`.
+pub fn cluster_pretty(c: &Cluster) {
+    let s = c.settings.clone().unwrap_or_default();
+    println!("ID:                 {}", c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""));
+    println!("Name:               {}", c.name);
+    let d = |ms: u64| crate::units::format_duration_ms(ms as i64);
+    println!("Heartbeat period:   {} (down after {} missed)", d(s.heartbeat_period_ms), s.heartbeat_grace_periods);
+    println!("Raft:               heartbeat {}, election timeout {}", d(s.raft_heartbeat_ms), d(s.election_timeout_ms));
+    println!("Snapshots:          every {} entries, {} entries kept", s.snapshot_interval_entries, s.log_entries_kept);
+    println!("Task history limit: {}", s.task_history_limit);
+}

@@ -1,0 +1,540 @@
+//! The control API: what the CLI calls, on the local socket or a manager's address.
+//!
+//! Consistency: reads are served from this manager's applied state (they may trail the leader
+//! by the replication delay, and never show uncommitted writes); writes are linearized through
+//! the Raft leader and return the committed object.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use shoal_api::token::JoinToken;
+use shoal_api::v1::{self, control_server::Control, *};
+use shoal_api::validate;
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::local::{Peer, Role};
+use crate::node::{member_addr, new_id, new_secret, now_ms, wait_leader, Node};
+use crate::propose::{create_op, delete_op, propose, reachable_managers, update_op};
+
+/// gRPC implementation of `Control`.
+pub struct ControlService {
+    node: Node,
+}
+
+impl ControlService {
+    /// Serves control calls for `node`.
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn id_of(meta: &Option<Meta>) -> String {
+    meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
+}
+
+fn first_object(r: &CommandResult) -> Result<object::Kind, ApiError> {
+    r.objects
+        .first()
+        .and_then(|o| o.kind.clone())
+        .ok_or_else(|| ApiError::Internal("the store returned no object".into()))
+}
+
+/// Strips what read APIs never return (join secrets).
+fn public_cluster(mut c: Cluster) -> Cluster {
+    c.join_secrets = None;
+    c
+}
+
+/// The cluster digest part of join tokens (the cluster id until the PKI replaces it).
+fn token_for(cluster: &Cluster, role: NodeRole) -> String {
+    let secrets = cluster.join_secrets.clone().unwrap_or_default();
+    let secret = if role == NodeRole::Manager { secrets.manager } else { secrets.worker };
+    JoinToken { cluster_digest: id_of(&cluster.meta), secret }.to_string()
+}
+
+impl ControlService {
+    fn resolve_node(&self, store: &shoal_store::Store, query: &str) -> Result<v1::Node, ApiError> {
+        let query = if query == "self" { self.node.local().node_id } else { query.to_string() };
+        Ok(store.lookup_node(&query)?.clone())
+    }
+
+    fn service_view(store: &shoal_store::Store, s: &Service) -> ServiceView {
+        let id = id_of(&s.meta);
+        let running = store
+            .tasks_by_service(&id)
+            .filter(|t| {
+                t.desired_state() == TaskState::Running
+                    && t.status.as_ref().is_some_and(|st| st.state() == TaskState::Running)
+            })
+            .count() as u64;
+        let desired = match s.spec.as_ref().and_then(|sp| sp.mode.as_ref()) {
+            Some(service_spec::Mode::Replicated(r)) => r.replicas,
+            Some(service_spec::Mode::ReplicatedJob(j)) => j.total_completions,
+            _ => store.tasks_by_service(&id).filter(|t| t.desired_state() == TaskState::Running).count() as u64,
+        };
+        ServiceView { service: Some(s.clone()), running_tasks: running, desired_tasks: desired }
+    }
+
+    async fn manager_statuses(&self) -> BTreeMap<u64, &'static str> {
+        let mut out = BTreeMap::new();
+        let Some(rt) = self.node.raft() else { return out };
+        let m = rt.metrics();
+        let members: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter_map(|id| member_addr(&m, id).map(|a| (id, a)))
+            .collect();
+        let reachable = reachable_managers(&self.node, &members, m.id).await;
+        for (id, _) in members {
+            let s = if Some(id) == m.current_leader {
+                "leader"
+            } else if reachable.contains(&id) {
+                "reachable"
+            } else {
+                "unreachable"
+            };
+            out.insert(id, s);
+        }
+        out
+    }
+
+    async fn join_as(&self, req: JoinClusterRequest) -> Result<JoinClusterResponse, ApiError> {
+        let _g = self.node.inner.transition.lock().await;
+        let local = self.node.local();
+        if local.role != Role::Uninitialized {
+            return Err(ApiError::AlreadyInCluster(local.cluster_id));
+        }
+        JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let addr =
+            if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
+        let mut client = self.node.membership_client(&req.remote_addr)?;
+        let mut call = tonic::Request::new(JoinRequest {
+            token: req.token.clone(),
+            node_id: local.node_id.clone(),
+            raft_id: local.raft_id,
+            addr,
+            description: Some(self.node.description()),
+        });
+        call.set_timeout(Duration::from_secs(15));
+        let resp = client.join(call).await.map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => ApiError::Unauthorized(s.message().to_string()),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                ApiError::Rejected(format!("cannot reach a manager at {}: {}", req.remote_addr, s.message()))
+            }
+            _ => ApiError::Rejected(format!("join refused by {}: {}", req.remote_addr, s.message())),
+        })?;
+        let resp = resp.into_inner();
+        let role = resp.role();
+        let mut managers: Vec<Peer> = resp
+            .managers
+            .iter()
+            .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
+            .collect();
+        if managers.is_empty() {
+            managers.push(Peer { node_id: String::new(), raft_id: 0, addr: req.remote_addr.clone() });
+        }
+        self.node.update_local(|l| {
+            l.role = if role == NodeRole::Manager { Role::Manager } else { Role::Worker };
+            l.cluster_id = resp.cluster_id.clone();
+            l.managers = managers;
+        })?;
+        if role == NodeRole::Manager {
+            // A fresh raft dir: this node catches up from the leader as a learner.
+            self.node.stop_raft(true).await?;
+            self.node.start_raft().await?;
+        }
+        crate::session::spawn(self.node.clone());
+        drop(_g);
+        if role == NodeRole::Manager {
+            self.wait_voter().await?;
+        }
+        Ok(JoinClusterResponse { node_id: local.node_id, role: role as i32, cluster_id: resp.cluster_id })
+    }
+
+    /// Manager addresses for join instructions, this manager first.
+    fn join_addrs(&self) -> Vec<String> {
+        let me = self.node.config().advertise_addr.clone();
+        let mut addrs = vec![me.clone()];
+        addrs.extend(self.node.manager_peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty() && *a != me));
+        addrs
+    }
+
+    async fn wait_voter(&self) -> Result<(), ApiError> {
+        let rt = self.node.require_manager()?;
+        let mut rx = rt.raft.metrics();
+        let deadline = tokio::time::Instant::now() + crate::membership::JOIN_VOTER_TIMEOUT;
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(ApiError::Rejected(
+                    "joined, but this node has not become a raft voter within 60 s; check `shoal node ls` on a manager"
+                        .into(),
+                ));
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn info(&self, _req: Request<InfoRequest>) -> R<InfoResponse> {
+        let local = self.node.local();
+        let raft = self.node.raft().map(|rt| {
+            let m = rt.metrics();
+            let mem = m.membership_config.membership();
+            RaftInfo {
+                raft_id: m.id,
+                term: m.current_term,
+                leader_raft_id: m.current_leader.unwrap_or(0),
+                leader_addr: m.current_leader.and_then(|l| member_addr(&m, l)).unwrap_or_default(),
+                voters: mem.voter_ids().collect(),
+                learners: mem.learner_ids().collect(),
+                last_log_index: m.last_log_index.unwrap_or(0),
+                last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+                snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            }
+        });
+        Ok(Response::new(InfoResponse {
+            node_id: local.node_id,
+            state: local.role.as_str().to_string(),
+            cluster_id: local.cluster_id,
+            hostname: self.node.config().hostname.clone(),
+            advertise_addr: self.node.config().advertise_addr.clone(),
+            manager_addrs: self.node.manager_peers().into_iter().map(|p| p.addr).collect(),
+            raft,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn init_cluster(&self, req: Request<InitClusterRequest>) -> R<InitClusterResponse> {
+        let req = req.into_inner();
+        let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
+        validate::validate_settings(&settings).map_err(ApiError::from)?;
+        let _g = self.node.inner.transition.lock().await;
+        let local = self.node.local();
+        if local.role != Role::Uninitialized {
+            return Err(ApiError::AlreadyInCluster(local.cluster_id).into());
+        }
+        let addr =
+            if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
+        let cluster_id = new_id();
+        self.node.update_local(|l| {
+            l.role = Role::Manager;
+            l.cluster_id = cluster_id.clone();
+            l.managers = vec![Peer { node_id: local.node_id.clone(), raft_id: local.raft_id, addr: addr.clone() }];
+        })?;
+        self.node.stop_raft(true).await?;
+        let rt = self.node.start_raft().await?;
+        let members = BTreeMap::from([(local.raft_id, BasicNode::new(addr.clone()))]);
+        rt.raft.initialize(members).await.map_err(|e| ApiError::internal("raft initialize", e))?;
+        if wait_leader(&rt, Duration::from_secs(10)).await != Some(local.raft_id) {
+            return Err(ApiError::Internal("this node did not become leader of its new cluster".into()).into());
+        }
+        let cluster = Cluster {
+            meta: Some(Meta { id: cluster_id.clone(), ..Default::default() }),
+            name: "default".into(),
+            settings: Some(settings),
+            join_secrets: Some(JoinSecrets { worker: new_secret(), manager: new_secret() }),
+        };
+        let me = v1::Node {
+            meta: Some(Meta { id: local.node_id.clone(), ..Default::default() }),
+            spec: Some(NodeSpec { desired_role: NodeRole::Manager as i32, ..Default::default() }),
+            description: Some(self.node.description()),
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                message: String::new(),
+                addr,
+                timestamp_ms: now_ms(),
+            }),
+            role: NodeRole::Manager as i32,
+            raft_id: local.raft_id,
+        };
+        propose(&self.node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
+        crate::session::spawn(self.node.clone());
+        tracing::info!(%cluster_id, "cluster initialized");
+        Ok(Response::new(InitClusterResponse { node_id: local.node_id, cluster_id }))
+    }
+
+    async fn join_cluster(&self, req: Request<JoinClusterRequest>) -> R<JoinClusterResponse> {
+        Ok(Response::new(self.join_as(req.into_inner()).await?))
+    }
+
+    async fn leave_cluster(&self, req: Request<LeaveClusterRequest>) -> R<LeaveClusterResponse> {
+        let force = req.into_inner().force;
+        let local = self.node.local();
+        match local.role {
+            Role::Uninitialized => return Err(ApiError::NotInCluster.into()),
+            Role::Worker => {}
+            Role::Manager => {
+                if !force {
+                    return Err(ApiError::Rejected(
+                        "this node is a manager: leaving removes it from the raft quorum; demote it first (`shoal node demote self`) or use --force".into(),
+                    )
+                    .into());
+                }
+                // Ask to be removed from the membership; wait (bounded) for it to happen so the
+                // remaining managers keep their quorum arithmetic right.
+                if let Some(rt) = self.node.raft() {
+                    let me = rt.store.read(|s| s.node(&local.node_id).cloned());
+                    let voters = rt.metrics().membership_config.membership().voter_ids().count();
+                    if let (Some(mut n), true) = (me, voters > 1) {
+                        if let Some(s) = n.spec.as_mut() {
+                            s.desired_role = NodeRole::Worker as i32;
+                        }
+                        if propose(&self.node, vec![update_op(n.into())]).await.is_ok() {
+                            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                            while tokio::time::Instant::now() < deadline {
+                                let m = rt.metrics();
+                                if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let _g = self.node.inner.transition.lock().await;
+        self.node.stop_raft(true).await?;
+        self.node.update_local(|l| {
+            l.role = Role::Uninitialized;
+            l.cluster_id.clear();
+            l.managers.clear();
+        })?;
+        tracing::info!("left the cluster");
+        Ok(Response::new(LeaveClusterResponse {}))
+    }
+
+    async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> R<GetClusterResponse> {
+        let rt = self.node.require_manager()?;
+        let cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
+        Ok(Response::new(GetClusterResponse { cluster: Some(public_cluster(cluster)) }))
+    }
+
+    async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> R<GetClusterResponse> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
+        let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
+        validate::validate_settings(&settings).map_err(ApiError::from)?;
+        cluster.settings = Some(settings);
+        if let Some(m) = cluster.meta.as_mut() {
+            m.version = req.version;
+        }
+        let r = propose(&self.node, vec![update_op(cluster.into())]).await?;
+        let object::Kind::Cluster(c) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(GetClusterResponse { cluster: Some(public_cluster(c)) }))
+    }
+
+    async fn get_join_token(&self, req: Request<GetJoinTokenRequest>) -> R<GetJoinTokenResponse> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
+        if req.rotate {
+            let secrets = cluster.join_secrets.get_or_insert_with(Default::default);
+            if req.role() == NodeRole::Manager {
+                secrets.manager = new_secret();
+            } else {
+                secrets.worker = new_secret();
+            }
+            let r = propose(&self.node, vec![update_op(cluster.into())]).await?;
+            let object::Kind::Cluster(c) = first_object(&r)? else {
+                return Err(ApiError::Internal("unexpected object".into()).into());
+            };
+            cluster = c;
+        }
+        Ok(Response::new(GetJoinTokenResponse {
+            token: token_for(&cluster, req.role()),
+            manager_addrs: self.join_addrs(),
+        }))
+    }
+
+    async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
+        let rt = self.node.require_manager()?;
+        let statuses = self.manager_statuses().await;
+        let nodes = rt.store.read(|s| {
+            s.nodes()
+                .map(|n| NodeView {
+                    node: Some(n.clone()),
+                    manager_status: statuses
+                        .get(&n.raft_id)
+                        .filter(|_| n.raft_id != 0)
+                        .copied()
+                        .unwrap_or("")
+                        .to_string(),
+                })
+                .collect()
+        });
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, req: Request<GetNodeRequest>) -> R<NodeView> {
+        let rt = self.node.require_manager()?;
+        let n = rt.store.read(|s| self.resolve_node(s, &req.into_inner().node))?;
+        let statuses = self.manager_statuses().await;
+        let manager_status = statuses.get(&n.raft_id).filter(|_| n.raft_id != 0).copied().unwrap_or("").to_string();
+        Ok(Response::new(NodeView { node: Some(n), manager_status }))
+    }
+
+    async fn update_node(&self, req: Request<UpdateNodeRequest>) -> R<NodeView> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let spec = req.spec.ok_or_else(|| Status::invalid_argument("node spec must be set"))?;
+        validate::validate_node_spec(&spec).map_err(ApiError::from)?;
+        let (mut n, managers) = rt.store.read(|s| {
+            let n = self.resolve_node(s, &req.node)?;
+            let managers =
+                s.nodes().filter(|x| x.spec.as_ref().is_some_and(|sp| sp.desired_role() == NodeRole::Manager)).count();
+            Ok::<_, ApiError>((n, managers))
+        })?;
+        let old_role = n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker);
+        if old_role == NodeRole::Manager && spec.desired_role() == NodeRole::Worker && managers <= 1 {
+            return Err(ApiError::Rejected("cannot demote the last manager of the cluster".into()).into());
+        }
+        if old_role == NodeRole::Worker && spec.desired_role() == NodeRole::Manager {
+            let ready = n.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready);
+            if !ready {
+                return Err(
+                    ApiError::Rejected("cannot promote a node that is not ready: bring it up first".into()).into()
+                );
+            }
+        }
+        n.spec = Some(spec);
+        if let Some(m) = n.meta.as_mut() {
+            if req.version != 0 {
+                m.version = req.version;
+            }
+        }
+        let r = propose(&self.node, vec![update_op(n.into())]).await?;
+        let object::Kind::Node(n) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(NodeView { node: Some(n), manager_status: String::new() }))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> R<RemoveNodeResponse> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let n = rt.store.read(|s| self.resolve_node(s, &req.node))?;
+        let hostname = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+        let wants_manager = n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Manager);
+        if wants_manager || n.role() == NodeRole::Manager {
+            return Err(ApiError::Rejected(format!(
+                "node {hostname} is a manager: demote it first (`shoal node demote {hostname}`)"
+            ))
+            .into());
+        }
+        let down = n.status.as_ref().is_some_and(|s| s.state() != NodeState::Ready);
+        if !down && !req.force {
+            return Err(ApiError::Rejected(format!(
+                "node {hostname} is not down: stop it or run `shoal cluster leave` there first, or remove it with --force"
+            ))
+            .into());
+        }
+        propose(&self.node, vec![delete_op(ObjectKind::Node, &id_of(&n.meta), 0)]).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn create_service(&self, req: Request<CreateServiceRequest>) -> R<ServiceView> {
+        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?;
+        validate::validate_service_spec(&spec).map_err(ApiError::from)?;
+        self.node.require_manager()?;
+        let svc =
+            Service { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec), ..Default::default() };
+        let r = propose(&self.node, vec![create_op(svc.into())]).await?;
+        let object::Kind::Service(s) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        let rt = self.node.require_manager()?;
+        Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
+    }
+
+    async fn update_service(&self, req: Request<UpdateServiceRequest>) -> R<ServiceView> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let current = rt.store.read(|s| s.lookup_service(&req.service).cloned()).map_err(ApiError::from)?;
+        let old_spec = current.spec.clone().unwrap_or_default();
+        let new_spec = if req.rollback {
+            current.previous_spec.clone().ok_or_else(|| {
+                ApiError::Rejected(format!("service {:?} has no previous spec to roll back to", req.service))
+            })?
+        } else {
+            req.spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?
+        };
+        validate::validate_service_spec(&new_spec).map_err(ApiError::from)?;
+        let old_name = old_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        let new_name = new_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        if old_name != new_name {
+            return Err(ApiError::Rejected(format!(
+                "renaming services is not supported ({old_name:?} -> {new_name:?})"
+            ))
+            .into());
+        }
+        let mut next = current.clone();
+        next.previous_spec = Some(old_spec);
+        next.spec = Some(new_spec);
+        if let Some(m) = next.meta.as_mut() {
+            if req.version != 0 {
+                m.version = req.version;
+            }
+        }
+        let r = propose(&self.node, vec![update_op(next.into())]).await?;
+        let object::Kind::Service(s) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
+    }
+
+    async fn get_service(&self, req: Request<GetServiceRequest>) -> R<ServiceView> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().service;
+        let view =
+            rt.store.read(|s| s.lookup_service(&q).map(|svc| Self::service_view(s, svc))).map_err(ApiError::from)?;
+        Ok(Response::new(view))
+    }
+
+    async fn list_services(&self, _req: Request<ListServicesRequest>) -> R<ListServicesResponse> {
+        let rt = self.node.require_manager()?;
+        let services = rt.store.read(|s| s.services().map(|svc| Self::service_view(s, svc)).collect());
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn remove_service(&self, req: Request<RemoveServiceRequest>) -> R<RemoveServiceResponse> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().service;
+        let svc = rt.store.read(|s| s.lookup_service(&q).cloned()).map_err(ApiError::from)?;
+        propose(&self.node, vec![delete_op(ObjectKind::Service, &id_of(&svc.meta), 0)]).await?;
+        Ok(Response::new(RemoveServiceResponse {}))
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> R<ListTasksResponse> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let tasks = rt.store.read(|s| {
+            let service_id =
+                if req.service.is_empty() { None } else { Some(id_of(&s.lookup_service(&req.service)?.meta)) };
+            let node_id = if req.node.is_empty() { None } else { Some(id_of(&self.resolve_node(s, &req.node)?.meta)) };
+            let tasks: Vec<Task> = match &service_id {
+                Some(sid) => s.tasks_by_service(sid).cloned().collect(),
+                None => s.tasks().cloned().collect(),
+            };
+            Ok::<_, ApiError>(
+                tasks.into_iter().filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n)).collect::<Vec<_>>(),
+            )
+        })?;
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+}

@@ -1,0 +1,255 @@
+//! Leader-only loops, started when this manager becomes leader and cancelled when it stops
+//! being one: node liveness (heartbeats -> READY/DOWN) and Raft membership reconciliation
+//! (nodes whose desired role is manager become voters; demoted or removed ones leave).
+//!
+//! Both are level-triggered: each tick compares the store with what should be and proposes the
+//! difference, so a lost proposal or a leader change just means the next tick does it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use shoal_api::v1::{self, NodeDescription, NodeRole, NodeState};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{now_ms, Node, RaftRuntime};
+use crate::propose::{propose, update_op};
+
+/// What the leader last heard from a node.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// When.
+    pub at: Instant,
+    /// The node's address.
+    pub addr: String,
+    /// The node runs Raft (ready to be added to the membership).
+    pub raft_running: bool,
+    /// What it said about itself.
+    pub description: Option<NodeDescription>,
+}
+
+/// Liveness bookkeeping of the current leader term.
+#[derive(Default)]
+pub struct LeaderState {
+    seen: Mutex<HashMap<String, Seen>>,
+    since: Mutex<Option<Instant>>,
+}
+
+impl LeaderState {
+    /// Records a heartbeat.
+    pub fn record(&self, node_id: &str, seen: Seen) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.to_string(), seen);
+    }
+
+    fn get(&self, node_id: &str) -> Option<Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(node_id).cloned()
+    }
+
+    fn reset(&self) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn since(&self) -> Instant {
+        self.since.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(Instant::now)
+    }
+}
+
+/// Watches leadership and runs the leader loops while this node leads.
+pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
+    tokio::spawn(async move {
+        let mut metrics = rt.raft.metrics();
+        let mut current: Option<CancellationToken> = None;
+        let shutdown = node.shutdown_token();
+        loop {
+            let leading = {
+                let m = metrics.borrow_and_update();
+                m.state == ServerState::Leader && m.running_state.is_ok()
+            };
+            match (leading, &current) {
+                (true, None) => {
+                    let token = shutdown.child_token();
+                    node.inner.leader.reset();
+                    tracing::info!("became leader: starting leader loops");
+                    tokio::spawn(liveness_loop(node.clone(), rt.clone(), token.clone()));
+                    tokio::spawn(membership_loop(node.clone(), rt.clone(), token.clone()));
+                    current = Some(token);
+                }
+                (false, Some(t)) => {
+                    tracing::info!("no longer leader: stopping leader loops");
+                    t.cancel();
+                    current = None;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = metrics.changed() => if r.is_err() { break },
+            }
+        }
+        if let Some(t) = current {
+            t.cancel();
+        }
+    });
+}
+
+fn settings(rt: &RaftRuntime) -> v1::ClusterSettings {
+    rt.store
+        .read(|s| s.cluster().and_then(|c| c.settings.clone()))
+        .map(shoal_api::defaults::fill_settings)
+        .unwrap_or_else(shoal_api::defaults::cluster_settings)
+}
+
+/// Marks nodes READY when they heartbeat and DOWN when they miss `grace` periods. A new leader
+/// first waits one grace window: it has not heard anyone yet, and that is not their fault.
+async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
+    loop {
+        let s = settings(&rt);
+        let period = Duration::from_millis(s.heartbeat_period_ms);
+        let grace = period * s.heartbeat_grace_periods;
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(period / 4) => {}
+        }
+        let now = Instant::now();
+        let in_grace = now.duration_since(node.inner.leader.since()) < grace;
+        let nodes: Vec<v1::Node> = rt.store.read(|st| st.nodes().cloned().collect());
+        let mut ops = Vec::new();
+        for n in nodes {
+            let id = n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let seen = node.inner.leader.get(&id);
+            let status = n.status.clone().unwrap_or_default();
+            let alive = seen.as_ref().is_some_and(|s| now.duration_since(s.at) < grace);
+            let mut next = n.clone();
+            let st = next.status.get_or_insert_with(Default::default);
+            if alive {
+                let seen = seen.as_ref().expect("alive implies seen");
+                st.state = NodeState::Ready as i32;
+                st.message.clear();
+                if !seen.addr.is_empty() {
+                    st.addr = seen.addr.clone();
+                }
+                if let Some(d) = &seen.description {
+                    next.description = Some(d.clone());
+                }
+            } else if !in_grace {
+                st.state = NodeState::Down as i32;
+                st.message = "heartbeat failure".into();
+            }
+            if next.status.as_ref().map(|s| (s.state, &s.addr, &s.message))
+                != Some((status.state, &status.addr, &status.message))
+                || next.description != n.description
+            {
+                if let Some(st) = next.status.as_mut() {
+                    st.timestamp_ms = now_ms();
+                }
+                ops.push(update_op(next.into()));
+            }
+        }
+        for op in ops {
+            // One command per node: a conflict on one (a concurrent `node update`) must not
+            // hold back the others; the next tick retries it.
+            if let Err(e) = propose(&node, vec![op]).await {
+                tracing::debug!(error = %e, "node status update not applied");
+            }
+        }
+    }
+}
+
+/// Reconciles Raft membership with the nodes' desired roles.
+async fn membership_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if let Err(e) = reconcile_membership(&node, &rt).await {
+            tracing::warn!(error = %e, "membership reconciliation");
+        }
+    }
+}
+
+async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate::error::ApiError> {
+    let m = rt.metrics();
+    if m.state != ServerState::Leader {
+        return Ok(());
+    }
+    let membership = m.membership_config.membership().clone();
+    if membership.get_joint_config().len() > 1 {
+        return Ok(()); // a change is in flight
+    }
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let learners: BTreeSet<u64> = membership.learner_ids().collect();
+    let nodes: Vec<v1::Node> = rt.store.read(|s| s.nodes().cloned().collect());
+    let by_raft: HashMap<u64, &v1::Node> = nodes.iter().filter(|n| n.raft_id != 0).map(|n| (n.raft_id, n)).collect();
+
+    // 1. Record the actual role of voters whose node object still says otherwise.
+    for n in &nodes {
+        let is_voter = n.raft_id != 0 && voters.contains(&n.raft_id);
+        let want = if is_voter { NodeRole::Manager } else { NodeRole::Worker };
+        if n.role() != want {
+            let mut next = n.clone();
+            next.role = want as i32;
+            propose(node, vec![update_op(next.into())]).await?;
+            return Ok(());
+        }
+    }
+
+    // 2. Add one node that should be a manager and is ready for it.
+    for n in &nodes {
+        let id = n.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
+        let wants_manager = n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Manager);
+        if !wants_manager || n.raft_id == 0 || voters.contains(&n.raft_id) {
+            continue;
+        }
+        let Some(seen) = node.inner.leader.get(id) else { continue };
+        if !seen.raft_running || seen.addr.is_empty() {
+            continue;
+        }
+        tracing::info!(node_id = id, raft_id = n.raft_id, addr = %seen.addr, "adding manager: learner first");
+        rt.raft
+            .add_learner(n.raft_id, BasicNode::new(seen.addr.clone()), true)
+            .await
+            .map_err(|e| crate::error::ApiError::internal("add learner", e))?;
+        let mut next = voters.clone();
+        next.insert(n.raft_id);
+        rt.raft
+            .change_membership(next, false)
+            .await
+            .map_err(|e| crate::error::ApiError::internal("promote learner to voter", e))?;
+        tracing::info!(node_id = id, raft_id = n.raft_id, "manager added as voter");
+        return Ok(());
+    }
+
+    // 3. Remove one voter or learner that should not be there (demoted, left, removed).
+    let unwanted = |rid: &u64| match by_raft.get(rid) {
+        None => true,
+        Some(n) => n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Worker),
+    };
+    if let Some(rid) = voters.iter().find(|r| unwanted(r)).copied() {
+        if voters.len() == 1 {
+            return Ok(()); // never remove the last manager
+        }
+        let mut next = voters.clone();
+        next.remove(&rid);
+        tracing::info!(raft_id = rid, "removing manager from raft membership");
+        rt.raft
+            .change_membership(next, false)
+            .await
+            .map_err(|e| crate::error::ApiError::internal("remove voter", e))?;
+        return Ok(());
+    }
+    let stale_learners: BTreeSet<u64> = learners.iter().filter(|r| unwanted(r)).copied().collect();
+    if !stale_learners.is_empty() {
+        rt.raft
+            .change_membership(ChangeMembers::RemoveNodes(stale_learners), false)
+            .await
+            .map_err(|e| crate::error::ApiError::internal("remove learner", e))?;
+    }
+    Ok(())
+}

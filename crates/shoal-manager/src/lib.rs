@@ -1,0 +1,20 @@
+//! The node runtime of shoald: control API, membership (join, heartbeats, promotion and
+//! demotion), the write path with forwarding to the leader, and the leader-only loops.
+//!
+//! Decisions about cluster objects belong to the pure crates (validation in shoal-api,
+//! conflicts in shoal-store); this crate moves requests and results and must not grow its own
+//! copy of that logic.
+
+pub mod client;
+pub mod control;
+pub mod error;
+pub mod leader;
+pub mod local;
+pub mod membership;
+pub mod node;
+pub mod propose;
+pub mod server;
+mod session;
+
+pub use error::ApiError;
+pub use server::{Daemon, DaemonConfig};

@@ -1,0 +1,404 @@
+//! The node runtime: identity, role transitions (uninitialized -> manager/worker and back), the
+//! Raft instance of a manager, and the channels to other nodes.
+//!
+//! Role transitions are serialized by one async lock; the current Raft instance is published
+//! through a watch channel so RPC handlers never hold it across a transition.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{BasicNode, ServerState};
+use shoal_api::v1::{self, membership_client::MembershipClient, NodeDescription, Platform, Resources};
+use shoal_raft::{PeerHealth, RaftNode, StoreHandle};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::client;
+use crate::error::ApiError;
+use crate::local::{LocalState, Peer, Role};
+
+/// Daemon settings the node runtime needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where node.json and the Raft data live.
+    pub data_dir: PathBuf,
+    /// The address other nodes reach this one at (host:port).
+    pub advertise_addr: String,
+    /// Name shown in `node ls`.
+    pub hostname: String,
+    /// Recover a lone surviving manager after quorum loss, keeping its state.
+    pub force_new_cluster: bool,
+}
+
+/// A running Raft instance and what belongs to it.
+pub struct RaftRuntime {
+    /// The openraft handle.
+    pub raft: RaftNode,
+    /// The replicated store as applied on this manager.
+    pub store: StoreHandle,
+    /// When each peer last answered a Raft RPC.
+    pub health: PeerHealth,
+    /// Election timeout in force (lower bound), for the write path's patience.
+    pub election_timeout: Duration,
+}
+
+impl RaftRuntime {
+    /// Current metrics snapshot.
+    pub fn metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+}
+
+/// Shared state of a node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) local: Mutex<LocalState>,
+    pub(crate) raft: watch::Sender<Option<Arc<RaftRuntime>>>,
+    pub(crate) raft_slot: watch::Sender<Option<RaftNode>>,
+    pub(crate) transition: tokio::sync::Mutex<()>,
+    pub(crate) channels: Mutex<HashMap<String, Channel>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) leader: crate::leader::LeaderState,
+    pub(crate) force_new_cluster_pending: Mutex<bool>,
+}
+
+fn random_u64() -> u64 {
+    loop {
+        let v: u64 = rand::random();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// A fresh object id.
+pub fn new_id() -> String {
+    shoal_api::ids::id_from_bits(rand::random())
+}
+
+/// A fresh join-token secret.
+pub fn new_secret() -> String {
+    shoal_api::ids::id_from_bits(rand::random())
+}
+
+/// Wall clock in milliseconds, stamped into commands by the proposer.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Node {
+    /// Loads (or creates) the node identity in the data dir. Nothing is started.
+    pub fn open(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Self, ApiError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| ApiError::internal(&format!("cannot create data dir {}", cfg.data_dir.display()), e))?;
+        let local = match LocalState::load(&cfg.data_dir).map_err(|e| ApiError::Internal(e.to_string()))? {
+            Some(s) => s,
+            None => {
+                let s = LocalState {
+                    node_id: new_id(),
+                    raft_id: random_u64(),
+                    role: Role::Uninitialized,
+                    cluster_id: String::new(),
+                    managers: Vec::new(),
+                };
+                s.save(&cfg.data_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+                s
+            }
+        };
+        let force = cfg.force_new_cluster;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                cfg,
+                local: Mutex::new(local),
+                raft: watch::channel(None).0,
+                raft_slot: watch::channel(None).0,
+                transition: tokio::sync::Mutex::new(()),
+                channels: Mutex::new(HashMap::new()),
+                shutdown,
+                leader: crate::leader::LeaderState::default(),
+                force_new_cluster_pending: Mutex::new(force),
+            }),
+        })
+    }
+
+    /// The daemon settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    /// A copy of the persisted local state.
+    pub fn local(&self) -> LocalState {
+        self.lock_local().clone()
+    }
+
+    fn lock_local(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes and persists the local state.
+    pub(crate) fn update_local(&self, f: impl FnOnce(&mut LocalState)) -> Result<(), ApiError> {
+        let mut g = self.lock_local();
+        let mut next = g.clone();
+        f(&mut next);
+        if next != *g {
+            next.save(&self.inner.cfg.data_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+            *g = next;
+        }
+        Ok(())
+    }
+
+    /// The running Raft instance, if this node is a manager.
+    pub fn raft(&self) -> Option<Arc<RaftRuntime>> {
+        self.inner.raft.borrow().clone()
+    }
+
+    /// The Raft instance or the reason there is none.
+    pub fn require_manager(&self) -> Result<Arc<RaftRuntime>, ApiError> {
+        if let Some(r) = self.raft() {
+            return Ok(r);
+        }
+        match self.local().role {
+            Role::Uninitialized => Err(ApiError::NotInCluster),
+            Role::Worker => Err(ApiError::NotManager),
+            Role::Manager => Err(ApiError::Internal("raft is starting on this manager; retry in a moment".into())),
+        }
+    }
+
+    /// Receiver of the Raft slot, for the Raft gRPC service.
+    pub fn raft_slot(&self) -> watch::Receiver<Option<RaftNode>> {
+        self.inner.raft_slot.subscribe()
+    }
+
+    /// Watch of the Raft runtime (set while this node is a manager).
+    pub fn raft_watch(&self) -> watch::Receiver<Option<Arc<RaftRuntime>>> {
+        self.inner.raft.subscribe()
+    }
+
+    /// Node shutdown token.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    pub(crate) fn raft_dir(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("raft")
+    }
+
+    /// A (cached, lazily connected) channel to another node's address.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = client::tcp_channel(addr).map_err(|e| ApiError::Internal(e.to_string()))?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// A membership client for another node.
+    pub fn membership_client(&self, addr: &str) -> Result<MembershipClient<Channel>, ApiError> {
+        Ok(MembershipClient::new(self.channel(addr)?)
+            .max_decoding_message_size(client::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(client::MAX_MESSAGE_BYTES))
+    }
+
+    /// What this node tells the cluster about itself.
+    pub fn description(&self) -> NodeDescription {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+        NodeDescription {
+            hostname: self.inner.cfg.hostname.clone(),
+            platform: Some(Platform {
+                os: std::env::consts::OS.to_string(),
+                architecture: std::env::consts::ARCH.to_string(),
+            }),
+            resources: Some(Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total_bytes(), pids: 0 }),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Starts Raft on this node's data dir (a manager, or a node becoming one).
+    pub(crate) async fn start_raft(&self) -> Result<Arc<RaftRuntime>, ApiError> {
+        if let Some(r) = self.raft() {
+            return Ok(r);
+        }
+        let dir = self.raft_dir();
+        let local = self.local();
+        let self_node = BasicNode::new(self.inner.cfg.advertise_addr.clone());
+        let force =
+            std::mem::take(&mut *self.inner.force_new_cluster_pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if force {
+            tracing::warn!(raft_id = local.raft_id, "forcing a new cluster from this manager's state");
+            shoal_raft::force_new_cluster(&dir, local.raft_id, self_node.clone())
+                .await
+                .map_err(|e| ApiError::internal("force-new-cluster failed", e))?;
+        }
+        let (log, sm, store) =
+            shoal_raft::open(&dir).await.map_err(|e| ApiError::internal("cannot open raft storage", e))?;
+        let settings = store
+            .read(|s| s.cluster().and_then(|c| c.settings.clone()))
+            .map(shoal_api::defaults::fill_settings)
+            .unwrap_or_else(shoal_api::defaults::cluster_settings);
+        let params = shoal_raft::RaftParams {
+            heartbeat_ms: settings.raft_heartbeat_ms,
+            election_timeout_ms: settings.election_timeout_ms,
+            snapshot_interval_entries: settings.snapshot_interval_entries,
+            log_entries_kept: settings.log_entries_kept,
+            ..Default::default()
+        };
+        let config = shoal_raft::raft_config(&params).map_err(|e| ApiError::internal("invalid raft settings", e))?;
+        let network = shoal_raft::Network::new(shoal_raft::plain_channels());
+        let health = network.health();
+        let raft = openraft::Raft::new(local.raft_id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| ApiError::internal("cannot start raft", e))?;
+        let rt = Arc::new(RaftRuntime {
+            raft: raft.clone(),
+            store,
+            health,
+            election_timeout: Duration::from_millis(settings.election_timeout_ms),
+        });
+        self.inner.raft_slot.send_replace(Some(raft));
+        self.inner.raft.send_replace(Some(rt.clone()));
+        crate::leader::spawn_supervisor(self.clone(), rt.clone());
+        if force {
+            self.after_force_new_cluster(&rt).await;
+        }
+        tracing::info!(raft_id = local.raft_id, "raft started");
+        Ok(rt)
+    }
+
+    /// Stops Raft; with `wipe`, deletes its data (the node stopped being a manager).
+    pub(crate) async fn stop_raft(&self, wipe: bool) -> Result<(), ApiError> {
+        self.inner.raft_slot.send_replace(None);
+        if let Some(rt) = self.inner.raft.send_replace(None) {
+            if let Err(e) = rt.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+        }
+        if wipe {
+            let dir = self.raft_dir();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| ApiError::internal("cannot remove raft data", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a forced new cluster, the other former managers are no longer members: record
+    /// them as workers that are down so nobody counts on them.
+    async fn after_force_new_cluster(&self, rt: &Arc<RaftRuntime>) {
+        let me = self.local().node_id;
+        if wait_leader(rt, Duration::from_secs(10)).await != Some(rt.metrics().id) {
+            tracing::error!("force-new-cluster: this node did not become leader");
+            return;
+        }
+        let others: Vec<v1::Node> = rt.store.read(|s| {
+            s.nodes()
+                .filter(|n| n.meta.as_ref().is_some_and(|m| m.id != me) && n.role() == v1::NodeRole::Manager)
+                .cloned()
+                .collect()
+        });
+        let mut ops = Vec::new();
+        for mut n in others {
+            n.role = v1::NodeRole::Worker as i32;
+            n.raft_id = 0;
+            if let Some(s) = n.spec.as_mut() {
+                s.desired_role = v1::NodeRole::Worker as i32;
+            }
+            if let Some(st) = n.status.as_mut() {
+                st.state = v1::NodeState::Down as i32;
+                st.message =
+                    "removed from the managers by --force-new-cluster; wipe its data dir and join again".into();
+            }
+            ops.push(crate::propose::update_op(n.into()));
+        }
+        if !ops.is_empty() {
+            if let Err(e) = crate::propose::propose(self, ops).await {
+                tracing::warn!(error = %e, "force-new-cluster: recording the old managers failed");
+            }
+        }
+    }
+
+    /// Resumes the persisted role at daemon start.
+    pub async fn resume(&self) -> Result<(), ApiError> {
+        let local = self.local();
+        match local.role {
+            Role::Uninitialized => {
+                if *self.inner.force_new_cluster_pending.lock().unwrap_or_else(|p| p.into_inner()) {
+                    return Err(ApiError::Rejected("--force-new-cluster needs a node that was a manager".into()));
+                }
+            }
+            Role::Manager => {
+                self.start_raft().await?;
+            }
+            Role::Worker => {}
+        }
+        if local.role != Role::Uninitialized {
+            crate::session::spawn(self.clone());
+        }
+        Ok(())
+    }
+
+    /// Managers as currently known: from Raft membership on a manager, else the saved list.
+    pub fn manager_peers(&self) -> Vec<Peer> {
+        if let Some(rt) = self.raft() {
+            let peers: Vec<Peer> = rt.store.read(|s| {
+                s.nodes()
+                    .filter(|n| n.role() == v1::NodeRole::Manager)
+                    .map(|n| Peer {
+                        node_id: n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+                        raft_id: n.raft_id,
+                        addr: n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+                    })
+                    .collect()
+            });
+            if !peers.is_empty() {
+                return peers;
+            }
+        }
+        self.local().managers
+    }
+}
+
+/// Waits until some leader is known (or the timeout passes); returns its raft id.
+pub async fn wait_leader(rt: &RaftRuntime, timeout: Duration) -> Option<u64> {
+    let mut rx = rt.raft.metrics();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if let Some(l) = m.current_leader {
+                if m.state != ServerState::Candidate {
+                    return Some(l);
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The address of a raft member as recorded in the membership.
+pub fn member_addr(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> Option<String> {
+    m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+}
+
+fn mem_total_bytes() -> i64 {
+    let Ok(s) = std::fs::read_to_string("/proc/meminfo") else { return 0 };
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<i64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

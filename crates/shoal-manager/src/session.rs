@@ -1,0 +1,130 @@
+//! The node's session with the leader: a heartbeat every period (also from managers, so every
+//! node's liveness is judged the same way), following redirects to the current leader, and
+//! applying the role the cluster wants this node to have (promotion starts Raft, demotion stops
+//! and wipes it, removal resets the node).
+
+use std::time::Duration;
+
+use shoal_api::v1::{HeartbeatRequest, HeartbeatResponse, NodeRole};
+
+use crate::local::{Peer, Role};
+use crate::node::{member_addr, Node};
+
+/// Starts the session loop (once per role activation; it ends when the node leaves).
+pub(crate) fn spawn(node: Node) {
+    tokio::spawn(async move {
+        let shutdown = node.shutdown_token();
+        let mut period = Duration::from_millis(shoal_api::defaults::HEARTBEAT_PERIOD_MS);
+        let mut next_manager = 0usize;
+        let mut redirect: Option<String> = None;
+        let mut last_error_logged = false;
+        loop {
+            if node.local().role == Role::Uninitialized {
+                return;
+            }
+            let target = redirect.take().or_else(|| pick_target(&node, &mut next_manager));
+            let outcome = match target {
+                Some(addr) => beat(&node, &addr, period).await.map(|r| (addr, r)),
+                None => Err("no manager address known".to_string()),
+            };
+            match outcome {
+                Ok((_, resp)) if !resp.leader_addr.is_empty() => {
+                    redirect = Some(resp.leader_addr.clone());
+                    continue;
+                }
+                Ok((_, resp)) => {
+                    last_error_logged = false;
+                    if resp.period_ms > 0 {
+                        period = Duration::from_millis(resp.period_ms);
+                    }
+                    if let Err(e) = apply_response(&node, resp).await {
+                        tracing::warn!(error = %e, "applying the leader's answer");
+                    }
+                }
+                Err(e) => {
+                    if !last_error_logged {
+                        tracing::warn!(error = %e, "heartbeat failed; trying other managers");
+                        last_error_logged = true;
+                    }
+                    next_manager = next_manager.wrapping_add(1);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    });
+}
+
+fn pick_target(node: &Node, next: &mut usize) -> Option<String> {
+    if let Some(rt) = node.raft() {
+        let m = rt.metrics();
+        if let Some(addr) = m.current_leader.and_then(|l| member_addr(&m, l)) {
+            return Some(addr);
+        }
+    }
+    let peers = node.local().managers;
+    if peers.is_empty() {
+        return None;
+    }
+    let p = &peers[*next % peers.len()];
+    Some(p.addr.clone())
+}
+
+async fn beat(node: &Node, addr: &str, period: Duration) -> Result<HeartbeatResponse, String> {
+    let local = node.local();
+    let mut client = node.membership_client(addr).map_err(|e| e.to_string())?;
+    let mut req = tonic::Request::new(HeartbeatRequest {
+        node_id: local.node_id,
+        addr: node.config().advertise_addr.clone(),
+        raft_running: node.raft().is_some(),
+        description: Some(node.description()),
+        cluster_id: local.cluster_id,
+    });
+    req.set_timeout(period.max(Duration::from_millis(500)));
+    client.heartbeat(req).await.map(|r| r.into_inner()).map_err(|s| format!("{addr}: {}", s.message()))
+}
+
+async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crate::error::ApiError> {
+    if resp.removed {
+        tracing::error!("this node was removed from the cluster; it now stands alone (join again to come back)");
+        let _g = node.inner.transition.lock().await;
+        node.stop_raft(true).await?;
+        return node.update_local(|l| {
+            l.role = Role::Uninitialized;
+            l.cluster_id.clear();
+            l.managers.clear();
+        });
+    }
+    let managers: Vec<Peer> = resp
+        .managers
+        .iter()
+        .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
+        .filter(|p| !p.addr.is_empty())
+        .collect();
+    if !managers.is_empty() {
+        node.update_local(|l| l.managers = managers)?;
+    }
+    let desired = resp.desired_role();
+    let _g = node.inner.transition.lock().await;
+    match (desired, node.raft()) {
+        (NodeRole::Manager, None) => {
+            tracing::info!("promoted: starting raft");
+            node.update_local(|l| l.role = Role::Manager)?;
+            node.start_raft().await?;
+        }
+        (NodeRole::Worker, Some(rt)) => {
+            let m = rt.metrics();
+            let member = m.membership_config.membership().get_node(&m.id).is_some();
+            if !member {
+                tracing::info!("demoted: stopping raft and removing its data");
+                node.stop_raft(true).await?;
+                node.update_local(|l| l.role = Role::Worker)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

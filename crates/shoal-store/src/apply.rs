@@ -1,0 +1,292 @@
+//! Applying a committed [`Command`]: its ops in order, all or none.
+//!
+//! Each op that changes the store first records the previous state of the object it touches in
+//! an undo log; when a later op fails, the log is replayed backwards through the same indexed
+//! `put`/`take`, so objects and indexes are exactly as before. Nothing here may panic, read a
+//! clock or depend on anything but the store and the command: every manager must reach the same
+//! state from the same log.
+
+use shoal_api::v1::{object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef};
+
+use crate::record::{Prev, Record, Table, Tag};
+use crate::Store;
+
+/// Why an op was refused; becomes `CommandResult.error_kind` and `.error`.
+#[derive(Debug)]
+struct Refusal {
+    kind: &'static str,
+    message: String,
+}
+
+fn refuse(kind: &'static str, message: String) -> Refusal {
+    Refusal { kind, message }
+}
+
+fn invalid(message: String) -> Refusal {
+    refuse("invalid", message)
+}
+
+fn exists(message: String) -> Refusal {
+    refuse("exists", message)
+}
+
+fn not_found<T: Record>(id: &str) -> Refusal {
+    refuse("not_found", format!("{} \"{id}\" not found", T::TAG.name()))
+}
+
+fn conflict<T: Record>(stored: &T, read: u64) -> Refusal {
+    refuse(
+        "conflict",
+        format!(
+            "{} \"{}\" changed since it was read (version {read}, now {}): read it again and retry",
+            T::TAG.name(),
+            stored.label(),
+            stored.version()
+        ),
+    )
+}
+
+/// How an object op treats an existing object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    Update,
+    Upsert,
+}
+
+/// One undo entry: the state of `id` before an op changed it.
+struct Undo {
+    id: String,
+    prev: Prev,
+}
+
+/// What a successful op did.
+struct Done {
+    action: EventAction,
+    /// The object after the change, or before it for a delete.
+    object: Object,
+    deleted: bool,
+    undo: Undo,
+}
+
+impl Store {
+    /// Applies one committed command at Raft log index `version`.
+    ///
+    /// Atomic: when an op fails, the store is left exactly as before, the result carries `error`
+    /// and `error_kind` (`conflict`, `not_found`, `exists` or `invalid`) and no events are
+    /// returned. On success every created or updated object gets `meta.version = version` and
+    /// `meta.updated_at_ms = cmd.now_ms`; created ones also get `meta.created_at_ms = cmd.now_ms`
+    /// (updates keep the stored one). `result.objects` holds the stored objects in op order
+    /// (deletes omitted) and there is one event per op. [`Store::version`] becomes `version`
+    /// even when the command fails: it was still applied as a log entry. Never panics.
+    pub fn apply(&mut self, version: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
+        self.version = version;
+        let mut undo = Vec::with_capacity(cmd.ops.len());
+        let mut objects = Vec::with_capacity(cmd.ops.len());
+        let mut events = Vec::with_capacity(cmd.ops.len());
+        for op in &cmd.ops {
+            match self.apply_op(op, version, cmd.now_ms) {
+                Ok(done) => {
+                    undo.push(done.undo);
+                    if !done.deleted {
+                        objects.push(done.object.clone());
+                    }
+                    events.push(Event {
+                        action: done.action.into(),
+                        object: Some(done.object),
+                        version,
+                    });
+                }
+                Err(refusal) => {
+                    self.roll_back(undo);
+                    let result = CommandResult {
+                        error: refusal.message,
+                        error_kind: refusal.kind.to_owned(),
+                        objects: Vec::new(),
+                        version,
+                    };
+                    return (result, Vec::new());
+                }
+            }
+        }
+        let result = CommandResult {
+            error: String::new(),
+            error_kind: String::new(),
+            objects,
+            version,
+        };
+        (result, events)
+    }
+
+    fn apply_op(
+        &mut self,
+        op: &shoal_api::v1::Op,
+        version: u64,
+        now_ms: i64,
+    ) -> Result<Done, Refusal> {
+        let Some(kind) = &op.kind else {
+            return Err(invalid(
+                "empty op: it has no create, update, delete or upsert".to_owned(),
+            ));
+        };
+        let stamp = Stamp { version, now_ms };
+        match kind {
+            op::Kind::Create(o) => self.write(o, Mode::Create, stamp),
+            op::Kind::Update(o) => self.write(o, Mode::Update, stamp),
+            op::Kind::Upsert(o) => self.write(o, Mode::Upsert, stamp),
+            op::Kind::Delete(r) => self.delete(r),
+        }
+    }
+
+    fn write(&mut self, o: &Object, mode: Mode, stamp: Stamp) -> Result<Done, Refusal> {
+        let Some(kind) = &o.kind else {
+            return Err(invalid(
+                "object has no kind (cluster, node, service, task, network, secret or config)"
+                    .to_owned(),
+            ));
+        };
+        match kind {
+            object::Kind::Cluster(c) => {
+                // There is one cluster; a second one, whatever its id, is refused.
+                if mode != Mode::Update {
+                    if let Some(other) = self.clusters.items.keys().find(|id| **id != Record::id(c))
+                    {
+                        return Err(exists(format!(
+                            "cluster \"{other}\" already exists: there is only one cluster"
+                        )));
+                    }
+                }
+                write_in(&mut self.clusters, c.clone(), mode, stamp)
+            }
+            object::Kind::Node(n) => write_in(&mut self.nodes, n.clone(), mode, stamp),
+            object::Kind::Service(s) => write_in(&mut self.services, s.clone(), mode, stamp),
+            object::Kind::Task(t) => write_in(&mut self.tasks, t.clone(), mode, stamp),
+            object::Kind::Network(n) => write_in(&mut self.networks, n.clone(), mode, stamp),
+            object::Kind::Secret(s) => write_in(&mut self.secrets, s.clone(), mode, stamp),
+            object::Kind::Config(c) => write_in(&mut self.configs, c.clone(), mode, stamp),
+        }
+    }
+
+    fn delete(&mut self, r: &ObjectRef) -> Result<Done, Refusal> {
+        let Some(tag) = Tag::from_wire(r.kind) else {
+            return Err(invalid(format!(
+                "cannot delete an object of unknown kind {}",
+                r.kind
+            )));
+        };
+        match tag {
+            Tag::Cluster => delete_in(&mut self.clusters, r),
+            Tag::Node => delete_in(&mut self.nodes, r),
+            Tag::Service => delete_in(&mut self.services, r),
+            Tag::Task => delete_in(&mut self.tasks, r),
+            Tag::Network => delete_in(&mut self.networks, r),
+            Tag::Secret => delete_in(&mut self.secrets, r),
+            Tag::Config => delete_in(&mut self.configs, r),
+        }
+    }
+
+    /// Undoes the ops of a failed command, last first.
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        for Undo { id, prev } in undo.into_iter().rev() {
+            match prev {
+                Prev::Cluster(p) => self.clusters.restore(&id, p),
+                Prev::Node(p) => self.nodes.restore(&id, p),
+                Prev::Service(p) => self.services.restore(&id, p),
+                Prev::Task(p) => self.tasks.restore(&id, p),
+                Prev::Network(p) => self.networks.restore(&id, p),
+                Prev::Secret(p) => self.secrets.restore(&id, p),
+                Prev::Config(p) => self.configs.restore(&id, p),
+            }
+        }
+    }
+}
+
+/// The log index and proposer time a command is applied with.
+#[derive(Clone, Copy)]
+struct Stamp {
+    version: u64,
+    now_ms: i64,
+}
+
+/// Creates, updates or upserts `rec` in `table`.
+fn write_in<T: Record>(
+    table: &mut Table<T>,
+    mut rec: T,
+    mode: Mode,
+    stamp: Stamp,
+) -> Result<Done, Refusal> {
+    let kind = T::TAG.name();
+    let id = rec.id().to_owned();
+    if id.is_empty() {
+        return Err(invalid(format!("{kind} has an empty id")));
+    }
+    if T::NAMED && rec.name().is_empty() {
+        return Err(invalid(format!("{kind} \"{id}\" has an empty name")));
+    }
+    let stored = table.get(&id);
+    match (mode, stored) {
+        (Mode::Create, Some(_)) => return Err(exists(format!("{kind} \"{id}\" already exists"))),
+        (Mode::Update, None) => return Err(not_found::<T>(&id)),
+        (Mode::Update, Some(cur)) if cur.version() != rec.version() => {
+            return Err(conflict(cur, rec.version()))
+        }
+        _ => {}
+    }
+    if T::NAMED {
+        if let Some(owner) = table.id_by_name(rec.name()).filter(|owner| *owner != id) {
+            return Err(exists(format!(
+                "{kind} name \"{}\" is already used by {kind} \"{owner}\": choose another name",
+                rec.name()
+            )));
+        }
+    }
+    let (action, created_at_ms) = match stored {
+        Some(cur) => (
+            EventAction::Update,
+            cur.meta().map_or(stamp.now_ms, |m| m.created_at_ms),
+        ),
+        None => (EventAction::Create, stamp.now_ms),
+    };
+    let meta = rec.meta_mut();
+    meta.version = stamp.version;
+    meta.created_at_ms = created_at_ms;
+    meta.updated_at_ms = stamp.now_ms;
+    let prev = table.put(rec.clone());
+    Ok(Done {
+        action,
+        object: rec.into_object(),
+        deleted: false,
+        undo: Undo {
+            id,
+            prev: T::into_prev(prev),
+        },
+    })
+}
+
+/// Deletes the object `r` names from `table`.
+fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Refusal> {
+    if r.id.is_empty() {
+        return Err(invalid(format!(
+            "cannot delete a {} with an empty id",
+            T::TAG.name()
+        )));
+    }
+    let Some(cur) = table.get(&r.id) else {
+        return Err(not_found::<T>(&r.id));
+    };
+    if r.version != 0 && r.version != cur.version() {
+        return Err(conflict(cur, r.version));
+    }
+    let Some(prev) = table.take(&r.id) else {
+        return Err(not_found::<T>(&r.id));
+    };
+    Ok(Done {
+        action: EventAction::Delete,
+        object: prev.clone().into_object(),
+        deleted: true,
+        undo: Undo {
+            id: r.id.clone(),
+            prev: T::into_prev(Some(prev)),
+        },
+    })
+}

@@ -1,0 +1,190 @@
+//! Benchmarks that print figures (they assert nothing about time):
+//!
+//! * committed service updates per second on 3 managers, with 1 and with 64 concurrent clients;
+//! * leader failover: kill -9 of the leader -> first successful write on a survivor, median of
+//!   several runs.
+//!
+//! Usage: `shoal-bench [--runs N] [--seconds S]` with the release binaries next to it (or
+//! SHOAL_BIN_DIR). Traffic stays on loopback addresses 127.0.30.x.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shoal_api::v1::*;
+use shoal_testkit::{control, wait_until, DaemonProcess};
+
+struct Opts {
+    runs: usize,
+    seconds: u64,
+}
+
+fn opts() -> Result<Opts> {
+    let mut o = Opts { runs: 5, seconds: 5 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => o.runs = args.next().context("--runs N")?.parse()?,
+            "--seconds" => o.seconds = args.next().context("--seconds S")?.parse()?,
+            other => bail!("unknown argument {other:?}; usage: shoal-bench [--runs N] [--seconds S]"),
+        }
+    }
+    Ok(o)
+}
+
+fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        annotations: Some(Annotations { name: name.into(), ..Default::default() }),
+        task_template: Some(TaskSpec {
+            container: Some(ContainerSpec { image: "bench:1".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        mode: Some(service_spec::Mode::Replicated(ReplicatedService { replicas })),
+        ..Default::default()
+    }
+}
+
+async fn cluster(root: &std::path::Path) -> Result<Vec<DaemonProcess>> {
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(DaemonProcess::spawn(root, &format!("b{i}"), &format!("127.0.30.{i}:4242"), &[]).await?);
+    }
+    let mut c0 = control(&nodes[0].host()).await?;
+    c0.init_cluster(InitClusterRequest::default()).await?;
+    let token = c0
+        .get_join_token(GetJoinTokenRequest { role: NodeRole::Manager as i32, rotate: false })
+        .await?
+        .into_inner()
+        .token;
+    for n in &nodes[1..] {
+        control(&n.host())
+            .await?
+            .join_cluster(JoinClusterRequest {
+                token: token.clone(),
+                remote_addr: nodes[0].addr.clone(),
+                advertise_addr: String::new(),
+            })
+            .await?;
+    }
+    Ok(nodes)
+}
+
+async fn leader(nodes: &[DaemonProcess]) -> Result<usize> {
+    wait_until(Duration::from_secs(20), "a leader", || async {
+        for (i, n) in nodes.iter().enumerate() {
+            if !n.running() {
+                continue;
+            }
+            let info = control(&n.host()).await.ok()?.info(InfoRequest {}).await.ok()?.into_inner();
+            let r = info.raft?;
+            if r.raft_id == r.leader_raft_id && r.voters.len() == 3 {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Each client updates its own service as fast as it can for `secs`; returns commits/s.
+async fn throughput(host: &str, clients: usize, secs: u64) -> Result<f64> {
+    let mut c = control(host).await?;
+    for i in 0..clients {
+        let name = format!("tp-{clients}-{i}");
+        c.create_service(CreateServiceRequest { spec: Some(spec(&name, 1)) }).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let host = host.to_string();
+        set.spawn(async move {
+            let mut c = control(&host).await?;
+            let name = format!("tp-{clients}-{i}");
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                c.update_service(UpdateServiceRequest {
+                    service: name.clone(),
+                    version: 0,
+                    spec: Some(spec(&name, 1 + n % 3)),
+                    rollback: false,
+                })
+                .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        total += r??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn failover_once(nodes: &mut [DaemonProcess], run: usize) -> Result<Duration> {
+    let l = leader(nodes).await?;
+    let survivor = (l + 1) % nodes.len();
+    let host = nodes[survivor].host();
+    nodes[l].kill9().await?;
+    let t0 = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let name = format!("fo-{run}-{attempt}");
+        let ok = match control(&host).await {
+            Ok(mut c) => {
+                let mut req = tonic::Request::new(CreateServiceRequest { spec: Some(spec(&name, 1)) });
+                req.set_timeout(Duration::from_secs(2));
+                c.create_service(req).await.is_ok()
+            }
+            Err(_) => false,
+        };
+        if ok {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("no write succeeded within 60 s of the leader kill");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed();
+    nodes[l].restart(&[]).await?;
+    leader(nodes).await?;
+    Ok(took)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = opts()?;
+    let root = tempfile::tempdir()?;
+    let mut nodes = cluster(root.path()).await?;
+    let l = leader(&nodes).await?;
+    let host = nodes[l].host();
+    println!("shoal raft benchmark: 3 managers on loopback, sled fsync per append");
+    for clients in [1usize, 64] {
+        let r = throughput(&host, clients, o.seconds).await?;
+        println!("  committed service updates/s, {clients:>2} client(s): {r:>8.1}");
+    }
+    let mut runs = Vec::new();
+    for run in 0..o.runs {
+        let d = failover_once(&mut nodes, run).await?;
+        println!("  failover run {}: {:>6.0} ms", run + 1, d.as_secs_f64() * 1000.0);
+        runs.push(d);
+    }
+    let all: Vec<String> = runs.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+    println!(
+        "  leader failover (kill -9 -> first write on a survivor), median of {}: {:.0} ms  [{}]",
+        o.runs,
+        median(runs).as_secs_f64() * 1000.0,
+        all.join(", ")
+    );
+    for n in nodes.iter_mut() {
+        n.stop().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Test fixtures for shoal: in-process nodes on loopback, `shoald` processes on their own
+//! loopback addresses, a runner for the `shoal` CLI, and bounded waiting.
+//!
+//! Nothing here is used by the product; it must never hide a failure (a missing binary or a
+//! daemon that does not come up is an error, not a skip).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_api::v1::control_client::ControlClient;
+use shoal_manager::client::{connect, Host};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Polls `pred` until it returns `Some`, or fails after `timeout` with `what` in the error.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut pred: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = pred().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Installs a test log subscriber once (RUST_LOG controls it).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Connects a control client to a host (`unix:///...` or `HOST:PORT`).
+pub async fn control(host: &str) -> Result<ControlClient<Channel>> {
+    let h = Host::parse(host)?;
+    Ok(ControlClient::new(connect(&h).await?))
+}
+
+/// An in-process node: a `Daemon` on 127.0.0.1 with its own data dir and socket.
+pub struct InProcessNode {
+    /// Data dir (kept across restarts of the same node).
+    pub dir: PathBuf,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Name in `node ls`.
+    pub hostname: String,
+    daemon: Option<shoal_manager::Daemon>,
+}
+
+impl InProcessNode {
+    /// Starts a node in `dir` on `addr` (port 0 picks one).
+    pub async fn start(dir: &Path, addr: SocketAddr, hostname: &str) -> Result<Self> {
+        let daemon = shoal_manager::Daemon::start(shoal_manager::DaemonConfig {
+            data_dir: dir.to_path_buf(),
+            listen_addr: addr,
+            advertise_addr: None,
+            control_socket: None,
+            hostname: Some(hostname.to_string()),
+            force_new_cluster: false,
+        })
+        .await
+        .map_err(|e| anyhow!("start {hostname}: {e}"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            addr: daemon.listen_addr(),
+            hostname: hostname.to_string(),
+            daemon: Some(daemon),
+        })
+    }
+
+    /// `HOST:PORT` of the node.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The daemon, while running.
+    pub fn daemon(&self) -> Option<&shoal_manager::Daemon> {
+        self.daemon.as_ref()
+    }
+
+    /// Stops the node (clean shutdown; the data dir stays).
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+
+    /// Starts it again on the same address and data dir.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        let addr = self.addr;
+        let mut last = None;
+        // The port may linger for a moment after shutdown.
+        for _ in 0..50 {
+            match Self::start(&self.dir, addr, &self.hostname).await {
+                Ok(n) => {
+                    self.daemon = n.daemon;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("restart failed")))
+    }
+}
+
+/// Where the built `shoald` and `shoal` binaries are: `SHOAL_BIN_DIR`, else next to the test
+/// executable's parent (cargo's target/<profile>).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SHOAL_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test executable has no parent dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Path of a built binary; an error that says how to build it if it is missing.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if !p.exists() {
+        bail!("{} not found: build the binaries first (cargo build --bins) or set SHOAL_BIN_DIR", p.display());
+    }
+    Ok(p)
+}
+
+/// A `shoald` child process on its own address.
+pub struct DaemonProcess {
+    /// Name in `node ls`.
+    pub hostname: String,
+    /// Data dir.
+    pub dir: PathBuf,
+    /// HOST:PORT.
+    pub addr: String,
+    /// Control socket.
+    pub socket: PathBuf,
+    child: Option<tokio::process::Child>,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Spawns `shoald` and waits (bounded) until its control socket answers.
+    pub async fn spawn(root: &Path, hostname: &str, addr: &str, extra: &[&str]) -> Result<Self> {
+        let dir = root.join(hostname);
+        std::fs::create_dir_all(&dir)?;
+        let mut d = Self {
+            hostname: hostname.to_string(),
+            socket: dir.join("shoal.sock"),
+            dir,
+            addr: addr.to_string(),
+            child: None,
+            log: root.join(format!("{hostname}.log")),
+        };
+        d.start(extra).await?;
+        Ok(d)
+    }
+
+    async fn start(&mut self, extra: &[&str]) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = tokio::process::Command::new(bin("shoald")?);
+        cmd.arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-addr")
+            .arg(&self.addr)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .arg("--hostname")
+            .arg(&self.hostname)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("SHOALD_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        self.child = Some(cmd.spawn().context("spawn shoald")?);
+        let host = self.host();
+        wait_until(Duration::from_secs(20), &format!("shoald {} to answer", self.hostname), || {
+            let host = host.clone();
+            async move { control(&host).await.ok().map(|_| ()) }
+        })
+        .await
+        .with_context(|| format!("log:\n{}", self.log_tail()))
+    }
+
+    /// `unix://` host of the control socket.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The last lines of the daemon's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// kill -9, as a crash.
+    pub async fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill()?;
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait (bounded), as a clean stop.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+                c.start_kill()?;
+                c.wait().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts again with the same data dir and address.
+    pub async fn restart(&mut self, extra: &[&str]) -> Result<()> {
+        self.stop().await?;
+        self.start(extra).await
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Output of one CLI invocation.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit status was success.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {:?} (stderr {:?})", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `shoal --host HOST ARGS...` (bounded to 60 s).
+pub async fn shoal(host: &str, args: &[&str]) -> Result<CliOutput> {
+    let mut cmd = tokio::process::Command::new(bin("shoal")?);
+    cmd.arg("--host").arg(host).args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .map_err(|_| anyhow!("shoal {args:?} did not finish in 60 s"))??;
+    Ok(CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs the CLI and fails unless it succeeded.
+pub async fn shoal_ok(host: &str, args: &[&str]) -> Result<CliOutput> {
+    let o = shoal(host, args).await?;
+    if !o.ok {
+        bail!("shoal {args:?} failed: {}", o.stderr.trim());
+    }
+    Ok(o)
+}

@@ -1,0 +1,252 @@
+//! Real binaries, real processes: three `shoald` on distinct loopback addresses driven by the
+//! `shoal` CLI. A kill -9 of the leader loses no acknowledged service; a full restart from disk
+//! keeps the state; the errors users meet are one clear line.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use shoal_testkit::{shoal, shoal_ok, wait_until, DaemonProcess};
+
+/// A port for this test run, so parallel runs do not collide (the addresses differ per test).
+fn port() -> u16 {
+    20_000 + (std::process::id() % 20_000) as u16
+}
+
+struct Cluster {
+    _root: tempfile::TempDir,
+    nodes: Vec<DaemonProcess>,
+}
+
+impl Cluster {
+    /// Three managers on 127.0.<net>.1..3.
+    async fn three_managers(net: u8) -> Result<Self> {
+        let root = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for i in 1..=3u8 {
+            let addr = format!("127.0.{net}.{i}:{}", port());
+            nodes.push(DaemonProcess::spawn(root.path(), &format!("m{i}"), &addr, &[]).await?);
+        }
+        shoal_ok(&nodes[0].host(), &["cluster", "init"]).await?;
+        let token =
+            shoal_ok(&nodes[0].host(), &["cluster", "join-token", "-q", "manager"]).await?.stdout.trim().to_string();
+        for n in &nodes[1..] {
+            shoal_ok(&n.host(), &["cluster", "join", "--token", &token, &nodes[0].addr]).await?;
+        }
+        let c = Cluster { _root: root, nodes };
+        c.wait_managers(3, &c.nodes[0].host()).await?;
+        Ok(c)
+    }
+
+    async fn wait_managers(&self, n: usize, host: &str) -> Result<()> {
+        wait_until(Duration::from_secs(30), &format!("{n} ready managers with a leader"), || async move {
+            let o = shoal(host, &["node", "ls", "--format", "json"]).await.ok()?;
+            let v = o.json().ok()?;
+            let rows = v.as_array()?;
+            let ready = rows.iter().filter(|r| r["role"] == "manager" && r["status"] == "ready").count();
+            let leaders = rows.iter().filter(|r| r["manager_status"] == "leader").count();
+            (ready == n && leaders == 1).then_some(())
+        })
+        .await
+    }
+
+    /// Index of the daemon that is the raft leader.
+    async fn leader(&self) -> Result<usize> {
+        wait_until(Duration::from_secs(15), "a leader", || async {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !n.running() {
+                    continue;
+                }
+                let info = shoal(&n.host(), &["info", "--format", "json"]).await.ok()?.json().ok()?;
+                let raft = &info["raft"];
+                if raft["raft_id"].as_str().is_some() && raft["raft_id"] == raft["leader_raft_id"] {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+fn service_names(v: &Value) -> BTreeSet<String> {
+    v.as_array().into_iter().flatten().filter_map(|r| r["name"].as_str().map(str::to_string)).collect()
+}
+
+async fn create(host: &str, name: &str) -> Result<bool> {
+    Ok(shoal(host, &["service", "create", "--detach", "--name", name, "--replicas", "2", "registry.local/busybox:1"])
+        .await?
+        .ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_loses_no_acknowledged_service_and_restart_keeps_state() -> Result<()> {
+    let mut c = Cluster::three_managers(21).await?;
+    let mut acked = BTreeSet::new();
+    // Writes through every manager: followers forward to the leader.
+    for i in 0..9 {
+        let name = format!("svc{i}");
+        if create(&c.nodes[i % 3].host(), &name).await? {
+            acked.insert(name);
+        }
+    }
+    assert_eq!(acked.len(), 9, "every create on a healthy cluster is acknowledged");
+
+    let leader = c.leader().await?;
+    c.nodes[leader].kill9().await?;
+    let survivor = (leader + 1) % 3;
+    let host = c.nodes[survivor].host();
+
+    // Reads answer on a survivor right away and show everything acknowledged.
+    let listed = service_names(&shoal_ok(&host, &["service", "ls", "--format", "json"]).await?.json()?);
+    assert!(acked.is_subset(&listed), "acknowledged {acked:?}, listed {listed:?}");
+
+    // Writes resume once the survivors elect a leader.
+    wait_until(Duration::from_secs(20), "a write after the leader was killed", || {
+        let host = host.clone();
+        async move { create(&host, "after-failover").await.ok().filter(|ok| *ok) }
+    })
+    .await?;
+    acked.insert("after-failover".to_string());
+
+    // The killed manager shows as unreachable and down.
+    let killed = c.nodes[leader].hostname.clone();
+    wait_until(Duration::from_secs(20), "the killed manager to be down and unreachable", || {
+        let (host, killed) = (host.clone(), killed.clone());
+        async move {
+            let v = shoal(&host, &["node", "ls", "--format", "json"]).await.ok()?.json().ok()?;
+            v.as_array()?
+                .iter()
+                .any(|r| {
+                    r["hostname"] == killed.as_str() && r["status"] == "down" && r["manager_status"] == "unreachable"
+                })
+                .then_some(())
+        }
+    })
+    .await?;
+
+    // Restart everything from disk: state intact, cluster whole again.
+    for n in c.nodes.iter_mut() {
+        n.stop().await?;
+    }
+    for n in c.nodes.iter_mut() {
+        n.restart(&[]).await?;
+    }
+    let host0 = c.nodes[0].host();
+    c.wait_managers(3, &host0).await?;
+    for n in &c.nodes {
+        let listed = service_names(&shoal_ok(&n.host(), &["service", "ls", "--format", "json"]).await?.json()?);
+        // A restarted follower may still be applying its log: wait for it, bounded.
+        if !acked.is_subset(&listed) {
+            let h = n.host();
+            let want = acked.clone();
+            wait_until(Duration::from_secs(10), "a restarted manager to apply the whole log", || {
+                let (h, want) = (h.clone(), want.clone());
+                async move {
+                    let l = service_names(&shoal(&h, &["service", "ls", "--format", "json"]).await.ok()?.json().ok()?);
+                    want.is_subset(&l).then_some(())
+                }
+            })
+            .await?;
+        }
+    }
+    create(&host0, "after-restart").await?.then_some(()).context("write after full restart")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_errors_are_one_clear_line() -> Result<()> {
+    let mut c = Cluster::three_managers(22).await?;
+    let h = c.nodes[1].host();
+
+    let o = shoal(&h, &["service", "inspect", "nope"]).await?;
+    assert!(!o.ok);
+    assert_eq!(o.stderr.trim(), "Error: service \"nope\" not found");
+
+    let o = shoal(&h, &["service", "create", "--name", "bad name", "img"]).await?;
+    assert!(!o.ok);
+    assert!(o.stderr.contains("invalid spec: name:"), "{}", o.stderr);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+
+    let o = shoal(&h, &["service", "create", "--restart-condition", "sometimes", "img"]).await?;
+    assert!(!o.ok && o.stderr.contains("restart condition"), "{}", o.stderr);
+
+    assert!(create(&h, "web").await?);
+    let o = shoal(&h, &["service", "create", "--name", "web", "img"]).await?;
+    assert!(!o.ok && o.stderr.contains("already"), "{}", o.stderr);
+
+    // A stale version is refused with a message that says what to do.
+    let mut ctl = shoal_testkit::control(&h).await?;
+    let svc = ctl
+        .get_service(shoal_api::v1::GetServiceRequest { service: "web".into() })
+        .await?
+        .into_inner()
+        .service
+        .context("service")?;
+    let v = svc.meta.as_ref().map(|m| m.version).unwrap_or(0);
+    shoal_ok(&h, &["service", "scale", "web=5"]).await?;
+    let stale = ctl
+        .update_service(shoal_api::v1::UpdateServiceRequest {
+            service: "web".into(),
+            version: v,
+            spec: svc.spec.clone(),
+            rollback: false,
+        })
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.code(), tonic::Code::Aborted);
+    assert!(stale.message().contains("read it again"), "{}", stale.message());
+
+    // No quorum: with two of three managers gone, a write fails promptly and says how many answer.
+    let leader = c.leader().await?;
+    let keep = (leader + 1) % 3;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        if i != keep {
+            n.kill9().await?;
+        }
+    }
+    let h = c.nodes[keep].host();
+    let started = std::time::Instant::now();
+    let o = shoal(&h, &["service", "create", "--name", "nq", "img"]).await?;
+    assert!(!o.ok);
+    assert!(o.stderr.contains("no quorum: 1 of 3 managers reachable, 2 needed"), "{}", o.stderr);
+    if started.elapsed() > Duration::from_secs(30) {
+        bail!("a write without quorum took {:?} to fail", started.elapsed());
+    }
+    // Reads still answer from local state.
+    let listed = service_names(&shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?);
+    assert!(listed.contains("web"));
+
+    // A daemon that is not there.
+    let o = shoal("unix:///nonexistent/shoal.sock", &["service", "ls"]).await?;
+    assert!(!o.ok && o.stderr.contains("cannot reach shoald at unix:///nonexistent/shoal.sock"), "{}", o.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_recovers_a_lone_survivor() -> Result<()> {
+    let mut c = Cluster::three_managers(23).await?;
+    let h = c.nodes[0].host();
+    assert!(create(&h, "keep-me").await?);
+    let leader = c.leader().await?;
+    let keep = (leader + 1) % 3;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        if i != keep {
+            n.kill9().await?;
+        }
+    }
+    c.nodes[keep].restart(&["--force-new-cluster"]).await?;
+    let h = c.nodes[keep].host();
+    wait_until(Duration::from_secs(20), "a write on the recovered manager", || {
+        let h = h.clone();
+        async move { create(&h, "after-recovery").await.ok().filter(|ok| *ok) }
+    })
+    .await?;
+    let listed = service_names(&shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?);
+    assert!(listed.contains("keep-me") && listed.contains("after-recovery"), "{listed:?}");
+    let nodes = shoal_ok(&h, &["node", "ls", "--format", "json"]).await?.json()?;
+    let managers = nodes.as_array().into_iter().flatten().filter(|r| r["role"] == "manager").count();
+    assert_eq!(managers, 1, "only the survivor remains a manager: {nodes}");
+    Ok(())
+}
