@@ -55,6 +55,9 @@ pub struct LocalState {
     pub cluster_id: String,
     /// Managers last heard of.
     pub managers: Vec<Peer>,
+    /// Cluster settings last heard of: Raft starts with them before it has any state.
+    #[serde(default)]
+    pub settings: Option<shoal_api::v1::ClusterSettings>,
 }
 
 /// Reading or writing `node.json` failed.
@@ -127,6 +130,7 @@ mod tests {
             role: Role::Manager,
             cluster_id: "c".into(),
             managers: vec![Peer { node_id: "n1".into(), raft_id: 7, addr: "127.0.0.1:1".into() }],
+            settings: Some(shoal_api::defaults::cluster_settings()),
         };
         s.save(dir.path()).expect("save");
         assert_eq!(LocalState::load(dir.path()).expect("load"), Some(s));

@@ -114,7 +114,12 @@ impl Membership for MembershipService {
         propose_local(&self.node, cmd).await?;
         tracing::info!(node_id = %req.node_id, %hostname, role = shoal_api::names::node_role(role), "node joined");
         let cluster_id = cluster.meta.map(|m| m.id).unwrap_or_default();
-        Ok(Response::new(JoinResponse { cluster_id, role: role as i32, managers: manager_peers(&self.node) }))
+        Ok(Response::new(JoinResponse {
+            cluster_id,
+            role: role as i32,
+            managers: manager_peers(&self.node),
+            settings: cluster.settings,
+        }))
     }
 
     async fn propose(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {
@@ -145,7 +150,8 @@ impl Membership for MembershipService {
         if !req.cluster_id.is_empty() && req.cluster_id != cluster_id {
             return Err(Status::permission_denied("this node belongs to another cluster"));
         }
-        let period = settings.map(shoal_api::defaults::fill_settings).map(|s| s.heartbeat_period_ms);
+        let settings = settings.map(shoal_api::defaults::fill_settings);
+        let period = settings.as_ref().map(|s| s.heartbeat_period_ms);
         let Some(n) = known else {
             return Ok(Response::new(HeartbeatResponse { removed: true, ..Default::default() }));
         };
@@ -165,6 +171,8 @@ impl Membership for MembershipService {
             managers: manager_peers(&self.node),
             removed: false,
             leader_addr: String::new(),
+            settings,
+            raft_member: rt.metrics().membership_config.membership().get_node(&n.raft_id).is_some(),
         }))
     }
 

@@ -108,6 +108,7 @@ impl Node {
                     role: Role::Uninitialized,
                     cluster_id: String::new(),
                     managers: Vec::new(),
+                    settings: None,
                 };
                 s.save(&cfg.data_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
                 s
@@ -242,8 +243,10 @@ impl Node {
         }
         let (log, sm, store) =
             shoal_raft::open(&dir).await.map_err(|e| ApiError::internal("cannot open raft storage", e))?;
+        // The replicated settings win; before this manager has state, the ones it was told.
         let settings = store
             .read(|s| s.cluster().and_then(|c| c.settings.clone()))
+            .or(local.settings.clone())
             .map(shoal_api::defaults::fill_settings)
             .unwrap_or_else(shoal_api::defaults::cluster_settings);
         let params = shoal_raft::RaftParams {

@@ -104,9 +104,15 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
         .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
         .filter(|p| !p.addr.is_empty())
         .collect();
-    if !managers.is_empty() {
-        node.update_local(|l| l.managers = managers)?;
-    }
+    let settings = resp.settings.clone();
+    node.update_local(|l| {
+        if !managers.is_empty() {
+            l.managers = managers;
+        }
+        if settings.is_some() {
+            l.settings = settings;
+        }
+    })?;
     let desired = resp.desired_role();
     let _g = node.inner.transition.lock().await;
     match (desired, node.raft()) {
@@ -115,10 +121,10 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
             node.update_local(|l| l.role = Role::Manager)?;
             node.start_raft().await?;
         }
-        (NodeRole::Worker, Some(rt)) => {
-            let m = rt.metrics();
-            let member = m.membership_config.membership().get_node(&m.id).is_some();
-            if !member {
+        (NodeRole::Worker, Some(_)) => {
+            // The leader's membership is the truth: a removed member never hears of its own
+            // removal through Raft.
+            if !resp.raft_member {
                 tracing::info!("demoted: stopping raft and removing its data");
                 node.stop_raft(true).await?;
                 node.update_local(|l| l.role = Role::Worker)?;
