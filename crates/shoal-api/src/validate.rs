@@ -455,7 +455,9 @@ mod tests {
             (
                 {
                     let mut s = spec("web", "img");
-                    s.task_template.as_mut().and_then(|t| t.container.as_mut()).map(|c| c.env.push("=x".into()));
+                    if let Some(c) = s.task_template.as_mut().and_then(|t| t.container.as_mut()) {
+                        c.env.push("=x".into());
+                    }
                     s
                 },
                 "env",
@@ -463,10 +465,9 @@ mod tests {
             (
                 {
                     let mut s = spec("web", "img");
-                    s.task_template
-                        .as_mut()
-                        .and_then(|t| t.container.as_mut())
-                        .map(|c| c.stop_signal = "SIGNOPE".into());
+                    if let Some(c) = s.task_template.as_mut().and_then(|t| t.container.as_mut()) {
+                        c.stop_signal = "SIGNOPE".into();
+                    }
                     s
                 },
                 "stop_signal",
@@ -474,10 +475,10 @@ mod tests {
             (
                 {
                     let mut s = spec("web", "img");
-                    s.task_template.as_mut().map(|t| {
+                    if let Some(t) = s.task_template.as_mut() {
                         t.placement =
-                            Some(Placement { constraints: vec!["node.color==red".into()], ..Default::default() })
-                    });
+                            Some(Placement { constraints: vec!["node.color==red".into()], ..Default::default() });
+                    }
                     s
                 },
                 "constraint",

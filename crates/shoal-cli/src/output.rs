@@ -141,7 +141,7 @@ pub fn node_pretty(v: &NodeView) {
 
 /// `cluster inspect --format table`.
 pub fn cluster_pretty(c: &Cluster) {
-    let s = c.settings.clone().unwrap_or_default();
+    let s = c.settings.unwrap_or_default();
     println!("ID:                 {}", c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""));
     println!("Name:               {}", c.name);
     let d = |ms: u64| crate::units::format_duration_ms(ms as i64);

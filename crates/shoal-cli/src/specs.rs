@@ -152,7 +152,7 @@ pub fn labels(items: &[String]) -> Res<BTreeMap<String, String>> {
 }
 
 fn csv_fields(s: &str) -> Res<Vec<(String, String)>> {
-    s.split(',').filter(|f| !f.is_empty()).map(|f| Ok(kv(f)?)).collect()
+    s.split(',').filter(|f| !f.is_empty()).map(kv).collect()
 }
 
 /// Parses `--mount type=bind,source=/a,target=/b[,readonly]`.

@@ -142,7 +142,7 @@ impl ControlService {
             l.role = if role == NodeRole::Manager { Role::Manager } else { Role::Worker };
             l.cluster_id = resp.cluster_id.clone();
             l.managers = managers;
-            l.settings = resp.settings.clone();
+            l.settings = resp.settings;
         })?;
         if role == NodeRole::Manager {
             // A fresh raft dir: this node catches up from the leader as a learner.
@@ -233,7 +233,7 @@ impl Control for ControlService {
             l.role = Role::Manager;
             l.cluster_id = cluster_id.clone();
             l.managers = vec![Peer { node_id: local.node_id.clone(), raft_id: local.raft_id, addr: addr.clone() }];
-            l.settings = Some(settings.clone());
+            l.settings = Some(settings);
         })?;
         self.node.stop_raft(true).await?;
         let rt = self.node.start_raft().await?;

@@ -98,7 +98,7 @@ pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
 
 fn settings(rt: &RaftRuntime) -> v1::ClusterSettings {
     rt.store
-        .read(|s| s.cluster().and_then(|c| c.settings.clone()))
+        .read(|s| s.cluster().and_then(|c| c.settings))
         .map(shoal_api::defaults::fill_settings)
         .unwrap_or_else(shoal_api::defaults::cluster_settings)
 }

@@ -143,7 +143,7 @@ impl Membership for MembershipService {
         let (known, settings, cluster_id) = rt.store.read(|s| {
             (
                 s.node(&req.node_id).cloned(),
-                s.cluster().and_then(|c| c.settings.clone()),
+                s.cluster().and_then(|c| c.settings),
                 s.cluster().and_then(|c| c.meta.as_ref().map(|m| m.id.clone())).unwrap_or_default(),
             )
         });

@@ -245,8 +245,8 @@ impl Node {
             shoal_raft::open(&dir).await.map_err(|e| ApiError::internal("cannot open raft storage", e))?;
         // The replicated settings win; before this manager has state, the ones it was told.
         let settings = store
-            .read(|s| s.cluster().and_then(|c| c.settings.clone()))
-            .or(local.settings.clone())
+            .read(|s| s.cluster().and_then(|c| c.settings))
+            .or(local.settings)
             .map(shoal_api::defaults::fill_settings)
             .unwrap_or_else(shoal_api::defaults::cluster_settings);
         let params = shoal_raft::RaftParams {

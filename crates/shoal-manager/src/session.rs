@@ -104,7 +104,7 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
         .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
         .filter(|p| !p.addr.is_empty())
         .collect();
-    let settings = resp.settings.clone();
+    let settings = resp.settings;
     node.update_local(|l| {
         if !managers.is_empty() {
             l.managers = managers;
@@ -121,14 +121,12 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
             node.update_local(|l| l.role = Role::Manager)?;
             node.start_raft().await?;
         }
-        (NodeRole::Worker, Some(_)) => {
-            // The leader's membership is the truth: a removed member never hears of its own
-            // removal through Raft.
-            if !resp.raft_member {
-                tracing::info!("demoted: stopping raft and removing its data");
-                node.stop_raft(true).await?;
-                node.update_local(|l| l.role = Role::Worker)?;
-            }
+        // The leader's membership is the truth: a removed member never hears of its own
+        // removal through Raft.
+        (NodeRole::Worker, Some(_)) if !resp.raft_member => {
+            tracing::info!("demoted: stopping raft and removing its data");
+            node.stop_raft(true).await?;
+            node.update_local(|l| l.role = Role::Worker)?;
         }
         _ => {}
     }

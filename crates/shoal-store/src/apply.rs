@@ -91,11 +91,7 @@ impl Store {
                     if !done.deleted {
                         objects.push(done.object.clone());
                     }
-                    events.push(Event {
-                        action: done.action.into(),
-                        object: Some(done.object),
-                        version,
-                    });
+                    events.push(Event { action: done.action.into(), object: Some(done.object), version });
                 }
                 Err(refusal) => {
                     self.roll_back(undo);
@@ -109,25 +105,13 @@ impl Store {
                 }
             }
         }
-        let result = CommandResult {
-            error: String::new(),
-            error_kind: String::new(),
-            objects,
-            version,
-        };
+        let result = CommandResult { error: String::new(), error_kind: String::new(), objects, version };
         (result, events)
     }
 
-    fn apply_op(
-        &mut self,
-        op: &shoal_api::v1::Op,
-        version: u64,
-        now_ms: i64,
-    ) -> Result<Done, Refusal> {
+    fn apply_op(&mut self, op: &shoal_api::v1::Op, version: u64, now_ms: i64) -> Result<Done, Refusal> {
         let Some(kind) = &op.kind else {
-            return Err(invalid(
-                "empty op: it has no create, update, delete or upsert".to_owned(),
-            ));
+            return Err(invalid("empty op: it has no create, update, delete or upsert".to_owned()));
         };
         let stamp = Stamp { version, now_ms };
         match kind {
@@ -141,19 +125,15 @@ impl Store {
     fn write(&mut self, o: &Object, mode: Mode, stamp: Stamp) -> Result<Done, Refusal> {
         let Some(kind) = &o.kind else {
             return Err(invalid(
-                "object has no kind (cluster, node, service, task, network, secret or config)"
-                    .to_owned(),
+                "object has no kind (cluster, node, service, task, network, secret or config)".to_owned(),
             ));
         };
         match kind {
             object::Kind::Cluster(c) => {
                 // There is one cluster; a second one, whatever its id, is refused.
                 if mode != Mode::Update {
-                    if let Some(other) = self.clusters.items.keys().find(|id| **id != Record::id(c))
-                    {
-                        return Err(exists(format!(
-                            "cluster \"{other}\" already exists: there is only one cluster"
-                        )));
+                    if let Some(other) = self.clusters.items.keys().find(|id| **id != Record::id(c)) {
+                        return Err(exists(format!("cluster \"{other}\" already exists: there is only one cluster")));
                     }
                 }
                 write_in(&mut self.clusters, c.clone(), mode, stamp)
@@ -169,10 +149,7 @@ impl Store {
 
     fn delete(&mut self, r: &ObjectRef) -> Result<Done, Refusal> {
         let Some(tag) = Tag::from_wire(r.kind) else {
-            return Err(invalid(format!(
-                "cannot delete an object of unknown kind {}",
-                r.kind
-            )));
+            return Err(invalid(format!("cannot delete an object of unknown kind {}", r.kind)));
         };
         match tag {
             Tag::Cluster => delete_in(&mut self.clusters, r),
@@ -209,12 +186,7 @@ struct Stamp {
 }
 
 /// Creates, updates or upserts `rec` in `table`.
-fn write_in<T: Record>(
-    table: &mut Table<T>,
-    mut rec: T,
-    mode: Mode,
-    stamp: Stamp,
-) -> Result<Done, Refusal> {
+fn write_in<T: Record>(table: &mut Table<T>, mut rec: T, mode: Mode, stamp: Stamp) -> Result<Done, Refusal> {
     let kind = T::TAG.name();
     let id = rec.id().to_owned();
     if id.is_empty() {
@@ -227,9 +199,7 @@ fn write_in<T: Record>(
     match (mode, stored) {
         (Mode::Create, Some(_)) => return Err(exists(format!("{kind} \"{id}\" already exists"))),
         (Mode::Update, None) => return Err(not_found::<T>(&id)),
-        (Mode::Update, Some(cur)) if cur.version() != rec.version() => {
-            return Err(conflict(cur, rec.version()))
-        }
+        (Mode::Update, Some(cur)) if cur.version() != rec.version() => return Err(conflict(cur, rec.version())),
         _ => {}
     }
     if T::NAMED {
@@ -241,10 +211,7 @@ fn write_in<T: Record>(
         }
     }
     let (action, created_at_ms) = match stored {
-        Some(cur) => (
-            EventAction::Update,
-            cur.meta().map_or(stamp.now_ms, |m| m.created_at_ms),
-        ),
+        Some(cur) => (EventAction::Update, cur.meta().map_or(stamp.now_ms, |m| m.created_at_ms)),
         None => (EventAction::Create, stamp.now_ms),
     };
     let meta = rec.meta_mut();
@@ -252,24 +219,13 @@ fn write_in<T: Record>(
     meta.created_at_ms = created_at_ms;
     meta.updated_at_ms = stamp.now_ms;
     let prev = table.put(rec.clone());
-    Ok(Done {
-        action,
-        object: rec.into_object(),
-        deleted: false,
-        undo: Undo {
-            id,
-            prev: T::into_prev(prev),
-        },
-    })
+    Ok(Done { action, object: rec.into_object(), deleted: false, undo: Undo { id, prev: T::into_prev(prev) } })
 }
 
 /// Deletes the object `r` names from `table`.
 fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Refusal> {
     if r.id.is_empty() {
-        return Err(invalid(format!(
-            "cannot delete a {} with an empty id",
-            T::TAG.name()
-        )));
+        return Err(invalid(format!("cannot delete a {} with an empty id", T::TAG.name())));
     }
     let Some(cur) = table.get(&r.id) else {
         return Err(not_found::<T>(&r.id));
@@ -284,9 +240,6 @@ fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Ref
         action: EventAction::Delete,
         object: prev.clone().into_object(),
         deleted: true,
-        undo: Undo {
-            id: r.id.clone(),
-            prev: T::into_prev(Some(prev)),
-        },
+        undo: Undo { id: r.id.clone(), prev: T::into_prev(Some(prev)) },
     })
 }

@@ -103,11 +103,7 @@ impl Store {
     }
 
     /// The tasks of one slot of a service (the current one and its history), sorted by id.
-    pub fn tasks_by_slot<'a>(
-        &'a self,
-        service_id: &str,
-        slot: u64,
-    ) -> impl Iterator<Item = &'a Task> + 'a {
+    pub fn tasks_by_slot<'a>(&'a self, service_id: &str, slot: u64) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_in(self.tasks.extra.by_slot.get(&(service_id.to_owned(), slot)))
     }
 
@@ -115,9 +111,7 @@ impl Store {
         &'a self,
         ids: Option<&'a std::collections::BTreeSet<String>>,
     ) -> impl Iterator<Item = &'a Task> + 'a {
-        ids.into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id))
+        ids.into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
     /// The network with this id.

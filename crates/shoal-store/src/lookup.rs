@@ -33,20 +33,10 @@ pub enum LookupError {
 }
 
 /// Resolves `query` in `table`: exact id, exact name, unique id prefix.
-pub(crate) fn resolve<'a, T: Record>(
-    table: &'a Table<T>,
-    query: &str,
-) -> Result<&'a T, LookupError> {
+pub(crate) fn resolve<'a, T: Record>(table: &'a Table<T>, query: &str) -> Result<&'a T, LookupError> {
     let kind = T::TAG.name();
-    let not_found = || LookupError::NotFound {
-        kind,
-        query: query.to_owned(),
-    };
-    let ambiguous = |count| LookupError::Ambiguous {
-        kind,
-        query: query.to_owned(),
-        count,
-    };
+    let not_found = || LookupError::NotFound { kind, query: query.to_owned() };
+    let ambiguous = |count| LookupError::Ambiguous { kind, query: query.to_owned(), count };
     if query.is_empty() {
         return Err(not_found());
     }
@@ -62,11 +52,7 @@ pub(crate) fn resolve<'a, T: Record>(
         let mut named = table.items.values().filter(|rec| rec.name() == query);
         if let Some(first) = named.next() {
             let others = named.count();
-            return if others == 0 {
-                Ok(first)
-            } else {
-                Err(ambiguous(others + 1))
-            };
+            return if others == 0 { Ok(first) } else { Err(ambiguous(others + 1)) };
         }
     }
     let mut prefixed = table

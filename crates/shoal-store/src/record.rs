@@ -8,9 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use shoal_api::v1::{
-    object, Cluster, Config, Meta, Network, Node, Object, ObjectKind, Secret, Service, Task,
-};
+use shoal_api::v1::{object, Cluster, Config, Meta, Network, Node, Object, ObjectKind, Secret, Service, Task};
 
 /// A kind the store holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +121,7 @@ macro_rules! record {
                 $name
             }
             fn into_object(self) -> Object {
-                Object {
-                    kind: Some(object::Kind::$ty(self)),
-                }
+                Object { kind: Some(object::Kind::$ty(self)) }
             }
             fn into_prev(prev: Option<Self>) -> Prev {
                 Prev::$ty(prev.map(Box::new))
@@ -137,10 +133,7 @@ macro_rules! record {
 /// The unique name of a named kind: its `spec.annotations.name`.
 macro_rules! spec_name {
     ($s:ident) => {
-        $s.spec
-            .as_ref()
-            .and_then(|spec| spec.annotations.as_ref())
-            .map_or("", |a| a.name.as_str())
+        $s.spec.as_ref().and_then(|spec| spec.annotations.as_ref()).map_or("", |a| a.name.as_str())
     };
 }
 
@@ -187,9 +180,7 @@ impl Record for Task {
         self.meta.get_or_insert_with(Meta::default)
     }
     fn into_object(self) -> Object {
-        Object {
-            kind: Some(object::Kind::Task(self)),
-        }
+        Object { kind: Some(object::Kind::Task(self)) }
     }
     fn into_prev(prev: Option<Self>) -> Prev {
         Prev::Task(prev.map(Box::new))
@@ -221,11 +212,7 @@ pub(crate) struct Table<T: Record> {
 
 impl<T: Record> Default for Table<T> {
     fn default() -> Self {
-        Table {
-            items: BTreeMap::new(),
-            names: BTreeMap::new(),
-            extra: T::Extra::default(),
-        }
+        Table { items: BTreeMap::new(), names: BTreeMap::new(), extra: T::Extra::default() }
     }
 }
 

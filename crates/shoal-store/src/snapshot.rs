@@ -76,10 +76,7 @@ impl Store {
     /// Rebuilds a store (and its indexes) from a snapshot, checking that ids and names are
     /// present and unique.
     pub fn restore(snap: StoreSnapshot) -> Result<Store, StoreError> {
-        let mut store = Store {
-            version: snap.version,
-            ..Store::default()
-        };
+        let mut store = Store { version: snap.version, ..Store::default() };
         if let Some(cluster) = snap.cluster {
             load(&mut store.clusters, cluster)?;
         }
@@ -110,18 +107,12 @@ fn load<T: Record>(table: &mut Table<T>, rec: T) -> Result<(), StoreError> {
         return Err(StoreError::EmptyId { kind });
     }
     if table.get(id).is_some() {
-        return Err(StoreError::DuplicateId {
-            kind,
-            id: id.to_owned(),
-        });
+        return Err(StoreError::DuplicateId { kind, id: id.to_owned() });
     }
     if T::NAMED {
         let name = rec.name();
         if name.is_empty() {
-            return Err(StoreError::EmptyName {
-                kind,
-                id: id.to_owned(),
-            });
+            return Err(StoreError::EmptyName { kind, id: id.to_owned() });
         }
         if let Some(first) = table.id_by_name(name) {
             return Err(StoreError::DuplicateName {

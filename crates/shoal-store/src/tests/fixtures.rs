@@ -3,67 +3,35 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_api::v1::{
-    object, op, Annotations, Cluster, Command, CommandResult, Config, ConfigSpec, Event, Meta,
-    Network, NetworkSpec, Node, NodeDescription, Object, ObjectKind, ObjectRef, Op, Secret,
-    SecretSpec, Service, ServiceSpec, Task,
+    object, op, Annotations, Cluster, Command, CommandResult, Config, ConfigSpec, Event, Meta, Network, NetworkSpec,
+    Node, NodeDescription, Object, ObjectKind, ObjectRef, Op, Secret, SecretSpec, Service, ServiceSpec, Task,
 };
 
 use crate::record::{Record, Table, TaskIndex};
 use crate::Store;
 
 pub(crate) fn meta(id: &str, version: u64) -> Option<Meta> {
-    Some(Meta {
-        id: id.to_owned(),
-        version,
-        ..Meta::default()
-    })
+    Some(Meta { id: id.to_owned(), version, ..Meta::default() })
 }
 
 fn annotations(name: &str) -> Option<Annotations> {
-    Some(Annotations {
-        name: name.to_owned(),
-        ..Annotations::default()
-    })
+    Some(Annotations { name: name.to_owned(), ..Annotations::default() })
 }
 
 pub(crate) fn cluster(id: &str, version: u64) -> Object {
-    let c = Cluster {
-        meta: meta(id, version),
-        name: "default".to_owned(),
-        ..Cluster::default()
-    };
-    Object {
-        kind: Some(object::Kind::Cluster(c)),
-    }
+    let c = Cluster { meta: meta(id, version), name: "default".to_owned(), ..Cluster::default() };
+    Object { kind: Some(object::Kind::Cluster(c)) }
 }
 
 pub(crate) fn node(id: &str, hostname: &str, version: u64) -> Object {
-    let description = Some(NodeDescription {
-        hostname: hostname.to_owned(),
-        ..NodeDescription::default()
-    });
-    let n = Node {
-        meta: meta(id, version),
-        description,
-        ..Node::default()
-    };
-    Object {
-        kind: Some(object::Kind::Node(n)),
-    }
+    let description = Some(NodeDescription { hostname: hostname.to_owned(), ..NodeDescription::default() });
+    let n = Node { meta: meta(id, version), description, ..Node::default() };
+    Object { kind: Some(object::Kind::Node(n)) }
 }
 
 pub(crate) fn service(id: &str, name: &str, version: u64) -> Object {
-    let spec = Some(ServiceSpec {
-        annotations: annotations(name),
-        ..ServiceSpec::default()
-    });
-    Object {
-        kind: Some(object::Kind::Service(Service {
-            meta: meta(id, version),
-            spec,
-            ..Service::default()
-        })),
-    }
+    let spec = Some(ServiceSpec { annotations: annotations(name), ..ServiceSpec::default() });
+    Object { kind: Some(object::Kind::Service(Service { meta: meta(id, version), spec, ..Service::default() })) }
 }
 
 pub(crate) fn task(id: &str, service_id: &str, node_id: &str, slot: u64, version: u64) -> Object {
@@ -74,77 +42,38 @@ pub(crate) fn task(id: &str, service_id: &str, node_id: &str, slot: u64, version
         slot,
         ..Task::default()
     };
-    Object {
-        kind: Some(object::Kind::Task(t)),
-    }
+    Object { kind: Some(object::Kind::Task(t)) }
 }
 
 pub(crate) fn network(id: &str, name: &str, version: u64) -> Object {
-    let spec = Some(NetworkSpec {
-        annotations: annotations(name),
-        ..NetworkSpec::default()
-    });
-    Object {
-        kind: Some(object::Kind::Network(Network {
-            meta: meta(id, version),
-            spec,
-            ..Network::default()
-        })),
-    }
+    let spec = Some(NetworkSpec { annotations: annotations(name), ..NetworkSpec::default() });
+    Object { kind: Some(object::Kind::Network(Network { meta: meta(id, version), spec, ..Network::default() })) }
 }
 
 pub(crate) fn secret(id: &str, name: &str, version: u64) -> Object {
-    let spec = Some(SecretSpec {
-        annotations: annotations(name),
-        data: b"s3cr3t".to_vec(),
-    });
-    Object {
-        kind: Some(object::Kind::Secret(Secret {
-            meta: meta(id, version),
-            spec,
-        })),
-    }
+    let spec = Some(SecretSpec { annotations: annotations(name), data: b"s3cr3t".to_vec() });
+    Object { kind: Some(object::Kind::Secret(Secret { meta: meta(id, version), spec })) }
 }
 
 pub(crate) fn config(id: &str, name: &str, version: u64) -> Object {
-    let spec = Some(ConfigSpec {
-        annotations: annotations(name),
-        data: b"key=value".to_vec(),
-    });
-    Object {
-        kind: Some(object::Kind::Config(Config {
-            meta: meta(id, version),
-            spec,
-        })),
-    }
+    let spec = Some(ConfigSpec { annotations: annotations(name), data: b"key=value".to_vec() });
+    Object { kind: Some(object::Kind::Config(Config { meta: meta(id, version), spec })) }
 }
 
 pub(crate) fn create(o: Object) -> Op {
-    Op {
-        kind: Some(op::Kind::Create(o)),
-    }
+    Op { kind: Some(op::Kind::Create(o)) }
 }
 
 pub(crate) fn update(o: Object) -> Op {
-    Op {
-        kind: Some(op::Kind::Update(o)),
-    }
+    Op { kind: Some(op::Kind::Update(o)) }
 }
 
 pub(crate) fn upsert(o: Object) -> Op {
-    Op {
-        kind: Some(op::Kind::Upsert(o)),
-    }
+    Op { kind: Some(op::Kind::Upsert(o)) }
 }
 
 pub(crate) fn delete(kind: ObjectKind, id: &str, version: u64) -> Op {
-    Op {
-        kind: Some(op::Kind::Delete(ObjectRef {
-            kind: kind.into(),
-            id: id.to_owned(),
-            version,
-        })),
-    }
+    Op { kind: Some(op::Kind::Delete(ObjectRef { kind: kind.into(), id: id.to_owned(), version })) }
 }
 
 pub(crate) fn cmd(now_ms: i64, ops: Vec<Op>) -> Command {
@@ -152,17 +81,9 @@ pub(crate) fn cmd(now_ms: i64, ops: Vec<Op>) -> Command {
 }
 
 /// Applies a command that must succeed.
-pub(crate) fn apply_ok(
-    store: &mut Store,
-    version: u64,
-    ops: Vec<Op>,
-) -> (CommandResult, Vec<Event>) {
+pub(crate) fn apply_ok(store: &mut Store, version: u64, ops: Vec<Op>) -> (CommandResult, Vec<Event>) {
     let (result, events) = store.apply(version, &cmd(1_000 * version as i64, ops));
-    assert_eq!(
-        result.error, "",
-        "command at version {version} failed ({})",
-        result.error_kind
-    );
+    assert_eq!(result.error, "", "command at version {version} failed ({})", result.error_kind);
     (result, events)
 }
 
@@ -195,11 +116,7 @@ fn brute_names<T: Record>(table: &Table<T>) -> Result<BTreeMap<String, String>, 
     if T::NAMED {
         for (id, rec) in &table.items {
             if let Some(other) = names.insert(rec.name().to_owned(), id.clone()) {
-                return Err(format!(
-                    "{}s {other} and {id} share name {:?}",
-                    T::TAG.name(),
-                    rec.name()
-                ));
+                return Err(format!("{}s {other} and {id} share name {:?}", T::TAG.name(), rec.name()));
             }
         }
     }
@@ -209,11 +126,7 @@ fn brute_names<T: Record>(table: &Table<T>) -> Result<BTreeMap<String, String>, 
 fn check_table<T: Record>(table: &Table<T>) -> Result<(), String> {
     for (id, rec) in &table.items {
         if id != rec.id() {
-            return Err(format!(
-                "{} stored under {id} has id {}",
-                T::TAG.name(),
-                rec.id()
-            ));
+            return Err(format!("{} stored under {id} has id {}", T::TAG.name(), rec.id()));
         }
         if id.is_empty() {
             return Err(format!("{} with an empty id", T::TAG.name()));
@@ -221,12 +134,7 @@ fn check_table<T: Record>(table: &Table<T>) -> Result<(), String> {
     }
     let names = brute_names(table)?;
     if names != table.names {
-        return Err(format!(
-            "{} name index {:?} != recomputed {:?}",
-            T::TAG.name(),
-            table.names,
-            names
-        ));
+        return Err(format!("{} name index {:?} != recomputed {:?}", T::TAG.name(), table.names, names));
     }
     Ok(())
 }
@@ -237,26 +145,13 @@ fn brute_tasks(tasks: &BTreeMap<String, Task>) -> TaskIndex {
     let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut by_slot: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
     for (id, t) in tasks {
-        by_service
-            .entry(t.service_id.clone())
-            .or_default()
-            .insert(id.clone());
+        by_service.entry(t.service_id.clone()).or_default().insert(id.clone());
         if !t.node_id.is_empty() {
-            by_node
-                .entry(t.node_id.clone())
-                .or_default()
-                .insert(id.clone());
+            by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
         }
-        by_slot
-            .entry((t.service_id.clone(), t.slot))
-            .or_default()
-            .insert(id.clone());
+        by_slot.entry((t.service_id.clone(), t.slot)).or_default().insert(id.clone());
     }
-    TaskIndex {
-        by_service,
-        by_node,
-        by_slot,
-    }
+    TaskIndex { by_service, by_node, by_slot }
 }
 
 /// Checks every index against a brute-force recomputation from the objects.
@@ -273,10 +168,7 @@ pub(crate) fn check_indexes(store: &Store) -> Result<(), String> {
     }
     let want = brute_tasks(&store.tasks.items);
     if want != store.tasks.extra {
-        return Err(format!(
-            "task indexes {:?} != recomputed {:?}",
-            store.tasks.extra, want
-        ));
+        return Err(format!("task indexes {:?} != recomputed {:?}", store.tasks.extra, want));
     }
     Ok(())
 }

@@ -15,21 +15,11 @@ fn task_indexes_follow_moves_between_nodes_slots_and_services() {
     let mut store = base();
     assert_eq!(ids(store.tasks_by_service("s1")), ["t1", "t2"]);
     assert_eq!(ids(store.tasks_by_node("n1")), ["t1"]);
-    assert!(
-        store.tasks_by_node("").next().is_none(),
-        "unassigned tasks are not indexed by node"
-    );
+    assert!(store.tasks_by_node("").next().is_none(), "unassigned tasks are not indexed by node");
     assert_eq!(ids(store.tasks_by_slot("s1", 2)), ["t2"]);
 
     // t1 moves to n2 and slot 3; t2 is assigned to n1.
-    apply_ok(
-        &mut store,
-        11,
-        vec![
-            update(task("t1", "s1", "n2", 3, 10)),
-            update(task("t2", "s1", "n1", 2, 10)),
-        ],
-    );
+    apply_ok(&mut store, 11, vec![update(task("t1", "s1", "n2", 3, 10)), update(task("t2", "s1", "n1", 2, 10))]);
     checked(&store);
     assert_eq!(ids(store.tasks_by_node("n1")), ["t2"]);
     assert_eq!(ids(store.tasks_by_node("n2")), ["t1"]);
@@ -52,11 +42,7 @@ fn task_indexes_follow_moves_between_nodes_slots_and_services() {
     assert!(store.tasks_by_node("n2").next().is_none());
 
     // Deleting removes a task from every index.
-    apply_ok(
-        &mut store,
-        14,
-        vec![delete(K::Task, "t3", 0), delete(K::Task, "t2", 0)],
-    );
+    apply_ok(&mut store, 14, vec![delete(K::Task, "t3", 0), delete(K::Task, "t2", 0)]);
     checked(&store);
     assert_eq!(ids(store.tasks_by_service("s1")), Vec::<&str>::new());
     assert!(store.tasks_by_node("n1").next().is_none());
@@ -66,34 +52,17 @@ fn task_indexes_follow_moves_between_nodes_slots_and_services() {
 #[test]
 fn name_indexes_follow_renames_and_deletes() {
     let mut store = base();
-    apply_ok(
-        &mut store,
-        11,
-        vec![
-            update(service("s1", "api", 10)),
-            update(secret("sec1", "token", 10)),
-        ],
-    );
+    apply_ok(&mut store, 11, vec![update(service("s1", "api", 10)), update(secret("sec1", "token", 10))]);
     checked(&store);
     assert!(store.service_by_name("web").is_none());
     assert_eq!(store.service_by_name("api").map(Record::id), Some("s1"));
     assert!(store.secret_by_name("pw").is_none());
     assert_eq!(store.secret_by_name("token").map(Record::id), Some("sec1"));
 
-    apply_ok(
-        &mut store,
-        12,
-        vec![
-            delete(K::Network, "net1", 10),
-            create(network("net2", "front", 0)),
-        ],
-    );
+    apply_ok(&mut store, 12, vec![delete(K::Network, "net1", 10), create(network("net2", "front", 0))]);
     checked(&store);
     assert_eq!(store.network_by_name("front").map(Record::id), Some("net2"));
-    assert_eq!(
-        store.networks().map(Record::id).collect::<Vec<_>>(),
-        ["net2"]
-    );
+    assert_eq!(store.networks().map(Record::id).collect::<Vec<_>>(), ["net2"]);
 
     // Upsert can rename, too.
     apply_ok(&mut store, 13, vec![upsert(config("cfg1", "conf2", 0))]);
@@ -117,14 +86,8 @@ fn reads_return_objects_sorted_by_id() {
             create(task("ta", "sa", "na", 1, 0)),
         ],
     );
-    assert_eq!(
-        store.nodes().map(Record::id).collect::<Vec<_>>(),
-        ["na", "nb"]
-    );
-    assert_eq!(
-        store.services().map(Record::id).collect::<Vec<_>>(),
-        ["sa", "sb"]
-    );
+    assert_eq!(store.nodes().map(Record::id).collect::<Vec<_>>(), ["na", "nb"]);
+    assert_eq!(store.services().map(Record::id).collect::<Vec<_>>(), ["sa", "sb"]);
     assert_eq!(ids(store.tasks_by_slot("sa", 1)), ["ta", "tb"]);
     assert!(store.cluster().is_none());
 }

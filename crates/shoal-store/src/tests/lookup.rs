@@ -83,17 +83,7 @@ fn lookup_errors_carry_kind_query_and_count() {
     let s = store();
     assert_eq!(
         s.lookup_service("abc").map(Record::id),
-        Err(LookupError::Ambiguous {
-            kind: "service",
-            query: "abc".into(),
-            count: 2
-        })
+        Err(LookupError::Ambiguous { kind: "service", query: "abc".into(), count: 2 })
     );
-    assert_eq!(
-        s.lookup_node("zz").map(Record::id),
-        Err(LookupError::NotFound {
-            kind: "node",
-            query: "zz".into()
-        })
-    );
+    assert_eq!(s.lookup_node("zz").map(Record::id), Err(LookupError::NotFound { kind: "node", query: "zz".into() }));
 }

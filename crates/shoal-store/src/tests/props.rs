@@ -91,18 +91,16 @@ fn op_seed() -> impl Strategy<Value = OpSeed> {
         prop::sample::select(&["", "a", "b"][..]),
         0u64..3,
     )
-        .prop_map(
-            |(action, kind, id, name, ver, service, node, slot)| OpSeed {
-                action,
-                kind,
-                id,
-                name,
-                ver,
-                service,
-                node,
-                slot,
-            },
-        )
+        .prop_map(|(action, kind, id, name, ver, service, node, slot)| OpSeed {
+            action,
+            kind,
+            id,
+            name,
+            ver,
+            service,
+            node,
+            slot,
+        })
 }
 
 /// Commands as (gap to the previous log index, ops).
@@ -138,9 +136,7 @@ fn wire_kind(tag: Option<Tag>) -> ObjectKind {
 
 /// Turns a seed into an op, reading versions from the store it is about to be applied to.
 fn realize(seed: &OpSeed, store: &Store) -> Op {
-    let stored = seed
-        .kind
-        .map_or(0, |tag| stored_version(store, tag, seed.id));
+    let stored = seed.kind.map_or(0, |tag| stored_version(store, tag, seed.id));
     let version = match seed.ver {
         Ver::Read => stored,
         Ver::Stale(n) => stored.saturating_sub(n),
@@ -163,14 +159,8 @@ fn realize(seed: &OpSeed, store: &Store) -> Op {
         Action::Update => update(object),
         Action::Upsert => upsert(object),
         Action::Delete => {
-            let r = ObjectRef {
-                kind: wire_kind(seed.kind).into(),
-                id: id.to_owned(),
-                version,
-            };
-            Op {
-                kind: Some(op::Kind::Delete(r)),
-            }
+            let r = ObjectRef { kind: wire_kind(seed.kind).into(), id: id.to_owned(), version };
+            Op { kind: Some(op::Kind::Delete(r)) }
         }
     }
 }
@@ -190,10 +180,7 @@ fn run(seeds: &[(u64, Vec<OpSeed>)]) -> Result<Run, TestCaseError> {
     let mut index = 0;
     for (gap, ops) in seeds {
         index += gap;
-        let command = Command {
-            now_ms: 1_000 * index as i64,
-            ops: ops.iter().map(|s| realize(s, &store)).collect(),
-        };
+        let command = Command { now_ms: 1_000 * index as i64, ops: ops.iter().map(|s| realize(s, &store)).collect() };
         let before = store.clone();
         let (result, events) = store.apply(index, &command);
         prop_assert_eq!(store.version(), index);
@@ -204,30 +191,18 @@ fn run(seeds: &[(u64, Vec<OpSeed>)]) -> Result<Run, TestCaseError> {
         if result.error.is_empty() {
             prop_assert_eq!(result.error_kind.as_str(), "");
             prop_assert_eq!(events.len(), command.ops.len());
-            prop_assert!(events
-                .iter()
-                .all(|e| e.version == index && e.object.is_some()));
+            prop_assert!(events.iter().all(|e| e.version == index && e.object.is_some()));
         } else {
-            prop_assert!(["conflict", "not_found", "exists", "invalid"]
-                .contains(&result.error_kind.as_str()));
+            prop_assert!(["conflict", "not_found", "exists", "invalid"].contains(&result.error_kind.as_str()));
             prop_assert!(events.is_empty() && result.objects.is_empty());
             let mut unchanged = before;
             unchanged.version = index;
-            prop_assert_eq!(
-                &store,
-                &unchanged,
-                "failed command {:?} changed the store",
-                command
-            );
+            prop_assert_eq!(&store, &unchanged, "failed command {:?} changed the store", command);
         }
         commands.push((index, command));
         results.push(result);
     }
-    Ok(Run {
-        store,
-        commands,
-        results,
-    })
+    Ok(Run { store, commands, results })
 }
 
 // 256 cases each by default; PROPTEST_CASES raises it.
@@ -289,19 +264,13 @@ fn generated_logs_hit_every_error_kind() {
     let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..64 {
-        let seeds = log()
-            .new_tree(&mut runner)
-            .map(|t| t.current())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let seeds = log().new_tree(&mut runner).map(|t| t.current()).unwrap_or_else(|e| panic!("{e}"));
         let done = run(&seeds).unwrap_or_else(|e| panic!("{e}"));
         for r in done.results {
             *seen.entry(r.error_kind).or_default() += 1;
         }
     }
     for kind in ["", "conflict", "not_found", "exists", "invalid"] {
-        assert!(
-            seen.get(kind).is_some_and(|n| *n >= 10),
-            "outcome {kind:?} too rare: {seen:?}"
-        );
+        assert!(seen.get(kind).is_some_and(|n| *n >= 10), "outcome {kind:?} too rare: {seen:?}");
     }
 }

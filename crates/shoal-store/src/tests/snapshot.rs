@@ -16,14 +16,7 @@ fn unwrap_service(o: Object) -> shoal_api::v1::Service {
 #[test]
 fn encode_then_decode_gives_an_equal_store() {
     let mut store = base();
-    apply_ok(
-        &mut store,
-        11,
-        vec![
-            update(task("t2", "s1", "n2", 2, 10)),
-            delete(K::Secret, "sec1", 0),
-        ],
-    );
+    apply_ok(&mut store, 11, vec![update(task("t2", "s1", "n2", 2, 10)), delete(K::Secret, "sec1", 0)]);
     store.apply(12, &cmd(12_000, vec![delete(K::Node, "missing", 0)]));
     let bytes = store.encode_snapshot();
     let back = Store::decode_snapshot(&bytes).unwrap_or_else(|e| panic!("{e}"));
@@ -31,10 +24,7 @@ fn encode_then_decode_gives_an_equal_store() {
     assert_eq!(back.version(), 12);
     assert_eq!(ids(back.tasks_by_node("n2")), ["t2"]);
     assert_eq!(back.encode_snapshot(), bytes);
-    assert_eq!(
-        Store::decode_snapshot(&Store::new().encode_snapshot()),
-        Ok(Store::new())
-    );
+    assert_eq!(Store::decode_snapshot(&Store::new().encode_snapshot()), Ok(Store::new()));
 }
 
 #[test]
@@ -43,17 +33,10 @@ fn snapshot_lists_objects_sorted_by_id() {
     apply_ok(
         &mut store,
         5,
-        vec![
-            create(service("b", "x", 0)),
-            create(service("c", "y", 0)),
-            create(service("a", "z", 0)),
-        ],
+        vec![create(service("b", "x", 0)), create(service("c", "y", 0)), create(service("a", "z", 0))],
     );
     let snap = store.snapshot();
-    assert_eq!(
-        snap.services.iter().map(Record::id).collect::<Vec<_>>(),
-        ["a", "b", "c"]
-    );
+    assert_eq!(snap.services.iter().map(Record::id).collect::<Vec<_>>(), ["a", "b", "c"]);
     assert_eq!(snap.version, 5);
     assert!(snap.cluster.is_none());
 }
@@ -73,30 +56,13 @@ fn restore_refuses_images_apply_could_not_produce() {
     let mut cluster_without_id = good.clone();
     cluster_without_id.cluster = Some(Default::default());
     let cases: [(StoreSnapshot, StoreError); 5] = [
-        (
-            dup_id,
-            StoreError::DuplicateId {
-                kind: "node",
-                id: "n1".into(),
-            },
-        ),
+        (dup_id, StoreError::DuplicateId { kind: "node", id: "n1".into() }),
         (
             dup_name,
-            StoreError::DuplicateName {
-                kind: "service",
-                name: "web".into(),
-                first: "s1".into(),
-                second: "s2".into(),
-            },
+            StoreError::DuplicateName { kind: "service", name: "web".into(), first: "s1".into(), second: "s2".into() },
         ),
         (empty_id, StoreError::EmptyId { kind: "task" }),
-        (
-            empty_name,
-            StoreError::EmptyName {
-                kind: "service",
-                id: "s2".into(),
-            },
-        ),
+        (empty_name, StoreError::EmptyName { kind: "service", id: "s2".into() }),
         (cluster_without_id, StoreError::EmptyId { kind: "cluster" }),
     ];
     for (snap, want) in cases {
@@ -109,8 +75,5 @@ fn restore_refuses_images_apply_could_not_produce() {
 fn decode_refuses_bytes_that_are_not_a_snapshot() {
     let got = Store::decode_snapshot(b"\xff\xff\xff\xff not protobuf");
     assert!(matches!(got, Err(StoreError::Decode(_))), "{got:?}");
-    assert_eq!(
-        got.map(|_| ()).map_err(|e| e.to_string()),
-        Err("cannot decode the store snapshot".to_owned())
-    );
+    assert_eq!(got.map(|_| ()).map_err(|e| e.to_string()), Err("cannot decode the store snapshot".to_owned()));
 }
