@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/shoal/v1/objects.proto",
         "../../proto/shoal/v1/store.proto",
         "../../proto/shoal/v1/control.proto",
+        "../../proto/shoal/v1/dispatcher.proto",
     ];
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -99,7 +99,8 @@ pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
         "node": node_hostname,
         "desired_state": names::task_state(t.desired_state()),
         "state": names::task_state(status.state()),
-        "error": status.err,
+        // A task waiting for a node says why in its status message (as `docker service ps`).
+        "error": if status.err.is_empty() && status.state() == shoal_api::v1::TaskState::Pending { status.message } else { status.err },
     })
 }
 

@@ -75,6 +75,7 @@ pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
                     tracing::info!("became leader: starting leader loops");
                     tokio::spawn(liveness_loop(node.clone(), rt.clone(), token.clone()));
                     tokio::spawn(membership_loop(node.clone(), rt.clone(), token.clone()));
+                    tokio::spawn(orchestrate_loop(node.clone(), rt.clone(), token.clone()));
                     current = Some(token);
                 }
                 (false, Some(t)) => {
@@ -156,6 +157,51 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
             if let Err(e) = propose(&node, vec![op]).await {
                 tracing::debug!(error = %e, "node status update not applied");
             }
+        }
+    }
+}
+
+/// Largest number of ops proposed in one command (keeps log entries small).
+const MAX_OPS_PER_COMMAND: usize = 128;
+
+/// Proposes ops in bounded commands. A refused command (a concurrent change made one of its
+/// versions stale) is dropped: the next pass re-reads and recomputes.
+async fn propose_chunks(node: &Node, ops: Vec<v1::Op>, what: &str) {
+    for chunk in ops.chunks(MAX_OPS_PER_COMMAND) {
+        if let Err(e) = propose(node, chunk.to_vec()).await {
+            tracing::debug!(error = %e, what, "proposal not applied; the next pass retries");
+        }
+    }
+}
+
+/// Runs the orchestrator, then the scheduler, whenever the store changes (and on a tick, for
+/// time-based decisions such as restart delays), proposing what they decide.
+async fn orchestrate_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
+    let mut applied = rt.store.applied();
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = applied.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // Let a burst of applies settle into one pass.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = now_ms();
+        let ops = rt.store.read(|s| shoal_orchestrator::reconcile(s, now, &mut crate::node::new_id));
+        if !ops.is_empty() {
+            propose_chunks(&node, ops, "orchestrator").await;
+        }
+        let (assignments, reasons) = rt.store.read(|s| {
+            let plan = shoal_scheduler::schedule(s, now);
+            let reasons = shoal_scheduler::unschedulable_updates(s, &plan.unschedulable);
+            (plan.assignments, reasons)
+        });
+        if !assignments.is_empty() {
+            propose_chunks(&node, assignments, "scheduler").await;
+        }
+        if !reasons.is_empty() {
+            propose_chunks(&node, reasons, "scheduler reasons").await;
         }
     }
 }

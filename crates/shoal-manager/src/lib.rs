@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod control;
+pub mod dispatcher;
 pub mod error;
 pub mod leader;
 pub mod local;

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use shoal_api::v1::{control_server::ControlServer, membership_server::MembershipServer, raft_server::RaftServer};
+use shoal_api::v1::{
+    control_server::ControlServer, dispatcher_server::DispatcherServer, membership_server::MembershipServer,
+    raft_server::RaftServer,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +98,11 @@ impl Daemon {
             )
             .add_service(
                 MembershipServer::new(MembershipService::new(node.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                DispatcherServer::new(crate::dispatcher::DispatcherService::new(node.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )

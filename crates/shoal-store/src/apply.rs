@@ -6,7 +6,9 @@
 //! clock or depend on anything but the store and the command: every manager must reach the same
 //! state from the same log.
 
-use shoal_api::v1::{object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef};
+use shoal_api::v1::{
+    object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef, Task, TaskStatusUpdate,
+};
 
 use crate::record::{Prev, Record, Table, Tag};
 use crate::Store;
@@ -119,6 +121,7 @@ impl Store {
             op::Kind::Update(o) => self.write(o, Mode::Update, stamp),
             op::Kind::Upsert(o) => self.write(o, Mode::Upsert, stamp),
             op::Kind::Delete(r) => self.delete(r),
+            op::Kind::SetTaskStatus(u) => self.set_task_status(u, stamp),
         }
     }
 
@@ -160,6 +163,26 @@ impl Store {
             Tag::Secret => delete_in(&mut self.secrets, r),
             Tag::Config => delete_in(&mut self.configs, r),
         }
+    }
+
+    /// Replaces only the status of a task; its state may not move backwards.
+    fn set_task_status(&mut self, u: &TaskStatusUpdate, stamp: Stamp) -> Result<Done, Refusal> {
+        let Some(cur) = self.tasks.get(&u.task_id) else {
+            return Err(not_found::<Task>(&u.task_id));
+        };
+        let Some(status) = &u.status else {
+            return Err(invalid(format!("status update for task \"{}\" carries no status", u.task_id)));
+        };
+        let from = cur.status.as_ref().map_or(0, |s| s.state);
+        if status.state < from {
+            return Err(invalid(format!(
+                "task \"{}\" cannot move from state {} back to {}",
+                u.task_id, from, status.state
+            )));
+        }
+        let mut next = cur.clone();
+        next.status = Some(status.clone());
+        write_in(&mut self.tasks, next, Mode::Upsert, stamp)
     }
 
     /// Undoes the ops of a failed command, last first.
@@ -242,4 +265,49 @@ fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Ref
         deleted: true,
         undo: Undo { id: r.id.clone(), prev: T::into_prev(Some(prev)) },
     })
+}
+
+#[cfg(test)]
+mod status_tests {
+    use shoal_api::v1::{op, Command, Meta, Object, Op, Task, TaskState, TaskStatus, TaskStatusUpdate};
+
+    use crate::Store;
+
+    fn task(id: &str) -> Object {
+        Task {
+            meta: Some(Meta { id: id.into(), ..Default::default() }),
+            desired_state: TaskState::Running as i32,
+            ..Default::default()
+        }
+        .into()
+    }
+
+    fn status(id: &str, state: TaskState) -> Op {
+        Op {
+            kind: Some(op::Kind::SetTaskStatus(TaskStatusUpdate {
+                task_id: id.into(),
+                status: Some(TaskStatus { state: state as i32, message: "m".into(), ..Default::default() }),
+            })),
+        }
+    }
+
+    #[test]
+    fn status_moves_forward_only_and_keeps_the_rest_of_the_task() {
+        let mut s = Store::new();
+        let (r, _) = s.apply(1, &Command { now_ms: 1, ops: vec![Op { kind: Some(op::Kind::Create(task("t1"))) }] });
+        assert!(r.error.is_empty(), "{}", r.error);
+        let (r, ev) = s.apply(2, &Command { now_ms: 2, ops: vec![status("t1", TaskState::Running)] });
+        assert!(r.error.is_empty(), "{}", r.error);
+        assert_eq!(ev.len(), 1);
+        let t = s.task("t1").cloned().unwrap_or_default();
+        assert_eq!(t.status.as_ref().map(|s| s.state()), Some(TaskState::Running));
+        assert_eq!(t.desired_state(), TaskState::Running);
+        assert_eq!(t.meta.as_ref().map(|m| m.version), Some(2));
+
+        let (r, ev) = s.apply(3, &Command { now_ms: 3, ops: vec![status("t1", TaskState::Starting)] });
+        assert_eq!(r.error_kind, "invalid", "{}", r.error);
+        assert!(ev.is_empty());
+        let (r, _) = s.apply(4, &Command { now_ms: 4, ops: vec![status("nope", TaskState::Running)] });
+        assert_eq!(r.error_kind, "not_found");
+    }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-const PURE: &[&str] = &["shoal-api", "shoal-store"];
+const PURE: &[&str] = &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator"];
 const FORBIDDEN_IN_PURE: &[&str] = &["tokio", "tonic", "sled", "openraft", "nix", "rand", "hyper", "tower"];
 
 #[test]

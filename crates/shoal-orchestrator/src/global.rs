@@ -1,0 +1,92 @@
+//! Global services: one runnable task on every eligible node.
+//!
+//! A node is eligible for a *new* task when it is `READY` and `ACTIVE` and satisfies the
+//! service's placement (constraints and platforms, judged by the scheduler's own
+//! [`Placement`]). A node *keeps* its task while it exists, is not `DOWN` or drained, and still
+//! satisfies the placement: a paused node or one whose heartbeat is late (`UNKNOWN`,
+//! `DISCONNECTED`) keeps its task but gets no new one. Tasks on nodes that are no longer kept
+//! are shut down (orphaned when the node is lost).
+//!
+//! Global tasks have slot 0 and are keyed by node: per node the same rules as a replicated slot
+//! apply (one runnable task, restart policy for an ended one, history). They are created
+//! `ASSIGNED` to their node; they do not go through the scheduler's resource and port filters.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_api::v1::{Op, Service};
+use shoal_scheduler::placement::{node_accepts_new_tasks, Placement};
+use shoal_scheduler::task;
+
+use crate::restart;
+use crate::work::{id, Tasks};
+use crate::{history, nodes, Ctx};
+
+/// Reconciles global service `service`.
+pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
+    let store = ctx.store;
+    let now = ctx.now_ms;
+    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
+    // An unparsable placement (written around validation) admits no node.
+    let placement = Placement::of(template).ok();
+    let admits = |n| placement.as_ref().is_some_and(|p| p.admits(n));
+    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
+
+    nodes::orphan_lost(&mut tasks, store);
+    // Only slot 0 with a node is a global task; anything else (left by a mode change) is shut
+    // down, and kept as history of its own.
+    let stray: Vec<String> =
+        tasks.iter().filter(|t| t.slot != 0 || t.node_id.is_empty()).map(|t| id(t).to_owned()).collect();
+    tasks.shut_down_all(&stray, None);
+    tasks.settle_unassigned();
+
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.slot == 0 && !t.node_id.is_empty()) {
+        by_node.entry(t.node_id.clone()).or_default().push(id(t).to_owned());
+    }
+    let node_ids: BTreeSet<String> =
+        store.nodes().filter_map(|n| n.meta.as_ref().map(|m| m.id.clone())).chain(by_node.keys().cloned()).collect();
+
+    for node_id in &node_ids {
+        let node = store.node(node_id);
+        let keeps = node.is_some_and(|n| !nodes::is_down(n) && !nodes::is_drained(n) && admits(n));
+        let takes_new = node.is_some_and(|n| node_accepts_new_tasks(n) && admits(n));
+        let ids = by_node.get(node_id).cloned().unwrap_or_default();
+        let wanted: Vec<String> = ids.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
+        if !keeps {
+            tasks.shut_down_all(&wanted, None);
+            continue;
+        }
+        let (runnable, ended): (Vec<String>, Vec<String>) =
+            wanted.iter().cloned().partition(|i| tasks.get(i).is_some_and(task::is_runnable));
+        if let Some(keep) = tasks.best(&runnable) {
+            tasks.shut_down_all(&wanted, Some(&keep));
+            continue;
+        }
+        match tasks.latest(&ended) {
+            Some(last) => {
+                tasks.shut_down_all(&ended, Some(&last));
+                if !takes_new {
+                    continue;
+                }
+                if restart::replace_now(&mut tasks, &policy, &last, &ids, now) {
+                    let t = ctx.new_task(service, 0, node_id);
+                    tasks.create(t);
+                }
+            }
+            None if takes_new => {
+                let t = ctx.new_task(service, 0, node_id);
+                tasks.create(t);
+            }
+            None => {}
+        }
+    }
+
+    for ids in by_node.values() {
+        history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), now);
+    }
+    // Stray tasks are history of no node: keep them within the limit as one group.
+    history::prune(&mut tasks, &stray, ctx.history_limit, None, now);
+    tasks.into_ops(out);
+}

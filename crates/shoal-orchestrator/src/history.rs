@@ -1,0 +1,50 @@
+//! Task history: the terminated tasks kept per slot (per node for global services) so users can
+//! see what happened (`shoal service ps`), and the deletion of older ones.
+//!
+//! A task is history when it has terminated and is no longer wanted (desired state after
+//! `RUNNING`); an ended task that is still wanted is the slot's current task and is never
+//! pruned. The newest `task_history_limit` history tasks are kept (by status timestamp), and so
+//! are, beyond that limit, the newest tasks that still count as restart attempts when the policy
+//! has `max_attempts` — otherwise a limit below `max_attempts` would make the attempts
+//! uncountable and restarts unlimited. Pruning decides over the working copy and only deletes.
+
+use std::cmp::Reverse;
+
+use shoal_api::v1::RestartPolicy;
+use shoal_scheduler::task;
+
+use crate::restart::is_attempt;
+use crate::work::{id, Tasks};
+
+/// Deletes the history of the group `ids` (one slot, or one node of a global service) beyond
+/// `limit`, keeping restart attempts that `policy` still counts.
+pub(crate) fn prune(tasks: &mut Tasks<'_>, ids: &[String], limit: usize, policy: Option<&RestartPolicy>, now_ms: i64) {
+    let mut history: Vec<_> = ids
+        .iter()
+        .filter_map(|i| tasks.get(i))
+        .filter(|t| task::is_terminal(t) && !task::is_wanted(t))
+        .map(|t| {
+            let created = t.meta.as_ref().map_or(0, |m| m.created_at_ms);
+            (
+                Reverse((task::status_timestamp(t), created, id(t).to_owned())),
+                policy.is_some_and(|p| p.max_attempts > 0 && is_attempt(p, t, now_ms)),
+            )
+        })
+        .collect();
+    history.sort();
+    let budget = policy.map_or(0, |p| p.max_attempts);
+    let mut attempts_kept = 0u64;
+    let mut doomed = Vec::new();
+    for (i, (Reverse((_, _, tid)), attempt)) in history.into_iter().enumerate() {
+        let keep = i < limit || (attempt && attempts_kept < budget);
+        if keep && attempt {
+            attempts_kept += 1;
+        }
+        if !keep {
+            doomed.push(tid);
+        }
+    }
+    for tid in doomed {
+        tasks.delete(&tid);
+    }
+}

@@ -1,0 +1,131 @@
+//! shoal's orchestrator: decides which tasks should exist for the services in the store.
+//!
+//! [`reconcile`] compares services with their tasks and returns the ops that close the gap:
+//! create tasks for missing replicas (replicated services) or for eligible nodes without one
+//! (global services), shut down tasks that are no longer wanted (scale-down, drained or lost
+//! nodes, removed services), replace tasks that ended according to the restart policy, and
+//! delete task history beyond the cluster's `task_history_limit`. It is level-triggered: it reads
+//! only the current store, and once its ops are applied a second call at the same `now_ms`
+//! returns nothing. The caller (the leader's loop) re-runs it on store events and periodically,
+//! which is how restart delays elapse.
+//!
+//! Decisions a reviewer should know:
+//! - Replicated slots are numbered loosely, as in Swarm: scale-down removes slots without a
+//!   running task first, then slots on the nodes holding the most tasks of the service (higher
+//!   slot numbers first among equals); scale-up fills the lowest free slot numbers (module
+//!   `replicated`).
+//! - Tasks on a node that is `DOWN` or removed become `ORPHANED` and are replaced at once; tasks
+//!   on a drained node, or on a node that no longer satisfies the task's own constraints, get
+//!   desired `SHUTDOWN` (the agent stops them) and are replaced at once. Neither waits for the
+//!   restart delay nor counts as a restart attempt. `PAUSE` changes nothing for running tasks.
+//! - A task that ended while wanted keeps desired `RUNNING` until its replacement is created, in
+//!   the same command (module `restart`: policy, delay, attempt counting). The service's
+//!   *current* restart policy applies (so a user can stop a crash loop by updating it), and the
+//!   replacement is made from the current task template. `on-failure` restarts anything but
+//!   `COMPLETE`. Attempts are the slot's tasks that ended `COMPLETE`/`FAILED`/`REJECTED` within
+//!   the window; history pruning keeps those beyond the history limit while they still count.
+//! - Tasks of a removed service get desired `SHUTDOWN` (not `REMOVE`: the agent contract stays
+//!   "stop what is not wanted") and are deleted once terminal; tasks that never reached a node,
+//!   or whose node is lost, are deleted at once since no agent will report on them.
+//! - Out of scope for now, deliberately: jobs (replicated-job and global-job services are left
+//!   untouched, tasks included); rolling updates (a task whose `spec_version` is older than the
+//!   service is *not* replaced: that is the update supervisor's job, future work); global tasks
+//!   are created `ASSIGNED` to their node without the scheduler's resource and host-port checks.
+//!
+//! Architecture Invariant: pure and deterministic. No I/O, no clock, no randomness, no async
+//! runtime: time comes in as `now_ms` and ids from `new_id`, and the same store, time and ids
+//! give the same ops. It never assigns replicated tasks to nodes (the scheduler does) and never
+//! proposes anything itself.
+
+mod global;
+mod history;
+mod nodes;
+mod removed;
+mod replicated;
+mod restart;
+mod work;
+
+#[cfg(test)]
+mod tests;
+
+use shoal_api::defaults::fill_settings;
+use shoal_api::v1::{service_spec::Mode, Annotations, Meta, Op, Service, Task, TaskState, TaskStatus};
+use shoal_store::Store;
+
+pub use nodes::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
+pub use restart::DEFAULT_RESTART_DELAY_MS;
+pub use work::NEVER_SCHEDULED_MESSAGE;
+
+/// Status message of a replicated task the orchestrator created (it waits for the scheduler).
+pub const CREATED_MESSAGE: &str = "created";
+/// Status message of a global task the orchestrator created on its node.
+pub const GLOBAL_ASSIGNED_MESSAGE: &str = "assigned to its node (global service)";
+
+/// The ops that bring the tasks of `store` in line with its services at `now_ms`; `new_id` makes
+/// the id of every task created. Updates carry the version read; each task gets at most one op.
+///
+/// Ops come per service (by id), then for the tasks of removed services; within each: updates
+/// by task id, creates, deletes by task id.
+pub fn reconcile(store: &Store, now_ms: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Op> {
+    let settings = fill_settings(store.cluster().and_then(|c| c.settings).unwrap_or_default());
+    let mut ctx = Ctx {
+        store,
+        now_ms,
+        new_id,
+        history_limit: usize::try_from(settings.task_history_limit).unwrap_or(usize::MAX),
+    };
+    let mut ops = Vec::new();
+    for service in store.services() {
+        match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+            Some(Mode::Replicated(r)) => {
+                replicated::reconcile(&mut ctx, service, r.replicas, &mut ops);
+            }
+            Some(Mode::Global(_)) => global::reconcile(&mut ctx, service, &mut ops),
+            // Jobs are later work; a service without a mode is invalid. Both are left alone.
+            Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_)) | None => {}
+        }
+    }
+    removed::reconcile(&ctx, &mut ops);
+    ops
+}
+
+/// What every reconcile step needs.
+pub(crate) struct Ctx<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) now_ms: i64,
+    pub(crate) new_id: &'a mut dyn FnMut() -> String,
+    /// Terminated tasks kept per slot (per node for global services).
+    pub(crate) history_limit: usize,
+}
+
+impl Ctx<'_> {
+    /// A new task of `service` in `slot`: the service's task template and version, desired
+    /// `RUNNING`, named `<service>.<slot>`; with `node_id` (global services) it is created
+    /// `ASSIGNED` there and named `<service>.<node_id>`, else `PENDING` for the scheduler.
+    pub(crate) fn new_task(&mut self, service: &Service, slot: u64, node_id: &str) -> Task {
+        let spec = service.spec.as_ref();
+        let name = spec.and_then(|s| s.annotations.as_ref()).map_or("", |a| a.name.as_str());
+        let meta = service.meta.as_ref();
+        let (state, message, suffix) = if node_id.is_empty() {
+            (TaskState::Pending, CREATED_MESSAGE, slot.to_string())
+        } else {
+            (TaskState::Assigned, GLOBAL_ASSIGNED_MESSAGE, node_id.to_owned())
+        };
+        Task {
+            meta: Some(Meta { id: (self.new_id)(), ..Meta::default() }),
+            service_id: meta.map_or("", |m| m.id.as_str()).to_owned(),
+            slot,
+            node_id: node_id.to_owned(),
+            spec: spec.and_then(|s| s.task_template.clone()),
+            spec_version: meta.map_or(0, |m| m.version),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                timestamp_ms: self.now_ms,
+                message: message.to_owned(),
+                ..TaskStatus::default()
+            }),
+            annotations: Some(Annotations { name: format!("{name}.{suffix}"), ..Annotations::default() }),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Replicated services: exactly `replicas` slots, each holding one runnable task.
+//!
+//! A slot is *live* while it has a wanted task: a runnable one, one that ended and waits for
+//! (or was refused) a restart, or one just taken away from a lost or drained node. Then:
+//! - too many live slots (scale-down): slots are removed in this order: those whose task was
+//!   just taken away, those with an ended task, those whose task has no node yet; then slots
+//!   with a task on a node, one at a time from the node that currently holds the most tasks of
+//!   the service, preferring tasks not yet `RUNNING`, then higher slot numbers. The remaining
+//!   tasks stay evenly spread and nothing already running moves. Slot numbers can then have
+//!   gaps (Swarm numbers loosely too);
+//! - too few (scale-up, new service): tasks are created in the lowest free slot numbers;
+//! - each live slot keeps one runnable task (extras are shut down), replaces a task taken away
+//!   at once, and applies the restart policy to a task that ended.
+//!
+//! It never assigns nodes (the scheduler does) and never replaces a task because the service
+//! spec changed (the update supervisor will).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_api::v1::{Op, Service};
+use shoal_scheduler::placement::Placement;
+use shoal_scheduler::task;
+
+use crate::restart;
+use crate::work::{id, Tasks};
+use crate::{history, nodes, Ctx};
+
+/// The tasks of one slot number, by what they are doing.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Every task of the slot (history included).
+    ids: Vec<String>,
+    /// Wanted and not terminal.
+    runnable: Vec<String>,
+    /// Wanted but terminal: ended, restart pending or refused.
+    ended: Vec<String>,
+    /// Its runnable task was taken away in this pass (lost or drained node).
+    evicted: bool,
+}
+
+impl Slot {
+    fn is_live(&self) -> bool {
+        !self.runnable.is_empty() || !self.ended.is_empty() || self.evicted
+    }
+}
+
+/// Reconciles replicated service `service` towards `replicas` tasks.
+pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out: &mut Vec<Op>) {
+    let store = ctx.store;
+    let now = ctx.now_ms;
+    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
+    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
+
+    // Take tasks away from lost and drained nodes, and from nodes their placement no longer
+    // admits (a label changed). Slot 0 belongs to global services: never valid here.
+    let mut evicted = nodes::orphan_lost(&mut tasks, store);
+    for tid in tasks.ids() {
+        let Some(t) = tasks.get(&tid) else { continue };
+        if t.slot == 0 {
+            if task::is_wanted(t) {
+                tasks.shut_down(&tid);
+            }
+            continue;
+        }
+        let Some(node) = store.node(&t.node_id) else {
+            continue;
+        };
+        if !task::is_runnable(t) {
+            continue;
+        }
+        let misplaced = Placement::of(t.spec.as_ref()).is_ok_and(|p| !p.admits(node));
+        if nodes::is_drained(node) || misplaced {
+            tasks.shut_down(&tid);
+            evicted.insert(tid);
+        }
+    }
+    tasks.settle_unassigned();
+
+    let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
+    for t in tasks.iter() {
+        let tid = id(t).to_owned();
+        let slot = slots.entry(t.slot).or_default();
+        if t.slot != 0 {
+            if task::is_runnable(t) {
+                slot.runnable.push(tid.clone());
+            } else if task::is_wanted(t) {
+                slot.ended.push(tid.clone());
+            }
+            slot.evicted |= evicted.contains(&tid);
+        }
+        slot.ids.push(tid);
+    }
+    let mut live: BTreeSet<u64> = slots.iter().filter(|(_, s)| s.is_live()).map(|(n, _)| *n).collect();
+    let target = usize::try_from(replicas).unwrap_or(usize::MAX);
+
+    if live.len() > target {
+        let excess = live.len() - target;
+        scale_down(&mut tasks, &slots, &mut live, excess);
+    }
+    let mut next = 1u64;
+    while live.len() < target {
+        if !live.contains(&next) {
+            let t = ctx.new_task(service, next, "");
+            tasks.create(t);
+            live.insert(next);
+        }
+        next += 1;
+    }
+
+    for n in &live {
+        let Some(slot) = slots.get(n) else {
+            continue; // created in this pass
+        };
+        if !slot.runnable.is_empty() {
+            let keep = tasks.best(&slot.runnable);
+            tasks.shut_down_all(&slot.runnable, keep.as_deref());
+            tasks.shut_down_all(&slot.ended, None);
+        } else if slot.evicted {
+            tasks.shut_down_all(&slot.ended, None);
+            let t = ctx.new_task(service, *n, "");
+            tasks.create(t);
+        } else if let Some(last) = tasks.latest(&slot.ended) {
+            tasks.shut_down_all(&slot.ended, Some(&last));
+            if restart::replace_now(&mut tasks, &policy, &last, &slot.ids, now) {
+                let t = ctx.new_task(service, *n, "");
+                tasks.create(t);
+            }
+        }
+    }
+
+    for slot in slots.values() {
+        history::prune(&mut tasks, &slot.ids, ctx.history_limit, Some(&policy), now);
+    }
+    tasks.into_ops(out);
+}
+
+/// Removes `excess` live slots (see the module doc for the order) by shutting their tasks down.
+fn scale_down(tasks: &mut Tasks<'_>, slots: &BTreeMap<u64, Slot>, live: &mut BTreeSet<u64>, mut excess: usize) {
+    struct Candidate {
+        slot: u64,
+        /// 0: task just taken away, 1: ended, 2: no node yet, 3: on a node.
+        rank: u8,
+        node: String,
+        running: bool,
+    }
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for n in live.iter() {
+        let Some(slot) = slots.get(n) else { continue };
+        let keep = tasks.best(&slot.runnable);
+        let keep = keep.as_deref().and_then(|i| tasks.get(i));
+        let (rank, node, running) = match keep {
+            None if slot.evicted => (0, String::new(), false),
+            None => (1, String::new(), false),
+            Some(t) if t.node_id.is_empty() => (2, String::new(), false),
+            Some(t) => (3, t.node_id.clone(), task::observed(t) >= shoal_api::v1::TaskState::Running as i32),
+        };
+        if rank == 3 {
+            *load.entry(node.clone()).or_default() += 1;
+        }
+        candidates.push(Candidate { slot: *n, rank, node, running });
+    }
+    while excess > 0 {
+        let pick = candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| {
+                let crowd = if c.rank == 3 { load.get(&c.node).copied().unwrap_or(0) } else { 0 };
+                (c.rank, Reverse(crowd), c.running, Reverse(c.slot))
+            })
+            .map(|(i, _)| i);
+        let Some(i) = pick else { break };
+        let c = candidates.swap_remove(i);
+        if c.rank == 3 {
+            if let Some(count) = load.get_mut(&c.node) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        if let Some(slot) = slots.get(&c.slot) {
+            tasks.shut_down_all(&slot.ids, None);
+        }
+        live.remove(&c.slot);
+        excess -= 1;
+    }
+}
