@@ -4,7 +4,7 @@ use crate::v1::ClusterSettings;
 
 /// Raft heartbeat between managers.
 pub const RAFT_HEARTBEAT_MS: u64 = 100;
-/// Raft election timeout (lower bound; the upper bound is twice it). Deliberately above
+/// Raft election timeout (lower bound; the upper bound is 1.5 times it). Deliberately above
 /// openraft's LAN defaults: flapping elections on a noisy host cost more than a slower failover.
 pub const ELECTION_TIMEOUT_MS: u64 = 500;
 /// Entries between Raft snapshots.

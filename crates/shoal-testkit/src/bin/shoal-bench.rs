@@ -68,19 +68,26 @@ async fn cluster(root: &std::path::Path) -> Result<Vec<DaemonProcess>> {
     Ok(nodes)
 }
 
+/// The leader all running managers agree on (a restarted old leader may briefly believe it
+/// still leads; its peers know better).
 async fn leader(nodes: &[DaemonProcess]) -> Result<usize> {
-    wait_until(Duration::from_secs(20), "a leader", || async {
-        for (i, n) in nodes.iter().enumerate() {
-            if !n.running() {
-                continue;
-            }
+    wait_until(Duration::from_secs(20), "a leader all managers agree on", || async {
+        let mut views = Vec::new();
+        for n in nodes.iter().filter(|n| n.running()) {
             let info = control(&n.host()).await.ok()?.info(InfoRequest {}).await.ok()?.into_inner();
             let r = info.raft?;
-            if r.raft_id == r.leader_raft_id && r.voters.len() == 3 {
-                return Some(i);
+            if r.voters.len() != 3 {
+                return None;
             }
+            views.push((r.raft_id, r.leader_raft_id));
         }
-        None
+        let leader = views.first()?.1;
+        if leader == 0 || views.iter().any(|(_, l)| *l != leader) {
+            return None;
+        }
+        let idx = views.iter().position(|(id, _)| *id == leader)?;
+        // Index among running nodes -> index in `nodes`.
+        nodes.iter().enumerate().filter(|(_, n)| n.running()).nth(idx).map(|(i, _)| i)
     })
     .await
 }
@@ -134,7 +141,7 @@ async fn failover_once(nodes: &mut [DaemonProcess], run: usize) -> Result<Durati
         let ok = match control(&host).await {
             Ok(mut c) => {
                 let mut req = tonic::Request::new(CreateServiceRequest { spec: Some(spec(&name, 1)) });
-                req.set_timeout(Duration::from_secs(2));
+                req.set_timeout(Duration::from_secs(5));
                 c.create_service(req).await.is_ok()
             }
             Err(_) => false,
