@@ -3,6 +3,7 @@
 //! decision is made by the daemon.
 
 mod output;
+mod progress;
 mod specs;
 mod units;
 
@@ -207,6 +208,9 @@ enum ServiceCmd {
     },
     /// Scale replicated services: NAME=REPLICAS ...
     Scale {
+        /// Return without waiting for the services to converge.
+        #[arg(long, short = 'd', env = "SHOAL_DETACH")]
+        detach: bool,
         #[arg(required = true)]
         pairs: Vec<String>,
     },
@@ -254,7 +258,7 @@ struct CreateArgs {
     #[arg(long)]
     group: Vec<String>,
     /// Return once the service is created, without waiting for it to converge.
-    #[arg(long, short = 'd')]
+    #[arg(long, short = 'd', env = "SHOAL_DETACH")]
     detach: bool,
     /// Print only the service id.
     #[arg(long, short = 'q')]
@@ -329,7 +333,7 @@ struct UpdateArgs {
     #[arg(long)]
     rollback: bool,
     /// Return without waiting for the update to converge.
-    #[arg(long, short = 'd')]
+    #[arg(long, short = 'd', env = "SHOAL_DETACH")]
     detach: bool,
     /// Print only the service id.
     #[arg(long, short = 'q')]
@@ -710,7 +714,9 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let v = c.create_service(CreateServiceRequest { spec: Some(spec) }).await?.into_inner();
             let id = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default();
             println!("{id}");
-            let _ = (a.detach, a.quiet);
+            if !a.detach && !a.quiet {
+                progress::wait_converged(c, &id).await?;
+            }
         }
         ServiceCmd::Update(a) => {
             let cur = c.get_service(GetServiceRequest { service: a.service.clone() }).await?.into_inner();
@@ -771,7 +777,9 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 .into_inner();
             let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
             println!("{name}");
-            let _ = (a.detach, a.quiet);
+            if !a.detach && !a.quiet {
+                progress::wait_converged(c, &name).await?;
+            }
         }
         ServiceCmd::Ls { format, quiet } => {
             let services = c.list_services(ListServicesRequest {}).await?.into_inner().services;
@@ -870,7 +878,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 return Err(Fail::Rpc(s));
             }
         }
-        ServiceCmd::Scale { pairs } => {
+        ServiceCmd::Scale { detach, pairs } => {
             for p in pairs {
                 let (name, n) = p
                     .split_once('=')
@@ -892,6 +900,9 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 })
                 .await?;
                 println!("{name} scaled to {n}");
+                if !detach {
+                    progress::wait_converged(c, &name).await?;
+                }
             }
         }
     }

@@ -185,7 +185,7 @@ async fn user_errors_are_one_clear_line() -> Result<()> {
         .service
         .context("service")?;
     let v = svc.meta.as_ref().map(|m| m.version).unwrap_or(0);
-    shoal_ok(&h, &["service", "scale", "web=5"]).await?;
+    shoal_ok(&h, &["service", "scale", "-d", "web=5"]).await?;
     let stale = ctl
         .update_service(shoal_api::v1::UpdateServiceRequest {
             service: "web".into(),

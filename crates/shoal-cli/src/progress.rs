@@ -1,0 +1,70 @@
+//! Waiting for a service to converge, as `docker service create` does without `--detach`:
+//! shows how many tasks run and the state of each slot, until every desired task has been
+//! running for a short monitoring window, or a task fails and the user should know why.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_api::names;
+use shoal_api::v1::{control_client::ControlClient, GetServiceRequest, ListTasksRequest, TaskState};
+use tonic::transport::Channel;
+
+/// How long all tasks must stay running before the service counts as converged.
+const MONITOR: Duration = Duration::from_secs(2);
+
+/// Polls until converged; prints a line whenever the picture changes.
+pub async fn wait_converged(c: &mut ControlClient<Channel>, service: &str) -> Result<(), tonic::Status> {
+    let mut last = String::new();
+    let mut stable_since: Option<Instant> = None;
+    loop {
+        let view = c.get_service(GetServiceRequest { service: service.to_string() }).await?.into_inner();
+        let svc = view.service.unwrap_or_default();
+        let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let tasks = c.list_tasks(ListTasksRequest { service: id, node: String::new() }).await?.into_inner().tasks;
+        // The newest task of each slot (or node, for global services) is the one that counts.
+        let mut current: BTreeMap<String, &shoal_api::v1::Task> = BTreeMap::new();
+        for t in tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
+            let key = if t.slot > 0 { format!("{:>4}", t.slot) } else { t.node_id.clone() };
+            let newer = current.get(&key).is_none_or(|cur| {
+                cur.meta.as_ref().map_or(0, |m| m.created_at_ms) < t.meta.as_ref().map_or(0, |m| m.created_at_ms)
+            });
+            if newer {
+                current.insert(key, t);
+            }
+        }
+        let desired = view.desired_tasks as usize;
+        let running =
+            current.values().filter(|t| t.status.as_ref().is_some_and(|s| s.state() == TaskState::Running)).count();
+        let mut lines = vec![format!("overall progress: {running} out of {desired} tasks")];
+        for (key, t) in &current {
+            let st = t.status.clone().unwrap_or_default();
+            let detail = if !st.err.is_empty() {
+                st.err.clone()
+            } else if st.state() == TaskState::Pending {
+                st.message.clone()
+            } else {
+                String::new()
+            };
+            lines.push(
+                format!("{}/{desired}: {:<10} {detail}", key.trim(), names::task_state(st.state()))
+                    .trim_end()
+                    .to_string(),
+            );
+        }
+        let picture = lines.join("\n");
+        if picture != last {
+            println!("{picture}");
+            last = picture;
+        }
+        if running == desired && current.len() == desired {
+            let since = *stable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MONITOR {
+                println!("verify: Service converged");
+                return Ok(());
+            }
+        } else {
+            stable_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
