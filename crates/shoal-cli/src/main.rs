@@ -201,6 +201,19 @@ enum ServiceCmd {
         quiet: bool,
         service: String,
     },
+    /// Show what the service's containers printed.
+    Logs {
+        /// Keep following new output.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each task (0: all).
+        #[arg(long, short = 'n', default_value_t = 0)]
+        tail: u32,
+        /// Omit the task and node prefix.
+        #[arg(long)]
+        no_task_ids: bool,
+        service: String,
+    },
     /// Remove services.
     Rm {
         #[arg(required = true)]
@@ -864,6 +877,22 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                         })
                         .collect(),
                 ),
+            }
+        }
+        ServiceCmd::Logs { follow, tail, no_task_ids, service } => {
+            use std::io::Write;
+            let mut stream = c.service_logs(ServiceLogsRequest { service, follow, tail }).await?.into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(line) = stream.message().await? {
+                let text = String::from_utf8_lossy(&line.line);
+                let res = if no_task_ids {
+                    write!(out, "{text}")
+                } else {
+                    write!(out, "{}@{}    | {text}", line.task_name, line.node)
+                };
+                if res.and_then(|_| out.flush()).is_err() {
+                    break; // stdout closed (e.g. piped into head)
+                }
             }
         }
         ServiceCmd::Rm { services } => {

@@ -186,8 +186,85 @@ impl ControlService {
     }
 }
 
+type LogLines = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ServiceLogLine, Status>> + Send>>;
+
+/// Where one task's logs come from.
+struct LogSource {
+    addr: String,
+    task_id: String,
+    task_name: String,
+    hostname: String,
+}
+
+/// Splits chunks of a task's log into lines and forwards them, tagged with task and node.
+async fn forward_task_logs(
+    node: Node,
+    src: LogSource,
+    req: ServiceLogsRequest,
+    tx: tokio::sync::mpsc::Sender<Result<ServiceLogLine, Status>>,
+) {
+    let LogSource { addr, task_id, task_name, hostname } = src;
+    let (follow, tail) = (req.follow, req.tail);
+    let channel = match node.channel(&addr) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Err(Status::unavailable(format!("node {hostname}: {e}")))).await;
+            return;
+        }
+    };
+    let mut client = agent_client::AgentClient::new(channel);
+    let mut stream = match client.task_logs(TaskLogsRequest { task_id, follow, tail }).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            tracing::debug!(task = %task_name, status = %s, "no logs from the node");
+            return;
+        }
+    };
+    while let Ok(Some(chunk)) = stream.message().await {
+        for line in chunk.data.split_inclusive(|b| *b == b'\n') {
+            let msg = ServiceLogLine { task_name: task_name.clone(), node: hostname.clone(), line: line.to_vec() };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Control for ControlService {
+    type ServiceLogsStream = LogLines;
+
+    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> R<LogLines> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let (svc, tasks, nodes) = rt.store.read(|s| {
+            let svc = s.lookup_service(&req.service)?.clone();
+            let tasks: Vec<Task> = s
+                .tasks_by_service(&id_of(&svc.meta))
+                .filter(|t| t.status.as_ref().is_some_and(|st| st.state >= TaskState::Starting as i32))
+                .cloned()
+                .collect();
+            let nodes: BTreeMap<String, (String, String)> = s
+                .nodes()
+                .map(|n| {
+                    let addr = n.status.as_ref().map(|st| st.addr.clone()).unwrap_or_default();
+                    let host = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+                    (id_of(&n.meta), (addr, host))
+                })
+                .collect();
+            Ok::<_, ApiError>((svc, tasks, nodes))
+        })?;
+        let name = svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        for t in tasks {
+            let Some((addr, host)) = nodes.get(&t.node_id).cloned() else { continue };
+            let task_name = if t.slot > 0 { format!("{name}.{}", t.slot) } else { format!("{name}.{}", t.node_id) };
+            let src = LogSource { addr, task_id: id_of(&t.meta), task_name, hostname: host };
+            tokio::spawn(forward_task_logs(self.node.clone(), src, req.clone(), tx.clone()));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn info(&self, _req: Request<InfoRequest>) -> R<InfoResponse> {
         let local = self.node.local();
         let raft = self.node.raft().map(|rt| {
