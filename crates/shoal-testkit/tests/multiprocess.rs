@@ -224,6 +224,67 @@ async fn user_errors_are_one_clear_line() -> Result<()> {
     Ok(())
 }
 
+fn keys(row: &Value) -> BTreeSet<String> {
+    row.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The JSON row shapes scripts rely on stay exactly as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_contract() -> Result<()> {
+    let c = Cluster::three_managers(24).await?;
+    let h = c.nodes[2].host();
+    let nodes = shoal_ok(&h, &["node", "ls", "--format", "json"]).await?.json()?;
+    let rows = nodes.as_array().context("node ls is an array")?;
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert_eq!(
+            keys(r),
+            set(&["id", "hostname", "role", "status", "availability", "manager_status", "addr"]),
+            "{r}"
+        );
+        assert_eq!(r["role"], "manager");
+        assert_eq!(r["availability"], "active");
+        assert!(["leader", "reachable"].contains(&r["manager_status"].as_str().unwrap_or("")), "{r}");
+    }
+    shoal_ok(&h, &["service", "create", "-d", "--name", "web", "--replicas", "3", "img:1"]).await?;
+    let services = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
+    let row = services.as_array().and_then(|a| a.first()).context("one service")?;
+    assert_eq!(keys(row), set(&["id", "name", "mode", "replicas", "running", "image"]));
+    assert_eq!(
+        (row["name"].as_str(), row["mode"].as_str(), row["replicas"].as_u64()),
+        (Some("web"), Some("replicated"), Some(3))
+    );
+    // The leader's orchestrator creates the tasks and the scheduler places them.
+    let tasks = wait_until(Duration::from_secs(20), "3 scheduled tasks", || {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
+            let rows = v.as_array()?.clone();
+            (rows.len() == 3 && rows.iter().all(|r| r["node_id"].as_str().is_some_and(|n| !n.is_empty())))
+                .then_some(rows)
+        }
+    })
+    .await?;
+    let mut names = BTreeSet::new();
+    for t in &tasks {
+        let mut k = keys(t);
+        k.remove("node"); // the hostname, for the table
+        assert_eq!(k, set(&["id", "name", "slot", "node_id", "desired_state", "state", "error"]), "{t}");
+        assert_eq!(t["desired_state"], "running");
+        names.insert(t["name"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(names, set(&["web.1", "web.2", "web.3"]));
+    // Inspect prints the whole object.
+    let inspect = shoal_ok(&h, &["service", "inspect", "web"]).await?.json()?;
+    assert_eq!(inspect[0]["spec"]["annotations"]["name"], "web");
+    assert_eq!(inspect[0]["spec"]["replicated"]["replicas"], "3");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_recovers_a_lone_survivor() -> Result<()> {
     let mut c = Cluster::three_managers(23).await?;
