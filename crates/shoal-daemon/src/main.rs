@@ -6,23 +6,28 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+mod config;
+
 /// shoal node daemon.
 #[derive(Debug, Parser)]
 #[command(name = "shoald", version, about = "shoal node daemon")]
 struct Flags {
-    /// Data directory: node identity, Raft log and snapshots.
-    #[arg(long, env = "SHOALD_DATA_DIR", default_value = "/var/lib/shoal")]
-    data_dir: PathBuf,
-    /// TCP address for other nodes and remote CLIs. Loopback by default: choose an address
-    /// other hosts can reach to build a multi-host cluster.
-    #[arg(long, env = "SHOALD_LISTEN_ADDR", default_value = "127.0.0.1:4242")]
-    listen_addr: SocketAddr,
+    /// Configuration file (TOML); flags and environment variables override it.
+    #[arg(long, env = "SHOALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory: node identity, Raft log and snapshots [default: /var/lib/shoal].
+    #[arg(long, env = "SHOALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TCP address for other nodes and remote CLIs [default: 127.0.0.1:4242]. Loopback by
+    /// default: choose an address other hosts can reach to build a multi-host cluster.
+    #[arg(long, env = "SHOALD_LISTEN_ADDR")]
+    listen_addr: Option<SocketAddr>,
     /// Address other nodes reach this one at (HOST:PORT); default: the listen address.
     #[arg(long, env = "SHOALD_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
-    /// Unix socket for the local CLI (created mode 0600).
-    #[arg(long, env = "SHOALD_CONTROL_SOCKET", default_value = "/run/shoal/shoal.sock")]
-    control_socket: PathBuf,
+    /// Unix socket for the local CLI, created mode 0600 [default: /run/shoal/shoal.sock].
+    #[arg(long, env = "SHOALD_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
     /// Name shown in `shoal node ls`; default: the machine's hostname.
     #[arg(long, env = "SHOALD_HOSTNAME")]
     hostname: Option<String>,
@@ -30,9 +35,9 @@ struct Flags {
     /// that keeps its state. Other former managers must be wiped and joined again.
     #[arg(long)]
     force_new_cluster: bool,
-    /// Log format.
-    #[arg(long, env = "SHOALD_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    /// Log format [default: text].
+    #[arg(long, env = "SHOALD_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn init_logging(format: &str) {
@@ -48,7 +53,19 @@ fn init_logging(format: &str) {
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    init_logging(&flags.log_format);
+    let file = match config::load(flags.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("shoald: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let log_format = flags.log_format.clone().or(file.log_format.clone()).unwrap_or_else(|| "text".into());
+    if log_format != "text" && log_format != "json" {
+        eprintln!("shoald: log format {log_format:?} must be text or json");
+        return std::process::ExitCode::FAILURE;
+    }
+    init_logging(&log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,7 +73,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(flags)) {
+    match rt.block_on(run(flags, file)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shoald: {e:#}");
@@ -65,13 +82,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(flags: Flags) -> anyhow::Result<()> {
+async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
+    let default_listen: SocketAddr = ([127, 0, 0, 1], 4242).into();
     let cfg = shoal_manager::DaemonConfig {
-        data_dir: flags.data_dir,
-        listen_addr: flags.listen_addr,
-        advertise_addr: flags.advertise_addr,
-        control_socket: Some(flags.control_socket),
-        hostname: flags.hostname,
+        data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("/var/lib/shoal")),
+        listen_addr: flags.listen_addr.or(file.listen_addr).unwrap_or(default_listen),
+        advertise_addr: flags.advertise_addr.or(file.advertise_addr),
+        control_socket: Some(
+            flags.control_socket.or(file.control_socket).unwrap_or_else(|| PathBuf::from("/run/shoal/shoal.sock")),
+        ),
+        hostname: flags.hostname.or(file.hostname),
         force_new_cluster: flags.force_new_cluster,
     };
     let mut daemon = shoal_manager::Daemon::start(cfg).await?;
