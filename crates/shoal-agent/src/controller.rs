@@ -1,0 +1,221 @@
+//! One controller per assigned task: walks the task through ACCEPTED -> PREPARING -> READY ->
+//! STARTING -> RUNNING -> COMPLETE/FAILED (or REJECTED/SHUTDOWN) over the container runtime,
+//! reporting each step. States only move forward. A controller started after an agent restart
+//! adopts the task's container instead of starting another one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::v1::{ContainerStatus, Task, TaskState, TaskStatus};
+use shoal_runtime::{ContainerRuntime, ContainerState, ContainerStatusKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::reporter::Reporter;
+use crate::spec::runtime_spec;
+
+/// Grace period when the spec sets none (Docker's default).
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn task_id(t: &Task) -> String {
+    t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
+}
+
+fn wants_stop(t: &Task) -> bool {
+    t.desired_state > TaskState::Running as i32
+}
+
+/// Drives one task.
+pub struct Controller {
+    task: watch::Receiver<Task>,
+    runtime: Arc<dyn ContainerRuntime>,
+    reporter: Reporter,
+    /// What the container runtime knew of this task's container at agent start, if anything.
+    adopted: Option<ContainerState>,
+    /// Last status reported (persisted): the controller never reports a state below it.
+    last: TaskStatus,
+    cancel: CancellationToken,
+}
+
+impl Controller {
+    /// A controller for `task`; `last` is the last status this node reported for it.
+    pub fn new(
+        task: watch::Receiver<Task>,
+        runtime: Arc<dyn ContainerRuntime>,
+        reporter: Reporter,
+        adopted: Option<ContainerState>,
+        last: TaskStatus,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { task, runtime, reporter, adopted, last, cancel }
+    }
+
+    fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
+        if (state as i32) < self.last.state {
+            return;
+        }
+        let id = task_id(&self.task.borrow());
+        let status = TaskStatus {
+            state: state as i32,
+            timestamp_ms: now_ms(),
+            message: message.to_string(),
+            err: err.to_string(),
+            container: container.or_else(|| self.last.container.clone()),
+        };
+        self.last = status.clone();
+        self.reporter.report(&id, status);
+    }
+
+    fn done(&self) -> bool {
+        self.last.state >= TaskState::Complete as i32
+    }
+
+    /// Runs until the task reached a terminal state (the agent removes the container once the
+    /// task leaves this node's assignments) or the agent shuts down.
+    pub async fn run(mut self) {
+        let task = self.task.borrow().clone();
+        let id = task_id(&task);
+        if self.done() {
+            return;
+        }
+        let running = match self.adopted.take() {
+            Some(c) if c.status == ContainerStatusKind::Running => {
+                tracing::info!(task_id = %id, pid = c.pid, "adopting running container");
+                true
+            }
+            Some(c) if c.status == ContainerStatusKind::Stopped => {
+                let code = c.exit_code.unwrap_or(-1);
+                self.finish(code, "container exited while the agent was away");
+                return;
+            }
+            Some(_) | None if self.last.state >= TaskState::Running as i32 => {
+                self.report(
+                    TaskState::Failed,
+                    "container lost",
+                    "the container disappeared while the agent was away",
+                    None,
+                );
+                return;
+            }
+            _ => false,
+        };
+        if !running {
+            if wants_stop(&task) {
+                self.report(TaskState::Shutdown, "shut down before it started", "", None);
+                return;
+            }
+            if !self.prepare_and_start(&task).await {
+                return;
+            }
+        }
+        self.supervise(&id, &task).await;
+    }
+
+    /// Pull, create, start. Returns false if the task ended on the way.
+    async fn prepare_and_start(&mut self, task: &Task) -> bool {
+        let id = task_id(task);
+        self.report(TaskState::Accepted, "accepted", "", None);
+        self.report(TaskState::Preparing, "preparing", "", None);
+        let spec = match runtime_spec(task) {
+            Ok(s) => s,
+            Err(e) => {
+                self.report(TaskState::Rejected, "invalid task", &e, None);
+                return false;
+            }
+        };
+        if let Err(e) = self.runtime.pull(&spec.image, &Default::default()).await {
+            self.report(TaskState::Rejected, "image pull failed", &e.to_string(), None);
+            return false;
+        }
+        if self.stop_requested() {
+            self.report(TaskState::Shutdown, "shut down before it started", "", None);
+            return false;
+        }
+        // A container left over from an earlier attempt of this very task is replaced.
+        let _ = self.runtime.remove(&id).await;
+        if let Err(e) = self.runtime.create(&spec).await {
+            self.report(TaskState::Rejected, "container create failed", &e.to_string(), None);
+            return false;
+        }
+        self.report(TaskState::Ready, "ready", "", None);
+        if self.stop_requested() {
+            let _ = self.runtime.remove(&id).await;
+            self.report(TaskState::Shutdown, "shut down before it started", "", None);
+            return false;
+        }
+        self.report(TaskState::Starting, "starting", "", None);
+        match self.runtime.start(&id).await {
+            Ok(pid) => {
+                let c = ContainerStatus { container_id: id.clone(), pid: i64::from(pid), exit_code: 0 };
+                self.report(TaskState::Running, "started", "", Some(c));
+                true
+            }
+            Err(e) => {
+                self.report(TaskState::Failed, "start failed", &e.to_string(), None);
+                false
+            }
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        wants_stop(&self.task.borrow())
+    }
+
+    fn finish(&mut self, code: i32, message: &str) {
+        let mut c = self.last.container.clone().unwrap_or_default();
+        c.exit_code = code;
+        if code == 0 {
+            self.report(TaskState::Complete, message, "", Some(c));
+        } else {
+            self.report(TaskState::Failed, message, &format!("task: non-zero exit ({code})"), Some(c));
+        }
+    }
+
+    /// Waits for the container to exit, or stops it when asked to.
+    async fn supervise(&mut self, id: &str, task: &Task) {
+        let runtime = self.runtime.clone();
+        let wait_id = id.to_string();
+        let mut wait = tokio::spawn(async move { runtime.wait(&wait_id).await });
+        loop {
+            if self.stop_requested() {
+                wait.abort();
+                let t = self.task.borrow().clone();
+                let c = t.spec.as_ref().and_then(|s| s.container.as_ref());
+                let grace = c
+                    .and_then(|c| c.stop_grace_period_ms)
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64))
+                    .unwrap_or(DEFAULT_STOP_GRACE);
+                let signal =
+                    c.map(|c| c.stop_signal.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "SIGTERM".into());
+                let sig = shoal_api::validate::parse_signal(&signal).unwrap_or(15);
+                match self.runtime.stop(id, sig, grace).await {
+                    Ok(exit) => {
+                        let mut c = self.last.container.clone().unwrap_or_default();
+                        c.exit_code = exit.code;
+                        self.report(TaskState::Shutdown, "shut down", "", Some(c));
+                    }
+                    Err(e) => self.report(TaskState::Shutdown, "shut down", &format!("stop: {e}"), None),
+                }
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => { wait.abort(); return; }
+                r = &mut wait => {
+                    match r {
+                        Ok(Ok(exit)) => self.finish(exit.code, "exited"),
+                        Ok(Err(e)) => self.report(TaskState::Failed, "lost track of the container", &e.to_string(), None),
+                        Err(_) => return,
+                    }
+                    let _ = task;
+                    return;
+                }
+                r = self.task.changed() => if r.is_err() { wait.abort(); return },
+            }
+        }
+    }
+}

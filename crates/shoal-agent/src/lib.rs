@@ -1,0 +1,208 @@
+//! shoal's worker agent: keeps the containers of this node in line with the assignments the
+//! leader's dispatcher streams, through a [`ContainerRuntime`], and reports task status back.
+//!
+//! Assigned tasks and their last status are persisted locally before anything is started, so
+//! a restarted agent adopts the containers that kept running (the runtime's shims own them)
+//! instead of starting them again, and forgets nothing. The agent decides nothing about
+//! placement or restarts: it runs what it is given and reports what happens.
+
+mod controller;
+pub mod logs;
+mod reporter;
+mod spec;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::v1::{assignments_message, dispatcher_client::DispatcherClient, AssignmentsRequest, Task};
+use shoal_runtime::ContainerRuntime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use spec::runtime_spec;
+use state::TaskDb;
+
+/// How the agent reaches the current leader.
+#[tonic::async_trait]
+pub trait Leader: Send + Sync {
+    /// A channel to the leader's dispatcher (or an error saying why there is none now).
+    async fn channel(&self) -> Result<Channel, String>;
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// Directory of the agent's own database.
+    pub data_dir: PathBuf,
+}
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Local state.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The runtime did not answer.
+    #[error("container runtime: {0}")]
+    Runtime(String),
+}
+
+struct Running {
+    tx: watch::Sender<Task>,
+    cancel: CancellationToken,
+}
+
+struct Agent {
+    runtime: Arc<dyn ContainerRuntime>,
+    db: TaskDb,
+    reporter: reporter::Reporter,
+    controllers: HashMap<String, Running>,
+    cancel: CancellationToken,
+}
+
+fn id_of(t: &Task) -> String {
+    t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
+}
+
+impl Agent {
+    fn spawn_controller(&mut self, task: Task, adopted: Option<shoal_runtime::ContainerState>) {
+        let id = id_of(&task);
+        let last = self.db.status(&id).ok().flatten().or_else(|| task.status.clone()).unwrap_or_default();
+        let (tx, rx) = watch::channel(task);
+        let cancel = self.cancel.child_token();
+        let c =
+            controller::Controller::new(rx, self.runtime.clone(), self.reporter.clone(), adopted, last, cancel.clone());
+        tokio::spawn(c.run());
+        self.controllers.insert(id, Running { tx, cancel });
+    }
+
+    fn upsert(&mut self, task: Task) {
+        let id = id_of(&task);
+        if let Err(e) = self.db.put_task(&task) {
+            tracing::error!(task_id = %id, error = %e, "cannot persist assignment");
+            return;
+        }
+        match self.controllers.get(&id) {
+            Some(r) => {
+                r.tx.send_replace(task);
+            }
+            None => self.spawn_controller(task, None),
+        }
+    }
+
+    /// The task left this node: stop its controller, then its container, then forget it.
+    fn remove(&mut self, id: &str) {
+        if let Some(r) = self.controllers.remove(id) {
+            r.cancel.cancel();
+        }
+        let (runtime, db, id) = (self.runtime.clone(), self.db.clone(), id.to_string());
+        tokio::spawn(async move {
+            let _ = runtime.stop(&id, 15, Duration::from_secs(10)).await;
+            if let Err(e) = runtime.remove(&id).await {
+                tracing::warn!(task_id = %id, error = %e, "removing the container failed");
+            }
+            if let Err(e) = db.remove(&id) {
+                tracing::warn!(task_id = %id, error = %e, "forgetting the task failed");
+            }
+        });
+    }
+
+    fn apply(&mut self, msg: shoal_api::v1::AssignmentsMessage) {
+        if msg.r#type == assignments_message::Type::Complete as i32 {
+            let keep: std::collections::HashSet<String> = msg.tasks.iter().map(id_of).collect();
+            let gone: Vec<String> = self.controllers.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+            for id in gone {
+                self.remove(&id);
+            }
+        }
+        for id in &msg.removed {
+            self.remove(id);
+        }
+        for t in msg.tasks {
+            self.upsert(t);
+        }
+    }
+}
+
+/// Starts the agent: re-adopts what the local state and the runtime know, then follows the
+/// leader's assignments until `cancel`.
+pub async fn start(
+    cfg: AgentConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    leader: Arc<dyn Leader>,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let db = TaskDb::open(&cfg.data_dir)?;
+    let reporter = reporter::spawn(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
+    let mut existing: HashMap<String, shoal_runtime::ContainerState> = runtime
+        .list()
+        .await
+        .map_err(|e| AgentError::Runtime(e.to_string()))?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    let mut agent = Agent {
+        runtime: runtime.clone(),
+        db: db.clone(),
+        reporter,
+        controllers: HashMap::new(),
+        cancel: cancel.clone(),
+    };
+    for t in db.tasks()? {
+        let adopted = existing.remove(&id_of(&t));
+        agent.spawn_controller(t, adopted);
+    }
+    // Containers with no recorded task were created by no assignment this agent knows: remove.
+    for (id, _) in existing {
+        tracing::warn!(container = %id, "removing a container no assignment accounts for");
+        let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
+        let _ = runtime.remove(&id).await;
+    }
+    tokio::spawn(session(cfg.node_id, agent, leader, cancel));
+    Ok(())
+}
+
+async fn session(node_id: String, mut agent: Agent, leader: Arc<dyn Leader>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match leader.channel().await {
+            Ok(ch) => {
+                let mut client = DispatcherClient::new(ch).max_decoding_message_size(64 << 20);
+                match client.assignments(AssignmentsRequest { node_id: node_id.clone() }).await {
+                    Ok(stream) => {
+                        backoff = Duration::from_millis(100);
+                        let mut stream = stream.into_inner();
+                        loop {
+                            tokio::select! {
+                                biased;
+                                _ = cancel.cancelled() => return,
+                                m = stream.message() => match m {
+                                    Ok(Some(msg)) => agent.apply(msg),
+                                    Ok(None) => break,
+                                    Err(s) => { tracing::debug!(status = %s, "assignment stream ended"); break; }
+                                },
+                            }
+                        }
+                    }
+                    Err(s) => tracing::debug!(status = %s, "assignments refused"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no leader to ask for assignments"),
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,150 @@
+//! The node's `Agent` service: serves what a task's container printed from its log file,
+//! optionally following it as it grows (and across the logger's rotation).
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use shoal_api::v1::{agent_server::Agent, LogChunk, TaskLogsRequest};
+use shoal_runtime::ContainerRuntime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Largest chunk sent at once.
+const CHUNK: usize = 64 * 1024;
+
+/// gRPC implementation of `Agent`.
+pub struct AgentService {
+    runtime: Arc<dyn ContainerRuntime>,
+}
+
+impl AgentService {
+    /// Serves the logs of the containers `runtime` runs.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>) -> Self {
+        Self { runtime }
+    }
+}
+
+/// The byte offset where the last `n` lines of `data` start.
+pub fn tail_offset(data: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+async fn stream_file(
+    path: PathBuf,
+    task_id: String,
+    req: TaskLogsRequest,
+    tx: tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
+) {
+    let send = |data: Vec<u8>| LogChunk { task_id: task_id.clone(), data };
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.send(Err(Status::not_found(format!("no logs for task {task_id}: {e}")))).await;
+            return;
+        }
+    };
+    let mut all = Vec::new();
+    if let Err(e) = file.read_to_end(&mut all).await {
+        let _ = tx.send(Err(Status::internal(format!("reading logs of task {task_id}: {e}")))).await;
+        return;
+    }
+    let start = tail_offset(&all, req.tail as usize);
+    // Only whole lines go out; a partial last line waits for its newline (or the end).
+    let whole = all.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1).max(start);
+    for chunk in all[start..whole].chunks(CHUNK) {
+        if tx.send(Ok(send(chunk.to_vec()))).await.is_err() {
+            return;
+        }
+    }
+    let mut pos = whole as u64;
+    if !req.follow {
+        if whole < all.len() {
+            let _ = tx.send(Ok(send(all[whole..].to_vec()))).await;
+        }
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let len = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(_) => continue,
+        };
+        if len < pos {
+            // Rotated: start over with the new file.
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => file = f,
+                Err(_) => continue,
+            }
+            pos = 0;
+        }
+        if len == pos {
+            continue;
+        }
+        if file.seek(SeekFrom::Start(pos)).await.is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if (&mut file).take(len - pos).read_to_end(&mut buf).await.is_err() {
+            continue;
+        }
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1) else { continue };
+        pos += end as u64;
+        for chunk in buf[..end].chunks(CHUNK) {
+            if tx.send(Ok(send(chunk.to_vec()))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        let path = self.runtime.logs(&req.task_id).await.map_err(|e| Status::not_found(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(stream_file(path, req.task_id.clone(), req, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_finds_the_last_lines() {
+        let data = b"a\nb\nc\n";
+        assert_eq!(&data[tail_offset(data, 1)..], b"c\n");
+        assert_eq!(&data[tail_offset(data, 2)..], b"b\nc\n");
+        assert_eq!(&data[tail_offset(data, 9)..], b"a\nb\nc\n");
+        assert_eq!(tail_offset(data, 0), 0);
+        let partial = b"a\nb";
+        assert_eq!(&partial[tail_offset(partial, 1)..], b"b");
+    }
+}

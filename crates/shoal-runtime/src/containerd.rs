@@ -1,0 +1,550 @@
+//! [`ContainerRuntime`] over containerd's gRPC API.
+//!
+//! Images are pulled client-side (containerd 1.6 has no transfer service): manifest, config and
+//! layers are fetched with oci-client, layers are written to the content store, unpacked with
+//! the diff service onto overlayfs snapshots named by chain id, and an image record keeps the
+//! top snapshot from garbage collection. Containers run under the runc v2 shim, which owns them:
+//! they keep running when the agent stops. stdout/stderr go to a per-task file the shim writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_client::services::v1::snapshots::{
+    snapshots_client::SnapshotsClient, CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    container::Runtime, containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    images_client::ImagesClient, tasks_client::TasksClient, ApplyRequest, Container, CreateContainerRequest,
+    CreateImageRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, Image,
+    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest, WriteAction, WriteContentRequest,
+};
+use containerd_client::types::Descriptor;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::spec::{oci_spec, parse_image_config, resolve_process};
+use crate::{ContainerRuntime, ContainerSpec, ContainerState, ContainerStatusKind, Exit, RegistryAuth, RuntimeError};
+
+const SNAPSHOTTER: &str = "overlayfs";
+const RUNC: &str = "io.containerd.runc.v2";
+const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// Label whose value groups containers under one shim process (fewer shims, less memory).
+const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
+const CHAIN_LABEL: &str = "shoal.chainid";
+const IMAGE_LABEL: &str = "shoal.image";
+
+/// containerd, one namespace of it.
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    insecure: Vec<String>,
+    state_dir: PathBuf,
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn ns<T>(msg: T, namespace: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = namespace.parse() {
+        r.metadata_mut().insert("containerd-namespace", v);
+    }
+    r
+}
+
+fn cd(e: tonic::Status) -> RuntimeError {
+    RuntimeError::Containerd(format!("{:?}: {}", e.code(), e.message()))
+}
+
+fn io(context: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Io(format!("{context}: {e}"))
+}
+
+/// Chain ids of a layer stack (OCI image spec): chain(0) = diff(0); chain(n) = sha256(chain(n-1) + " " + diff(n)).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => {
+                let mut h = Sha256::new();
+                h.update(format!("{prev} {d}").as_bytes());
+                format!("sha256:{:x}", h.finalize())
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+impl Containerd {
+    /// Connects to containerd at `socket`, using `namespace`; files (logs, volumes) live under
+    /// `state_dir`; registries in `insecure` are reached over plain HTTP.
+    pub async fn connect(
+        socket: &Path,
+        namespace: &str,
+        insecure: Vec<String>,
+        state_dir: PathBuf,
+    ) -> Result<Self, RuntimeError> {
+        // The registry client needs a rustls provider; the process has exactly one (ring). An
+        // error here only means a binary installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|e| RuntimeError::Containerd(format!("cannot reach containerd at {}: {e}", socket.display())))?;
+        for d in ["logs", "volumes"] {
+            std::fs::create_dir_all(state_dir.join(d)).map_err(|e| io("cannot create runtime state dir", e))?;
+        }
+        Ok(Self { channel, namespace: namespace.to_string(), insecure, state_dir, pulls: Mutex::new(HashMap::new()) })
+    }
+
+    fn req<T>(&self, m: T) -> Request<T> {
+        ns(m, &self.namespace)
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{id}.log"))
+    }
+
+    fn image_name(image: &str) -> Result<String, RuntimeError> {
+        let r: oci_client::Reference = image.parse().map_err(|_| RuntimeError::InvalidImage(image.to_string()))?;
+        Ok(r.whole())
+    }
+
+    /// The top chain id of a pulled image, if present.
+    async fn image_chain(&self, name: &str) -> Option<String> {
+        let mut images = ImagesClient::new(self.channel.clone());
+        let img = images.get(self.req(GetImageRequest { name: name.to_string() })).await.ok()?.into_inner().image?;
+        let chain = img.labels.get(CHAIN_LABEL)?.clone();
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        snaps
+            .stat(self.req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: chain.clone() }))
+            .await
+            .ok()
+            .map(|_| chain)
+    }
+
+    async fn write_blob(&self, digest: &str, media_type: &str, data: &[u8]) -> Result<(), RuntimeError> {
+        let total = data.len() as i64;
+        let reference = format!("shoal-{digest}");
+        let mut msgs: Vec<WriteContentRequest> = Vec::new();
+        const CHUNK: usize = 1 << 20;
+        let mut offset = 0i64;
+        for chunk in data.chunks(CHUNK) {
+            msgs.push(WriteContentRequest {
+                action: WriteAction::Write as i32,
+                r#ref: reference.clone(),
+                total,
+                expected: digest.to_string(),
+                offset,
+                data: chunk.to_vec(),
+                ..Default::default()
+            });
+            offset += chunk.len() as i64;
+        }
+        msgs.push(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: reference,
+            total,
+            expected: digest.to_string(),
+            offset,
+            labels: HashMap::from([("shoal.media-type".to_string(), media_type.to_string())]),
+            ..Default::default()
+        });
+        let mut content = ContentClient::new(self.channel.clone());
+        let stream = futures::stream::iter(msgs);
+        match content.write(self.req(stream)).await {
+            Ok(resp) => {
+                let mut s = resp.into_inner();
+                loop {
+                    match s.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Ok(()),
+                        Err(e) if e.code() == Code::AlreadyExists => return Ok(()),
+                        Err(e) => return Err(cd(e)),
+                    }
+                }
+            }
+            Err(e) if e.code() == Code::AlreadyExists => Ok(()),
+            Err(e) => Err(cd(e)),
+        }
+    }
+
+    async fn pull_now(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
+        let reference: oci_client::Reference =
+            image.parse().map_err(|_| RuntimeError::InvalidImage(image.to_string()))?;
+        let name = reference.whole();
+        if self.image_chain(&name).await.is_some() {
+            return Ok(());
+        }
+        let config = oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::HttpsExcept(self.insecure.clone()),
+            ..Default::default()
+        };
+        let client = oci_client::Client::new(config);
+        let auth = match auth {
+            RegistryAuth::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
+            RegistryAuth::Basic { username, password } => {
+                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
+            }
+        };
+        let registry = reference.resolve_registry().to_string();
+        let (manifest, _digest, config_json) =
+            client.pull_manifest_and_config(&reference, &auth).await.map_err(|e| {
+                let text = e.to_string();
+                let lower = text.to_lowercase();
+                if ["not found", "manifest unknown", "manifest_unknown", "name unknown", "name_unknown", "404"]
+                    .iter()
+                    .any(|needle| lower.contains(needle))
+                {
+                    RuntimeError::ImageNotFound {
+                        image: image.to_string(),
+                        reason: format!("not in registry {registry}"),
+                    }
+                } else {
+                    RuntimeError::Pull { image: image.to_string(), reason: format!("registry {registry}: {text}") }
+                }
+            })?;
+        let cfg = parse_image_config(config_json.as_bytes())?;
+        if cfg.diff_ids.len() != manifest.layers.len() {
+            return Err(RuntimeError::Pull {
+                image: image.to_string(),
+                reason: "manifest and config disagree on the layers".into(),
+            });
+        }
+        let config_digest = format!("sha256:{:x}", Sha256::digest(config_json.as_bytes()));
+        self.write_blob(&config_digest, &manifest.config.media_type, config_json.as_bytes()).await?;
+        let chains = chain_ids(&cfg.diff_ids);
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let mut diff = DiffClient::new(self.channel.clone());
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            let chain = &chains[i];
+            let exists = snaps
+                .stat(self.req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: chain.clone() }))
+                .await
+                .is_ok();
+            if exists {
+                continue;
+            }
+            let mut blob: Vec<u8> = Vec::with_capacity(layer.size.max(0) as usize);
+            client.pull_blob(&reference, layer, &mut blob).await.map_err(|e| RuntimeError::Pull {
+                image: image.to_string(),
+                reason: format!("layer {}: {e}", layer.digest),
+            })?;
+            self.write_blob(&layer.digest, &layer.media_type, &blob).await?;
+            let parent = if i == 0 { String::new() } else { chains[i - 1].clone() };
+            let key = format!("shoal-extract-{}-{}", std::process::id(), chain);
+            let _ = snaps
+                .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() }))
+                .await;
+            let mounts = snaps
+                .prepare(self.req(PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.clone(),
+                    parent,
+                    labels: HashMap::new(),
+                }))
+                .await
+                .map_err(cd)?
+                .into_inner()
+                .mounts;
+            let desc = Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                annotations: HashMap::new(),
+            };
+            diff.apply(self.req(ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false }))
+                .await
+                .map_err(cd)?;
+            match snaps
+                .commit(self.req(CommitSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    name: chain.clone(),
+                    key: key.clone(),
+                    labels: HashMap::new(),
+                }))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::AlreadyExists => {
+                    let _ =
+                        snaps.remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key })).await;
+                }
+                Err(e) => return Err(cd(e)),
+            }
+        }
+        let top = chains.last().cloned().unwrap_or_default();
+        let labels = HashMap::from([
+            (CHAIN_LABEL.to_string(), top.clone()),
+            (format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top),
+            ("containerd.io/gc.ref.content.config".to_string(), config_digest.clone()),
+        ]);
+        let img = Image {
+            name: name.clone(),
+            labels,
+            target: Some(Descriptor {
+                media_type: manifest.config.media_type.clone(),
+                digest: config_digest,
+                size: config_json.len() as i64,
+                annotations: HashMap::new(),
+            }),
+            ..Default::default()
+        };
+        let mut images = ImagesClient::new(self.channel.clone());
+        match images.create(self.req(CreateImageRequest { image: Some(img.clone()), ..Default::default() })).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Code::AlreadyExists => Ok(()),
+            Err(e) => Err(cd(e)),
+        }
+    }
+
+    /// The image config of a pulled image (stored as the image record's target).
+    async fn image_config(&self, name: &str) -> Result<crate::spec::ImageConfig, RuntimeError> {
+        let mut images = ImagesClient::new(self.channel.clone());
+        let img = images
+            .get(self.req(GetImageRequest { name: name.to_string() }))
+            .await
+            .map_err(cd)?
+            .into_inner()
+            .image
+            .ok_or_else(|| RuntimeError::Containerd(format!("image {name} vanished")))?;
+        let digest = img.target.map(|t| t.digest).unwrap_or_default();
+        let mut content = ContentClient::new(self.channel.clone());
+        let mut s = content
+            .read(self.req(containerd_client::services::v1::ReadContentRequest { digest, offset: 0, size: 0 }))
+            .await
+            .map_err(cd)?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = s.message().await.map_err(cd)? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        parse_image_config(&bytes)
+    }
+
+    async fn wait_exit(&self, id: &str) -> Result<Exit, RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let r = tasks
+            .wait(self.req(WaitRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(|e| if e.code() == Code::NotFound { RuntimeError::NotFound(id.to_string()) } else { cd(e) })?
+            .into_inner();
+        Ok(Exit { code: r.exit_status as i32 })
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for Containerd {
+    async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
+        let name = Self::image_name(image)?;
+        // One pull per image at a time; later callers find it present.
+        let gate = {
+            let mut m = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(name).or_default().clone()
+        };
+        let _g = gate.lock().await;
+        self.pull_now(image, auth).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let name = Self::image_name(&spec.image)?;
+        let chain = self
+            .image_chain(&name)
+            .await
+            .ok_or_else(|| RuntimeError::Containerd(format!("image {name} is not pulled")))?;
+        let cfg = self.image_config(&name).await?;
+        let process = resolve_process(spec, &cfg)?;
+        let volumes = self.state_dir.join("volumes");
+        for m in &spec.mounts {
+            if let crate::MountSpec::Volume { name, .. } = m {
+                std::fs::create_dir_all(volumes.join(name)).map_err(|e| io("cannot create volume", e))?;
+            }
+        }
+        let vdir = |n: &str| volumes.join(n).display().to_string();
+        let oci = oci_spec(spec, &process, &format!("/shoal/{}", self.namespace), &vdir);
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let _ = snaps
+            .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: spec.id.clone() }))
+            .await;
+        snaps
+            .prepare(self.req(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: spec.id.clone(),
+                parent: chain,
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(cd)?;
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(SHIM_GROUP_LABEL.into(), format!("shoal-{}", self.namespace));
+        labels.insert(IMAGE_LABEL.into(), spec.image.clone());
+        let container = Container {
+            id: spec.id.clone(),
+            image: name,
+            labels,
+            runtime: Some(Runtime { name: RUNC.into(), options: None }),
+            spec: Some(prost_types::Any { type_url: SPEC_TYPE.into(), value: oci.to_string().into_bytes() }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: spec.id.clone(),
+            ..Default::default()
+        };
+        let mut containers = ContainersClient::new(self.channel.clone());
+        containers.create(self.req(CreateContainerRequest { container: Some(container) })).await.map_err(cd)?;
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let mounts = snaps
+            .mounts(self.req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() }))
+            .await
+            .map_err(cd)?
+            .into_inner()
+            .mounts;
+        let log = self.log_path(id);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| io("cannot create log file", e))?;
+        let uri = format!("file://{}", log.display());
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .create(self.req(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts,
+                stdout: uri.clone(),
+                stderr: uri,
+                terminal: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(cd)?;
+        let r = tasks
+            .start(self.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(cd)?;
+        Ok(r.into_inner().pid)
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit, RuntimeError> {
+        self.wait_exit(id).await
+    }
+
+    async fn stop(&self, id: &str, signal: i32, grace: Duration) -> Result<Exit, RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let kill =
+            |sig: u32| KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: sig, all: true };
+        match tasks.kill(self.req(kill(signal as u32))).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Err(RuntimeError::NotFound(id.to_string())),
+            Err(e) => tracing::debug!(container = id, error = %e.message(), "signal failed; waiting anyway"),
+        }
+        match tokio::time::timeout(grace, self.wait_exit(id)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = tasks.kill(self.req(kill(9))).await;
+                self.wait_exit(id).await
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        match tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => {}
+            Err(e) if e.code() == Code::FailedPrecondition => {
+                // Still running: kill it first.
+                let _ = tasks
+                    .kill(self.req(KillRequest {
+                        container_id: id.to_string(),
+                        exec_id: String::new(),
+                        signal: 9,
+                        all: true,
+                    }))
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit(id)).await;
+                tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await.map_err(cd)?;
+            }
+            Err(e) => return Err(cd(e)),
+        }
+        let mut containers = ContainersClient::new(self.channel.clone());
+        match containers.delete(self.req(DeleteContainerRequest { id: id.to_string() })).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => {}
+            Err(e) => return Err(cd(e)),
+        }
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        match snaps
+            .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() }))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => {}
+            Err(e) => return Err(cd(e)),
+        }
+        let _ = std::fs::remove_file(self.log_path(id));
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        let mut containers = ContainersClient::new(self.channel.clone());
+        let list = containers.list(self.req(ListContainersRequest { filters: vec![] })).await.map_err(cd)?.into_inner();
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let procs = tasks.list(self.req(ListTasksRequest { filter: String::new() })).await.map_err(cd)?.into_inner();
+        // containerd fills `id` with the container id in task listings (container_id may be empty).
+        let by_id: HashMap<String, _> = procs
+            .tasks
+            .into_iter()
+            .map(|p| (if p.container_id.is_empty() { p.id.clone() } else { p.container_id.clone() }, p))
+            .collect();
+        Ok(list
+            .containers
+            .into_iter()
+            .map(|c| {
+                let p = by_id.get(&c.id);
+                // containerd's Status: 1 created, 2 running, 3 stopped, 4/5 paused.
+                let status = match p.map(|p| p.status) {
+                    Some(2) | Some(4) | Some(5) => ContainerStatusKind::Running,
+                    Some(3) => ContainerStatusKind::Stopped,
+                    Some(_) => ContainerStatusKind::Created,
+                    None => ContainerStatusKind::Created,
+                };
+                ContainerState {
+                    id: c.id.clone(),
+                    labels: c.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                    status,
+                    pid: p.map_or(0, |p| p.pid),
+                    exit_code: p.filter(|p| p.status == 3).map(|p| p.exit_status as i32),
+                }
+            })
+            .collect())
+    }
+
+    async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let p = self.log_path(id);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(RuntimeError::NotFound(id.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_rule() {
+        let d = vec!["sha256:a".to_string(), "sha256:b".to_string()];
+        let c = chain_ids(&d);
+        assert_eq!(c[0], "sha256:a");
+        let expect = format!("sha256:{:x}", Sha256::digest(b"sha256:a sha256:b"));
+        assert_eq!(c[1], expect);
+    }
+}

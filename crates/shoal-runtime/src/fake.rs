@@ -1,0 +1,138 @@
+//! A recording, scriptable [`ContainerRuntime`] for unit tests of the agent: no containers, no
+//! processes; exits happen when a test says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::{ContainerRuntime, ContainerSpec, ContainerState, ContainerStatusKind, Exit, RegistryAuth, RuntimeError};
+
+#[derive(Default)]
+struct State {
+    calls: Vec<String>,
+    failing_pulls: HashMap<String, String>,
+    containers: BTreeMap<String, (ContainerSpec, ContainerStatusKind, u32)>,
+    exits: HashMap<String, watch::Sender<Option<i32>>>,
+    next_pid: u32,
+}
+
+/// The fake runtime.
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls so far, as `pull IMAGE`, `create ID`, `start ID`, `stop ID`, `remove ID`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Makes pulls of `image` fail with `reason`.
+    pub fn fail_pull(&self, image: &str, reason: &str) {
+        self.lock().failing_pulls.insert(image.to_string(), reason.to_string());
+    }
+
+    /// Makes the container's process exit with `code`.
+    pub fn exit(&self, id: &str, code: i32) {
+        let mut s = self.lock();
+        if let Some(c) = s.containers.get_mut(id) {
+            c.1 = ContainerStatusKind::Stopped;
+        }
+        if let Some(tx) = s.exits.get(id) {
+            tx.send_replace(Some(code));
+        }
+    }
+
+    /// Ids of containers whose process runs.
+    pub fn running(&self) -> Vec<String> {
+        self.lock()
+            .containers
+            .iter()
+            .filter(|(_, c)| c.1 == ContainerStatusKind::Running)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn pull(&self, image: &str, _auth: &RegistryAuth) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(format!("pull {image}"));
+        match s.failing_pulls.get(image) {
+            Some(reason) => Err(RuntimeError::ImageNotFound { image: image.to_string(), reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(format!("create {}", spec.id));
+        s.containers.insert(spec.id.clone(), (spec.clone(), ContainerStatusKind::Created, 0));
+        s.exits.insert(spec.id.clone(), watch::channel(None).0);
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(format!("start {id}"));
+        s.next_pid += 1;
+        let pid = 1000 + s.next_pid;
+        let c = s.containers.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        c.1 = ContainerStatusKind::Running;
+        c.2 = pid;
+        Ok(pid)
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit, RuntimeError> {
+        let mut rx =
+            self.lock().exits.get(id).map(|tx| tx.subscribe()).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        loop {
+            if let Some(code) = *rx.borrow_and_update() {
+                return Ok(Exit { code });
+            }
+            rx.changed().await.map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        }
+    }
+
+    async fn stop(&self, id: &str, signal: i32, _grace: Duration) -> Result<Exit, RuntimeError> {
+        self.lock().calls.push(format!("stop {id}"));
+        self.exit(id, 128 + signal);
+        Ok(Exit { code: 128 + signal })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(format!("remove {id}"));
+        s.containers.remove(id);
+        s.exits.remove(id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .iter()
+            .map(|(id, (spec, status, pid))| ContainerState {
+                id: id.clone(),
+                labels: spec.labels.clone(),
+                status: *status,
+                pid: *pid,
+                exit_code: None,
+            })
+            .collect())
+    }
+
+    async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        Err(RuntimeError::NotFound(id.to_string()))
+    }
+}

@@ -1,0 +1,191 @@
+//! The containerd runtime against a real, private containerd and a real local registry holding
+//! an image built from busybox-static. Needs root, containerd, runc, docker-registry, umoci,
+//! skopeo and busybox-static; a missing piece fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_runtime::containerd::Containerd;
+use shoal_runtime::{ContainerRuntime, ContainerSpec, ContainerStatusKind, MountSpec, RegistryAuth, RuntimeError};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    /// containerd namespace, unique per run (runc keeps its state per namespace outside our dir).
+    namespace: String,
+    containerd: Child,
+    registry: Child,
+    reg: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.containerd.kill();
+        let _ = self.registry.kill();
+        let _ = self.containerd.wait();
+        let _ = self.registry.wait();
+        let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/{}", self.namespace));
+        let root = self.dir.path().display().to_string();
+        let _ = Command::new("pkill").args(["-9", "-f", &format!("containerd-shim-runc-v2 .*{root}")]).status();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let mut targets: Vec<&str> =
+                mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|t| t.starts_with(&root)).collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = Command::new("umount").args(["-l", t]).status();
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sock = d.join("containerd.sock");
+    std::fs::write(
+        d.join("containerd.toml"),
+        format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+            d.join("root").display(),
+            d.join("state").display(),
+            sock.display()
+        ),
+    )
+    .expect("config");
+    let containerd = Command::new("containerd")
+        .arg("--config")
+        .arg(d.join("containerd.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("containerd.log")).expect("log"))
+        .spawn()
+        .expect("containerd must be installed (apt-get install containerd runc)");
+    let port = free_port();
+    let reg = format!("127.0.0.1:{port}");
+    std::fs::write(
+        d.join("registry.yml"),
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {reg}\n",
+            d.join("registry").display()
+        ),
+    )
+    .expect("registry config");
+    let registry = Command::new("docker-registry")
+        .arg("serve")
+        .arg(d.join("registry.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry must be installed (apt-get install docker-registry)");
+    wait_for("containerd socket", || sock.exists());
+    wait_for("registry", || std::net::TcpStream::connect(&reg).is_ok());
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/images/build.sh");
+    let st = Command::new(build).arg(d.join("image")).arg(&reg).stdout(Stdio::null()).status().expect("build.sh");
+    assert!(st.success(), "building the test image failed");
+    let namespace = format!("shoal-test-{}-{port}", std::process::id());
+    Fixture { dir, namespace, containerd, registry, reg }
+}
+
+fn spec(id: &str, image: &str, args: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        id: id.into(),
+        image: image.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn runtime(f: &Fixture, state: &Path) -> Containerd {
+    Containerd::connect(&f.dir.path().join("containerd.sock"), &f.namespace, vec![f.reg.clone()], state.to_path_buf())
+        .await
+        .expect("connect")
+}
+
+async fn run_to_exit(rt: &Containerd, s: &ContainerSpec) -> (i32, String) {
+    rt.create(s).await.expect("create");
+    rt.start(&s.id).await.expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(20), rt.wait(&s.id)).await.expect("exits").expect("wait");
+    let log: PathBuf = rt.logs(&s.id).await.expect("log path");
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    (exit.code, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_from_a_pulled_image() {
+    let f = fixture();
+    let state = f.dir.path().join("agent");
+    let rt = runtime(&f, &state).await;
+    let image = format!("{}/busybox:1", f.reg);
+
+    // Missing image and unreachable registry: clear errors.
+    let e = rt.pull(&format!("{}/nope:1", f.reg), &RegistryAuth::Anonymous).await.expect_err("missing");
+    assert!(matches!(e, RuntimeError::ImageNotFound { .. }), "{e}");
+    let e = rt.pull("127.0.0.1:1/busybox:1", &RegistryAuth::Anonymous).await.expect_err("unreachable");
+    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+
+    // Concurrent pulls of one image all succeed.
+    let pulls = (0..4).map(|_| rt.pull(&image, &RegistryAuth::Anonymous));
+    for r in futures::future::join_all(pulls).await {
+        r.expect("pull");
+    }
+
+    // Output, exit codes, env/workdir/hostname.
+    let (code, out) = run_to_exit(&rt, &spec("echo1", &image, &["echo", "hello"])).await;
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    let (code, _) = run_to_exit(&rt, &spec("exit3", &image, &["sh", "-c", "exit 3"])).await;
+    assert_eq!(code, 3);
+    let mut s = spec("env1", &image, &["sh", "-c", "echo $GREETING $(pwd) $(hostname) $(id -u)"]);
+    s.env = vec!["GREETING=hi".into()];
+    s.workdir = "/tmp".into();
+    s.hostname = "web-1".into();
+    s.user = "1000:1000".into();
+    let (code, out) = run_to_exit(&rt, &s).await;
+    assert_eq!((code, out.trim()), (0, "hi /tmp web-1 1000"));
+
+    // A named volume outlives its container.
+    let mut w = spec("vol-w", &image, &["sh", "-c", "echo kept > /data/f"]);
+    w.mounts = vec![MountSpec::Volume { name: "data".into(), target: "/data".into(), read_only: false }];
+    assert_eq!(run_to_exit(&rt, &w).await.0, 0);
+    rt.remove("vol-w").await.expect("remove");
+    let mut r = spec("vol-r", &image, &["cat", "/data/f"]);
+    r.mounts = w.mounts.clone();
+    assert_eq!(run_to_exit(&rt, &r).await, (0, "kept\n".to_string()));
+
+    // Stop: a process ignoring SIGTERM is killed after the grace period.
+    let s = spec("stubborn", &image, &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]);
+    rt.create(&s).await.expect("create");
+    let pid = rt.start("stubborn").await.expect("start");
+    assert!(pid > 0);
+    let t0 = Instant::now();
+    let exit = rt.stop("stubborn", 15, Duration::from_millis(500)).await.expect("stop");
+    assert_eq!(exit.code, 137, "killed by SIGKILL");
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+
+    // Re-adoption: a second runtime instance (a restarted agent) sees the running container.
+    let s = spec("long", &image, &["sleep", "1000"]);
+    rt.create(&s).await.expect("create");
+    let pid = rt.start("long").await.expect("start");
+    drop(rt);
+    let rt2 = runtime(&f, &state).await;
+    let seen = rt2.list().await.expect("list").into_iter().find(|c| c.id == "long").expect("listed");
+    assert_eq!((seen.status, seen.pid), (ContainerStatusKind::Running, pid));
+    // `sleep` as PID 1 has no SIGTERM handler, so only the kill after the grace ends it.
+    let exit = rt2.stop("long", 15, Duration::from_millis(300)).await.expect("stop");
+    assert_eq!(exit.code, 137);
+    for id in ["echo1", "exit3", "env1", "vol-r", "stubborn", "long"] {
+        rt2.remove(id).await.expect("remove");
+    }
+    rt2.remove("long").await.expect("remove is idempotent");
+    assert!(rt2.list().await.expect("list").is_empty());
+}
