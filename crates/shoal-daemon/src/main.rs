@@ -31,6 +31,18 @@ struct Flags {
     /// Name shown in `shoal node ls`; default: the machine's hostname.
     #[arg(long, env = "SHOALD_HOSTNAME")]
     hostname: Option<String>,
+    /// containerd's socket; the node runs tasks only if containerd answers there.
+    #[arg(long, env = "SHOALD_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// containerd namespace for this node's containers (several nodes may share one containerd).
+    #[arg(long, env = "SHOALD_CONTAINERD_NAMESPACE", default_value = "shoal")]
+    containerd_namespace: String,
+    /// A registry (HOST:PORT) reached over plain HTTP; repeatable. Only for trusted networks.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Run no tasks on this node (no container runtime).
+    #[arg(long)]
+    no_runtime: bool,
     /// Recover this manager after the loss of quorum: it becomes the only manager of a cluster
     /// that keeps its state. Other former managers must be wiped and joined again.
     #[arg(long)]
@@ -84,8 +96,27 @@ fn main() -> std::process::ExitCode {
 
 async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
     let default_listen: SocketAddr = ([127, 0, 0, 1], 4242).into();
+    let data_dir = flags.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/shoal"));
+    let runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>> = if flags.no_runtime {
+        None
+    } else {
+        match shoal_runtime::containerd::Containerd::connect(
+            &flags.containerd_socket,
+            &flags.containerd_namespace,
+            flags.insecure_registries.clone(),
+            data_dir.join("runtime"),
+        )
+        .await
+        {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no container runtime: this node runs no tasks (start containerd, or pass --no-runtime to silence this)");
+                None
+            }
+        }
+    };
     let cfg = shoal_manager::DaemonConfig {
-        data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("/var/lib/shoal")),
+        data_dir,
         listen_addr: flags.listen_addr.or(file.listen_addr).unwrap_or(default_listen),
         advertise_addr: flags.advertise_addr.or(file.advertise_addr),
         control_socket: Some(
@@ -93,6 +124,7 @@ async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
         ),
         hostname: flags.hostname.or(file.hostname),
         force_new_cluster: flags.force_new_cluster,
+        runtime,
     };
     let mut daemon = shoal_manager::Daemon::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -150,6 +150,7 @@ impl ControlService {
             self.node.start_raft().await?;
         }
         crate::session::spawn(self.node.clone());
+        self.node.ensure_agent().await;
         drop(_g);
         if role == NodeRole::Manager {
             self.wait_voter().await?;
@@ -340,6 +341,7 @@ impl Control for ControlService {
         };
         propose(&self.node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
         crate::session::spawn(self.node.clone());
+        self.node.ensure_agent().await;
         tracing::info!(%cluster_id, "cluster initialized");
         Ok(Response::new(InitClusterResponse { node_id: local.node_id, cluster_id }))
     }

@@ -5,6 +5,7 @@
 //! conflicts in shoal-store); this crate moves requests and results and must not grow its own
 //! copy of that logic.
 
+mod agent_link;
 pub mod client;
 pub mod control;
 pub mod dispatcher;

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::local::{LocalState, Peer, Role};
 
 /// Daemon settings the node runtime needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Where node.json and the Raft data live.
     pub data_dir: PathBuf,
@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub hostname: String,
     /// Recover a lone surviving manager after quorum loss, keeping its state.
     pub force_new_cluster: bool,
+    /// The container runtime tasks run on; none: this node runs no tasks.
+    pub runtime: Option<Arc<dyn shoal_runtime::ContainerRuntime>>,
 }
 
 /// A running Raft instance and what belongs to it.
@@ -68,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) leader: crate::leader::LeaderState,
     pub(crate) force_new_cluster_pending: Mutex<bool>,
+    pub(crate) leader_hint: Mutex<Option<String>>,
+    pub(crate) agent_started: Mutex<bool>,
 }
 
 fn random_u64() -> u64 {
@@ -126,8 +130,35 @@ impl Node {
                 shutdown,
                 leader: crate::leader::LeaderState::default(),
                 force_new_cluster_pending: Mutex::new(force),
+                leader_hint: Mutex::new(None),
+                agent_started: Mutex::new(false),
             }),
         })
+    }
+
+    /// The leader's address as last learned from a heartbeat.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_leader_hint(&self, addr: &str) {
+        *self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+    }
+
+    /// Starts the agent once, if this node has a container runtime.
+    pub(crate) async fn ensure_agent(&self) {
+        let Some(runtime) = self.inner.cfg.runtime.clone() else { return };
+        {
+            let mut started = self.inner.agent_started.lock().unwrap_or_else(|p| p.into_inner());
+            if *started {
+                return;
+            }
+            *started = true;
+        }
+        if let Err(e) = crate::agent_link::start_agent(self, runtime).await {
+            tracing::error!(error = %e, "the agent did not start: this node runs no tasks");
+            *self.inner.agent_started.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        }
     }
 
     /// The daemon settings.
@@ -346,6 +377,7 @@ impl Node {
         }
         if local.role != Role::Uninitialized {
             crate::session::spawn(self.clone());
+            self.ensure_agent().await;
         }
         Ok(())
     }

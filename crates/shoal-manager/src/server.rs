@@ -22,7 +22,7 @@ use crate::membership::MembershipService;
 use crate::node::{Node, NodeConfig};
 
 /// What a daemon is started with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DaemonConfig {
     /// Data directory (node identity, Raft log and snapshots).
     pub data_dir: PathBuf,
@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub hostname: Option<String>,
     /// Recover a lone surviving manager after quorum loss, keeping its state.
     pub force_new_cluster: bool,
+    /// Container runtime for this node's tasks; none: the node runs no tasks.
+    pub runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>>,
 }
 
 /// A running daemon.
@@ -79,6 +81,7 @@ impl Daemon {
                 advertise_addr,
                 hostname: cfg.hostname.clone().unwrap_or_else(system_hostname),
                 force_new_cluster: cfg.force_new_cluster,
+                runtime: cfg.runtime.clone(),
             },
             shutdown.clone(),
         )?;
@@ -106,7 +109,11 @@ impl Daemon {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(control());
+            .add_service(control())
+            .add_optional_service(cfg.runtime.clone().map(|rt| {
+                shoal_api::v1::agent_server::AgentServer::new(shoal_agent::logs::AgentService::new(rt))
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            }));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = shutdown.clone();
         servers.spawn(async move { tcp.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await });

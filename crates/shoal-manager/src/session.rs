@@ -32,8 +32,9 @@ pub(crate) fn spawn(node: Node) {
                     redirect = Some(resp.leader_addr.clone());
                     continue;
                 }
-                Ok((_, resp)) => {
+                Ok((addr, resp)) => {
                     last_error_logged = false;
+                    node.set_leader_hint(&addr);
                     if resp.period_ms > 0 {
                         period = Duration::from_millis(resp.period_ms);
                     }

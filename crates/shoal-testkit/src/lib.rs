@@ -68,6 +68,7 @@ impl InProcessNode {
             control_socket: None,
             hostname: Some(hostname.to_string()),
             force_new_cluster: false,
+            runtime: None,
         })
         .await
         .map_err(|e| anyhow!("start {hostname}: {e}"))?;
@@ -182,6 +183,8 @@ impl DaemonProcess {
             .arg("--hostname")
             .arg(&self.hostname)
             .args(extra)
+            // Without an explicit runtime the node runs no tasks, whatever this machine has.
+            .args(if extra.contains(&"--containerd-socket") { &[][..] } else { &["--no-runtime"][..] })
             .env("RUST_LOG", std::env::var("SHOALD_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# A local multi-host shoal cluster: each host is a network namespace with its own address on a
+# test bridge, its own shoald, and its own namespace in one shared containerd; a local registry
+# on the bridge serves images built from busybox-static.
+#   deploy/hosts.sh up [MANAGERS [WORKERS]]   create hosts, start everything, init and join
+#   deploy/hosts.sh down                      stop everything, remove hosts and state
+#   deploy/hosts.sh host I                    print the --host value for host I
+#   deploy/hosts.sh exec I CMD...             run CMD inside host I's network namespace
+#   deploy/hosts.sh start I                   start host I's shoald again (after a kill)
+# Host I is shoal-hI at 10.232.0.I; the bridge (and registry) is 10.232.0.254. Needs root,
+# iproute2, containerd, runc, docker-registry, umoci, skopeo, busybox-static.
+set -euo pipefail
+W=${SHOAL_HOSTS_DIR:-/var/tmp/shoal-hosts}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SHOAL_BIN_DIR:-$ROOT/target/debug}
+NET=10.232.0
+BR=shoalbr0
+REG=$NET.254:5000
+host() { echo "unix://$W/h$1/shoal.sock"; }
+shoal() { local i=$1; shift; "$BIN/shoal" --host "$(host "$i")" "$@"; }
+in_host() { local i=$1; shift; nsenter --net=/var/run/netns/shoal-h"$i" "$@"; }
+wait_sock() { for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1" >&2; return 1; }
+
+up() {
+  local m=${1:-3} w=${2:-0} n i
+  n=$((m + w))
+  [ -x "$BIN/shoald" ] || { echo "build first: cargo build --bins (or set SHOAL_BIN_DIR)" >&2; exit 1; }
+  mkdir -p "$W"
+  ip link add $BR type bridge 2>/dev/null || true
+  ip addr add $NET.254/24 dev $BR 2>/dev/null || true
+  ip link set $BR up
+  # containerd shared by all hosts (each shoald uses its own containerd namespace).
+  cat >"$W/containerd.toml" <<TOML
+version = 2
+root = "$W/containerd/root"
+state = "$W/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$W/containerd/containerd.sock"
+TOML
+  containerd --config "$W/containerd.toml" >"$W/containerd.log" 2>&1 &
+  echo $! >"$W/containerd.pid"
+  wait_sock "$W/containerd/containerd.sock"
+  # The registry listens on the bridge, reachable from every host.
+  mkdir -p "$W/registry"
+  cat >"$W/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $W/registry
+http:
+  addr: $REG
+YML
+  docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+  echo $! >"$W/registry.pid"
+  "$ROOT/tests/images/build.sh" "$W/images" "$REG" >/dev/null
+  for i in $(seq 1 "$n"); do
+    ip netns del shoal-h"$i" 2>/dev/null || true
+    ip link del shv"$i" 2>/dev/null || true
+    ip netns add shoal-h"$i"
+    ip link add shv"$i" type veth peer name eth0 netns shoal-h"$i"
+    ip link set shv"$i" master $BR up
+    ip -n shoal-h"$i" addr add $NET."$i"/24 dev eth0
+    ip -n shoal-h"$i" link set eth0 up
+    ip -n shoal-h"$i" link set lo up
+    mkdir -p "$W/h$i"
+    # nsenter execs shoald in place, so $! is shoald's pid.
+    nsenter --net=/var/run/netns/shoal-h"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
+      --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
+      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace shoal-h"$i" \
+      --insecure-registry "$REG" >"$W/h$i/shoald.log" 2>&1 &
+    echo $! >"$W/h$i/pid"
+  done
+  for i in $(seq 1 "$n"); do wait_sock "$W/h$i/shoal.sock"; done
+  shoal 1 cluster init >/dev/null
+  local mt wt
+  mt=$(shoal 1 cluster join-token -q manager)
+  wt=$(shoal 1 cluster join-token -q worker)
+  for i in $(seq 2 "$n"); do
+    if [ "$i" -le "$m" ]; then tok=$mt; else tok=$wt; fi
+    shoal "$i" cluster join --token "$tok" $NET.1:4242 >/dev/null
+  done
+  echo "registry: $REG (image $REG/busybox:1)"
+  for i in $(seq 1 "$n"); do echo "host$i ($NET.$i): --host $(host "$i")  log $W/h$i/shoald.log"; done
+}
+
+down() {
+  for p in "$W"/h*/pid "$W"/registry.pid; do
+    [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
+  done
+  sleep 1
+  for p in "$W"/h*/pid "$W"/registry.pid; do
+    [ -f "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true
+  done
+  pkill -9 -f "shoald --data-dir $W/" 2>/dev/null || true
+  # Containers (and their shims) go with containerd's state.
+  if [ -f "$W/containerd.pid" ]; then
+    pkill -9 -f "containerd-shim-runc-v2 .*$W/containerd" 2>/dev/null || true
+    kill "$(cat "$W/containerd.pid")" 2>/dev/null || true
+    sleep 1
+    kill -9 "$(cat "$W/containerd.pid")" 2>/dev/null || true
+  fi
+  for ns in $(ip netns list 2>/dev/null | awk '/^shoal-h/ {print $1}'); do ip netns del "$ns" || true; done
+  ip link del $BR 2>/dev/null || true
+  grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$W"
+}
+
+case "${1:-}" in
+  up) shift; up "$@" ;;
+  down) down ;;
+  host) host "$2" ;;
+  exec) shift; i=$1; shift; in_host "$i" "$@" ;;
+  start)
+    # Restart host I's shoald (after a kill), same flags as `up`.
+    i=$2
+    nsenter --net=/var/run/netns/shoal-h"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
+      --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
+      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace shoal-h"$i" \
+      --insecure-registry "$REG" >>"$W/h$i/shoald.log" 2>&1 &
+    echo $! >"$W/h$i/pid" ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
