@@ -1,0 +1,237 @@
+//! End to end on real hosts: 3 managers + 2 workers, each a network namespace with its own
+//! address and shoald, containers through a real containerd + runc, the image from a real local
+//! registry built by the test itself (deploy/hosts.sh does the plumbing). Needs root.
+//! One test function: the hosts share one bridge and subnet.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+const IMAGE: &str = "10.232.0.254:5000/busybox:1";
+
+struct Hosts {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl Hosts {
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(&self.script)
+            .args(args)
+            .env("SHOAL_HOSTS_DIR", self.dir.path())
+            .env("SHOAL_BIN_DIR", bin_dir()?)
+            .output()?;
+        if !out.status.success() {
+            bail!("hosts.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("unix://{}/h{i}/shoal.sock", self.dir.path().display())
+    }
+
+    fn pid(&self, i: usize) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.path().join(format!("h{i}/pid")))?.trim().to_string())
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn pids_of(marker: &str) -> BTreeSet<String> {
+    let out = std::process::Command::new("pgrep").args(["-f", marker]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out).lines().map(str::to_string).collect()
+}
+
+async fn tasks(h: &str, service: &str) -> Option<Vec<Value>> {
+    shoal(h, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?.as_array().cloned()
+}
+
+fn running(ts: &[Value]) -> Vec<&Value> {
+    ts.iter().filter(|t| t["desired_state"] == "running" && t["state"] == "running").collect()
+}
+
+async fn wait_running(h: &str, service: &str, n: usize) -> Result<Vec<Value>> {
+    wait_until(T, &format!("{n} running tasks of {service}"), || async move {
+        let ts = tasks(h, service).await?;
+        (running(&ts).len() == n).then(|| running(&ts).into_iter().cloned().collect())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_heal_and_move_across_hosts() -> Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hosts.sh");
+    let hosts = Hosts { dir: tempfile::tempdir()?, script };
+    hosts.run(&["down"]).ok();
+    hosts.run(&["up", "3", "2"]).context("bring up 3 managers + 2 workers")?;
+    let h = hosts.host(1);
+
+    // 6 replicas converge (the CLI waits and shows progress) and really run.
+    let o = shoal_ok(
+        &h,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hello from $(hostname); exec sleep 1001",
+        ],
+    )
+    .await?;
+    assert!(o.stdout.contains("verify: Service converged"), "{}", o.stdout);
+    wait_running(&h, "web", 6).await?;
+    let logs = wait_until(T, "a log line from every task", || {
+        let h = h.clone();
+        async move {
+            let o = shoal(&h, &["service", "logs", "web"]).await.ok()?;
+            (o.stdout.matches("hello from web.").count() == 6).then_some(o.stdout)
+        }
+    })
+    .await?;
+    assert!(logs.contains("web.1@"), "{logs}");
+    let before = pids_of("sleep 1001");
+    assert_eq!(before.len(), 6, "six containers run");
+
+    // Restart an agent: its containers keep running (same PIDs), nothing duplicated or lost.
+    std::process::Command::new("kill").args(["-9", &hosts.pid(4)?]).status()?;
+    hosts.run(&["start", "4"])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ts = wait_running(&h, "web", 6).await?;
+    assert_eq!(pids_of("sleep 1001"), before, "the same processes after the agent restart");
+    assert_eq!(tasks(&h, "web").await.context("tasks")?.len(), 6, "no task was replaced: {ts:?}");
+
+    // kill -9 a worker and its containers: its replicas run elsewhere; back, nothing runs twice.
+    let on5 = ts.iter().filter(|t| t["node"] == "host5").count();
+    std::process::Command::new("kill").args(["-9", &hosts.pid(5)?]).status()?;
+    std::process::Command::new("pkill").args(["-9", "-f", "containerd-shim-runc-v2 -namespace shoal-h5 "]).status()?;
+    wait_until(T, "host5 down", || {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["node", "ls", "--format", "json"]).await.ok()?.json().ok()?;
+            v.as_array()?.iter().any(|n| n["hostname"] == "host5" && n["status"] == "down").then_some(())
+        }
+    })
+    .await?;
+    let ts = wait_running(&h, "web", 6).await?;
+    assert!(ts.iter().all(|t| t["node"] != "host5"), "moved off host5 ({on5} were there): {ts:?}");
+    hosts.run(&["start", "5"])?;
+    wait_until(T, "host5 ready", || {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["node", "ls", "--format", "json"]).await.ok()?.json().ok()?;
+            v.as_array()?.iter().any(|n| n["hostname"] == "host5" && n["status"] == "ready").then_some(())
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_running(&h, "web", 6).await?;
+    assert_eq!(pids_of("sleep 1001").len(), 6, "nothing runs twice after host5 returns");
+
+    // A container exiting with 1 is restarted per the policy; ps shows the exit code.
+    shoal_ok(
+        &h,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "crash",
+            "--restart-condition",
+            "on-failure",
+            "--restart-delay",
+            "200ms",
+            "--restart-max-attempts",
+            "1",
+            IMAGE,
+            "sh",
+            "-c",
+            "exit 1",
+        ],
+    )
+    .await?;
+    wait_until(T, "two failed attempts", || {
+        let h = h.clone();
+        async move {
+            let ts = tasks(&h, "crash").await?;
+            let failed =
+                ts.iter().filter(|t| t["state"] == "failed" && t["error"] == "task: non-zero exit (1)").count();
+            (failed == 2).then_some(())
+        }
+    })
+    .await?;
+
+    // Drain moves tasks away; scale to 0 and back.
+    shoal_ok(&h, &["node", "update", "--availability", "drain", "host2"]).await?;
+    let ts = wait_until(T, "nothing on host2", || {
+        let h = h.clone();
+        async move {
+            let ts = tasks(&h, "web").await?;
+            let r: Vec<Value> = running(&ts).into_iter().cloned().collect();
+            (r.len() == 6 && r.iter().all(|t| t["node"] != "host2")).then_some(r)
+        }
+    })
+    .await?;
+    assert_eq!(ts.len(), 6);
+    shoal_ok(&h, &["node", "update", "--availability", "active", "host2"]).await?;
+    shoal_ok(&h, &["service", "scale", "web=0"]).await?;
+    wait_running(&h, "web", 0).await?;
+    wait_until(T, "containers gone", || async { pids_of("sleep 1001").is_empty().then_some(()) }).await?;
+    shoal_ok(&h, &["service", "scale", "web=6"]).await?;
+    wait_running(&h, "web", 6).await?;
+
+    // Global: one task per node.
+    shoal_ok(&h, &["service", "create", "--name", "agent", "--mode", "global", IMAGE, "sleep", "1002"]).await?;
+    let ts = wait_running(&h, "agent", 5).await?;
+    let nodes: BTreeSet<&str> = ts.iter().filter_map(|t| t["node"].as_str()).collect();
+    assert_eq!(nodes.len(), 5, "{ts:?}");
+
+    // A constraint nobody meets: pending with the reason. A missing image: rejected, clearly.
+    shoal_ok(&h, &["service", "create", "-d", "--name", "nowhere", "--constraint", "node.labels.zone==mars", IMAGE])
+        .await?;
+    wait_until(T, "the pending reason", || {
+        let h = h.clone();
+        async move {
+            let ts = tasks(&h, "nowhere").await?;
+            ts.iter()
+                .any(|t| t["state"] == "pending" && t["error"].as_str().unwrap_or("").starts_with("no suitable node"))
+                .then_some(())
+        }
+    })
+    .await?;
+    shoal_ok(&h, &["service", "create", "-d", "--name", "ghost", "10.232.0.254:5000/ghost:1"]).await?;
+    wait_until(T, "the rejection", || {
+        let h = h.clone();
+        async move {
+            let ts = tasks(&h, "ghost").await?;
+            ts.iter()
+                .any(|t| t["state"] == "rejected" && t["error"].as_str().unwrap_or("").contains("not found"))
+                .then_some(())
+        }
+    })
+    .await?;
+    // Nothing else was disturbed.
+    wait_running(&h, "web", 6).await?;
+    for s in ["web", "agent", "crash", "nowhere", "ghost"] {
+        shoal_ok(&h, &["service", "rm", s]).await?;
+    }
+    wait_until(T, "every container gone", || async {
+        (pids_of("sleep 1001").is_empty() && pids_of("sleep 1002").is_empty()).then_some(())
+    })
+    .await?;
+    Ok(())
+}
