@@ -93,7 +93,10 @@ down() {
     [ -f "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true
   done
   pkill -9 -f "shoald --data-dir $W/" 2>/dev/null || true
-  # Containers (and their shims) go with containerd's state.
+  # Container processes outlive a killed shim: kill them by their cgroups first.
+  find /sys/fs/cgroup -path "*/shoal/shoal-h*/*/cgroup.procs" 2>/dev/null | while read -r f; do
+    xargs -r kill -9 <"$f" 2>/dev/null || true
+  done
   if [ -f "$W/containerd.pid" ]; then
     pkill -9 -f "containerd-shim-runc-v2 .*$W/containerd" 2>/dev/null || true
     kill "$(cat "$W/containerd.pid")" 2>/dev/null || true

@@ -32,7 +32,7 @@ use crate::{ContainerRuntime, ContainerSpec, ContainerState, ContainerStatusKind
 const SNAPSHOTTER: &str = "overlayfs";
 const RUNC: &str = "io.containerd.runc.v2";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-/// Label whose value groups containers under one shim process (fewer shims, less memory).
+/// Spec annotation (and container label) whose value groups containers under one shim process.
 const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
 const CHAIN_LABEL: &str = "shoal.chainid";
 const IMAGE_LABEL: &str = "shoal.image";
@@ -364,7 +364,10 @@ impl ContainerRuntime for Containerd {
             }
         }
         let vdir = |n: &str| volumes.join(n).display().to_string();
-        let oci = oci_spec(spec, &process, &format!("/shoal/{}", self.namespace), &vdir);
+        let mut oci = oci_spec(spec, &process, &format!("/shoal/{}", self.namespace), &vdir);
+        // The runc v2 shim groups containers by this annotation of the runtime spec: one shim
+        // serves all of this namespace's containers instead of one shim each.
+        oci["annotations"] = serde_json::json!({ SHIM_GROUP_LABEL: format!("shoal-{}", self.namespace) });
         let mut snaps = SnapshotsClient::new(self.channel.clone());
         let _ = snaps
             .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: spec.id.clone() }))

@@ -24,6 +24,12 @@ impl Drop for Fixture {
         let _ = self.registry.kill();
         let _ = self.containerd.wait();
         let _ = self.registry.wait();
+        // Container processes outlive a killed shim: kill them through their cgroups.
+        let pattern = format!("*/shoal/{}/*/cgroup.procs", self.namespace);
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("find /sys/fs/cgroup -path '{pattern}' | while read -r f; do xargs -r kill -9 < \"$f\"; done"))
+            .status();
         let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/{}", self.namespace));
         let root = self.dir.path().display().to_string();
         let _ = Command::new("pkill").args(["-9", "-f", &format!("containerd-shim-runc-v2 .*{root}")]).status();
