@@ -164,16 +164,23 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         ],
     )
     .await?;
-    wait_until(T, "two failed attempts", || {
+    let r = wait_until(T, "a failed attempt with its exit code, a restart, then no more", || {
         let h = h.clone();
         async move {
             let ts = tasks(&h, "crash").await?;
-            let failed =
+            let with_code =
                 ts.iter().filter(|t| t["state"] == "failed" && t["error"] == "task: non-zero exit (1)").count();
-            (failed == 2).then_some(())
+            let ended = ts
+                .iter()
+                .all(|t| ["failed", "rejected", "shutdown", "complete"].contains(&t["state"].as_str().unwrap_or("")));
+            (with_code >= 1 && ts.len() == 2 && ended).then_some(())
         }
     })
-    .await?;
+    .await;
+    if let Err(e) = r {
+        let ps = shoal(&h, &["service", "ps", "crash"]).await?;
+        bail!("{e}\n{}", ps.stdout);
+    }
 
     // Drain moves tasks away; scale to 0 and back.
     shoal_ok(&h, &["node", "update", "--availability", "drain", "host2"]).await?;
