@@ -5,20 +5,27 @@
 #   deploy/hosts.sh up [MANAGERS [WORKERS]]   create hosts, start everything, init and join
 #   deploy/hosts.sh down                      stop everything, remove hosts and state
 #   deploy/hosts.sh host I                    print the --host value for host I
+#   deploy/hosts.sh registry                  print the registry's HOST:PORT
 #   deploy/hosts.sh exec I CMD...             run CMD inside host I's network namespace
 #   deploy/hosts.sh start I                   start host I's shoald again (after a kill)
-# Host I is shoal-hI at 10.232.0.I; the bridge (and registry) is 10.232.0.254. Needs root,
-# iproute2, containerd, runc, docker-registry, umoci, skopeo, busybox-static.
+# Host I is network namespace shoal-hI at 10.232.0.I; the bridge (and registry) is 10.232.0.254.
+# SHOAL_HOSTS_SET=K (1..200) makes a separate set beside it: shoalK-hI at 10.232.K.I on bridge
+# shoalbrK, so several clusters can run at once (give each its own SHOAL_HOSTS_DIR too).
+# Needs root, iproute2, containerd, runc, docker-registry, umoci, skopeo, busybox-static.
 set -euo pipefail
 W=${SHOAL_HOSTS_DIR:-/var/tmp/shoal-hosts}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SHOAL_BIN_DIR:-$ROOT/target/debug}
-NET=10.232.0
-BR=shoalbr0
+SET=${SHOAL_HOSTS_SET:-0}
+case "$SET" in ''|*[!0-9]*) echo "SHOAL_HOSTS_SET must be a number 0..200" >&2; exit 2;; esac
+[ "$SET" -le 200 ] || { echo "SHOAL_HOSTS_SET must be a number 0..200" >&2; exit 2; }
+NET=10.232.$SET
+BR=shoalbr$SET
+if [ "$SET" = 0 ]; then NS=shoal-h; VETH=shv; else NS=shoal$SET-h; VETH=shv$SET-; fi
 REG=$NET.254:5000
 host() { echo "unix://$W/h$1/shoal.sock"; }
 shoal() { local i=$1; shift; "$BIN/shoal" --host "$(host "$i")" "$@"; }
-in_host() { local i=$1; shift; nsenter --net=/var/run/netns/shoal-h"$i" "$@"; }
+in_host() { local i=$1; shift; nsenter --net=/var/run/netns/$NS"$i" "$@"; }
 wait_sock() { for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1" >&2; return 1; }
 
 up() {
@@ -55,19 +62,19 @@ YML
   echo $! >"$W/registry.pid"
   "$ROOT/tests/images/build.sh" "$W/images" "$REG" >/dev/null
   for i in $(seq 1 "$n"); do
-    ip netns del shoal-h"$i" 2>/dev/null || true
-    ip link del shv"$i" 2>/dev/null || true
-    ip netns add shoal-h"$i"
-    ip link add shv"$i" type veth peer name eth0 netns shoal-h"$i"
-    ip link set shv"$i" master $BR up
-    ip -n shoal-h"$i" addr add $NET."$i"/24 dev eth0
-    ip -n shoal-h"$i" link set eth0 up
-    ip -n shoal-h"$i" link set lo up
+    ip netns del $NS"$i" 2>/dev/null || true
+    ip link del $VETH"$i" 2>/dev/null || true
+    ip netns add $NS"$i"
+    ip link add $VETH"$i" type veth peer name eth0 netns $NS"$i"
+    ip link set $VETH"$i" master $BR up
+    ip -n $NS"$i" addr add $NET."$i"/24 dev eth0
+    ip -n $NS"$i" link set eth0 up
+    ip -n $NS"$i" link set lo up
     mkdir -p "$W/h$i"
     # nsenter execs shoald in place, so $! is shoald's pid.
-    nsenter --net=/var/run/netns/shoal-h"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
+    nsenter --net=/var/run/netns/$NS"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
       --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
-      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace shoal-h"$i" \
+      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
       --insecure-registry "$REG" >"$W/h$i/shoald.log" 2>&1 &
     echo $! >"$W/h$i/pid"
   done
@@ -94,7 +101,7 @@ down() {
   done
   pkill -9 -f "shoald --data-dir $W/" 2>/dev/null || true
   # Container processes outlive a killed shim: kill them by their cgroups first.
-  find /sys/fs/cgroup -path "*/shoal/shoal-h*/*/cgroup.procs" 2>/dev/null | while read -r f; do
+  find /sys/fs/cgroup -path "*/shoal/$NS*/*/cgroup.procs" 2>/dev/null | while read -r f; do
     xargs -r kill -9 <"$f" 2>/dev/null || true
   done
   if [ -f "$W/containerd.pid" ]; then
@@ -103,7 +110,7 @@ down() {
     sleep 1
     kill -9 "$(cat "$W/containerd.pid")" 2>/dev/null || true
   fi
-  for ns in $(ip netns list 2>/dev/null | awk '/^shoal-h/ {print $1}'); do ip netns del "$ns" || true; done
+  for ns in $(ip netns list 2>/dev/null | awk -v p="$NS" 'index($1, p) == 1 {print $1}'); do ip netns del "$ns" || true; done
   ip link del $BR 2>/dev/null || true
   grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$W"
@@ -113,14 +120,15 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   down) down ;;
   host) host "$2" ;;
+  registry) echo "$REG" ;;
   exec) shift; i=$1; shift; in_host "$i" "$@" ;;
   start)
     # Restart host I's shoald (after a kill), same flags as `up`.
     i=$2
-    nsenter --net=/var/run/netns/shoal-h"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
+    nsenter --net=/var/run/netns/$NS"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
       --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
-      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace shoal-h"$i" \
+      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
       --insecure-registry "$REG" >>"$W/h$i/shoald.log" 2>&1 &
     echo $! >"$W/h$i/pid" ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -139,32 +139,52 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
     let db = TaskDb::open(&cfg.data_dir)?;
-    let reporter = reporter::spawn(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
-    let mut existing: HashMap<String, shoal_runtime::ContainerState> = runtime
-        .list()
-        .await
-        .map_err(|e| AgentError::Runtime(e.to_string()))?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
-    let mut agent = Agent {
-        runtime: runtime.clone(),
-        db: db.clone(),
-        reporter,
-        controllers: HashMap::new(),
-        cancel: cancel.clone(),
-    };
-    for t in db.tasks()? {
-        let adopted = existing.remove(&id_of(&t));
-        agent.spawn_controller(t, adopted);
-    }
-    // Containers with no recorded task were created by no assignment this agent knows: remove.
-    for (id, _) in existing {
-        tracing::warn!(container = %id, "removing a container no assignment accounts for");
-        let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
-        let _ = runtime.remove(&id).await;
-    }
-    tokio::spawn(session(cfg.node_id, agent, leader, cancel));
+    tokio::spawn(async move {
+        // Adoption needs the runtime's view; containerd may not answer yet (it starts later, or
+        // restarts): keep asking, the node reports itself unable to run tasks meanwhile.
+        let mut backoff = Duration::from_millis(200);
+        let existing = loop {
+            match runtime.list().await {
+                Ok(list) => break list,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list containers yet; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let reporter = reporter::spawn(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
+        let mut existing: HashMap<String, shoal_runtime::ContainerState> =
+            existing.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let mut agent = Agent {
+            runtime: runtime.clone(),
+            db: db.clone(),
+            reporter,
+            controllers: HashMap::new(),
+            cancel: cancel.clone(),
+        };
+        let known = match db.tasks() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the agent's task database: this node runs no tasks");
+                return;
+            }
+        };
+        for t in known {
+            let adopted = existing.remove(&id_of(&t));
+            agent.spawn_controller(t, adopted);
+        }
+        // Containers with no recorded task were created by no assignment this agent knows: remove.
+        for (id, _) in existing {
+            tracing::warn!(container = %id, "removing a container no assignment accounts for");
+            let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
+            let _ = runtime.remove(&id).await;
+        }
+        session(cfg.node_id, agent, leader, cancel).await;
+    });
     Ok(())
 }
 

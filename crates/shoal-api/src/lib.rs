@@ -5,6 +5,7 @@
 //! defaults, human names for enums, and spec validation. It does no I/O; the gRPC stubs are
 //! behind the `grpc` feature so pure crates do not pull tonic.
 
+pub mod base64;
 pub mod defaults;
 pub mod ids;
 pub mod names;

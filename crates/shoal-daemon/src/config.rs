@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// Registry credentials file (Docker config.json format).
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registries (HOST:PORT) reached over plain HTTP, added to `--insecure-registry` flags.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where shoald looks for its file when `--config` is not given.
@@ -50,7 +55,13 @@ mod tests {
 
     #[test]
     fn known_keys_parse() {
-        let c = parse("data-dir = \"/d\"\nlisten-addr = \"10.0.0.1:4242\"\nlog-format = \"json\"\n").expect("parse");
+        let c = parse(
+            "data-dir = \"/d\"\nlisten-addr = \"10.0.0.1:4242\"\nlog-format = \"json\"\n\
+             registry-auth-file = \"/etc/shoal/auth.json\"\ninsecure-registries = [\"reg:5000\"]\n",
+        )
+        .expect("parse");
+        assert_eq!(c.registry_auth_file, Some(PathBuf::from("/etc/shoal/auth.json")));
+        assert_eq!(c.insecure_registries, ["reg:5000"]);
         assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(c.listen_addr, Some("10.0.0.1:4242".parse().expect("addr")));
         assert_eq!(c.log_format.as_deref(), Some("json"));

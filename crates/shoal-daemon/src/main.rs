@@ -40,6 +40,10 @@ struct Flags {
     /// A registry (HOST:PORT) reached over plain HTTP; repeatable. Only for trusted networks.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Registry credentials for image pulls, in Docker's config.json format (what `docker login`
+    /// writes); read at each pull.
+    #[arg(long, env = "SHOALD_REGISTRY_AUTH_FILE")]
+    registry_auth_file: Option<PathBuf>,
     /// Run no tasks on this node (no container runtime).
     #[arg(long)]
     no_runtime: bool,
@@ -100,20 +104,24 @@ async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
     let runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>> = if flags.no_runtime {
         None
     } else {
-        match shoal_runtime::containerd::Containerd::connect(
+        let auth_file = flags.registry_auth_file.clone().or(file.registry_auth_file.clone());
+        if let Some(path) = &auth_file {
+            // Fail at start on a file that cannot work, rather than at the first pull.
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--registry-auth-file {}: {e}", path.display()))?;
+            shoal_runtime::auth::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--registry-auth-file {}: {e}", path.display()))?;
+        }
+        // Connects on first use: a node whose containerd is down starts, says so in its status,
+        // and takes tasks once containerd answers.
+        let c = shoal_runtime::containerd::Containerd::connect(
             &flags.containerd_socket,
             &flags.containerd_namespace,
-            flags.insecure_registries.clone(),
+            flags.insecure_registries.iter().chain(&file.insecure_registries).cloned().collect(),
+            auth_file,
             data_dir.join("runtime"),
-        )
-        .await
-        {
-            Ok(c) => Some(std::sync::Arc::new(c)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no container runtime: this node runs no tasks (start containerd, or pass --no-runtime to silence this)");
-                None
-            }
-        }
+        )?;
+        Some(std::sync::Arc::new(c))
     };
     let cfg = shoal_manager::DaemonConfig {
         data_dir,

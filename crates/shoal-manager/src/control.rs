@@ -4,7 +4,7 @@
 //! by the replication delay, and never show uncommitted writes); writes are linearized through
 //! the Raft leader and return the committed object.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
 use crate::local::{Peer, Role};
-use crate::node::{member_addr, new_id, new_secret, now_ms, wait_leader, Node};
+use crate::node::{member_addr, new_id, new_secret, now_ms, wait_leader, Node, RaftRuntime};
 use crate::propose::{create_op, delete_op, propose, reachable_managers, update_op};
 
 /// gRPC implementation of `Control`.
@@ -197,6 +197,33 @@ struct LogSource {
     hostname: String,
 }
 
+/// Log sources of the service's tasks that have started and are not in `seen` (which gains them).
+fn log_sources(rt: &RaftRuntime, service_id: &str, seen: &mut BTreeSet<String>) -> Vec<LogSource> {
+    rt.store.read(|s| {
+        let name = s
+            .service(service_id)
+            .and_then(|svc| svc.spec.as_ref())
+            .and_then(|spec| spec.annotations.as_ref())
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for t in s.tasks_by_service(service_id) {
+            let started = t.status.as_ref().is_some_and(|st| st.state >= TaskState::Starting as i32);
+            let id = id_of(&t.meta);
+            if !started || seen.contains(&id) {
+                continue;
+            }
+            let Some(n) = s.node(&t.node_id) else { continue };
+            seen.insert(id.clone());
+            let addr = n.status.as_ref().map(|st| st.addr.clone()).unwrap_or_default();
+            let hostname = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+            let task_name = if t.slot > 0 { format!("{name}.{}", t.slot) } else { format!("{name}.{}", t.node_id) };
+            out.push(LogSource { addr, task_id: id, task_name, hostname });
+        }
+        out
+    })
+}
+
 /// Splits chunks of a task's log into lines and forwards them, tagged with task and node.
 async fn forward_task_logs(
     node: Node,
@@ -238,30 +265,36 @@ impl Control for ControlService {
     async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> R<LogLines> {
         let req = req.into_inner();
         let rt = self.node.require_manager()?;
-        let (svc, tasks, nodes) = rt.store.read(|s| {
-            let svc = s.lookup_service(&req.service)?.clone();
-            let tasks: Vec<Task> = s
-                .tasks_by_service(&id_of(&svc.meta))
-                .filter(|t| t.status.as_ref().is_some_and(|st| st.state >= TaskState::Starting as i32))
-                .cloned()
-                .collect();
-            let nodes: BTreeMap<String, (String, String)> = s
-                .nodes()
-                .map(|n| {
-                    let addr = n.status.as_ref().map(|st| st.addr.clone()).unwrap_or_default();
-                    let host = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
-                    (id_of(&n.meta), (addr, host))
-                })
-                .collect();
-            Ok::<_, ApiError>((svc, tasks, nodes))
-        })?;
-        let name = svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
+        let service_id =
+            rt.store.read(|s| s.lookup_service(&req.service).map(|svc| id_of(&svc.meta))).map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        for t in tasks {
-            let Some((addr, host)) = nodes.get(&t.node_id).cloned() else { continue };
-            let task_name = if t.slot > 0 { format!("{name}.{}", t.slot) } else { format!("{name}.{}", t.node_id) };
-            let src = LogSource { addr, task_id: id_of(&t.meta), task_name, hostname: host };
+        let mut seen = BTreeSet::new();
+        for src in log_sources(&rt, &service_id, &mut seen) {
             tokio::spawn(forward_task_logs(self.node.clone(), src, req.clone(), tx.clone()));
+        }
+        if req.follow {
+            // Tasks that start later (restarts, scale-up, rescheduling) join the stream, until
+            // the client goes away or the service is removed.
+            let node = self.node.clone();
+            let mut applied = rt.store.applied();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        changed = applied.changed() => if changed.is_err() { return },
+                    }
+                    if rt.store.read(|s| s.service(&service_id).is_none()) {
+                        return;
+                    }
+                    for src in log_sources(&rt, &service_id, &mut seen) {
+                        let mut from_start = req.clone();
+                        from_start.tail = 0;
+                        tokio::spawn(forward_task_logs(node.clone(), src, from_start, tx.clone()));
+                    }
+                    // Coalesce bursts of applies.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
         }
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

@@ -72,7 +72,12 @@ pub(crate) struct Inner {
     pub(crate) force_new_cluster_pending: Mutex<bool>,
     pub(crate) leader_hint: Mutex<Option<String>>,
     pub(crate) agent_started: Mutex<bool>,
+    /// Why this node cannot run tasks now; empty when it can.
+    pub(crate) runtime_unavailable: Mutex<String>,
 }
+
+/// How often the container runtime is probed, and how long a probe may take.
+const RUNTIME_PROBE: Duration = Duration::from_secs(2);
 
 fn random_u64() -> u64 {
     loop {
@@ -119,6 +124,10 @@ impl Node {
             }
         };
         let force = cfg.force_new_cluster;
+        let runtime_unavailable = match cfg.runtime {
+            Some(_) => String::new(),
+            None => "started without a container runtime (--no-runtime)".to_string(),
+        };
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -132,6 +141,7 @@ impl Node {
                 force_new_cluster_pending: Mutex::new(force),
                 leader_hint: Mutex::new(None),
                 agent_started: Mutex::new(false),
+                runtime_unavailable: Mutex::new(runtime_unavailable),
             }),
         })
     }
@@ -143,6 +153,39 @@ impl Node {
 
     pub(crate) fn set_leader_hint(&self, addr: &str) {
         *self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+    }
+
+    fn set_runtime_unavailable(&self, why: String) {
+        let mut cur = self.inner.runtime_unavailable.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != why {
+            if why.is_empty() {
+                tracing::info!("the container runtime answers again: this node takes tasks");
+            } else {
+                tracing::warn!(reason = %why, "this node takes no new tasks");
+            }
+            *cur = why;
+        }
+    }
+
+    /// Probes the container runtime until shutdown, so the description the node reports says
+    /// whether it can run tasks (the scheduler places nothing on a node whose runtime is gone).
+    pub(crate) fn watch_runtime(&self) {
+        let Some(runtime) = self.inner.cfg.runtime.clone() else { return };
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let why = match tokio::time::timeout(RUNTIME_PROBE, runtime.ping()).await {
+                    Ok(Ok(_)) => String::new(),
+                    Ok(Err(e)) => format!("container runtime unavailable: {e}"),
+                    Err(_) => format!("container runtime unavailable: no answer within {RUNTIME_PROBE:?}"),
+                };
+                node.set_runtime_unavailable(why);
+                tokio::select! {
+                    _ = node.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RUNTIME_PROBE) => {}
+                }
+            }
+        });
     }
 
     /// Starts the agent once, if this node has a container runtime.
@@ -253,6 +296,7 @@ impl Node {
             }),
             resources: Some(Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total_bytes(), pids: 0 }),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            runtime_unavailable: self.inner.runtime_unavailable.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 

@@ -86,6 +86,7 @@ impl Daemon {
             shutdown.clone(),
         )?;
 
+        node.watch_runtime();
         let mut servers = JoinSet::new();
         let control = || {
             ControlServer::new(ControlService::new(node.clone()))

@@ -15,6 +15,7 @@ use containerd_client::services::v1::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, StatSnapshotRequest,
 };
+use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     container::Runtime, containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     images_client::ImagesClient, tasks_client::TasksClient, ApplyRequest, Container, CreateContainerRequest,
@@ -42,6 +43,7 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     insecure: Vec<String>,
+    auth_file: Option<PathBuf>,
     state_dir: PathBuf,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -80,24 +82,40 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 impl Containerd {
-    /// Connects to containerd at `socket`, using `namespace`; files (logs, volumes) live under
-    /// `state_dir`; registries in `insecure` are reached over plain HTTP.
-    pub async fn connect(
+    /// A runtime over containerd at `socket`, using `namespace`; files (logs, volumes) live
+    /// under `state_dir`; registries in `insecure` are reached over plain HTTP; `auth_file`
+    /// holds registry credentials (Docker's `config.json` format), read at each pull.
+    ///
+    /// The connection is made on first use and again after containerd restarts: a node whose
+    /// containerd is down starts anyway and reports it (see [`ContainerRuntime::ping`]).
+    pub fn connect(
         socket: &Path,
         namespace: &str,
         insecure: Vec<String>,
+        auth_file: Option<PathBuf>,
         state_dir: PathBuf,
     ) -> Result<Self, RuntimeError> {
         // The registry client needs a rustls provider; the process has exactly one (ring). An
         // error here only means a binary installed it already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|e| RuntimeError::Containerd(format!("cannot reach containerd at {}: {e}", socket.display())))?;
+        let path = socket.to_path_buf();
+        let channel = tonic::transport::Endpoint::from_static("http://containerd.sock")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }));
         for d in ["logs", "volumes"] {
             std::fs::create_dir_all(state_dir.join(d)).map_err(|e| io("cannot create runtime state dir", e))?;
         }
-        Ok(Self { channel, namespace: namespace.to_string(), insecure, state_dir, pulls: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            channel,
+            namespace: namespace.to_string(),
+            insecure,
+            auth_file,
+            state_dir,
+            pulls: Mutex::new(HashMap::new()),
+        })
     }
 
     fn req<T>(&self, m: T) -> Request<T> {
@@ -184,13 +202,18 @@ impl Containerd {
             ..Default::default()
         };
         let client = oci_client::Client::new(config);
-        let auth = match auth {
+        let registry = reference.resolve_registry().to_string();
+        let from_file = match (auth, &self.auth_file) {
+            (RegistryAuth::Anonymous, Some(path)) => crate::auth::lookup(path, &registry)?,
+            _ => None,
+        };
+        let with_credentials = from_file.is_some() || *auth != RegistryAuth::Anonymous;
+        let auth = match from_file.as_ref().unwrap_or(auth) {
             RegistryAuth::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
             RegistryAuth::Basic { username, password } => {
                 oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
             }
         };
-        let registry = reference.resolve_registry().to_string();
         let (manifest, _digest, config_json) =
             client.pull_manifest_and_config(&reference, &auth).await.map_err(|e| {
                 let text = e.to_string();
@@ -203,6 +226,13 @@ impl Containerd {
                         image: image.to_string(),
                         reason: format!("not in registry {registry}"),
                     }
+                } else if ["not authorized", "unauthorized", "401", "403", "denied"].iter().any(|n| lower.contains(n)) {
+                    let reason = if with_credentials {
+                        format!("registry {registry} refused the credentials given for it")
+                    } else {
+                        format!("registry {registry} wants credentials: put them in the node's --registry-auth-file")
+                    };
+                    RuntimeError::Pull { image: image.to_string(), reason }
                 } else {
                     RuntimeError::Pull { image: image.to_string(), reason: format!("registry {registry}: {text}") }
                 }
@@ -492,6 +522,16 @@ impl ContainerRuntime for Containerd {
         }
         let _ = std::fs::remove_file(self.log_path(id));
         Ok(())
+    }
+
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        let mut version = VersionClient::new(self.channel.clone());
+        let v = version
+            .version(Request::new(()))
+            .await
+            .map_err(|e| RuntimeError::Containerd(format!("containerd does not answer: {}", e.message())))?
+            .into_inner();
+        Ok(format!("containerd {}", v.version))
     }
 
     async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {

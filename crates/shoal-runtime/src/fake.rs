@@ -17,6 +17,7 @@ struct State {
     containers: BTreeMap<String, (ContainerSpec, ContainerStatusKind, u32)>,
     exits: HashMap<String, watch::Sender<Option<i32>>>,
     next_pid: u32,
+    down: Option<String>,
 }
 
 /// The fake runtime.
@@ -38,6 +39,11 @@ impl FakeRuntime {
     /// Makes pulls of `image` fail with `reason`.
     pub fn fail_pull(&self, image: &str, reason: &str) {
         self.lock().failing_pulls.insert(image.to_string(), reason.to_string());
+    }
+
+    /// Makes [`ContainerRuntime::ping`] fail with `reason` (`None`: answer again).
+    pub fn set_down(&self, reason: Option<&str>) {
+        self.lock().down = reason.map(str::to_string);
     }
 
     /// Makes the container's process exit with `code`.
@@ -115,6 +121,13 @@ impl ContainerRuntime for FakeRuntime {
         s.containers.remove(id);
         s.exits.remove(id);
         Ok(())
+    }
+
+    async fn ping(&self) -> Result<String, RuntimeError> {
+        match &self.lock().down {
+            Some(reason) => Err(RuntimeError::Containerd(reason.clone())),
+            None => Ok("fake".to_string()),
+        }
     }
 
     async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod auth;
 pub mod containerd;
 pub mod fake;
 pub mod spec;
 
 /// Registry credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum RegistryAuth {
     /// No credentials.
     #[default]
@@ -26,6 +27,18 @@ pub enum RegistryAuth {
         /// Password or token.
         password: String,
     },
+}
+
+// The password must never reach a log line through `{:?}`.
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryAuth::Anonymous => f.write_str("Anonymous"),
+            RegistryAuth::Basic { username, .. } => {
+                f.debug_struct("Basic").field("username", username).field("password", &"<redacted>").finish()
+            }
+        }
+    }
 }
 
 /// A mount into the container.
@@ -147,4 +160,6 @@ pub trait ContainerRuntime: Send + Sync {
     async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError>;
     /// Path of the container's log file.
     async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError>;
+    /// Checks that the runtime answers; returns its name and version.
+    async fn ping(&self) -> Result<String, RuntimeError>;
 }

@@ -113,9 +113,14 @@ fn spec(id: &str, image: &str, args: &[&str]) -> ContainerSpec {
 }
 
 async fn runtime(f: &Fixture, state: &Path) -> Containerd {
-    Containerd::connect(&f.dir.path().join("containerd.sock"), &f.namespace, vec![f.reg.clone()], state.to_path_buf())
-        .await
-        .expect("connect")
+    Containerd::connect(
+        &f.dir.path().join("containerd.sock"),
+        &f.namespace,
+        vec![f.reg.clone()],
+        None,
+        state.to_path_buf(),
+    )
+    .expect("connect")
 }
 
 async fn run_to_exit(rt: &Containerd, s: &ContainerSpec) -> (i32, String) {
@@ -133,6 +138,8 @@ async fn containers_run_from_a_pulled_image() {
     let state = f.dir.path().join("agent");
     let rt = runtime(&f, &state).await;
     let image = format!("{}/busybox:1", f.reg);
+    let version = rt.ping().await.expect("containerd answers");
+    assert!(version.starts_with("containerd "), "{version}");
 
     // Missing image and unreachable registry: clear errors.
     let e = rt.pull(&format!("{}/nope:1", f.reg), &RegistryAuth::Anonymous).await.expect_err("missing");
@@ -194,4 +201,73 @@ async fn containers_run_from_a_pulled_image() {
     }
     rt2.remove("long").await.expect("remove is idempotent");
     assert!(rt2.list().await.expect("list").is_empty());
+}
+
+/// A second registry over the same storage that wants a password (htpasswd, bcrypt).
+fn auth_registry(f: &Fixture) -> (Child, String) {
+    let d = f.dir.path();
+    let hash = Command::new("python3")
+        .args(["-c", "import crypt; print(crypt.crypt('s3cr3t', crypt.mksalt(crypt.METHOD_BLOWFISH)))"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("python3 makes the bcrypt hash");
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(hash.starts_with("$2"), "no bcrypt hash from python3's crypt: {hash:?}");
+    std::fs::write(d.join("htpasswd"), format!("alice:{hash}\n")).expect("htpasswd");
+    let reg = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d.join("registry-auth.yml"),
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {reg}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+            d.join("registry").display(),
+            d.join("htpasswd").display()
+        ),
+    )
+    .expect("registry config");
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(d.join("registry-auth.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry");
+    wait_for("registry with auth", || std::net::TcpStream::connect(&reg).is_ok());
+    (child, reg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_use_the_credentials_file_and_containerd_may_come_later() {
+    let f = fixture();
+    let (mut reg_child, reg) = auth_registry(&f);
+    let sock = f.dir.path().join("containerd.sock");
+    let auth_file = f.dir.path().join("auth.json");
+    let connect = |auth: Option<PathBuf>| {
+        Containerd::connect(&sock, &f.namespace, vec![reg.clone()], auth, f.dir.path().join("agent")).expect("connect")
+    };
+    let image = format!("{reg}/busybox:1");
+
+    // No credentials: refused, and the error says so.
+    let e = connect(None).pull(&image, &RegistryAuth::Anonymous).await.expect_err("needs a password");
+    assert!(e.to_string().contains("wants credentials: put them in the node's --registry-auth-file"), "{e}");
+    // Wrong password in the file: refused.
+    std::fs::write(&auth_file, format!(r#"{{"auths": {{"{reg}": {{"username": "alice", "password": "nope"}}}}}}"#))
+        .expect("write");
+    let e = connect(Some(auth_file.clone())).pull(&image, &RegistryAuth::Anonymous).await.expect_err("bad password");
+    assert!(e.to_string().contains("refused the credentials given for it"), "{e}");
+    // The right one (as `docker login` writes it), changed without a new runtime: pulled.
+    let rt = connect(Some(auth_file.clone()));
+    std::fs::write(&auth_file, format!(r#"{{"auths": {{"http://{reg}/": {{"auth": "YWxpY2U6czNjcjN0"}}}}}}"#))
+        .expect("write");
+    rt.pull(&image, &RegistryAuth::Anonymous).await.expect("pulled with the file's credentials");
+    let _ = reg_child.kill();
+    let _ = reg_child.wait();
+
+    // A runtime whose containerd is not there yet connects lazily and says what is wrong.
+    let later = f.dir.path().join("later.sock");
+    let rt = Containerd::connect(&later, &f.namespace, vec![], None, f.dir.path().join("agent2")).expect("lazy");
+    let e = rt.ping().await.expect_err("nothing listens yet");
+    assert!(e.to_string().contains("containerd does not answer"), "{e}");
+    std::os::unix::fs::symlink(&sock, &later).expect("symlink");
+    let v = rt.ping().await.expect("answers once it is there");
+    assert!(v.starts_with("containerd "), "{v}");
 }

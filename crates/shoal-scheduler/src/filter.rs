@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use shoal_api::v1::{Resources, Task};
 
 use crate::nodes::{HostPort, NodeInfo};
-use crate::placement::{constraint_text, node_accepts_new_tasks, Placement};
+use crate::placement::{constraint_text, node_ready_and_active, node_runs_tasks, Placement};
 
 /// A resource a node can run short of, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,6 +25,8 @@ pub(crate) enum Resource {
 pub(crate) enum Rejection {
     /// Not `READY`, or availability not `ACTIVE`.
     NotAvailable,
+    /// The node has no working container runtime.
+    NoRuntime,
     /// The constraint with this index (and text) is not satisfied.
     Constraint(usize, String),
     /// The node's platform is not in the spec's list.
@@ -50,6 +52,7 @@ impl Rejection {
     fn explain(&self, n: usize) -> String {
         match self {
             Rejection::NotAvailable => format!("{} not available", nodes(n)),
+            Rejection::NoRuntime => format!("no container runtime on {}", nodes(n)),
             Rejection::Constraint(_, text) => {
                 format!("constraint {text} not satisfied on {}", nodes(n))
             }
@@ -81,8 +84,11 @@ pub(crate) struct Request<'a> {
 
 /// The first filter that rejects `info` for `req`, or `Ok` when the node can take the task.
 pub(crate) fn check(info: &NodeInfo<'_>, req: &Request<'_>) -> Result<(), Rejection> {
-    if !node_accepts_new_tasks(info.node) {
+    if !node_ready_and_active(info.node) {
         return Err(Rejection::NotAvailable);
+    }
+    if !node_runs_tasks(info.node) {
+        return Err(Rejection::NoRuntime);
     }
     if let Some((i, c)) = req.placement.unmet_constraint(info.node) {
         return Err(Rejection::Constraint(i, constraint_text(c)));

@@ -92,6 +92,16 @@ impl Placement {
 /// Whether new tasks may be placed on `node`: it is `READY` and its availability is `ACTIVE`
 /// (`PAUSE` keeps what runs there but takes nothing new; `DRAIN` moves everything away).
 pub fn node_accepts_new_tasks(node: &Node) -> bool {
+    node_ready_and_active(node) && node_runs_tasks(node)
+}
+
+/// Whether `node` can run containers at all (it reports a working container runtime).
+pub fn node_runs_tasks(node: &Node) -> bool {
+    node.description.as_ref().is_none_or(|d| d.runtime_unavailable.is_empty())
+}
+
+/// Whether `node` is `READY` with availability `ACTIVE`.
+pub fn node_ready_and_active(node: &Node) -> bool {
     let ready = node.status.as_ref().is_some_and(|s| s.state == NodeState::Ready as i32);
     let active = node.spec.as_ref().map_or(NodeAvailability::Active as i32, |s| s.availability)
         == NodeAvailability::Active as i32;

@@ -138,6 +138,7 @@ pub fn node(id: &str) -> Node {
             platform: Some(Platform { os: "linux".to_owned(), architecture: "amd64".to_owned() }),
             resources: Some(Resources { nano_cpus: 4 * CPU, memory_bytes: 4 * GIB, pids: 0 }),
             version: String::new(),
+            runtime_unavailable: String::new(),
         }),
         status: Some(NodeStatus { state: NodeState::Ready as i32, ..NodeStatus::default() }),
         role: NodeRole::Worker as i32,
@@ -159,6 +160,8 @@ pub trait NodeExt: Sized {
     fn role(self, r: NodeRole) -> Self;
     /// Sets the reported platform.
     fn platform(self, os: &str, arch: &str) -> Self;
+    /// Marks the node as unable to run tasks, for `reason`.
+    fn no_runtime(self, reason: &str) -> Self;
 }
 
 impl NodeExt for Node {
@@ -188,6 +191,10 @@ impl NodeExt for Node {
     fn platform(mut self, os: &str, arch: &str) -> Self {
         let d = self.description.get_or_insert_with(NodeDescription::default);
         d.platform = Some(Platform { os: os.to_owned(), architecture: arch.to_owned() });
+        self
+    }
+    fn no_runtime(mut self, reason: &str) -> Self {
+        self.description.get_or_insert_with(NodeDescription::default).runtime_unavailable = reason.to_owned();
         self
     }
 }

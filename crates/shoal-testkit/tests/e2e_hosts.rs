@@ -1,7 +1,8 @@
 //! End to end on real hosts: 3 managers + 2 workers, each a network namespace with its own
 //! address and shoald, containers through a real containerd + runc, the image from a real local
 //! registry built by the test itself (deploy/hosts.sh does the plumbing). Needs root.
-//! One test function: the hosts share one bridge and subnet.
+//! The hosts are set 1 of deploy/hosts.sh (10.232.1.0/24), apart from a quickstart cluster on
+//! set 0; another test function running at once would need its own set.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use serde_json::Value;
 use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until};
 
 const T: Duration = Duration::from_secs(60);
-const IMAGE: &str = "10.232.0.254:5000/busybox:1";
+/// The host set this file uses (`SHOAL_HOSTS_SET`).
+const SET: &str = "1";
+const IMAGE: &str = "10.232.1.254:5000/busybox:1";
 
 struct Hosts {
     dir: tempfile::TempDir,
@@ -24,6 +27,7 @@ impl Hosts {
         let out = std::process::Command::new(&self.script)
             .args(args)
             .env("SHOAL_HOSTS_DIR", self.dir.path())
+            .env("SHOAL_HOSTS_SET", SET)
             .env("SHOAL_BIN_DIR", bin_dir()?)
             .output()?;
         if !out.status.success() {
@@ -118,7 +122,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     // kill -9 a worker and its containers: its replicas run elsewhere; back, nothing runs twice.
     let on5 = ts.iter().filter(|t| t["node"] == "host5").count();
     std::process::Command::new("kill").args(["-9", &hosts.pid(5)?]).status()?;
-    std::process::Command::new("pkill").args(["-9", "-f", "containerd-shim-runc-v2 -namespace shoal-h5 "]).status()?;
+    std::process::Command::new("pkill").args(["-9", "-f", "containerd-shim-runc-v2 -namespace shoal1-h5 "]).status()?;
     wait_until(T, "host5 down", || {
         let h = h.clone();
         async move {
@@ -198,8 +202,37 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     shoal_ok(&h, &["service", "scale", "web=0"]).await?;
     wait_running(&h, "web", 0).await?;
     wait_until(T, "containers gone", || async { pids_of("sleep 1001").is_empty().then_some(()) }).await?;
+    // `service logs -f` picks up tasks that start after it began.
+    let mut follow = tokio::process::Command::new(bin_dir()?.join("shoal"))
+        .args(["--host", &h, "service", "logs", "-f", "web"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = follow.stdout.take().context("follow stdout")?;
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = followed.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
+    });
+    let hellos = || followed.lock().map(|s| s.matches("hello from web.").count()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = hellos();
     shoal_ok(&h, &["service", "scale", "web=6"]).await?;
     wait_running(&h, "web", 6).await?;
+    let r =
+        wait_until(T, "the new tasks' output in the followed logs", || async { (hellos() >= old + 6).then_some(()) })
+            .await;
+    follow.kill().await.ok();
+    if let Err(e) = r {
+        bail!("{e}\nfollowed:\n{}", followed.lock().map(|s| s.clone()).unwrap_or_default());
+    }
 
     // Global: one task per node.
     shoal_ok(&h, &["service", "create", "--name", "agent", "--mode", "global", IMAGE, "sleep", "1002"]).await?;
@@ -220,7 +253,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         }
     })
     .await?;
-    shoal_ok(&h, &["service", "create", "-d", "--name", "ghost", "10.232.0.254:5000/ghost:1"]).await?;
+    shoal_ok(&h, &["service", "create", "-d", "--name", "ghost", "10.232.1.254:5000/ghost:1"]).await?;
     wait_until(T, "the rejection", || {
         let h = h.clone();
         async move {

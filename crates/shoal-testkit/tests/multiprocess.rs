@@ -258,14 +258,18 @@ async fn json_output_contract() -> Result<()> {
         (row["name"].as_str(), row["mode"].as_str(), row["replicas"].as_u64()),
         (Some("web"), Some("replicated"), Some(3))
     );
-    // The leader's orchestrator creates the tasks and the scheduler places them.
-    let tasks = wait_until(Duration::from_secs(20), "3 scheduled tasks", || {
+    // The leader's orchestrator creates the tasks; the scheduler keeps them pending, saying why:
+    // these nodes run with --no-runtime.
+    let tasks = wait_until(Duration::from_secs(20), "3 pending tasks with the reason", || {
         let h = h.clone();
         async move {
             let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
             let rows = v.as_array()?.clone();
-            (rows.len() == 3 && rows.iter().all(|r| r["node_id"].as_str().is_some_and(|n| !n.is_empty())))
-                .then_some(rows)
+            (rows.len() == 3
+                && rows
+                    .iter()
+                    .all(|r| r["node_id"] == "" && r["error"] == "no suitable node (no container runtime on 3 nodes)"))
+            .then_some(rows)
         }
     })
     .await?;

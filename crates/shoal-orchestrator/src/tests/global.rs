@@ -68,6 +68,16 @@ fn a_joining_node_gets_a_task() {
 }
 
 #[test]
+fn a_node_without_a_runtime_gets_no_task() {
+    let mut w = settled();
+    w.add(node("n3").no_runtime("started with --no-runtime"));
+    assert_eq!(pass(&w, NOW), Vec::<String>::new());
+    // Once it reports a runtime, it gets its task.
+    w.edit_node("n3", |n| n.description.get_or_insert_with(Default::default).runtime_unavailable.clear());
+    expect(&mut w, NOW, &["create mon.n3 node=n3 desired=running state=assigned"]);
+}
+
+#[test]
 fn a_drained_node_loses_its_task() {
     let mut w = settled();
     set_availability(&mut w, "n1", NodeAvailability::Drain);

@@ -88,6 +88,16 @@ fn only_ready_active_nodes_take_tasks() {
 }
 
 #[test]
+fn nodes_without_a_runtime_get_no_tasks() {
+    let nodes = vec![node("n1").no_runtime("started with --no-runtime"), node("n2")];
+    let w = world(nodes, vec![(replicated("web", 2), 2)]);
+    assert_eq!(plan(&w), ["web1 -> n2", "web2 -> n2"]);
+    let nodes = vec![node("n1").no_runtime("containerd does not answer"), node("n2").state(NodeState::Down)];
+    let w = world(nodes, vec![(replicated("web", 1), 1)]);
+    assert_eq!(plan(&w), ["web1: no suitable node (1 node not available; no container runtime on 1 node)"]);
+}
+
+#[test]
 fn no_available_node_is_explained() {
     let nodes = vec![node("n1").state(NodeState::Down), node("n2").availability(Avail::Drain)];
     let w = world(nodes, vec![(replicated("web", 1), 1)]);
