@@ -61,20 +61,23 @@ async fn stream_file(
             return;
         }
     };
-    let mut all = Vec::new();
+    // What the size cap moved aside comes first (see shoal_runtime::logfile).
+    let mut all = tokio::fs::read(shoal_runtime::logfile::rotated_path(&path)).await.unwrap_or_default();
+    let before = all.len();
     if let Err(e) = file.read_to_end(&mut all).await {
         let _ = tx.send(Err(Status::internal(format!("reading logs of task {task_id}: {e}")))).await;
         return;
     }
     let start = tail_offset(&all, req.tail as usize);
-    // Only whole lines go out; a partial last line waits for its newline (or the end).
-    let whole = all.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1).max(start);
+    // Only whole lines go out; a partial last line waits for its newline (or the end). A
+    // partial line at the end of the rotated part is sent as it is.
+    let whole = all.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1).max(start).max(before);
     for chunk in all[start..whole].chunks(CHUNK) {
         if tx.send(Ok(send(chunk.to_vec()))).await.is_err() {
             return;
         }
     }
-    let mut pos = whole as u64;
+    let mut pos = (whole - before) as u64;
     if !req.follow {
         if whole < all.len() {
             let _ = tx.send(Ok(send(all[whole..].to_vec()))).await;
@@ -146,5 +149,37 @@ mod tests {
         assert_eq!(tail_offset(data, 0), 0);
         let partial = b"a\nb";
         assert_eq!(&partial[tail_offset(partial, 1)..], b"b");
+    }
+
+    async fn collect(path: PathBuf, tail: u32, follow: bool, until: usize) -> String {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let req = TaskLogsRequest { task_id: "t".into(), follow, tail };
+        let task = tokio::spawn(stream_file(path, "t".into(), req, tx));
+        let mut out = Vec::new();
+        while out.len() < until {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Ok(chunk))) => out.extend(chunk.data),
+                _ => break,
+            }
+        }
+        task.abort();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_rotated_part_comes_first_and_following_survives_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("t.log");
+        std::fs::write(shoal_runtime::logfile::rotated_path(&log), "a\nb\n").expect("write");
+        std::fs::write(&log, "c\n").expect("write");
+        assert_eq!(collect(log.clone(), 0, false, usize::MAX).await, "a\nb\nc\n");
+        assert_eq!(collect(log.clone(), 2, false, usize::MAX).await, "b\nc\n");
+        // Following: output written after a rotation (truncation) still arrives.
+        let follower = tokio::spawn(collect(log.clone(), 1, true, "c\nd\ne\n".len()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(&log, "c\nd\n").expect("append");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&log, "e\n").expect("rotated: truncated, then written");
+        assert_eq!(follower.await.expect("join"), "c\nd\ne\n");
     }
 }

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Registry credentials file (Docker config.json format).
     pub registry_auth_file: Option<PathBuf>,
+    /// Cap of one task log file, e.g. `10MiB` (a task keeps at most two such files).
+    pub task_log_max_size: Option<String>,
     /// Registries (HOST:PORT) reached over plain HTTP, added to `--insecure-registry` flags.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
@@ -42,6 +44,26 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
     };
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Parses a size: bytes, or a number with a `KiB`/`MiB`/`GiB` (or `k`/`m`/`g`) suffix.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("size {text:?} must start with a whole number, e.g. 10MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("size {text:?}: unknown unit {unit:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))?;
+    if bytes < 4096 {
+        return Err(format!("size {text:?} is below the 4KiB minimum"));
+    }
+    Ok(bytes)
 }
 
 /// Parses the file's text.
@@ -65,6 +87,18 @@ mod tests {
         assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(c.listen_addr, Some("10.0.0.1:4242".parse().expect("addr")));
         assert_eq!(c.log_format.as_deref(), Some("json"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_explained() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("ten").expect_err("no number").contains("whole number"));
+        assert!(parse_size("10 parsecs").expect_err("unit").contains("unknown unit"));
+        assert!(parse_size("100").expect_err("tiny").contains("minimum"));
+        assert!(parse_size("99999999999999G").expect_err("huge").contains("too large"));
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct Flags {
     /// writes); read at each pull.
     #[arg(long, env = "SHOALD_REGISTRY_AUTH_FILE")]
     registry_auth_file: Option<PathBuf>,
+    /// Cap of one task log file (e.g. 10MiB); past it, the log moves to `<file>.1` [default: 10MiB].
+    #[arg(long, env = "SHOALD_TASK_LOG_MAX_SIZE")]
+    task_log_max_size: Option<String>,
     /// Run no tasks on this node (no container runtime).
     #[arg(long)]
     no_runtime: bool,
@@ -100,6 +103,8 @@ fn main() -> std::process::ExitCode {
 
 async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
     let default_listen: SocketAddr = ([127, 0, 0, 1], 4242).into();
+    let background = tokio_util::sync::CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
     let data_dir = flags.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/shoal"));
     let runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>> = if flags.no_runtime {
         None
@@ -121,6 +126,11 @@ async fn run(flags: Flags, file: config::FileConfig) -> anyhow::Result<()> {
             auth_file,
             data_dir.join("runtime"),
         )?;
+        let max_log = match flags.task_log_max_size.as_deref().or(file.task_log_max_size.as_deref()) {
+            Some(t) => config::parse_size(t).map_err(|e| anyhow::anyhow!("--task-log-max-size: {e}"))?,
+            None => shoal_runtime::logfile::DEFAULT_MAX_BYTES,
+        };
+        c.spawn_log_rotation(max_log, background.clone());
         Some(std::sync::Arc::new(c))
     };
     let cfg = shoal_manager::DaemonConfig {

@@ -118,6 +118,26 @@ impl Containerd {
         })
     }
 
+    /// Keeps every task log file under `max_bytes` (see [`crate::logfile`]) until `stop`.
+    pub fn spawn_log_rotation(&self, max_bytes: u64, stop: tokio_util::sync::CancellationToken) {
+        let dir = self.state_dir.join("logs");
+        tokio::spawn(async move {
+            loop {
+                let d = dir.clone();
+                match tokio::task::spawn_blocking(move || crate::logfile::rotate_dir(&d, max_bytes)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::debug!(files = n, "rotated task logs"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, dir = %dir.display(), "rotating task logs failed"),
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(crate::logfile::CHECK_EVERY) => {}
+                }
+            }
+        });
+    }
+
     fn req<T>(&self, m: T) -> Request<T> {
         ns(m, &self.namespace)
     }
@@ -521,6 +541,7 @@ impl ContainerRuntime for Containerd {
             Err(e) => return Err(cd(e)),
         }
         let _ = std::fs::remove_file(self.log_path(id));
+        let _ = std::fs::remove_file(crate::logfile::rotated_path(&self.log_path(id)));
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod auth;
 pub mod containerd;
 pub mod fake;
+pub mod logfile;
 pub mod spec;
 
 /// Registry credentials.

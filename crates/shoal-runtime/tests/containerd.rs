@@ -175,6 +175,21 @@ async fn containers_run_from_a_pulled_image() {
     r.mounts = w.mounts.clone();
     assert_eq!(run_to_exit(&rt, &r).await, (0, "kept\n".to_string()));
 
+    // The log size cap: the shim appends, so after a rotation its writes start the file anew.
+    let s = spec("chatty", &image, &["sh", "-c", "seq 1 300; sleep 2; echo after"]);
+    rt.create(&s).await.expect("create");
+    rt.start("chatty").await.expect("start");
+    let log = rt.logs("chatty").await.expect("log path");
+    wait_for("300 lines", || std::fs::read_to_string(&log).is_ok_and(|t| t.ends_with("300\n")));
+    assert!(shoal_runtime::logfile::rotate_if_over(&log, 100).expect("rotate"));
+    let exit = tokio::time::timeout(Duration::from_secs(20), rt.wait("chatty")).await.expect("exits").expect("wait");
+    assert_eq!(exit.code, 0);
+    assert_eq!(std::fs::read(&log).expect("log"), b"after\n", "no hole where the old content was");
+    let rotated = std::fs::read_to_string(shoal_runtime::logfile::rotated_path(&log)).expect("rotated");
+    assert!(rotated.starts_with("1\n2\n") && rotated.ends_with("300\n"), "{rotated}");
+    rt.remove("chatty").await.expect("remove");
+    assert!(!shoal_runtime::logfile::rotated_path(&log).exists(), "remove deletes the rotated log too");
+
     // Stop: a process ignoring SIGTERM is killed after the grace period.
     let s = spec("stubborn", &image, &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]);
     rt.create(&s).await.expect("create");
