@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test image from busybox-static and pushes it to a registry:
 #   tests/images/build.sh WORK_DIR REGISTRY_HOST:PORT
-# Result: REGISTRY_HOST:PORT/busybox:1 (Cmd: sh; busybox applets as /bin/*). Plain HTTP push.
+# Result: REGISTRY_HOST:PORT/busybox:1 (Cmd: sh; busybox applets as /bin/*; user app = 1000:1001,
+# also in group web = 33). Plain HTTP push.
 # Idempotent. Needs umoci, skopeo and busybox-static.
 set -euo pipefail
 work=$1
@@ -20,8 +21,8 @@ cp "$bb" "$work/bundle/rootfs/bin/busybox"
 for app in sh echo sleep cat ls hostname wget nc httpd true false env id ps printf test mkdir touch rm trap kill seq grep head tail; do
   ln -sf busybox "$work/bundle/rootfs/bin/$app"
 done
-echo "root:x:0:0:root:/:/bin/sh" >"$work/bundle/rootfs/etc/passwd"
-echo "root:x:0:" >"$work/bundle/rootfs/etc/group"
+printf 'root:x:0:0:root:/:/bin/sh\napp:x:1000:1001::/tmp:/bin/sh\n' >"$work/bundle/rootfs/etc/passwd"
+printf 'root:x:0:\napp:x:1001:\nweb:x:33:app\n' >"$work/bundle/rootfs/etc/group"
 umoci repack --image "$work/layout:busybox" "$work/bundle" >/dev/null
 umoci config --image "$work/layout:busybox" --config.cmd sh --config.env PATH=/bin --config.workingdir / >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:busybox" "docker://$reg/busybox:1"

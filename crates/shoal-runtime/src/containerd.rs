@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest,
-    RemoveSnapshotRequest, StatSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
@@ -21,6 +21,9 @@ use containerd_client::services::v1::{
     images_client::ImagesClient, tasks_client::TasksClient, ApplyRequest, Container, CreateContainerRequest,
     CreateImageRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, Image,
     KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest, WriteAction, WriteContentRequest,
+};
+use containerd_client::services::v1::{
+    leases_client::LeasesClient, CreateRequest as LeaseCreateRequest, DeleteRequest,
 };
 use containerd_client::types::Descriptor;
 use sha2::{Digest, Sha256};
@@ -37,6 +40,28 @@ const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 const SHIM_GROUP_LABEL: &str = "io.containerd.runc.v2.group";
 const CHAIN_LABEL: &str = "shoal.chainid";
 const IMAGE_LABEL: &str = "shoal.image";
+
+tokio::task_local! {
+    /// The containerd lease requests made in this scope belong to.
+    static LEASE: String;
+}
+
+/// `t` as RFC 3339 in UTC, second precision (what containerd's lease expiry label takes).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
 
 /// containerd, one namespace of it.
 pub struct Containerd {
@@ -139,7 +164,66 @@ impl Containerd {
     }
 
     fn req<T>(&self, m: T) -> Request<T> {
-        ns(m, &self.namespace)
+        let mut r = ns(m, &self.namespace);
+        let _ = LEASE.try_with(|lease| {
+            if let Ok(v) = lease.parse() {
+                r.metadata_mut().insert("containerd-lease", v);
+            }
+        });
+        r
+    }
+
+    /// The image's `/etc/passwd` and `/etc/group`, read through a temporary view of its top
+    /// snapshot (the layer directories are on this host; no mount is needed).
+    async fn read_etc(&self, chain: &str, id: &str) -> Result<crate::spec::EtcFiles, RuntimeError> {
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let key = format!("shoal-etc-{id}");
+        let _ =
+            snaps.remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() })).await;
+        let mounts = snaps
+            .view(self.req(ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.clone(),
+                parent: chain.to_string(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(cd)?
+            .into_inner()
+            .mounts;
+        let _ = snaps.remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key })).await;
+        // A one-layer view is a bind mount of the layer; more layers are an overlay whose
+        // lowerdirs list the top layer first.
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for m in &mounts {
+            if m.r#type == "bind" {
+                dirs.push(PathBuf::from(&m.source));
+            }
+            for o in &m.options {
+                if let Some(list) = o.strip_prefix("lowerdir=") {
+                    dirs.extend(list.split(':').map(PathBuf::from));
+                }
+            }
+        }
+        let find = |name: &str| {
+            dirs.iter().find_map(|d| std::fs::read_to_string(d.join("etc").join(name)).ok()).unwrap_or_default()
+        };
+        Ok(crate::spec::EtcFiles { passwd: find("passwd"), group: find("group") })
+    }
+
+    /// A lease that expires in an hour.
+    async fn create_lease(&self) -> Result<String, RuntimeError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("shoal-pull-{}-{n}", std::process::id());
+        let expire = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), rfc3339(expire))]);
+        let mut leases = LeasesClient::new(self.channel.clone());
+        match leases.create(self.req(LeaseCreateRequest { id: id.clone(), labels })).await {
+            Ok(_) => Ok(id),
+            Err(e) if e.code() == Code::AlreadyExists => Ok(id),
+            Err(e) => Err(cd(e)),
+        }
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
@@ -396,7 +480,19 @@ impl ContainerRuntime for Containerd {
             m.entry(name).or_default().clone()
         };
         let _g = gate.lock().await;
-        self.pull_now(image, auth).await
+        if self.image_chain(&Self::image_name(image)?).await.is_some() {
+            return Ok(());
+        }
+        // Everything the pull writes belongs to a lease until the image record refers to it, so
+        // containerd's garbage collector cannot take it mid-pull. The lease expires by itself if
+        // this process dies before deleting it.
+        let lease = self.create_lease().await?;
+        let r = LEASE.scope(lease.clone(), self.pull_now(image, auth)).await;
+        let mut leases = LeasesClient::new(self.channel.clone());
+        if let Err(e) = leases.delete(self.req(DeleteRequest { id: lease.clone(), sync: false })).await {
+            tracing::warn!(lease = %lease, error = %e.message(), "deleting the pull's lease failed; it expires within the hour");
+        }
+        r
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
@@ -406,7 +502,9 @@ impl ContainerRuntime for Containerd {
             .await
             .ok_or_else(|| RuntimeError::Containerd(format!("image {name} is not pulled")))?;
         let cfg = self.image_config(&name).await?;
-        let process = resolve_process(spec, &cfg)?;
+        let user = crate::spec::effective_user(spec, &cfg);
+        let etc = if crate::spec::needs_etc(user) { Some(self.read_etc(&chain, &spec.id).await?) } else { None };
+        let process = resolve_process(spec, &cfg, etc.as_ref())?;
         let volumes = self.state_dir.join("volumes");
         for m in &spec.mounts {
             if let crate::MountSpec::Volume { name, .. } = m {
@@ -602,6 +700,15 @@ impl ContainerRuntime for Containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_dates() {
+        let at = |s: u64| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_350_896), "2026-11-22T12:34:56Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {

@@ -54,6 +54,8 @@ pub struct Process {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Supplementary group ids.
+    pub additional_gids: Vec<u32>,
 }
 
 fn key(e: &str) -> &str {
@@ -62,7 +64,11 @@ fn key(e: &str) -> &str {
 
 /// Resolves the process as Docker does: an entrypoint override drops the image's cmd; args
 /// replace the image's cmd; env entries override the image's by key.
-pub fn resolve_process(spec: &ContainerSpec, image: &ImageConfig) -> Result<Process, RuntimeError> {
+pub fn resolve_process(
+    spec: &ContainerSpec,
+    image: &ImageConfig,
+    etc: Option<&EtcFiles>,
+) -> Result<Process, RuntimeError> {
     let (entrypoint, cmd) = if !spec.entrypoint.is_empty() {
         (spec.entrypoint.clone(), spec.args.clone())
     } else if !spec.args.is_empty() {
@@ -84,31 +90,97 @@ pub fn resolve_process(spec: &ContainerSpec, image: &ImageConfig) -> Result<Proc
     }
     let cwd =
         [spec.workdir.as_str(), image.workdir.as_str()].into_iter().find(|s| !s.is_empty()).unwrap_or("/").to_string();
-    let user = if spec.user.is_empty() { image.user.as_str() } else { spec.user.as_str() };
-    let (uid, gid) = parse_user(user)?;
-    Ok(Process { args, env, cwd, uid, gid })
+    let (uid, gid, additional_gids) = resolve_user(effective_user(spec, image), etc)?;
+    Ok(Process { args, env, cwd, uid, gid, additional_gids })
 }
 
-/// `uid[:gid]`, `root` or empty. Other user names are not resolved yet.
-pub fn parse_user(user: &str) -> Result<(u32, u32), RuntimeError> {
-    let bad = || {
-        RuntimeError::Io(format!(
-            "user {user:?} must be numeric uid[:gid] (names other than root are not supported yet)"
-        ))
-    };
-    if user.is_empty() || user == "root" {
-        return Ok((0, 0));
-    }
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let uid = if u == "root" { 0 } else { u.parse().map_err(|_| bad())? };
-    let gid = if g.is_empty() {
-        uid
-    } else if g == "root" {
-        0
+/// The user the process runs as: the task's, else the image's.
+pub fn effective_user<'a>(spec: &'a ContainerSpec, image: &'a ImageConfig) -> &'a str {
+    if spec.user.is_empty() {
+        image.user.as_str()
     } else {
-        g.parse().map_err(|_| bad())?
+        spec.user.as_str()
+    }
+}
+
+/// The image's `/etc/passwd` and `/etc/group` (empty when the image has none).
+#[derive(Debug, Clone, Default)]
+pub struct EtcFiles {
+    /// `/etc/passwd`.
+    pub passwd: String,
+    /// `/etc/group`.
+    pub group: String,
+}
+
+/// Whether resolving `user` needs the image's files: it names a user or group (other than a
+/// bare `root`), or a numeric uid whose primary group comes from `/etc/passwd`.
+pub fn needs_etc(user: &str) -> bool {
+    !(user.is_empty() || user == "root" || user == "0")
+}
+
+/// `name|uid[:group|gid]` resolved as Docker does: a name is looked up in the image's
+/// `/etc/passwd` (and a group name in `/etc/group`); with no group given, the primary group is
+/// the passwd entry's (0 for a uid the image does not list); supplementary groups are those
+/// listing the user as a member. Returns (uid, gid, supplementary gids).
+pub fn resolve_user(user: &str, etc: Option<&EtcFiles>) -> Result<(u32, u32, Vec<u32>), RuntimeError> {
+    if !needs_etc(user) {
+        return Ok((0, 0, Vec::new()));
+    }
+    let none = EtcFiles::default();
+    let etc = etc.unwrap_or(&none);
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    if u.is_empty() {
+        return Err(RuntimeError::Io(format!("user {user:?} names no user: use name|uid[:group|gid]")));
+    }
+    // passwd: name:x:uid:gid:gecos:home:shell
+    let entries: Vec<Vec<&str>> =
+        etc.passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let found = match u.parse::<u32>() {
+        Ok(uid) => entries.iter().find(|f| f[2].parse() == Ok(uid)),
+        Err(_) => entries.iter().find(|f| f[0] == u),
     };
-    Ok((uid, gid))
+    let (uid, primary, name) = match (u.parse::<u32>(), found) {
+        (Ok(uid), Some(f)) => (uid, f[3].parse().unwrap_or(0), f[0]),
+        (Ok(uid), None) => (uid, 0, ""),
+        (Err(_), Some(f)) => {
+            let uid = f[2]
+                .parse()
+                .map_err(|_| RuntimeError::Io(format!("the image's /etc/passwd has a bad uid for {u:?}")))?;
+            (uid, f[3].parse().unwrap_or(0), f[0])
+        }
+        (Err(_), None) => {
+            return Err(RuntimeError::Io(format!(
+                "user {u:?} is not in the image's /etc/passwd: use a numeric uid, or add the user to the image"
+            )))
+        }
+    };
+    // group: name:x:gid:member,member
+    let groups: Vec<Vec<&str>> =
+        etc.group.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    let gid = if g.is_empty() {
+        primary
+    } else if let Ok(gid) = g.parse::<u32>() {
+        gid
+    } else {
+        let f = groups.iter().find(|f| f[0] == g).ok_or_else(|| {
+            RuntimeError::Io(format!(
+                "group {g:?} is not in the image's /etc/group: use a numeric gid, or add the group to the image"
+            ))
+        })?;
+        f[2].parse().map_err(|_| RuntimeError::Io(format!("the image's /etc/group has a bad gid for {g:?}")))?
+    };
+    let mut additional: Vec<u32> = Vec::new();
+    if !name.is_empty() {
+        for f in &groups {
+            let member = f.get(3).is_some_and(|m| m.split(',').any(|m| m.trim() == name));
+            if let (true, Ok(id)) = (member, f[2].parse::<u32>()) {
+                if id != gid && !additional.contains(&id) {
+                    additional.push(id);
+                }
+            }
+        }
+    }
+    Ok((uid, gid, additional))
 }
 
 /// Docker's default capability set.
@@ -189,7 +261,7 @@ pub fn oci_spec(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": process.uid, "gid": process.gid},
+            "user": {"uid": process.uid, "gid": process.gid, "additionalGids": process.additional_gids},
             "args": process.args,
             "env": process.env,
             "cwd": process.cwd,
@@ -232,23 +304,41 @@ mod tests {
             env: vec!["A=2".into()],
             ..Default::default()
         };
-        let p = resolve_process(&spec, &image()).expect("process");
+        let p = resolve_process(&spec, &image(), None).expect("process");
         assert_eq!(p.args, vec!["echo", "hi"]);
         assert_eq!(p.env, vec!["PATH=/bin", "A=2"]);
-        assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/app", 1000, 1000));
+        assert_eq!(
+            (p.cwd.as_str(), p.uid, p.gid),
+            ("/app", 1000, 0),
+            "a uid the image does not list: group 0, as in Docker"
+        );
         let spec = ContainerSpec { entrypoint: vec!["/bin/x".into()], ..Default::default() };
-        assert_eq!(resolve_process(&spec, &image()).expect("p").args, vec!["/bin/x"]);
+        assert_eq!(resolve_process(&spec, &image(), None).expect("p").args, vec!["/bin/x"]);
         let spec = ContainerSpec::default();
-        assert_eq!(resolve_process(&spec, &image()).expect("p").args, vec!["sh"]);
+        assert_eq!(resolve_process(&spec, &image(), None).expect("p").args, vec!["sh"]);
         let empty = ImageConfig::default();
-        assert!(resolve_process(&spec, &empty).is_err());
+        assert!(resolve_process(&spec, &empty, None).is_err());
     }
 
     #[test]
-    fn users_parse() {
-        assert_eq!(parse_user("").ok(), Some((0, 0)));
-        assert_eq!(parse_user("12:34").ok(), Some((12, 34)));
-        assert!(parse_user("nobody").is_err());
+    fn users_resolve_like_docker() {
+        let etc = EtcFiles {
+            passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into(),
+            group: "root:x:0:\napp:x:1001:\nweb:x:33:app,other\nlogs:x:44:app\n".into(),
+        };
+        let r = |u: &str| resolve_user(u, Some(&etc)).map_err(|e| e.to_string());
+        assert_eq!(resolve_user("", None).ok(), Some((0, 0, vec![])));
+        assert_eq!(resolve_user("root", None).ok(), Some((0, 0, vec![])));
+        assert_eq!(r("12:34"), Ok((12, 34, vec![])));
+        assert_eq!(r("4242"), Ok((4242, 0, vec![])), "a uid the image does not list gets group 0");
+        assert_eq!(r("app"), Ok((1000, 1001, vec![33, 44])));
+        assert_eq!(r("1000"), Ok((1000, 1001, vec![33, 44])));
+        assert_eq!(r("app:web"), Ok((1000, 33, vec![44])));
+        assert_eq!(r("app:7"), Ok((1000, 7, vec![33, 44])));
+        assert!(r("nobody").expect_err("unknown").contains("not in the image's /etc/passwd"));
+        assert!(r("app:nogroup").expect_err("unknown").contains("not in the image's /etc/group"));
+        assert!(resolve_user("app", None).is_err(), "an image without /etc/passwd knows no names");
+        assert!(r(":5").is_err());
     }
 
     #[test]
@@ -261,7 +351,8 @@ mod tests {
             mounts: vec![MountSpec::Volume { name: "data".into(), target: "/data".into(), read_only: true }],
             ..Default::default()
         };
-        let p = Process { args: vec!["sh".into()], env: vec![], cwd: "/".into(), uid: 0, gid: 0 };
+        let p =
+            Process { args: vec!["sh".into()], env: vec![], cwd: "/".into(), uid: 0, gid: 0, additional_gids: vec![] };
         let v = oci_spec(&spec, &p, "/shoal/ns", &|n| format!("/vol/{n}"));
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);

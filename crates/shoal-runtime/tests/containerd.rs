@@ -165,6 +165,14 @@ async fn containers_run_from_a_pulled_image() {
     s.user = "1000:1000".into();
     let (code, out) = run_to_exit(&rt, &s).await;
     assert_eq!((code, out.trim()), (0, "hi /tmp web-1 1000"));
+    // A user name resolves through the image's /etc/passwd and /etc/group.
+    let mut s = spec("named", &image, &["sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]);
+    s.user = "app".into();
+    assert_eq!(run_to_exit(&rt, &s).await, (0, "1000 1001 1001 33\n".to_string()));
+    let mut s = spec("nouser", &image, &["true"]);
+    s.user = "nobody".into();
+    let e = rt.create(&s).await.expect_err("unknown user");
+    assert!(e.to_string().contains("\"nobody\" is not in the image's /etc/passwd"), "{e}");
 
     // A named volume outlives its container.
     let mut w = spec("vol-w", &image, &["sh", "-c", "echo kept > /data/f"]);
@@ -211,7 +219,7 @@ async fn containers_run_from_a_pulled_image() {
     // `sleep` as PID 1 has no SIGTERM handler, so only the kill after the grace ends it.
     let exit = rt2.stop("long", 15, Duration::from_millis(300)).await.expect("stop");
     assert_eq!(exit.code, 137);
-    for id in ["echo1", "exit3", "env1", "vol-r", "stubborn", "long"] {
+    for id in ["echo1", "exit3", "env1", "named", "vol-r", "stubborn", "long"] {
         rt2.remove(id).await.expect("remove");
     }
     rt2.remove("long").await.expect("remove is idempotent");
