@@ -118,8 +118,6 @@ impl Controller {
     /// Pull, create, start. Returns false if the task ended on the way.
     async fn prepare_and_start(&mut self, task: &Task) -> bool {
         let id = task_id(task);
-        self.report(TaskState::Accepted, "accepted", "", None);
-        self.report(TaskState::Preparing, "preparing", "", None);
         let spec = match runtime_spec(task) {
             Ok(s) => s,
             Err(e) => {
@@ -127,20 +125,30 @@ impl Controller {
                 return false;
             }
         };
+        // An earlier attempt of this agent got this far if the task was reported past ACCEPTED
+        // before (the state is persisted); only then can a container be left over.
+        let attempted_before = self.last.state >= TaskState::Preparing as i32;
+        self.report(TaskState::Accepted, "accepted", "", None);
+        self.report(TaskState::Preparing, "preparing", "", None);
+        let t0 = std::time::Instant::now();
         if let Err(e) = self.runtime.pull(&spec.image, &Default::default()).await {
             self.report(TaskState::Rejected, "image pull failed", &e.to_string(), None);
             return false;
         }
+        let pulled = t0.elapsed();
         if self.stop_requested() {
             self.report(TaskState::Shutdown, "shut down before it started", "", None);
             return false;
         }
-        // A container left over from an earlier attempt of this very task is replaced.
-        let _ = self.runtime.remove(&id).await;
+        if attempted_before {
+            // A container left over from an earlier attempt of this very task is replaced.
+            let _ = self.runtime.remove(&id).await;
+        }
         if let Err(e) = self.runtime.create(&spec).await {
             self.report(TaskState::Rejected, "container create failed", &e.to_string(), None);
             return false;
         }
+        let created = t0.elapsed();
         self.report(TaskState::Ready, "ready", "", None);
         if self.stop_requested() {
             let _ = self.runtime.remove(&id).await;
@@ -148,7 +156,9 @@ impl Controller {
             return false;
         }
         self.report(TaskState::Starting, "starting", "", None);
-        match self.runtime.start(&id).await {
+        let started = self.runtime.start(&id).await;
+        tracing::debug!(task_id = %id, ?pulled, ?created, total = ?t0.elapsed(), "task started");
+        match started {
             Ok(pid) => {
                 let c = ContainerStatus { container_id: id.clone(), pid: i64::from(pid), exit_code: 0 };
                 self.report(TaskState::Running, "started", "", Some(c));

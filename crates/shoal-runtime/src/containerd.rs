@@ -63,6 +63,19 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Shims per containerd namespace. One shim for all of a node's containers is the smallest
+/// footprint, but the runc shim creates its containers one at a time (it holds its lock across
+/// `runc create`), so 50 tasks starting at once queue behind each other; a few shims create in
+/// parallel for a few MB each.
+pub const SHIM_GROUPS: u64 = 2;
+
+/// The shim group of container `id`: stable, spread evenly over [`SHIM_GROUPS`].
+pub fn shim_group(namespace: &str, id: &str) -> String {
+    let h = Sha256::digest(id.as_bytes());
+    let n = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % SHIM_GROUPS;
+    format!("shoal-{namespace}-{n}")
+}
+
 /// containerd, one namespace of it.
 pub struct Containerd {
     channel: Channel,
@@ -71,6 +84,7 @@ pub struct Containerd {
     auth_file: Option<PathBuf>,
     state_dir: PathBuf,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    create_lease_slot: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 fn ns<T>(msg: T, namespace: &str) -> Request<T> {
@@ -140,6 +154,7 @@ impl Containerd {
             auth_file,
             state_dir,
             pulls: Mutex::new(HashMap::new()),
+            create_lease_slot: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -211,11 +226,80 @@ impl Containerd {
         Ok(crate::spec::EtcFiles { passwd: find("passwd"), group: find("group") })
     }
 
+    async fn create_now(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let name = Self::image_name(&spec.image)?;
+        let chain = self
+            .image_chain(&name)
+            .await
+            .ok_or_else(|| RuntimeError::Containerd(format!("image {name} is not pulled")))?;
+        let cfg = self.image_config(&name).await?;
+        let user = crate::spec::effective_user(spec, &cfg);
+        let etc = if crate::spec::needs_etc(user) { Some(self.read_etc(&chain, &spec.id).await?) } else { None };
+        let process = resolve_process(spec, &cfg, etc.as_ref())?;
+        let volumes = self.state_dir.join("volumes");
+        for m in &spec.mounts {
+            if let crate::MountSpec::Volume { name, .. } = m {
+                std::fs::create_dir_all(volumes.join(name)).map_err(|e| io("cannot create volume", e))?;
+            }
+        }
+        let vdir = |n: &str| volumes.join(n).display().to_string();
+        let mut oci = oci_spec(spec, &process, &format!("/shoal/{}", self.namespace), &vdir);
+        // The runc v2 shim groups containers by this annotation of the runtime spec: a few shims
+        // serve all of this namespace's containers instead of one shim each.
+        let group = shim_group(&self.namespace, &spec.id);
+        oci["annotations"] = serde_json::json!({ SHIM_GROUP_LABEL: group.clone() });
+        let mut snaps = SnapshotsClient::new(self.channel.clone());
+        let _ = snaps
+            .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: spec.id.clone() }))
+            .await;
+        snaps
+            .prepare(self.req(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: spec.id.clone(),
+                parent: chain,
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(cd)?;
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(SHIM_GROUP_LABEL.into(), group);
+        labels.insert(IMAGE_LABEL.into(), spec.image.clone());
+        let container = Container {
+            id: spec.id.clone(),
+            image: name,
+            labels,
+            runtime: Some(Runtime { name: RUNC.into(), options: None }),
+            spec: Some(prost_types::Any { type_url: SPEC_TYPE.into(), value: oci.to_string().into_bytes() }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: spec.id.clone(),
+            ..Default::default()
+        };
+        let mut containers = ContainersClient::new(self.channel.clone());
+        containers.create(self.req(CreateContainerRequest { container: Some(container) })).await.map_err(cd)?;
+        Ok(())
+    }
+
+    /// The lease new container snapshots are made under: they would otherwise be garbage
+    /// between their creation and the container record that refers to them. One lease serves
+    /// for half an hour and expires on its own half an hour later; the container records keep
+    /// their snapshots after that.
+    async fn creation_lease(&self) -> Result<String, RuntimeError> {
+        let mut cur = self.create_lease_slot.lock().await;
+        if let Some((id, at)) = cur.as_ref() {
+            if at.elapsed() < Duration::from_secs(1800) {
+                return Ok(id.clone());
+            }
+        }
+        let id = self.create_lease().await?;
+        *cur = Some((id.clone(), std::time::Instant::now()));
+        Ok(id)
+    }
+
     /// A lease that expires in an hour.
     async fn create_lease(&self) -> Result<String, RuntimeError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("shoal-pull-{}-{n}", std::process::id());
+        let id = format!("shoal-{}-{n}", std::process::id());
         let expire = std::time::SystemTime::now() + Duration::from_secs(3600);
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), rfc3339(expire))]);
         let mut leases = LeasesClient::new(self.channel.clone());
@@ -496,58 +580,12 @@ impl ContainerRuntime for Containerd {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let name = Self::image_name(&spec.image)?;
-        let chain = self
-            .image_chain(&name)
-            .await
-            .ok_or_else(|| RuntimeError::Containerd(format!("image {name} is not pulled")))?;
-        let cfg = self.image_config(&name).await?;
-        let user = crate::spec::effective_user(spec, &cfg);
-        let etc = if crate::spec::needs_etc(user) { Some(self.read_etc(&chain, &spec.id).await?) } else { None };
-        let process = resolve_process(spec, &cfg, etc.as_ref())?;
-        let volumes = self.state_dir.join("volumes");
-        for m in &spec.mounts {
-            if let crate::MountSpec::Volume { name, .. } = m {
-                std::fs::create_dir_all(volumes.join(name)).map_err(|e| io("cannot create volume", e))?;
-            }
-        }
-        let vdir = |n: &str| volumes.join(n).display().to_string();
-        let mut oci = oci_spec(spec, &process, &format!("/shoal/{}", self.namespace), &vdir);
-        // The runc v2 shim groups containers by this annotation of the runtime spec: one shim
-        // serves all of this namespace's containers instead of one shim each.
-        oci["annotations"] = serde_json::json!({ SHIM_GROUP_LABEL: format!("shoal-{}", self.namespace) });
-        let mut snaps = SnapshotsClient::new(self.channel.clone());
-        let _ = snaps
-            .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: spec.id.clone() }))
-            .await;
-        snaps
-            .prepare(self.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: spec.id.clone(),
-                parent: chain,
-                labels: HashMap::new(),
-            }))
-            .await
-            .map_err(cd)?;
-        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        labels.insert(SHIM_GROUP_LABEL.into(), format!("shoal-{}", self.namespace));
-        labels.insert(IMAGE_LABEL.into(), spec.image.clone());
-        let container = Container {
-            id: spec.id.clone(),
-            image: name,
-            labels,
-            runtime: Some(Runtime { name: RUNC.into(), options: None }),
-            spec: Some(prost_types::Any { type_url: SPEC_TYPE.into(), value: oci.to_string().into_bytes() }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: spec.id.clone(),
-            ..Default::default()
-        };
-        let mut containers = ContainersClient::new(self.channel.clone());
-        containers.create(self.req(CreateContainerRequest { container: Some(container) })).await.map_err(cd)?;
-        Ok(())
+        let lease = self.creation_lease().await?;
+        LEASE.scope(lease, self.create_now(spec)).await
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let t0 = std::time::Instant::now();
         let mut snaps = SnapshotsClient::new(self.channel.clone());
         let mounts = snaps
             .mounts(self.req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() }))
@@ -574,10 +612,12 @@ impl ContainerRuntime for Containerd {
             }))
             .await
             .map_err(cd)?;
+        let created = t0.elapsed();
         let r = tasks
             .start(self.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
             .await
             .map_err(cd)?;
+        tracing::debug!(container = %id, ?created, total = ?t0.elapsed(), "task created and started");
         Ok(r.into_inner().pid)
     }
 
