@@ -18,6 +18,9 @@ pub const HEARTBEAT_GRACE_PERIODS: u32 = 3;
 /// Terminated tasks kept per slot.
 pub const TASK_HISTORY_LIMIT: u32 = 5;
 
+/// Validity of node certificates (90 days).
+pub const NODE_CERT_VALIDITY_S: u64 = 90 * 24 * 3600;
+
 /// The default settings of a new cluster.
 pub fn cluster_settings() -> ClusterSettings {
     ClusterSettings {
@@ -28,6 +31,7 @@ pub fn cluster_settings() -> ClusterSettings {
         heartbeat_period_ms: HEARTBEAT_PERIOD_MS,
         heartbeat_grace_periods: HEARTBEAT_GRACE_PERIODS,
         task_history_limit: TASK_HISTORY_LIMIT,
+        node_cert_validity_s: NODE_CERT_VALIDITY_S,
     }
 }
 
@@ -44,7 +48,8 @@ pub fn fill_settings(mut s: ClusterSettings) -> ClusterSettings {
         log_entries_kept,
         heartbeat_period_ms,
         heartbeat_grace_periods,
-        task_history_limit
+        task_history_limit,
+        node_cert_validity_s
     );
     s
 }

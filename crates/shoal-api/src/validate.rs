@@ -403,6 +403,9 @@ pub fn validate_settings(s: &ClusterSettings) -> Result {
     if s.task_history_limit > 1000 {
         return Err(err("task_history_limit", "must be at most 1000"));
     }
+    if !(60..=10 * 365 * 24 * 3600).contains(&s.node_cert_validity_s) {
+        return Err(err("cert_expiry", "must be between 1 minute and 10 years"));
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ mod units;
 use clap::{Args, Parser, Subcommand};
 use shoal_api::names;
 use shoal_api::v1::{self, control_client::ControlClient, *};
-use shoal_manager::client::{connect, Host, MAX_MESSAGE_BYTES};
+use shoal_manager::client::{connect_with, Host, MAX_MESSAGE_BYTES};
 use tonic::transport::Channel;
 
 use crate::output::{print_json, print_table, Format};
@@ -25,6 +25,9 @@ struct Cli {
     /// Daemon to talk to: unix:///path/to.sock (local daemon) or HOST:PORT (a manager).
     #[arg(long, short = 'H', env = "SHOAL_HOST", default_value = DEFAULT_HOST, global = true)]
     host: String,
+    /// Directory with an admin certificate (ca.crt, admin.crt, admin.key) for a HOST:PORT host.
+    #[arg(long, env = "SHOAL_TLS_DIR", global = true)]
+    tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -91,6 +94,16 @@ enum ClusterCmd {
     },
     /// Show the cluster object and its settings.
     Inspect(FormatArg),
+    /// Issue a client certificate for remote CLI access (--host MANAGER:PORT --tls-dir DIR).
+    /// The key is made here and never leaves this machine.
+    AdminCert {
+        /// Who the certificate is for (a-z, 0-9, '-').
+        #[arg(long)]
+        name: String,
+        /// Directory to write ca.crt, admin.crt and admin.key (mode 0600) to.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Change cluster settings.
     Update(SettingsFlags),
 }
@@ -118,6 +131,9 @@ struct SettingsFlags {
     /// Terminated tasks kept per slot.
     #[arg(long)]
     task_history_limit: Option<u32>,
+    /// Validity of node certificates (e.g. 90d, 10m); nodes renew in the second half.
+    #[arg(long)]
+    cert_expiry: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,7 +403,7 @@ fn status_line(host: &str, s: tonic::Status) -> String {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let host = Host::parse(&cli.host).map_err(|e| e.to_string())?;
-    let channel = connect(&host).await.map_err(|e| e.to_string())?;
+    let channel = connect_with(&host, cli.tls_dir.as_deref()).await.map_err(|e| e.to_string())?;
     let mut c = ControlClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -439,6 +455,7 @@ async fn info(c: &mut Client, format: Format) -> Result<(), tonic::Status> {
             println!("Cluster ID:  {}", i.cluster_id);
             println!("Advertise:   {}", i.advertise_addr);
             println!("Managers:    {}", i.manager_addrs.join(", "));
+            println!("Certificate: {}", i.certificate);
             if let Some(r) = i.raft {
                 println!(
                     "Raft:        id {} term {} leader {} ({})",
@@ -478,6 +495,9 @@ fn settings_from(f: &SettingsFlags, base: ClusterSettings) -> Result<ClusterSett
     }
     if let Some(v) = f.task_history_limit {
         s.task_history_limit = v;
+    }
+    if let Some(v) = ms(&f.cert_expiry)? {
+        s.node_cert_validity_s = (v.max(0) / 1000) as u64;
     }
     Ok(s)
 }
@@ -545,6 +565,26 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
                     t.manager_addrs.first().cloned().unwrap_or_default()
                 );
             }
+        }
+        ClusterCmd::AdminCert { name, out } => {
+            let key = shoal_pki::NodeKey::generate().map_err(|e| e.to_string())?;
+            let csr_pem = key.csr_pem(&name).map_err(|e| e.to_string())?;
+            let r = c.issue_admin_certificate(IssueAdminCertificateRequest { csr_pem, name }).await?.into_inner();
+            let write = |f: &str, data: &str, private: bool| {
+                let path = out.join(f);
+                let r = if private {
+                    shoal_pki::write_private_file(&path, data.as_bytes())
+                } else {
+                    shoal_pki::write_public_file(&path, data.as_bytes())
+                };
+                r.map_err(|e| format!("cannot write {}: {e}", path.display()))
+            };
+            write(shoal_manager::client::ADMIN_KEY_FILE, &key.key_pem(), true)?;
+            write(shoal_manager::client::ADMIN_CERT_FILE, &r.cert_pem, false)?;
+            write(shoal_manager::client::ADMIN_CA_FILE, &r.ca_pem, false)?;
+            let expires = shoal_pki::identity_from_pem(&r.cert_pem).map(|i| shoal_pki::rfc3339(i.not_after)).unwrap_or_default();
+            println!("Admin certificate written to {} (expires {expires}).", out.display());
+            println!("Use it with: shoal --host MANAGER:PORT --tls-dir {} ...", out.display());
         }
         ClusterCmd::Leave { force } => {
             c.leave_cluster(LeaveClusterRequest { force }).await?;

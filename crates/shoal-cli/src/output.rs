@@ -150,4 +150,9 @@ pub fn cluster_pretty(c: &Cluster) {
     println!("Raft:               heartbeat {}, election timeout {}", d(s.raft_heartbeat_ms), d(s.election_timeout_ms));
     println!("Snapshots:          every {} entries, {} entries kept", s.snapshot_interval_entries, s.log_entries_kept);
     println!("Task history limit: {}", s.task_history_limit);
+    println!("Node certificates:  valid {}", d(s.node_cert_validity_s * 1000));
+    if let Some(ca) = &c.root_ca {
+        let digest = shoal_manager::node::rustls_pem_der(&ca.cert_pem).map(|d| shoal_pki::ca_digest(&d));
+        println!("CA digest:          {}", digest.unwrap_or_default());
+    }
 }

@@ -82,6 +82,50 @@ pub fn tcp_channel(addr: &str) -> Result<Channel, ConnectError> {
     Ok(tcp_endpoint(addr)?.connect_lazy())
 }
 
+/// Files of an admin client certificate (`shoal cluster admin-cert --out DIR`).
+pub const ADMIN_CA_FILE: &str = "ca.crt";
+/// The admin certificate.
+pub const ADMIN_CERT_FILE: &str = "admin.crt";
+/// The admin key.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The TLS client configuration of an admin certificate kept in `dir`.
+pub fn admin_tls(dir: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).map_err(|e| format!("cannot read {}: {e}", dir.join(f).display()))
+    };
+    let (ca, cert, key) = (read(ADMIN_CA_FILE)?, read(ADMIN_CERT_FILE)?, read(ADMIN_KEY_FILE)?);
+    let ca_der = crate::node::rustls_pem_der(&ca).ok_or_else(|| format!("{}: not a certificate", ADMIN_CA_FILE))?;
+    let id = shoal_pki::identity_from_pem(&cert).map_err(|e| format!("{ADMIN_CERT_FILE}: {e}"))?;
+    if id.not_after <= std::time::SystemTime::now() {
+        return Err(format!(
+            "the admin certificate in {} expired at {}: issue a new one with `shoal cluster admin-cert` on a manager",
+            dir.display(),
+            shoal_pki::rfc3339(id.not_after)
+        ));
+    }
+    let store = shoal_pki::tls::CertStore::new();
+    store.set(&cert, &key, &ca_der).map_err(|e| format!("{}: {e}", dir.display()))?;
+    shoal_pki::tls::client_config(&ca_der, Some(store)).map(std::sync::Arc::new).map_err(|e| e.to_string())
+}
+
+/// Connects to `host` now, so that an unreachable daemon is reported before any request. A TCP
+/// host is a manager reached over mTLS with the admin certificate in `tls_dir`.
+pub async fn connect_with(host: &Host, tls_dir: Option<&std::path::Path>) -> Result<Channel, ConnectError> {
+    let Host::Tcp(addr) = host else { return connect(host).await };
+    let Some(dir) = tls_dir else {
+        return Err(ConnectError::Unreachable {
+            host: host.to_string(),
+            reason: "a manager's TCP port takes only mTLS: create an admin certificate on a manager with                      `shoal cluster admin-cert --name NAME --out DIR` and pass --tls-dir DIR (or SHOAL_TLS_DIR)"
+                .into(),
+        });
+    };
+    let cfg = admin_tls(dir).map_err(|reason| ConnectError::Unreachable { host: host.to_string(), reason })?;
+    let channel = crate::tls::channel(tcp_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
+        .map_err(|reason| ConnectError::Unreachable { host: host.to_string(), reason })?;
+    Ok(channel)
+}
+
 /// Connects to `host` now, so that an unreachable daemon is reported before any request.
 pub async fn connect(host: &Host) -> Result<Channel, ConnectError> {
     let unreachable = |e: tonic::transport::Error| {

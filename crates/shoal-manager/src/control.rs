@@ -5,6 +5,7 @@
 //! the Raft leader and return the committed object.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -46,14 +47,17 @@ fn first_object(r: &CommandResult) -> Result<object::Kind, ApiError> {
 /// Strips what read APIs never return (join secrets).
 fn public_cluster(mut c: Cluster) -> Cluster {
     c.join_secrets = None;
+    if let Some(ca) = c.root_ca.as_mut() {
+        ca.key_pem.clear();
+    }
     c
 }
 
-/// The cluster digest part of join tokens (the cluster id until the PKI replaces it).
+/// A join token: the digest of the cluster's CA certificate and the role's secret.
 fn token_for(cluster: &Cluster, role: NodeRole) -> String {
     let secrets = cluster.join_secrets.clone().unwrap_or_default();
     let secret = if role == NodeRole::Manager { secrets.manager } else { secrets.worker };
-    JoinToken { cluster_digest: id_of(&cluster.meta), secret }.to_string()
+    JoinToken { cluster_digest: crate::pki::ca_digest(cluster), secret }.to_string()
 }
 
 impl ControlService {
@@ -109,16 +113,37 @@ impl ControlService {
         if local.role != Role::Uninitialized {
             return Err(ApiError::AlreadyInCluster(local.cluster_id));
         }
-        JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let token = JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let addr =
             if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
-        let mut client = self.node.membership_client(&req.remote_addr)?;
+        // Trust nothing yet: the manager must present the CA the token pins.
+        let remote: std::net::SocketAddr = tokio::net::lookup_host(&req.remote_addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ApiError::Rejected(format!("cannot resolve the manager address {:?}", req.remote_addr)))?;
+        let ca_der = shoal_pki::tls::fetch_ca(remote, &token.cluster_digest, Duration::from_secs(10))
+            .await
+            .map_err(|e| match e {
+                shoal_pki::PkiError::DigestMismatch { .. } => ApiError::Unauthorized(e.to_string()),
+                other => ApiError::Rejected(format!("cannot reach a manager at {}: {other}", req.remote_addr)),
+            })?;
+        let key = shoal_pki::NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let csr_pem = key.csr_pem(&local.node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // The join call: server verified against the pinned CA, no client certificate yet.
+        let cfg = shoal_pki::tls::client_config(&ca_der, None).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let endpoint =
+            crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
+        let channel = crate::tls::channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
+            .map_err(ApiError::Internal)?;
+        let mut client = v1::membership_client::MembershipClient::new(channel);
         let mut call = tonic::Request::new(JoinRequest {
             token: req.token.clone(),
             node_id: local.node_id.clone(),
             raft_id: local.raft_id,
             addr,
             description: Some(self.node.description()),
+            csr_pem,
         });
         call.set_timeout(Duration::from_secs(15));
         let resp = client.join(call).await.map_err(|s| match s.code() {
@@ -130,6 +155,16 @@ impl ControlService {
         })?;
         let resp = resp.into_inner();
         let role = resp.role();
+        if !key.matches(&resp.cert_pem).unwrap_or(false) {
+            return Err(ApiError::Rejected("the manager returned a certificate for another key".into()));
+        }
+        shoal_pki::verify_leaf(
+            &crate::node::rustls_pem_der(&resp.cert_pem).unwrap_or_default(),
+            &ca_der,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
+        self.node.install_pki(&ca_der, &resp.cert_pem, &key.key_pem())?;
         let mut managers: Vec<Peer> = resp
             .managers
             .iter()
@@ -192,6 +227,7 @@ type LogLines = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ServiceLogLi
 /// Where one task's logs come from.
 struct LogSource {
     addr: String,
+    node_id: String,
     task_id: String,
     task_name: String,
     hostname: String,
@@ -218,7 +254,7 @@ fn log_sources(rt: &RaftRuntime, service_id: &str, seen: &mut BTreeSet<String>) 
             let addr = n.status.as_ref().map(|st| st.addr.clone()).unwrap_or_default();
             let hostname = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
             let task_name = if t.slot > 0 { format!("{name}.{}", t.slot) } else { format!("{name}.{}", t.node_id) };
-            out.push(LogSource { addr, task_id: id, task_name, hostname });
+            out.push(LogSource { addr, node_id: t.node_id.clone(), task_id: id, task_name, hostname });
         }
         out
     })
@@ -231,9 +267,9 @@ async fn forward_task_logs(
     req: ServiceLogsRequest,
     tx: tokio::sync::mpsc::Sender<Result<ServiceLogLine, Status>>,
 ) {
-    let LogSource { addr, task_id, task_name, hostname } = src;
+    let LogSource { addr, node_id, task_id, task_name, hostname } = src;
     let (follow, tail) = (req.follow, req.tail);
-    let channel = match node.channel(&addr) {
+    let channel = match node.node_channel(&addr, &node_id) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Err(Status::unavailable(format!("node {hostname}: {e}")))).await;
@@ -325,6 +361,7 @@ impl Control for ControlService {
             manager_addrs: self.node.manager_peers().into_iter().map(|p| p.addr).collect(),
             raft,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            certificate: self.node.cert_summary(),
         }))
     }
 
@@ -353,12 +390,15 @@ impl Control for ControlService {
         if wait_leader(&rt, Duration::from_secs(10)).await != Some(local.raft_id) {
             return Err(ApiError::Internal("this node did not become leader of its new cluster".into()).into());
         }
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             meta: Some(Meta { id: cluster_id.clone(), ..Default::default() }),
             name: "default".into(),
             settings: Some(settings),
             join_secrets: Some(JoinSecrets { worker: new_secret(), manager: new_secret() }),
+            root_ca: None,
+            removed_node_ids: Vec::new(),
         };
+        crate::pki::bootstrap(&self.node, &mut cluster, &local.node_id)?;
         let me = v1::Node {
             meta: Some(Meta { id: local.node_id.clone(), ..Default::default() }),
             spec: Some(NodeSpec { desired_role: NodeRole::Manager as i32, ..Default::default() }),
@@ -426,6 +466,7 @@ impl Control for ControlService {
             l.cluster_id.clear();
             l.managers.clear();
         })?;
+        self.node.clear_pki();
         tracing::info!("left the cluster");
         Ok(Response::new(LeaveClusterResponse {}))
     }
@@ -474,6 +515,21 @@ impl Control for ControlService {
             token: token_for(&cluster, req.role()),
             manager_addrs: self.join_addrs(),
         }))
+    }
+
+    async fn issue_admin_certificate(&self, req: Request<IssueAdminCertificateRequest>) -> R<RenewCertificateResponse> {
+        let req = req.into_inner();
+        let rt = self.node.require_manager()?;
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 40 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(Status::invalid_argument(
+                "admin certificate name must be 1-40 characters of a-z, 0-9 and '-' (e.g. alice-laptop)",
+            ));
+        }
+        let (cert_pem, ca_pem) =
+            crate::pki::issue(&rt, &req.csr_pem, &format!("admin-{name}"), shoal_pki::Role::Admin)?;
+        tracing::info!(%name, "issued an admin certificate");
+        Ok(Response::new(RenewCertificateResponse { cert_pem, ca_pem }))
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
@@ -558,7 +614,13 @@ impl Control for ControlService {
             ))
             .into());
         }
-        propose(&self.node, vec![delete_op(ObjectKind::Node, &id_of(&n.meta), 0)]).await?;
+        // The node's certificate stops working with the same command that forgets the node.
+        let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
+        let id = id_of(&n.meta);
+        if !cluster.removed_node_ids.contains(&id) {
+            cluster.removed_node_ids.push(id.clone());
+        }
+        propose(&self.node, vec![delete_op(ObjectKind::Node, &id, 0), update_op(cluster.into())]).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 

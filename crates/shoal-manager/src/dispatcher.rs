@@ -71,7 +71,9 @@ impl Dispatcher for DispatcherService {
     type AssignmentsStream = AssignmentStream;
 
     async fn assignments(&self, req: Request<AssignmentsRequest>) -> Result<Response<AssignmentStream>, Status> {
+        let caller = crate::tls::caller(&req).map(|c| c.node_id.clone());
         let node_id = req.into_inner().node_id;
+        same_node(caller.as_deref(), &node_id)?;
         let rt = self.require_leader()?;
         if rt.store.read(|s| s.node(&node_id).is_none()) {
             return Err(Status::not_found(format!("node {node_id:?} is not part of the cluster")));
@@ -134,7 +136,9 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let caller = crate::tls::caller(&req).map(|c| c.node_id.clone());
         let req = req.into_inner();
+        same_node(caller.as_deref(), &req.node_id)?;
         let rt = self.require_leader()?;
         // Only forward moves of tasks this node runs; anything else is stale and dropped.
         let ops: Vec<Op> = rt.store.read(|s| {
@@ -163,5 +167,15 @@ impl Dispatcher for DispatcherService {
             }
         }
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+/// A node speaks only for itself: the node id in a request must be its certificate's.
+fn same_node(caller: Option<&str>, node_id: &str) -> Result<(), Status> {
+    match caller {
+        Some(c) if c != node_id => {
+            Err(Status::permission_denied(format!("node {c} may not act for node {node_id}")))
+        }
+        _ => Ok(()),
     }
 }

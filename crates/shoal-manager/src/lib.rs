@@ -14,8 +14,10 @@ pub mod leader;
 pub mod local;
 pub mod membership;
 pub mod node;
+pub mod pki;
 pub mod propose;
 pub mod server;
+pub mod tls;
 mod session;
 
 pub use error::ApiError;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use shoal_api::token::JoinToken;
 use shoal_api::v1::{
     membership_server::Membership, Command, CommandResult, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, ManagerPeer, NodeRole, NodeSpec, NodeState, NodeStatus, PingRequest, PingResponse,
+    JoinResponse, ManagerPeer, NodeRole, RenewCertificateRequest, RenewCertificateResponse, NodeSpec, NodeState, NodeStatus, PingRequest, PingResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -51,9 +51,10 @@ pub(crate) fn manager_peers(node: &Node) -> Vec<ManagerPeer> {
 /// Checks a join token against the cluster; returns the role it admits.
 pub fn check_token(token: &str, cluster: &shoal_api::v1::Cluster) -> Result<NodeRole, ApiError> {
     let t = JoinToken::parse(token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let cluster_id = cluster.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
-    if t.cluster_digest != cluster_id {
-        return Err(ApiError::Unauthorized("join token is for another cluster (cluster digest mismatch)".into()));
+    if t.cluster_digest != crate::pki::ca_digest(cluster) {
+        return Err(ApiError::Unauthorized(
+            "join token is for another cluster (its CA digest does not match this cluster's CA)".into(),
+        ));
     }
     let secrets = cluster.join_secrets.clone().unwrap_or_default();
     if !secrets.manager.is_empty() && t.secret == secrets.manager {
@@ -81,7 +82,24 @@ impl Membership for MembershipService {
         if req.node_id.is_empty() || req.raft_id == 0 || req.addr.is_empty() {
             return Err(Status::invalid_argument("join request lacks node id, raft id or address"));
         }
+        if req.csr_pem.is_empty() {
+            return Err(Status::invalid_argument("join request lacks a certificate signing request"));
+        }
+        if cluster.removed_node_ids.contains(&req.node_id) {
+            return Err(ApiError::Unauthorized(format!(
+                "node id {} was removed from this cluster; a removed node joins again with a fresh data dir",
+                req.node_id
+            ))
+            .into());
+        }
         let existing = rt.store.read(|s| s.node(&req.node_id).cloned());
+        if existing.as_ref().is_some_and(|n| n.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready)) {
+            return Err(Status::already_exists(format!(
+                "node id {} is already in the cluster and up; a node joins once",
+                req.node_id
+            )));
+        }
+        let (cert_pem, ca_pem) = crate::pki::issue_from(&cluster, &req.csr_pem, &req.node_id, crate::pki::cert_role(role))?;
         let desc = req.description.clone();
         let hostname = desc.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
         let op = match existing {
@@ -119,6 +137,8 @@ impl Membership for MembershipService {
             role: role as i32,
             managers: manager_peers(&self.node),
             settings: cluster.settings,
+            cert_pem,
+            ca_pem,
         }))
     }
 
@@ -135,7 +155,16 @@ impl Membership for MembershipService {
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let caller = crate::tls::caller(&req).cloned();
         let req = req.into_inner();
+        if let Some(c) = &caller {
+            if c.node_id != req.node_id {
+                return Err(Status::permission_denied(format!(
+                    "node {} may not send heartbeats for node {}",
+                    c.node_id, req.node_id
+                )));
+            }
+        }
         let rt = self.node.require_manager()?;
         if let Some(addr) = leader_elsewhere(&self.node)? {
             return Ok(Response::new(HeartbeatResponse { leader_addr: addr, ..Default::default() }));
@@ -174,6 +203,23 @@ impl Membership for MembershipService {
             settings,
             raft_member: rt.metrics().membership_config.membership().get_node(&n.raft_id).is_some(),
         }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
+        let caller = crate::tls::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let rt = self.node.require_manager()?;
+        // The role comes from the cluster's view of the node, so promotion and demotion take
+        // effect in the certificate; a node the cluster does not know gets nothing.
+        let role = rt
+            .store
+            .read(|s| s.node(&caller.node_id).map(|n| n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker)))
+            .ok_or_else(|| Status::permission_denied(format!("node {} is not in the cluster", caller.node_id)))?;
+        let (cert_pem, ca_pem) =
+            crate::pki::issue(&rt, &req.into_inner().csr_pem, &caller.node_id, crate::pki::cert_role(role))?;
+        Ok(Response::new(RenewCertificateResponse { cert_pem, ca_pem }))
     }
 
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

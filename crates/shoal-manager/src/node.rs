@@ -74,7 +74,24 @@ pub(crate) struct Inner {
     pub(crate) agent_started: Mutex<bool>,
     /// Why this node cannot run tasks now; empty when it can.
     pub(crate) runtime_unavailable: Mutex<String>,
+    pub(crate) pki: Pki,
+    /// What is wrong with this node's certificate, if anything (shown by `shoal info`).
+    pub(crate) cert_problem: Mutex<Option<String>>,
 }
+
+/// The node's certificate, key and CA, and the TLS configurations made of them.
+#[derive(Default)]
+pub(crate) struct Pki {
+    pub(crate) certs: Arc<shoal_pki::tls::CertStore>,
+    ca: std::sync::RwLock<Option<Vec<u8>>>,
+    server: std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>,
+    client: Arc<std::sync::RwLock<Option<Arc<rustls::ClientConfig>>>>,
+}
+
+/// Files of the node's PKI, under `<data-dir>/pki`.
+const CA_FILE: &str = "ca.crt";
+const CERT_FILE: &str = "node.crt";
+const KEY_FILE: &str = "node.key";
 
 /// How often the container runtime is probed, and how long a probe may take.
 const RUNTIME_PROBE: Duration = Duration::from_secs(2);
@@ -96,6 +113,12 @@ pub fn new_id() -> String {
 /// A fresh join-token secret.
 pub fn new_secret() -> String {
     shoal_api::ids::id_from_bits(rand::random())
+}
+
+/// DER of the first certificate in `pem`.
+pub fn rustls_pem_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
 }
 
 /// Wall clock in milliseconds, stamped into commands by the proposer.
@@ -128,7 +151,7 @@ impl Node {
             Some(_) => String::new(),
             None => "started without a container runtime (--no-runtime)".to_string(),
         };
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 cfg,
                 local: Mutex::new(local),
@@ -142,8 +165,12 @@ impl Node {
                 leader_hint: Mutex::new(None),
                 agent_started: Mutex::new(false),
                 runtime_unavailable: Mutex::new(runtime_unavailable),
+                pki: Pki::default(),
+                cert_problem: Mutex::new(None),
             }),
-        })
+        };
+        node.load_pki();
+        Ok(node)
     }
 
     /// The leader's address as last learned from a heartbeat.
@@ -267,15 +294,137 @@ impl Node {
         self.inner.cfg.data_dir.join("raft")
     }
 
-    /// A (cached, lazily connected) channel to another node's address.
+    /// A (cached, lazily connected) mTLS channel to a manager's address.
     pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        self.tls_channel(addr, shoal_pki::MANAGER_NAME)
+    }
+
+    /// A (cached, lazily connected) mTLS channel to the node `node_id` at `addr` (its agent).
+    pub fn node_channel(&self, addr: &str, node_id: &str) -> Result<Channel, ApiError> {
+        self.tls_channel(addr, node_id)
+    }
+
+    fn tls_channel(&self, addr: &str, server_name: &str) -> Result<Channel, ApiError> {
+        let key = format!("{server_name}@{addr}");
         let mut map = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = client::tcp_channel(addr).map_err(|e| ApiError::Internal(e.to_string()))?;
-        map.insert(addr.to_string(), c.clone());
+        let cfg = self.tls_client_config().ok_or_else(|| {
+            ApiError::Rejected("this node has no certificate: it is not in a cluster (init or join first)".into())
+        })?;
+        let endpoint = client::tcp_endpoint(addr).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let c = crate::tls::channel(endpoint, addr, cfg, server_name).map_err(ApiError::Internal)?;
+        map.insert(key, c.clone());
         Ok(c)
+    }
+
+    /// The TLS configuration of the node's server (none before it is in a cluster).
+    pub fn tls_server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.inner.pki.server.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The TLS configuration of the node's connections to others (none before it is in a cluster).
+    pub fn tls_client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner.pki.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cluster CA certificate (DER), once the node is in a cluster.
+    pub fn ca_der(&self) -> Option<Vec<u8>> {
+        self.inner.pki.ca.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Who this node's certificate says it is.
+    pub fn cert_identity(&self) -> Option<shoal_pki::PeerIdentity> {
+        self.inner.pki.certs.identity()
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("pki")
+    }
+
+    /// Loads the certificate, key and CA kept in the data dir, if any.
+    fn load_pki(&self) {
+        let dir = self.pki_dir();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        let (Ok(ca), Ok(cert), Ok(key)) = (read(CA_FILE), read(CERT_FILE), read(KEY_FILE)) else { return };
+        let Some(ca_der) = rustls_pem_der(&ca) else {
+            tracing::error!(dir = %dir.display(), "the CA certificate in the data dir does not parse");
+            return;
+        };
+        if let Err(e) = self.install_pki_memory(&ca_der, &cert, &key) {
+            tracing::error!(error = %e, dir = %dir.display(), "cannot use this node's certificate");
+            return;
+        }
+        if let Some(id) = self.cert_identity() {
+            if id.not_after <= std::time::SystemTime::now() {
+                tracing::error!(
+                    expired = %shoal_pki::rfc3339(id.not_after),
+                    "this node's certificate has expired: managers refuse it; remove the node on a manager and join it again"
+                );
+            }
+        }
+    }
+
+    fn install_pki_memory(&self, ca_der: &[u8], cert_pem: &str, key_pem: &str) -> Result<(), ApiError> {
+        let bad = |e: shoal_pki::PkiError| ApiError::Rejected(format!("node certificate: {e}"));
+        let pki = &self.inner.pki;
+        pki.certs.set(cert_pem, key_pem, ca_der).map_err(bad)?;
+        let server = shoal_pki::tls::server_config(ca_der, pki.certs.clone()).map_err(bad)?;
+        let client = shoal_pki::tls::client_config(ca_der, Some(pki.certs.clone())).map_err(bad)?;
+        let ca_changed = self.ca_der().as_deref() != Some(ca_der);
+        *pki.ca.write().unwrap_or_else(|p| p.into_inner()) = Some(ca_der.to_vec());
+        *pki.server.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(server));
+        *pki.client.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(client));
+        if ca_changed {
+            self.inner.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        Ok(())
+    }
+
+    /// Uses (and keeps in the data dir) a new certificate and key, issued by the CA `ca_der`.
+    pub(crate) fn install_pki(&self, ca_der: &[u8], cert_pem: &str, key_pem: &str) -> Result<(), ApiError> {
+        self.install_pki_memory(ca_der, cert_pem, key_pem)?;
+        let dir = self.pki_dir();
+        let io = |e: std::io::Error| ApiError::internal(&format!("cannot write {}", dir.display()), e);
+        shoal_pki::write_public_file(&dir.join(CA_FILE), shoal_pki::der_to_pem(ca_der).as_bytes()).map_err(io)?;
+        shoal_pki::write_private_file(&dir.join(KEY_FILE), key_pem.as_bytes()).map_err(io)?;
+        shoal_pki::write_public_file(&dir.join(CERT_FILE), cert_pem.as_bytes()).map_err(io)?;
+        Ok(())
+    }
+
+    /// Forgets the certificate (the node left or was removed from its cluster).
+    pub(crate) fn clear_pki(&self) {
+        let pki = &self.inner.pki;
+        pki.certs.clear();
+        *pki.ca.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *pki.server.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *pki.client.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let _ = std::fs::remove_dir_all(self.pki_dir());
+    }
+
+    /// Records what is wrong with this node's certificate (`None`: nothing).
+    pub(crate) fn set_cert_problem(&self, problem: Option<String>) {
+        *self.inner.cert_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// This node's certificate as `shoal info` shows it.
+    pub fn cert_summary(&self) -> String {
+        if let Some(p) = self.inner.cert_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return p;
+        }
+        match self.cert_identity() {
+            Some(id) => format!("{} certificate, expires {}", id.role, shoal_pki::rfc3339(id.not_after)),
+            None => "none (not in a cluster)".to_string(),
+        }
+    }
+
+    /// Whether the cluster removed `node_id` (its certificate is refused). Known on managers.
+    pub fn is_removed(&self, node_id: &str) -> bool {
+        self.raft().is_some_and(|rt| {
+            rt.store.read(|s| s.cluster().is_some_and(|c| c.removed_node_ids.iter().any(|r| r == node_id)))
+        })
     }
 
     /// A membership client for another node.
@@ -332,7 +481,15 @@ impl Node {
             ..Default::default()
         };
         let config = shoal_raft::raft_config(&params).map_err(|e| ApiError::internal("invalid raft settings", e))?;
-        let network = shoal_raft::Network::new(shoal_raft::plain_channels());
+        let client = self.inner.pki.client.clone();
+        let network = shoal_raft::Network::new(Arc::new(move |addr: &str| {
+            let cfg = client
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| "this node has no certificate".to_string())?;
+            crate::tls::channel(shoal_raft::raft_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
+        }));
         let health = network.health();
         let raft = openraft::Raft::new(local.raft_id, Arc::new(config), network, log, sm)
             .await

@@ -87,6 +87,7 @@ impl Daemon {
         )?;
 
         node.watch_runtime();
+        crate::pki::spawn_renewal(node.clone());
         let mut servers = JoinSet::new();
         let control = || {
             ControlServer::new(ControlService::new(node.clone()))
@@ -94,7 +95,7 @@ impl Daemon {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         };
         let tcp = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .layer(crate::tls::Authz::new(node.clone()))
             .add_service(
                 RaftServer::new(shoal_raft::RaftService::new(node.raft_slot()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -115,7 +116,9 @@ impl Daemon {
                 shoal_api::v1::agent_server::AgentServer::new(shoal_agent::logs::AgentService::new(rt))
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
             }));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Only TLS on the TCP port; the handshake needs the node's certificate, so a node that is
+        // in no cluster yet accepts no connection.
+        let incoming = crate::tls::incoming(listener, node.clone(), shutdown.clone());
         let stop = shutdown.clone();
         servers.spawn(async move { tcp.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await });
 

@@ -85,7 +85,14 @@ async fn beat(node: &Node, addr: &str, period: Duration) -> Result<HeartbeatResp
         cluster_id: local.cluster_id,
     });
     req.set_timeout(period.max(Duration::from_millis(500)));
-    client.heartbeat(req).await.map(|r| r.into_inner()).map_err(|s| format!("{addr}: {}", s.message()))
+    match client.heartbeat(req).await {
+        Ok(r) => Ok(r.into_inner()),
+        // The managers refuse a removed node's certificate: that is how it learns of it.
+        Err(s) if s.code() == tonic::Code::PermissionDenied && s.message().contains("was removed from the cluster") => {
+            Ok(HeartbeatResponse { removed: true, ..Default::default() })
+        }
+        Err(s) => Err(format!("{addr}: {}", s.message())),
+    }
 }
 
 async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crate::error::ApiError> {
@@ -93,11 +100,13 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
         tracing::error!("this node was removed from the cluster; it now stands alone (join again to come back)");
         let _g = node.inner.transition.lock().await;
         node.stop_raft(true).await?;
-        return node.update_local(|l| {
+        node.update_local(|l| {
             l.role = Role::Uninitialized;
             l.cluster_id.clear();
             l.managers.clear();
-        });
+        })?;
+        node.clear_pki();
+        return Ok(());
     }
     let managers: Vec<Peer> = resp
         .managers
@@ -118,6 +127,11 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
     let _g = node.inner.transition.lock().await;
     match (desired, node.raft()) {
         (NodeRole::Manager, None) => {
+            // Other managers accept Raft traffic only from a manager certificate.
+            if node.cert_identity().map(|i| i.role) != Some(shoal_pki::Role::Manager) {
+                crate::pki::renew(node).await?;
+                tracing::info!("promoted: now holding a manager certificate");
+            }
             tracing::info!("promoted: starting raft");
             node.update_local(|l| l.role = Role::Manager)?;
             node.start_raft().await?;
@@ -128,6 +142,12 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
             tracing::info!("demoted: stopping raft and removing its data");
             node.stop_raft(true).await?;
             node.update_local(|l| l.role = Role::Worker)?;
+            crate::pki::renew(node).await?;
+            tracing::info!("demoted: now holding a worker certificate");
+        }
+        (NodeRole::Worker, None) if node.cert_identity().is_some_and(|i| i.role == shoal_pki::Role::Manager) => {
+            // A demotion finished while this node was away from its certificate renewal.
+            crate::pki::renew(node).await?;
         }
         _ => {}
     }

@@ -33,7 +33,7 @@ use std::path::Path;
 pub use config::{raft_config, RaftParams};
 pub use error::StorageError;
 pub use log_store::LogStore;
-pub use network::{plain_channels, ChannelFactory, Network, PeerClient, PeerHealth, MAX_MESSAGE_BYTES};
+pub use network::{plain_channels, raft_endpoint, ChannelFactory, Network, PeerClient, PeerHealth, MAX_MESSAGE_BYTES};
 pub use recovery::force_new_cluster;
 pub use service::RaftService;
 pub use state_machine::{SnapshotBuilder, StateMachineStore, StoreHandle};

@@ -48,8 +48,8 @@ const APPEND_BUDGET_BYTES: usize = 512 << 10;
 /// Deadline used when openraft passes none (it always does in 0.9; this is a guard).
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Makes the endpoint of a peer from its advertised address (`host:port`).
-pub type ChannelFactory = Arc<dyn Fn(&str) -> Result<Endpoint, String> + Send + Sync>;
+/// Makes a (lazily connecting) channel to a peer from its advertised address (`host:port`).
+pub type ChannelFactory = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
 /// Plain-text HTTP/2 channels (`http://{addr}`): 300 ms connect timeout, TCP_NODELAY, HTTP/2
 /// keepalive so a silently dead peer is noticed, connected lazily on first use.
@@ -62,8 +62,21 @@ pub fn plain_channels() -> ChannelFactory {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true))
+            .keep_alive_while_idle(true)
+            .connect_lazy())
     })
+}
+
+/// The endpoint settings Raft channels use (timeouts, keepalive), for factories that add their
+/// own transport (TLS) with `connect_with_connector_lazy`.
+pub fn raft_endpoint(addr: &str) -> Result<Endpoint, String> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("invalid raft peer address {addr:?}: {e}"))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_millis(300))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true))
 }
 
 /// When each peer's Raft last answered an RPC (a reply from a stopped Raft does not count).
@@ -127,7 +140,7 @@ impl Network {
                 return c.channel.clone();
             }
         }
-        let channel = (self.factory)(addr).map(|e| e.connect_lazy());
+        let channel = (self.factory)(addr);
         channels.insert(target, CachedChannel { addr: addr.to_string(), channel: channel.clone() });
         channel
     }

@@ -65,7 +65,7 @@ impl InProcessNode {
             data_dir: dir.to_path_buf(),
             listen_addr: addr,
             advertise_addr: None,
-            control_socket: None,
+            control_socket: Some(dir.join("shoal.sock")),
             hostname: Some(hostname.to_string()),
             force_new_cluster: false,
             runtime: None,
@@ -80,8 +80,13 @@ impl InProcessNode {
         })
     }
 
-    /// `HOST:PORT` of the node.
+    /// The node's local control socket (`unix://...`), as the CLI on that host would use it.
     pub fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("shoal.sock").display())
+    }
+
+    /// `HOST:PORT` of the node (mTLS only; what other nodes join through).
+    pub fn addr(&self) -> String {
         self.addr.to_string()
     }
 

@@ -34,7 +34,7 @@ async fn join(n: &InProcessNode, token: &str, via: &InProcessNode) -> Result<()>
         .await?
         .join_cluster(JoinClusterRequest {
             token: token.into(),
-            remote_addr: via.host(),
+            remote_addr: via.addr(),
             advertise_addr: String::new(),
         })
         .await?;

@@ -1,0 +1,302 @@
+//! mTLS between nodes: the node's TCP port accepts only TLS (rustls, the node's certificate,
+//! client certificates verified against the cluster CA when presented), every RPC is checked
+//! against the caller's certificate by [`Authz`], and outgoing channels dial TLS with the node's
+//! certificate.
+//!
+//! Who may call what (the caller's role is the OU of its certificate):
+//!
+//! | RPC | callers |
+//! |---|---|
+//! | `Membership/Join` | anyone (the join token is checked by the handler) |
+//! | `Raft/*`, `Membership/Propose`, `Membership/Ping`, `Agent/*` | managers |
+//! | `Control/*` | managers and admin clients (the local unix socket needs no certificate) |
+//! | `Dispatcher/*`, `Membership/Heartbeat`, `Membership/RenewCertificate` | managers and workers |
+//!
+//! Every certificate must name this cluster (O) and a node the cluster has not removed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use shoal_pki::{PeerIdentity, Role};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::node::Node;
+
+/// The connection a request arrived on: the peer's address and its verified certificate chain.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// The client's certificates (leaf first), verified against the CA in the handshake.
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// The verified identity of a request's caller, put into the request's extensions by [`Authz`].
+#[derive(Debug, Clone)]
+pub struct Caller(pub PeerIdentity);
+
+/// The caller of a request that passed [`Authz`] with a certificate.
+pub fn caller<T>(req: &tonic::Request<T>) -> Option<&PeerIdentity> {
+    req.extensions().get::<Caller>().map(|c| &c.0)
+}
+
+/// A server-side TLS connection, as tonic serves it.
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Longest a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections and completes their TLS handshakes concurrently; yields the
+/// connections that succeeded. A node without a certificate yet (not in a cluster) accepts no
+/// connection. Handshake failures are logged with the reason (an expired or foreign client
+/// certificate, plaintext).
+pub fn incoming(
+    listener: TcpListener,
+    node: Node,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(cfg) = node.tls_server_config() else {
+                tracing::debug!(%remote, "refusing a connection: this node is not in a cluster (no certificate)");
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let certs = tls.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
+                        let _ = tx.send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, certs } })).await;
+                    }
+                    Ok(Err(e)) => log_handshake_error(remote, &e),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn log_handshake_error(remote: SocketAddr, e: &io::Error) {
+    let msg = e.to_string();
+    let about_cert = ["certificate", "Certificate", "expired", "UnknownIssuer", "BadSignature"];
+    if about_cert.iter().any(|w| msg.contains(w)) {
+        tracing::warn!(%remote, error = %msg, "refused a client certificate");
+    } else {
+        tracing::debug!(%remote, error = %msg, "TLS handshake failed (plaintext or not a shoal node?)");
+    }
+}
+
+/// Who may call `path` (a gRPC method path); `None`: anyone, the handler checks.
+fn allowed(path: &str) -> Option<&'static [Role]> {
+    const MANAGERS: &[Role] = &[Role::Manager];
+    const NODES: &[Role] = &[Role::Manager, Role::Worker];
+    const OPERATORS: &[Role] = &[Role::Manager, Role::Admin];
+    const NOBODY: &[Role] = &[];
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    match (service, method) {
+        ("shoal.v1.Membership", "Join") => None,
+        ("shoal.v1.Membership", "Heartbeat" | "RenewCertificate") => Some(NODES),
+        ("shoal.v1.Membership", _) | ("shoal.v1.Raft", _) | ("shoal.v1.Agent", _) => Some(MANAGERS),
+        ("shoal.v1.Dispatcher", _) => Some(NODES),
+        ("shoal.v1.Control", _) => Some(OPERATORS),
+        _ => Some(NOBODY),
+    }
+}
+
+/// Checks a request against its caller's certificate; the identity on success.
+fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<PeerIdentity>, Status> {
+    let roles = allowed(path);
+    let leaf = peer.and_then(|p| p.certs.as_ref()).and_then(|c| c.first());
+    let Some(leaf) = leaf else {
+        return match roles {
+            None => Ok(None),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "{path} needs a client certificate of this cluster (join the node, or use an admin certificate)"
+            ))),
+        };
+    };
+    // The handshake verified the chain and the validity; the subject says who it is.
+    let id = shoal_pki::identity_from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let cluster = node.local().cluster_id;
+    if id.cluster_id != cluster {
+        return Err(Status::permission_denied(format!(
+            "the certificate is for cluster {}, not this one ({cluster})",
+            id.cluster_id
+        )));
+    }
+    if node.is_removed(&id.node_id) {
+        return Err(Status::permission_denied(format!(
+            "node {} was removed from the cluster; its certificate is no longer accepted (join it again)",
+            id.node_id
+        )));
+    }
+    match roles {
+        Some(r) if !r.contains(&id.role) => Err(Status::permission_denied(format!(
+            "a {} certificate may not call {path}",
+            id.role
+        ))),
+        _ => Ok(Some(id)),
+    }
+}
+
+/// Tower layer that runs [`authorize`] before every RPC of the node's TCP port.
+#[derive(Clone)]
+pub struct Authz {
+    node: Node,
+}
+
+impl Authz {
+    /// The layer for `node`'s server.
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+impl<S> tower::Layer<S> for Authz {
+    type Service = AuthzService<S>;
+    fn layer(&self, inner: S) -> AuthzService<S> {
+        AuthzService { inner, node: self.node.clone() }
+    }
+}
+
+/// The service [`Authz`] wraps around the routes.
+#[derive(Clone)]
+pub struct AuthzService<S> {
+    inner: S,
+    node: Node,
+}
+
+type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthzService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFut<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        match authorize(&self.node, &path, req.extensions().get::<PeerInfo>()) {
+            Ok(id) => {
+                if let Some(id) = id {
+                    req.extensions_mut().insert(Caller(id));
+                }
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                tracing::debug!(%path, reason = %status.message(), "refused a call");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// A lazily connecting TLS channel to `addr`, verifying the server as `server_name` (managers:
+/// [`shoal_pki::MANAGER_NAME`]; a node's agent: its node id).
+pub fn channel(
+    endpoint: Endpoint,
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> Result<Channel, String> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let addr = addr.to_string();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let (addr, name, connector) = (addr.clone(), name.clone(), connector.clone());
+        async move {
+            let tcp = TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, io::Error>(TokioIo::new(tls))
+        }
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_per_method() {
+        assert_eq!(allowed("/shoal.v1.Membership/Join"), None);
+        assert_eq!(allowed("/shoal.v1.Raft/AppendEntries"), Some(&[Role::Manager][..]));
+        assert_eq!(allowed("/shoal.v1.Membership/Propose"), Some(&[Role::Manager][..]));
+        assert_eq!(allowed("/shoal.v1.Agent/TaskLogs"), Some(&[Role::Manager][..]));
+        assert_eq!(allowed("/shoal.v1.Control/ListNodes"), Some(&[Role::Manager, Role::Admin][..]));
+        assert_eq!(allowed("/shoal.v1.Dispatcher/Assignments"), Some(&[Role::Manager, Role::Worker][..]));
+        assert_eq!(allowed("/shoal.v1.Membership/Heartbeat"), Some(&[Role::Manager, Role::Worker][..]));
+        assert_eq!(allowed("/grpc.reflection.v1.ServerReflection/Info"), Some(&[][..]));
+    }
+}
