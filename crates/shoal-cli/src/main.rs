@@ -582,7 +582,8 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
             write(shoal_manager::client::ADMIN_KEY_FILE, &key.key_pem(), true)?;
             write(shoal_manager::client::ADMIN_CERT_FILE, &r.cert_pem, false)?;
             write(shoal_manager::client::ADMIN_CA_FILE, &r.ca_pem, false)?;
-            let expires = shoal_pki::identity_from_pem(&r.cert_pem).map(|i| shoal_pki::rfc3339(i.not_after)).unwrap_or_default();
+            let expires =
+                shoal_pki::identity_from_pem(&r.cert_pem).map(|i| shoal_pki::rfc3339(i.not_after)).unwrap_or_default();
             println!("Admin certificate written to {} (expires {expires}).", out.display());
             println!("Use it with: shoal --host MANAGER:PORT --tls-dir {} ...", out.display());
         }

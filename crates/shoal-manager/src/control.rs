@@ -117,23 +117,21 @@ impl ControlService {
         let addr =
             if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
         // Trust nothing yet: the manager must present the CA the token pins.
-        let remote: std::net::SocketAddr = tokio::net::lookup_host(&req.remote_addr)
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| ApiError::Rejected(format!("cannot resolve the manager address {:?}", req.remote_addr)))?;
-        let ca_der = shoal_pki::tls::fetch_ca(remote, &token.cluster_digest, Duration::from_secs(10))
-            .await
-            .map_err(|e| match e {
+        let remote: std::net::SocketAddr =
+            tokio::net::lookup_host(&req.remote_addr).await.ok().and_then(|mut a| a.next()).ok_or_else(|| {
+                ApiError::Rejected(format!("cannot resolve the manager address {:?}", req.remote_addr))
+            })?;
+        let ca_der = shoal_pki::tls::fetch_ca(remote, &token.cluster_digest, Duration::from_secs(10)).await.map_err(
+            |e| match e {
                 shoal_pki::PkiError::DigestMismatch { .. } => ApiError::Unauthorized(e.to_string()),
                 other => ApiError::Rejected(format!("cannot reach a manager at {}: {other}", req.remote_addr)),
-            })?;
+            },
+        )?;
         let key = shoal_pki::NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let csr_pem = key.csr_pem(&local.node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
         // The join call: server verified against the pinned CA, no client certificate yet.
         let cfg = shoal_pki::tls::client_config(&ca_der, None).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let endpoint =
-            crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
+        let endpoint = crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
         let channel = crate::tls::channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
             .map_err(ApiError::Internal)?;
         let mut client = v1::membership_client::MembershipClient::new(channel);
@@ -521,7 +519,10 @@ impl Control for ControlService {
         let req = req.into_inner();
         let rt = self.node.require_manager()?;
         let name = req.name.trim();
-        if name.is_empty() || name.len() > 40 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if name.is_empty()
+            || name.len() > 40
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(Status::invalid_argument(
                 "admin certificate name must be 1-40 characters of a-z, 0-9 and '-' (e.g. alice-laptop)",
             ));

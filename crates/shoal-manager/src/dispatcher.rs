@@ -173,9 +173,7 @@ impl Dispatcher for DispatcherService {
 /// A node speaks only for itself: the node id in a request must be its certificate's.
 fn same_node(caller: Option<&str>, node_id: &str) -> Result<(), Status> {
     match caller {
-        Some(c) if c != node_id => {
-            Err(Status::permission_denied(format!("node {c} may not act for node {node_id}")))
-        }
+        Some(c) if c != node_id => Err(Status::permission_denied(format!("node {c} may not act for node {node_id}"))),
         _ => Ok(()),
     }
 }

@@ -17,8 +17,8 @@ pub mod node;
 pub mod pki;
 pub mod propose;
 pub mod server;
-pub mod tls;
 mod session;
+pub mod tls;
 
 pub use error::ApiError;
 pub use server::{Daemon, DaemonConfig};

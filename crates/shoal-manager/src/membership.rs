@@ -8,7 +8,8 @@ use std::time::Duration;
 use shoal_api::token::JoinToken;
 use shoal_api::v1::{
     membership_server::Membership, Command, CommandResult, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, ManagerPeer, NodeRole, RenewCertificateRequest, RenewCertificateResponse, NodeSpec, NodeState, NodeStatus, PingRequest, PingResponse,
+    JoinResponse, ManagerPeer, NodeRole, NodeSpec, NodeState, NodeStatus, PingRequest, PingResponse,
+    RenewCertificateRequest, RenewCertificateResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -99,7 +100,8 @@ impl Membership for MembershipService {
                 req.node_id
             )));
         }
-        let (cert_pem, ca_pem) = crate::pki::issue_from(&cluster, &req.csr_pem, &req.node_id, crate::pki::cert_role(role))?;
+        let (cert_pem, ca_pem) =
+            crate::pki::issue_from(&cluster, &req.csr_pem, &req.node_id, crate::pki::cert_role(role))?;
         let desc = req.description.clone();
         let hostname = desc.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
         let op = match existing {
@@ -209,13 +211,16 @@ impl Membership for MembershipService {
         &self,
         req: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
-        let caller = crate::tls::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let caller =
+            crate::tls::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let rt = self.node.require_manager()?;
         // The role comes from the cluster's view of the node, so promotion and demotion take
         // effect in the certificate; a node the cluster does not know gets nothing.
         let role = rt
             .store
-            .read(|s| s.node(&caller.node_id).map(|n| n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker)))
+            .read(|s| {
+                s.node(&caller.node_id).map(|n| n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker))
+            })
             .ok_or_else(|| Status::permission_denied(format!("node {} is not in the cluster", caller.node_id)))?;
         let (cert_pem, ca_pem) =
             crate::pki::issue(&rt, &req.into_inner().csr_pem, &caller.node_id, crate::pki::cert_role(role))?;

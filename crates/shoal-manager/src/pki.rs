@@ -148,7 +148,9 @@ pub fn spawn_renewal(node: Node) {
                 _ = tokio::time::sleep(wait) => {}
             }
             let Some(id) = node.cert_identity() else { continue };
-            if id.not_after <= SystemTime::now() || SystemTime::now() < shoal_pki::renewal_at(id.not_before, id.not_after, 0.0) {
+            if id.not_after <= SystemTime::now()
+                || SystemTime::now() < shoal_pki::renewal_at(id.not_before, id.not_after, 0.0)
+            {
                 continue;
             }
             match renew(&node).await {

@@ -194,10 +194,9 @@ fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<
         )));
     }
     match roles {
-        Some(r) if !r.contains(&id.role) => Err(Status::permission_denied(format!(
-            "a {} certificate may not call {path}",
-            id.role
-        ))),
+        Some(r) if !r.contains(&id.role) => {
+            Err(Status::permission_denied(format!("a {} certificate may not call {path}", id.role)))
+        }
         _ => Ok(Some(id)),
     }
 }
@@ -270,7 +269,8 @@ pub fn channel(
     cfg: Arc<rustls::ClientConfig>,
     server_name: &str,
 ) -> Result<Channel, String> {
-    let name = ServerName::try_from(server_name.to_string()).map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let name =
+        ServerName::try_from(server_name.to_string()).map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let addr = addr.to_string();
     let connector = tokio_rustls::TlsConnector::from(cfg);
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {

@@ -70,8 +70,8 @@ pub fn plain_channels() -> ChannelFactory {
 /// The endpoint settings Raft channels use (timeouts, keepalive), for factories that add their
 /// own transport (TLS) with `connect_with_connector_lazy`.
 pub fn raft_endpoint(addr: &str) -> Result<Endpoint, String> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("invalid raft peer address {addr:?}: {e}"))?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid raft peer address {addr:?}: {e}"))?;
     Ok(endpoint
         .connect_timeout(Duration::from_millis(300))
         .http2_keep_alive_interval(Duration::from_secs(1))
