@@ -80,6 +80,20 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     hosts.run(&["up", "3", "2"]).context("bring up 3 managers + 2 workers")?;
     let h = hosts.host(1);
 
+    // Between hosts everything is mTLS: plaintext and certificate-less clients are refused at a
+    // manager's port; an admin certificate gives remote CLI access (here to a follower).
+    let remote = "10.232.1.2:4242";
+    let plain = shoal_manager::client::tcp_endpoint(remote)?.connect_lazy();
+    let r = shoal_api::v1::control_client::ControlClient::new(plain).list_nodes(shoal_api::v1::ListNodesRequest {}).await;
+    assert!(r.is_err(), "plaintext gRPC must be refused: {r:?}");
+    let o = shoal(remote, &["node", "ls"]).await?;
+    assert!(!o.ok && o.stderr.contains("takes only mTLS"), "{}", o.stderr);
+    let tls_dir = hosts.dir.path().join("admin");
+    let tls = tls_dir.to_str().context("path")?;
+    shoal_ok(&h, &["cluster", "admin-cert", "--name", "e2e", "--out", tls]).await?;
+    let nodes = shoal_ok(remote, &["--tls-dir", tls, "node", "ls", "--format", "json"]).await?.json()?;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(5), "{nodes}");
+
     // 6 replicas converge (the CLI waits and shows progress) and really run.
     let o = shoal_ok(
         &h,
