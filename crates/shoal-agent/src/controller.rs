@@ -39,6 +39,8 @@ pub struct Controller {
     /// Last status reported (persisted): the controller never reports a state below it.
     last: TaskStatus,
     cancel: CancellationToken,
+    files: Result<crate::files::FileRoot, String>,
+    deps: crate::files::SharedDeps,
 }
 
 impl Controller {
@@ -51,7 +53,23 @@ impl Controller {
         last: TaskStatus,
         cancel: CancellationToken,
     ) -> Self {
-        Self { task, runtime, reporter, adopted, last, cancel }
+        Self {
+            task,
+            runtime,
+            reporter,
+            adopted,
+            last,
+            cancel,
+            files: Err("no file root".into()),
+            deps: crate::files::SharedDeps::default(),
+        }
+    }
+
+    /// Where the task's secret and config files go, and the secrets and configs delivered.
+    pub fn with_files(mut self, files: Result<crate::files::FileRoot, String>, deps: crate::files::SharedDeps) -> Self {
+        self.files = files;
+        self.deps = deps;
+        self
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -118,13 +136,31 @@ impl Controller {
     /// Pull, create, start. Returns false if the task ended on the way.
     async fn prepare_and_start(&mut self, task: &Task) -> bool {
         let id = task_id(task);
-        let spec = match runtime_spec(task) {
+        let mut spec = match runtime_spec(task) {
             Ok(s) => s,
             Err(e) => {
                 self.report(TaskState::Rejected, "invalid task", &e, None);
                 return false;
             }
         };
+        let wants_files = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .is_some_and(|c| !c.secrets.is_empty() || !c.configs.is_empty());
+        if wants_files {
+            let mounts = match &self.files {
+                Ok(root) => root.materialize(task, &self.deps),
+                Err(e) => Err(e.clone()),
+            };
+            match mounts {
+                Ok(m) => spec.mounts.extend(m),
+                Err(e) => {
+                    self.report(TaskState::Rejected, "secrets and configs", &e, None);
+                    return false;
+                }
+            }
+        }
         // An earlier attempt of this agent got this far if the task was reported past ACCEPTED
         // before (the state is persisted); only then can a container be left over.
         let attempted_before = self.last.state >= TaskState::Preparing as i32;

@@ -7,6 +7,7 @@
 //! placement or restarts: it runs what it is given and reports what happens.
 
 mod controller;
+pub mod files;
 pub mod logs;
 mod reporter;
 mod spec;
@@ -64,6 +65,8 @@ struct Agent {
     reporter: reporter::Reporter,
     controllers: HashMap<String, Running>,
     cancel: CancellationToken,
+    deps: files::SharedDeps,
+    files: Result<files::FileRoot, String>,
 }
 
 fn id_of(t: &Task) -> String {
@@ -77,7 +80,8 @@ impl Agent {
         let (tx, rx) = watch::channel(task);
         let cancel = self.cancel.child_token();
         let c =
-            controller::Controller::new(rx, self.runtime.clone(), self.reporter.clone(), adopted, last, cancel.clone());
+            controller::Controller::new(rx, self.runtime.clone(), self.reporter.clone(), adopted, last, cancel.clone())
+                .with_files(self.files.clone(), self.deps.clone());
         tokio::spawn(c.run());
         self.controllers.insert(id, Running { tx, cancel });
     }
@@ -102,10 +106,14 @@ impl Agent {
             r.cancel.cancel();
         }
         let (runtime, db, id) = (self.runtime.clone(), self.db.clone(), id.to_string());
+        let files = self.files.clone().ok();
         tokio::spawn(async move {
             let _ = runtime.stop(&id, 15, Duration::from_secs(10)).await;
             if let Err(e) = runtime.remove(&id).await {
                 tracing::warn!(task_id = %id, error = %e, "removing the container failed");
+            }
+            if let Some(f) = files {
+                f.remove(&id);
             }
             if let Err(e) = db.remove(&id) {
                 tracing::warn!(task_id = %id, error = %e, "forgetting the task failed");
@@ -114,6 +122,10 @@ impl Agent {
     }
 
     fn apply(&mut self, msg: shoal_api::v1::AssignmentsMessage) {
+        // Secrets and configs first: the tasks in the same message may need them.
+        if msg.dependencies {
+            self.deps.write().unwrap_or_else(|p| p.into_inner()).replace(msg.secrets, msg.configs);
+        }
         if msg.r#type == assignments_message::Type::Complete as i32 {
             let keep: std::collections::HashSet<String> = msg.tasks.iter().map(id_of).collect();
             let gone: Vec<String> = self.controllers.keys().filter(|id| !keep.contains(*id)).cloned().collect();
@@ -159,12 +171,18 @@ pub async fn start(
         let reporter = reporter::spawn(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
         let mut existing: HashMap<String, shoal_runtime::ContainerState> =
             existing.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let files = files::FileRoot::mount(cfg.data_dir.join("files"));
+        if let Err(e) = &files {
+            tracing::error!(error = %e, "tasks that use secrets or configs cannot run on this node");
+        }
         let mut agent = Agent {
             runtime: runtime.clone(),
             db: db.clone(),
             reporter,
             controllers: HashMap::new(),
             cancel: cancel.clone(),
+            deps: files::SharedDeps::default(),
+            files,
         };
         let known = match db.tasks() {
             Ok(t) => t,

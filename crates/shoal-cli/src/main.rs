@@ -45,6 +45,44 @@ enum Cmd {
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage secrets (their data is never shown again).
+    #[command(subcommand)]
+    Secret(DataCmd),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(DataCmd),
+}
+
+/// Commands shared by secrets and configs.
+#[derive(Debug, Subcommand)]
+enum DataCmd {
+    /// Create from a file, or from standard input with "-".
+    Create {
+        /// Name (a DNS label).
+        name: String,
+        /// File with the data, or "-" for standard input.
+        file: String,
+        /// Labels (KEY=VALUE).
+        #[arg(short, long = "label")]
+        labels: Vec<String>,
+    },
+    /// List.
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
+    /// Show in detail (secrets without their data).
+    Inspect {
+        #[arg(long, default_value = "json")]
+        format: Format,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove (refused while a service uses it).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -414,6 +452,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Cluster(cmd) => cluster(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Node(cmd) => node(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Service(cmd) => service(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
+        Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
     }
 }
 
@@ -632,6 +672,120 @@ async fn update_node_spec(
 
 fn hostname_of(n: &v1::Node) -> String {
     n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default()
+}
+
+/// Size limit checked before sending (the manager checks it too).
+const MAX_DATA_BYTES: u64 = 500 * 1024;
+
+fn read_data(file: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .take(MAX_DATA_BYTES + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_DATA_BYTES + 1).read_to_end(&mut data))
+            .map_err(|e| format!("cannot read {file}: {e}"))?;
+    }
+    if data.len() as u64 > MAX_DATA_BYTES {
+        return Err(format!("{file} is larger than the {MAX_DATA_BYTES}-byte limit"));
+    }
+    Ok(data)
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    shoal_pki::rfc3339(t)
+}
+
+fn data_row(meta: &Option<Meta>, ann: Option<&Annotations>, size: Option<usize>) -> serde_json::Value {
+    let m = meta.clone().unwrap_or_default();
+    let mut row = serde_json::json!({
+        "id": m.id,
+        "name": ann.map(|a| a.name.clone()).unwrap_or_default(),
+        "created": rfc3339_ms(m.created_at_ms),
+        "updated": rfc3339_ms(m.updated_at_ms),
+    });
+    if let Some(n) = size {
+        row["size"] = serde_json::json!(n);
+    }
+    row
+}
+
+async fn data(c: &mut Client, cmd: DataCmd, secret: bool) -> Result<(), Fail> {
+    match cmd {
+        DataCmd::Create { name, file, labels } => {
+            let data = read_data(&file)?;
+            let labels = specs::labels(&labels)?;
+            let annotations = Some(Annotations { name: name.clone(), labels });
+            let id = if secret {
+                let spec = SecretSpec { annotations, data };
+                c.create_secret(CreateSecretRequest { spec: Some(spec) }).await?.into_inner().meta
+            } else {
+                let spec = ConfigSpec { annotations, data };
+                c.create_config(CreateConfigRequest { spec: Some(spec) }).await?.into_inner().meta
+            };
+            println!("{}", id.map(|m| m.id).unwrap_or_default());
+        }
+        DataCmd::Ls { format } => {
+            let rows: Vec<serde_json::Value> = if secret {
+                let list = c.list_secrets(ListSecretsRequest {}).await?.into_inner().secrets;
+                list.iter()
+                    .map(|s| data_row(&s.meta, s.spec.as_ref().and_then(|s| s.annotations.as_ref()), None))
+                    .collect()
+            } else {
+                let list = c.list_configs(ListConfigsRequest {}).await?.into_inner().configs;
+                list.iter()
+                    .map(|x| {
+                        let spec = x.spec.as_ref();
+                        data_row(&x.meta, spec.and_then(|s| s.annotations.as_ref()), spec.map(|s| s.data.len()))
+                    })
+                    .collect()
+            };
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(rows)),
+                Format::Table => print_table(
+                    &["ID", "NAME", "CREATED", "UPDATED"],
+                    rows.iter()
+                        .map(|r| {
+                            ["id", "name", "created", "updated"]
+                                .iter()
+                                .map(|k| r[*k].as_str().unwrap_or("").to_string())
+                                .collect()
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        DataCmd::Inspect { format, names } => {
+            let mut out = Vec::new();
+            for n in names {
+                let v = if secret {
+                    serde_json::to_value(c.get_secret(GetSecretRequest { secret: n }).await?.into_inner())
+                } else {
+                    serde_json::to_value(c.get_config(GetConfigRequest { config: n }).await?.into_inner())
+                };
+                out.push(v.unwrap_or_default());
+            }
+            match format {
+                Format::Json | Format::Table => print_json(&serde_json::Value::Array(out)),
+            }
+        }
+        DataCmd::Rm { names } => {
+            for n in names {
+                if secret {
+                    c.remove_secret(RemoveSecretRequest { secret: n.clone() }).await?;
+                } else {
+                    c.remove_config(RemoveConfigRequest { config: n.clone() }).await?;
+                }
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {

@@ -53,6 +53,72 @@ fn public_cluster(mut c: Cluster) -> Cluster {
     c
 }
 
+/// Largest secret or config (as Docker).
+const MAX_DATA_BYTES: usize = 500 * 1024;
+
+/// Fills in the ids of the secrets and configs a service spec names; unknown names are refused.
+fn resolve_refs(store: &shoal_store::Store, spec: &mut ServiceSpec) -> Result<(), ApiError> {
+    let Some(c) = spec.task_template.as_mut().and_then(|t| t.container.as_mut()) else { return Ok(()) };
+    for r in &mut c.secrets {
+        let q = if r.secret_id.is_empty() { r.secret_name.clone() } else { r.secret_id.clone() };
+        let found = store.lookup_secret(&q).map_err(|_| {
+            ApiError::Rejected(format!("secret {q:?} not found: create it first with `shoal secret create {q} FILE`"))
+        })?;
+        r.secret_id = id_of(&found.meta);
+        r.secret_name =
+            found.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
+    }
+    for r in &mut c.configs {
+        let q = if r.config_id.is_empty() { r.config_name.clone() } else { r.config_id.clone() };
+        let found = store.lookup_config(&q).map_err(|_| {
+            ApiError::Rejected(format!("config {q:?} not found: create it first with `shoal config create {q} FILE`"))
+        })?;
+        r.config_id = id_of(&found.meta);
+        r.config_name =
+            found.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// Names of the services whose spec refers to the secret (`secret`) or config with `id`.
+fn users_of(store: &shoal_store::Store, id: &str, secret: bool) -> Vec<String> {
+    store
+        .services()
+        .filter(|svc| {
+            let c = svc.spec.as_ref().and_then(|s| s.task_template.as_ref()).and_then(|t| t.container.as_ref());
+            c.is_some_and(|c| {
+                if secret {
+                    c.secrets.iter().any(|r| r.secret_id == id)
+                } else {
+                    c.configs.iter().any(|r| r.config_id == id)
+                }
+            })
+        })
+        .map(|svc| svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default())
+        .collect()
+}
+
+fn check_data(kind: &str, name: &str, data: &[u8]) -> Result<(), ApiError> {
+    validate::validate_name("name", name).map_err(ApiError::from)?;
+    if data.is_empty() {
+        return Err(ApiError::Rejected(format!("{kind} {name:?} is empty: give it some data")));
+    }
+    if data.len() > MAX_DATA_BYTES {
+        return Err(ApiError::Rejected(format!(
+            "{kind} {name:?} is {} bytes; the limit is {MAX_DATA_BYTES} bytes",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+fn without_data(mut s: Secret) -> Secret {
+    if let Some(spec) = s.spec.as_mut() {
+        spec.data.clear();
+    }
+    s
+}
+
 /// A join token: the digest of the cluster's CA certificate and the role's secret.
 fn token_for(cluster: &Cluster, role: NodeRole) -> String {
     let secrets = cluster.join_secrets.clone().unwrap_or_default();
@@ -533,6 +599,100 @@ impl Control for ControlService {
         Ok(Response::new(RenewCertificateResponse { cert_pem, ca_pem }))
     }
 
+    async fn create_secret(&self, req: Request<CreateSecretRequest>) -> R<Secret> {
+        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("secret spec must be set"))?;
+        let name = spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+        check_data("secret", &name, &spec.data)?;
+        let rt = self.node.require_manager()?;
+        if rt.store.read(|s| s.secret_by_name(&name).is_some()) {
+            return Err(ApiError::Rejected(format!("secret {name:?} already exists")).into());
+        }
+        let secret = Secret { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec) };
+        let r = propose(&self.node, vec![create_op(secret.into())]).await?;
+        let object::Kind::Secret(s) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(without_data(s)))
+    }
+
+    async fn list_secrets(&self, _req: Request<ListSecretsRequest>) -> R<ListSecretsResponse> {
+        let rt = self.node.require_manager()?;
+        let secrets = rt.store.read(|s| s.secrets().cloned().map(without_data).collect());
+        Ok(Response::new(ListSecretsResponse { secrets }))
+    }
+
+    async fn get_secret(&self, req: Request<GetSecretRequest>) -> R<Secret> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().secret;
+        let s = rt.store.read(|s| s.lookup_secret(&q).cloned()).map_err(ApiError::from)?;
+        Ok(Response::new(without_data(s)))
+    }
+
+    async fn remove_secret(&self, req: Request<RemoveSecretRequest>) -> R<RemoveSecretResponse> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().secret;
+        let (s, users) = rt
+            .store
+            .read(|st| st.lookup_secret(&q).map(|s| (s.clone(), users_of(st, &id_of(&s.meta), true))))
+            .map_err(ApiError::from)?;
+        if !users.is_empty() {
+            return Err(ApiError::Rejected(format!(
+                "secret {q:?} is in use by service(s) {}: remove it from them first",
+                users.join(", ")
+            ))
+            .into());
+        }
+        propose(&self.node, vec![delete_op(ObjectKind::Secret, &id_of(&s.meta), 0)]).await?;
+        Ok(Response::new(RemoveSecretResponse {}))
+    }
+
+    async fn create_config(&self, req: Request<CreateConfigRequest>) -> R<Config> {
+        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("config spec must be set"))?;
+        let name = spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+        check_data("config", &name, &spec.data)?;
+        let rt = self.node.require_manager()?;
+        if rt.store.read(|s| s.config_by_name(&name).is_some()) {
+            return Err(ApiError::Rejected(format!("config {name:?} already exists")).into());
+        }
+        let config = Config { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec) };
+        let r = propose(&self.node, vec![create_op(config.into())]).await?;
+        let object::Kind::Config(c) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(c))
+    }
+
+    async fn list_configs(&self, _req: Request<ListConfigsRequest>) -> R<ListConfigsResponse> {
+        let rt = self.node.require_manager()?;
+        let configs = rt.store.read(|s| s.configs().cloned().collect());
+        Ok(Response::new(ListConfigsResponse { configs }))
+    }
+
+    async fn get_config(&self, req: Request<GetConfigRequest>) -> R<Config> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().config;
+        let c = rt.store.read(|s| s.lookup_config(&q).cloned()).map_err(ApiError::from)?;
+        Ok(Response::new(c))
+    }
+
+    async fn remove_config(&self, req: Request<RemoveConfigRequest>) -> R<RemoveConfigResponse> {
+        let rt = self.node.require_manager()?;
+        let q = req.into_inner().config;
+        let (c, users) = rt
+            .store
+            .read(|st| st.lookup_config(&q).map(|c| (c.clone(), users_of(st, &id_of(&c.meta), false))))
+            .map_err(ApiError::from)?;
+        if !users.is_empty() {
+            return Err(ApiError::Rejected(format!(
+                "config {q:?} is in use by service(s) {}: remove it from them first",
+                users.join(", ")
+            ))
+            .into());
+        }
+        propose(&self.node, vec![delete_op(ObjectKind::Config, &id_of(&c.meta), 0)]).await?;
+        Ok(Response::new(RemoveConfigResponse {}))
+    }
+
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
         let rt = self.node.require_manager()?;
         let statuses = self.manager_statuses().await;
@@ -626,8 +786,10 @@ impl Control for ControlService {
     }
 
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> R<ServiceView> {
-        let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?;
+        let mut spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?;
         validate::validate_service_spec(&spec).map_err(ApiError::from)?;
+        let rt = self.node.require_manager()?;
+        rt.store.read(|s| resolve_refs(s, &mut spec))?;
         self.node.require_manager()?;
         let svc =
             Service { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec), ..Default::default() };
@@ -652,6 +814,8 @@ impl Control for ControlService {
             req.spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?
         };
         validate::validate_service_spec(&new_spec).map_err(ApiError::from)?;
+        let mut new_spec = new_spec;
+        rt.store.read(|s| resolve_refs(s, &mut new_spec))?;
         let old_name = old_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         let new_name = new_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         if old_name != new_name {

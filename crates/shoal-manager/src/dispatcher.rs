@@ -60,6 +60,41 @@ fn node_tasks(store: &shoal_store::Store, node_id: &str) -> HashMap<String, Task
         .collect()
 }
 
+/// The secrets and configs a node's tasks need.
+struct Deps {
+    secrets: Vec<shoal_api::v1::Secret>,
+    configs: Vec<shoal_api::v1::Config>,
+}
+
+impl Deps {
+    fn versions(&self) -> Vec<(String, u64)> {
+        let v = |m: &Option<shoal_api::v1::Meta>| m.as_ref().map(|m| (m.id.clone(), m.version)).unwrap_or_default();
+        self.secrets.iter().map(|s| v(&s.meta)).chain(self.configs.iter().map(|c| v(&c.meta))).collect()
+    }
+}
+
+/// Only what the node's runnable tasks refer to: a node never receives another secret.
+fn dependencies(store: &shoal_store::Store, tasks: &HashMap<String, Task>) -> Deps {
+    let mut secret_ids = std::collections::BTreeSet::new();
+    let mut config_ids = std::collections::BTreeSet::new();
+    for t in tasks.values() {
+        let observed = t.status.as_ref().map_or(0, |s| s.state);
+        if t.desired_state > shoal_api::v1::TaskState::Running as i32
+            || observed >= shoal_api::v1::TaskState::Complete as i32
+        {
+            continue;
+        }
+        if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
+            secret_ids.extend(c.secrets.iter().map(|r| r.secret_id.clone()));
+            config_ids.extend(c.configs.iter().map(|r| r.config_id.clone()));
+        }
+    }
+    Deps {
+        secrets: secret_ids.iter().filter_map(|id| store.secret(id).cloned()).collect(),
+        configs: config_ids.iter().filter_map(|id| store.config(id).cloned()).collect(),
+    }
+}
+
 fn version(t: &Task) -> u64 {
     t.meta.as_ref().map_or(0, |m| m.version)
 }
@@ -84,9 +119,17 @@ impl Dispatcher for DispatcherService {
             let mut applied = rt.store.applied();
             let mut metrics = rt.raft.metrics();
             let mut sent: HashMap<String, u64> = HashMap::new();
+            let mut sent_deps: Option<Vec<(String, u64)>> = None;
             let mut first = true;
             loop {
-                let current = rt.store.read(|s| node_tasks(s, &node_id));
+                let (current, deps) = rt.store.read(|s| {
+                    let current = node_tasks(s, &node_id);
+                    let deps = dependencies(s, &current);
+                    (current, deps)
+                });
+                let dep_versions: Vec<(String, u64)> = deps.versions();
+                let deps_changed = sent_deps.as_ref() != Some(&dep_versions);
+                sent_deps = Some(dep_versions);
                 let msg = if first {
                     first = false;
                     sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
@@ -94,6 +137,9 @@ impl Dispatcher for DispatcherService {
                         r#type: assignments_message::Type::Complete as i32,
                         tasks: current.into_values().collect(),
                         removed: Vec::new(),
+                        dependencies: true,
+                        secrets: deps.secrets,
+                        configs: deps.configs,
                     })
                 } else {
                     let changed: Vec<Task> = current
@@ -103,10 +149,13 @@ impl Dispatcher for DispatcherService {
                         .collect();
                     let removed: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
                     sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
-                    (!changed.is_empty() || !removed.is_empty()).then_some(AssignmentsMessage {
+                    (!changed.is_empty() || !removed.is_empty() || deps_changed).then(|| AssignmentsMessage {
                         r#type: assignments_message::Type::Incremental as i32,
                         tasks: changed,
                         removed,
+                        dependencies: deps_changed,
+                        secrets: if deps_changed { deps.secrets } else { Vec::new() },
+                        configs: if deps_changed { deps.configs } else { Vec::new() },
                     })
                 };
                 if let Some(msg) = msg {

@@ -84,7 +84,8 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     // manager's port; an admin certificate gives remote CLI access (here to a follower).
     let remote = "10.232.1.2:4242";
     let plain = shoal_manager::client::tcp_endpoint(remote)?.connect_lazy();
-    let r = shoal_api::v1::control_client::ControlClient::new(plain).list_nodes(shoal_api::v1::ListNodesRequest {}).await;
+    let r =
+        shoal_api::v1::control_client::ControlClient::new(plain).list_nodes(shoal_api::v1::ListNodesRequest {}).await;
     assert!(r.is_err(), "plaintext gRPC must be refused: {r:?}");
     let o = shoal(remote, &["node", "ls"]).await?;
     assert!(!o.ok && o.stderr.contains("takes only mTLS"), "{}", o.stderr);
@@ -278,6 +279,75 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         }
     })
     .await?;
+    // Secrets and configs: mounted read-only in the containers that use them, kept in a tmpfs
+    // only on the nodes that run such tasks, never shown by inspect, not removable while used.
+    let secret_file = hosts.dir.path().join("db-pass.txt");
+    std::fs::write(&secret_file, "s3cr3t-value-42\n")?;
+    let config_file = hosts.dir.path().join("app.conf");
+    std::fs::write(&config_file, "mode=fast\n")?;
+    shoal_ok(&h, &["secret", "create", "db-pass", secret_file.to_str().context("path")?]).await?;
+    shoal_ok(&h, &["config", "create", "app-cfg", config_file.to_str().context("path")?]).await?;
+    let inspect = shoal_ok(&h, &["secret", "inspect", "db-pass"]).await?;
+    assert!(!inspect.stdout.contains("s3cr3t") && !inspect.stdout.contains("czNjcjN0"), "{}", inspect.stdout);
+    shoal_ok(
+        &h,
+        &[
+            "service",
+            "create",
+            "--name",
+            "sec",
+            "--secret",
+            "db-pass",
+            "--config",
+            "source=app-cfg,target=/etc/app.conf",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /run/secrets/db-pass /etc/app.conf; exec sleep 1003",
+        ],
+    )
+    .await?;
+    let ts = wait_running(&h, "sec", 1).await?;
+    let on = ts[0]["node"].as_str().context("node")?.trim_start_matches("host").parse::<usize>()?;
+    wait_until(T, "the secret and the config in the service's logs", || {
+        let h = h.clone();
+        async move {
+            let o = shoal(&h, &["service", "logs", "sec"]).await.ok()?;
+            (o.stdout.contains("s3cr3t-value-42") && o.stdout.contains("mode=fast")).then_some(())
+        }
+    })
+    .await?;
+    let holds_secret = |i: usize| -> bool {
+        let dir = hosts.dir.path().join(format!("h{i}/data/agent/files"));
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if std::fs::read_to_string(&p).is_ok_and(|t| t.contains("s3cr3t-value-42")) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    for i in 1..=5 {
+        assert_eq!(holds_secret(i), i == on, "host{i} holds the secret only if it runs the task (it is on host{on})");
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let files_dir = hosts.dir.path().join(format!("h{on}/data/agent/files"));
+    assert!(
+        mounts.lines().any(|l| l.contains(&format!(" {} tmpfs ", files_dir.display()))),
+        "the files live on a tmpfs"
+    );
+    let o = shoal(&h, &["secret", "rm", "db-pass"]).await?;
+    assert!(!o.ok && o.stderr.contains("in use by service(s) sec"), "{}", o.stderr);
+    shoal_ok(&h, &["service", "rm", "sec"]).await?;
+    wait_until(T, "the secret gone from the node", || async { (!holds_secret(on)).then_some(()) }).await?;
+    shoal_ok(&h, &["secret", "rm", "db-pass"]).await?;
+    shoal_ok(&h, &["config", "rm", "app-cfg"]).await?;
+
     // Nothing else was disturbed.
     wait_running(&h, "web", 6).await?;
     for s in ["web", "agent", "crash", "nowhere", "ghost"] {

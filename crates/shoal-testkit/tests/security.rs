@@ -279,3 +279,54 @@ async fn certificates_renew_and_an_expired_one_is_refused() -> Result<()> {
     assert_eq!(w2_state, Some(NodeState::Down), "the managers do not take the expired node back");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_validated_and_their_data_never_comes_back() -> Result<()> {
+    init_logging();
+    let root = tempfile::tempdir()?;
+    let m1 = node(root.path(), "m1").await?;
+    init(&m1, None).await?;
+    let mut c = control(&m1.host()).await?;
+    let spec = |name: &str, data: &[u8]| SecretSpec {
+        annotations: Some(Annotations { name: name.into(), ..Default::default() }),
+        data: data.to_vec(),
+    };
+    let create = |s: SecretSpec| {
+        let mut c = c.clone();
+        async move { c.create_secret(CreateSecretRequest { spec: Some(s) }).await.map(|r| r.into_inner()) }
+    };
+    let r = create(spec("empty", b"")).await;
+    assert!(r.as_ref().is_err_and(|s| s.message().contains("is empty")), "{r:?}");
+    let big = vec![b'x'; 500 * 1024 + 1];
+    let r = create(spec("big", &big)).await;
+    assert!(r.as_ref().is_err_and(|s| s.message().contains("the limit is 512000 bytes")), "{r:?}");
+    let r = create(spec("-bad name", b"x")).await;
+    assert!(r.is_err(), "invalid name refused: {r:?}");
+    let made = create(spec("db-pass", b"hunter2")).await?;
+    assert!(made.spec.as_ref().is_some_and(|s| s.data.is_empty()), "create does not echo the data");
+    let r = create(spec("db-pass", b"again")).await;
+    assert!(r.as_ref().is_err_and(|s| s.message().contains("already exists")), "{r:?}");
+    let listed = c.list_secrets(ListSecretsRequest {}).await?.into_inner().secrets;
+    assert_eq!(listed.len(), 1);
+    assert!(listed.iter().all(|s| s.spec.as_ref().is_some_and(|s| s.data.is_empty())));
+    let got = c.get_secret(GetSecretRequest { secret: "db-pass".into() }).await?.into_inner();
+    assert!(got.spec.as_ref().is_some_and(|s| s.data.is_empty()));
+    // A service may only name secrets that exist.
+    let mut svc = spec_with_secret("web", "nope");
+    let r = c.create_service(CreateServiceRequest { spec: Some(svc.clone()) }).await;
+    assert!(r.as_ref().is_err_and(|s| s.message().contains("secret \"nope\" not found")), "{r:?}");
+    svc = spec_with_secret("web", "db-pass");
+    c.create_service(CreateServiceRequest { spec: Some(svc) }).await?;
+    let r = c.remove_secret(RemoveSecretRequest { secret: "db-pass".into() }).await;
+    assert!(r.as_ref().is_err_and(|s| s.message().contains("in use by service(s) web")), "{r:?}");
+    assert_eq!(c.list_secrets(ListSecretsRequest {}).await?.into_inner().secrets.len(), 1, "nothing removed");
+    Ok(())
+}
+
+fn spec_with_secret(name: &str, secret: &str) -> ServiceSpec {
+    let mut s = spec(name);
+    if let Some(c) = s.task_template.as_mut().and_then(|t| t.container.as_mut()) {
+        c.secrets.push(SecretReference { secret_name: secret.into(), ..Default::default() });
+    }
+    s
+}
