@@ -93,8 +93,19 @@ impl Controller {
     }
 
     /// Runs until the task reached a terminal state (the agent removes the container once the
-    /// task leaves this node's assignments) or the agent shuts down.
+    /// task leaves this node's assignments) or the agent shuts down. A task that ended has its
+    /// secret and config files deleted at once.
     pub async fn run(mut self) {
+        let id = task_id(&self.task.borrow());
+        self.drive().await;
+        if self.done() {
+            if let Ok(f) = &self.files {
+                f.remove(&id);
+            }
+        }
+    }
+
+    async fn drive(&mut self) {
         let task = self.task.borrow().clone();
         let id = task_id(&task);
         if self.done() {

@@ -52,6 +52,12 @@ fn find<'a>(views: &'a [NodeView], hostname: &str) -> Option<&'a v1::Node> {
         .find(|n| n.description.as_ref().is_some_and(|d| d.hostname == hostname))
 }
 
+/// The role (OU) in the node's current certificate.
+fn cert_role(n: &InProcessNode) -> Option<String> {
+    let pem = std::fs::read_to_string(n.dir.join("pki/node.crt")).ok()?;
+    shoal_pki::identity_from_pem(&pem).ok().map(|i| i.role.to_string())
+}
+
 async fn voters(host: &str) -> Option<usize> {
     let i = control(host).await.ok()?.info(InfoRequest {}).await.ok()?.into_inner();
     i.raft.map(|r| r.voters.len())
@@ -122,6 +128,8 @@ async fn join_promote_demote_and_remove() -> Result<()> {
         (find(&v, "w1")?.role() == NodeRole::Manager).then_some(())
     })
     .await?;
+    // Its certificate was reissued with the new role.
+    assert_eq!(cert_role(&w1).as_deref(), Some("manager"));
     // The new manager serves reads of the replicated state.
     create(&h, "web").await?;
     let wh = w1.host();
@@ -136,6 +144,10 @@ async fn join_promote_demote_and_remove() -> Result<()> {
     wait_until(T, "w1 to stop raft", || async {
         let i = control(&wh).await.ok()?.info(InfoRequest {}).await.ok()?.into_inner();
         (i.state == "worker" && i.raft.is_none()).then_some(())
+    })
+    .await?;
+    wait_until(T, "w1 to hold a worker certificate again", || async {
+        (cert_role(&w1).as_deref() == Some("worker")).then_some(())
     })
     .await?;
 
