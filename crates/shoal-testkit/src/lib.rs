@@ -120,6 +120,39 @@ impl InProcessNode {
         }
         Err(last.unwrap_or_else(|| anyhow!("restart failed")))
     }
+
+    /// Starts a node named `name` in `root/name` on a free loopback port.
+    pub async fn start_in(root: &Path, name: &str) -> Result<Self> {
+        Self::start(&root.join(name), "127.0.0.1:0".parse()?, name).await
+    }
+
+    /// Makes this node the first manager of a new cluster.
+    pub async fn init(&self, settings: Option<shoal_api::v1::ClusterSettings>) -> Result<()> {
+        let req = shoal_api::v1::InitClusterRequest { advertise_addr: String::new(), settings };
+        control(&self.host()).await?.init_cluster(req).await?;
+        Ok(())
+    }
+
+    /// The join token for `role` (this node must be a manager).
+    pub async fn join_token(&self, role: shoal_api::v1::NodeRole) -> Result<String> {
+        let req = shoal_api::v1::GetJoinTokenRequest { role: role as i32, rotate: false };
+        Ok(control(&self.host()).await?.get_join_token(req).await?.into_inner().token)
+    }
+
+    /// Joins this node to `via`'s cluster with `token`.
+    pub async fn join(
+        &self,
+        token: &str,
+        via: &InProcessNode,
+    ) -> Result<shoal_api::v1::JoinClusterResponse, tonic::Status> {
+        let mut c = control(&self.host()).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let req = shoal_api::v1::JoinClusterRequest {
+            token: token.into(),
+            remote_addr: via.addr(),
+            advertise_addr: String::new(),
+        };
+        c.join_cluster(req).await.map(|r| r.into_inner())
+    }
 }
 
 /// Where the built `shoald` and `shoal` binaries are: `SHOAL_BIN_DIR`, else next to the test

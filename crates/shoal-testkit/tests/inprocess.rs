@@ -11,33 +11,19 @@ use shoal_testkit::{control, init_logging, wait_until, InProcessNode};
 const T: Duration = Duration::from_secs(30);
 
 async fn node(root: &std::path::Path, name: &str) -> Result<InProcessNode> {
-    let dir = root.join(name);
-    InProcessNode::start(&dir, "127.0.0.1:0".parse()?, name).await
+    InProcessNode::start_in(root, name).await
 }
 
 async fn init(n: &InProcessNode, settings: Option<ClusterSettings>) -> Result<()> {
-    control(&n.host()).await?.init_cluster(InitClusterRequest { advertise_addr: String::new(), settings }).await?;
-    Ok(())
+    n.init(settings).await
 }
 
 async fn token(n: &InProcessNode, role: NodeRole) -> Result<String> {
-    Ok(control(&n.host())
-        .await?
-        .get_join_token(GetJoinTokenRequest { role: role as i32, rotate: false })
-        .await?
-        .into_inner()
-        .token)
+    n.join_token(role).await
 }
 
 async fn join(n: &InProcessNode, token: &str, via: &InProcessNode) -> Result<()> {
-    control(&n.host())
-        .await?
-        .join_cluster(JoinClusterRequest {
-            token: token.into(),
-            remote_addr: via.addr(),
-            advertise_addr: String::new(),
-        })
-        .await?;
+    n.join(token, via).await?;
     Ok(())
 }
 

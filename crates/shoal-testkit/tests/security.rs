@@ -14,28 +14,19 @@ use tonic::transport::Channel;
 const T: Duration = Duration::from_secs(30);
 
 async fn node(root: &Path, name: &str) -> Result<InProcessNode> {
-    InProcessNode::start(&root.join(name), "127.0.0.1:0".parse()?, name).await
+    InProcessNode::start_in(root, name).await
 }
 
 async fn init(n: &InProcessNode, settings: Option<ClusterSettings>) -> Result<()> {
-    control(&n.host()).await?.init_cluster(InitClusterRequest { advertise_addr: String::new(), settings }).await?;
-    Ok(())
+    n.init(settings).await
 }
 
 async fn token(n: &InProcessNode, role: NodeRole) -> Result<String> {
-    Ok(control(&n.host())
-        .await?
-        .get_join_token(GetJoinTokenRequest { role: role as i32, rotate: false })
-        .await?
-        .into_inner()
-        .token)
+    n.join_token(role).await
 }
 
 async fn join(n: &InProcessNode, token: &str, via: &InProcessNode) -> Result<JoinClusterResponse, tonic::Status> {
-    let mut c = control(&n.host()).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    c.join_cluster(JoinClusterRequest { token: token.into(), remote_addr: via.addr(), advertise_addr: String::new() })
-        .await
-        .map(|r| r.into_inner())
+    n.join(token, via).await
 }
 
 /// A TLS channel to `addr` as the holder of the certificate in `dir` (`pki/` of a node's data
