@@ -170,8 +170,13 @@ async fn every_call_is_checked_against_the_callers_certificate() -> Result<()> {
     let now = std::time::SystemTime::now();
     let forged = other_ca.issue(&key.csr_pem("intruder")?, &subject, now, now + Duration::from_secs(3600))?;
     let foreign = tls_channel(&m1.addr(), &wc.ca, Some((&forged, &key.key_pem())))?;
+    // (With TLS 1.3 the client learns of the refusal after its handshake, so the call fails as
+    // Unavailable, Unknown or Cancelled depending on timing; the server logs the reason.)
     let e = create_service(foreign, "forged").await.expect_err("foreign CA refused");
-    assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown), "{e:?}");
+    assert!(
+        matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
+        "{e:?}"
+    );
 
     // Plaintext is not served at all.
     let plain = shoal_manager::client::tcp_endpoint(&m1.addr())?.connect_lazy();
