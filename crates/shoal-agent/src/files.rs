@@ -89,7 +89,7 @@ impl FileRoot {
                 r.target.as_ref().map(|t| t.name.clone()).filter(|n| !n.is_empty()).unwrap_or(r.secret_name.clone());
             let data = s.spec.as_ref().map(|s| s.data.as_slice()).unwrap_or_default();
             let file = dir.join(format!("secret-{i}"));
-            write(&file, data, r.target.as_ref().map_or(0o444, |t| t.mode))?;
+            write(&file, data, r.target.as_ref())?;
             let target = if name.starts_with('/') { name } else { format!("/run/secrets/{name}") };
             mounts.push(MountSpec::Bind { source: file, target, read_only: true });
         }
@@ -106,7 +106,7 @@ impl FileRoot {
                 .unwrap_or(format!("/{}", r.config_name));
             let data = cfg.spec.as_ref().map(|s| s.data.as_slice()).unwrap_or_default();
             let file = dir.join(format!("config-{i}"));
-            write(&file, data, r.target.as_ref().map_or(0o444, |t| t.mode))?;
+            write(&file, data, r.target.as_ref())?;
             mounts.push(MountSpec::Bind { source: file, target, read_only: true });
         }
         Ok(mounts)
@@ -121,10 +121,20 @@ impl FileRoot {
     }
 }
 
-fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+/// Writes a task file with the target's mode (default 0444) and numeric owner (default root).
+fn write(path: &Path, data: &[u8], target: Option<&shoal_api::v1::FileTarget>) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = target.map_or(0, |t| t.mode);
     let mode = if mode == 0 { 0o444 } else { mode & 0o777 };
+    let id = |s: Option<&String>, what: &str| -> Result<Option<u32>, String> {
+        match s.map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| format!("{what} {v:?} of {} must be numeric", path.display())),
+        }
+    };
+    let uid = id(target.map(|t| &t.uid), "uid")?;
+    let gid = id(target.map(|t| &t.gid), "gid")?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -134,7 +144,11 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     f.write_all(data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid).map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -158,7 +172,12 @@ mod tests {
                     secrets: vec![SecretReference {
                         secret_id: "s1".into(),
                         secret_name: "db-pass".into(),
-                        target: Some(FileTarget { name: "db".into(), mode: 0o400, ..Default::default() }),
+                        target: Some(FileTarget {
+                            name: "db".into(),
+                            mode: 0o400,
+                            uid: "1000".into(),
+                            gid: "1001".into(),
+                        }),
                     }],
                     ..Default::default()
                 }),
@@ -174,7 +193,10 @@ mod tests {
         assert_eq!((target.as_str(), *read_only), ("/run/secrets/db", true));
         assert_eq!(std::fs::read(source).expect("read"), b"hunter2");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(source).expect("meta").permissions().mode() & 0o777, 0o400);
+        let meta = std::fs::metadata(source).expect("meta");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1001), "owned as the target says");
         root.remove("t1");
         assert!(!source.exists());
     }

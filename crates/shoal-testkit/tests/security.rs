@@ -173,10 +173,7 @@ async fn every_call_is_checked_against_the_callers_certificate() -> Result<()> {
     // (With TLS 1.3 the client learns of the refusal after its handshake, so the call fails as
     // Unavailable, Unknown or Cancelled depending on timing; the server logs the reason.)
     let e = create_service(foreign, "forged").await.expect_err("foreign CA refused");
-    assert!(
-        matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
-        "{e:?}"
-    );
+    assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled), "{e:?}");
 
     // Plaintext is not served at all.
     let plain = shoal_manager::client::tcp_endpoint(&m1.addr())?.connect_lazy();
