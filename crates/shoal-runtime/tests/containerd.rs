@@ -1,6 +1,6 @@
 //! The containerd runtime against a real, private containerd and a real local registry holding
 //! an image built from busybox-static. Needs root, containerd, runc, docker-registry, umoci,
-//! skopeo and busybox-static; a missing piece fails the test.
+//! skopeo, busybox-static and htpasswd (apache2-utils); a missing piece fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,14 +229,13 @@ async fn containers_run_from_a_pulled_image() {
 /// A second registry over the same storage that wants a password (htpasswd, bcrypt).
 fn auth_registry(f: &Fixture) -> (Child, String) {
     let d = f.dir.path();
-    let hash = Command::new("python3")
-        .args(["-c", "import crypt; print(crypt.crypt('s3cr3t', crypt.mksalt(crypt.METHOD_BLOWFISH)))"])
-        .stderr(Stdio::null())
+    let line = Command::new("htpasswd")
+        .args(["-nbB", "alice", "s3cr3t"])
         .output()
-        .expect("python3 makes the bcrypt hash");
-    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
-    assert!(hash.starts_with("$2"), "no bcrypt hash from python3's crypt: {hash:?}");
-    std::fs::write(d.join("htpasswd"), format!("alice:{hash}\n")).expect("htpasswd");
+        .expect("htpasswd must be installed (apt-get install apache2-utils)");
+    let line = String::from_utf8_lossy(&line.stdout).trim().to_string();
+    assert!(line.starts_with("alice:$2"), "no bcrypt entry from htpasswd: {line:?}");
+    std::fs::write(d.join("htpasswd"), format!("{line}\n")).expect("htpasswd");
     let reg = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         d.join("registry-auth.yml"),
