@@ -44,6 +44,47 @@ impl Drop for Fixture {
     }
 }
 
+/// Status code of `GET /v2/` at `addr`, if something answers HTTP there.
+fn v2_status(addr: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n]).split(' ').nth(1)?.parse().ok()
+}
+
+/// Starts docker-registry with the config `make(addr)` writes to `path`, on a free port. Other
+/// tests pick free ports at the same time, so the registry is only taken once it is our process
+/// that answers `GET /v2/` with `want` (200 open, 401 with a password).
+fn start_registry(path: &Path, want: u16, make: impl Fn(&str) -> String) -> (Child, String) {
+    for _ in 0..10 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        std::fs::write(path, make(&addr)).expect("registry config");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry must be installed (apt-get install docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                break; // the port was taken: try another
+            }
+            if v2_status(&addr) == Some(want) && child.try_wait().ok().flatten().is_none() {
+                return (child, addr);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("docker-registry did not come up on a free port in 10 attempts");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
@@ -77,25 +118,12 @@ fn fixture() -> Fixture {
         .stderr(std::fs::File::create(d.join("containerd.log")).expect("log"))
         .spawn()
         .expect("containerd must be installed (apt-get install containerd runc)");
-    let port = free_port();
-    let reg = format!("127.0.0.1:{port}");
-    std::fs::write(
-        d.join("registry.yml"),
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {reg}\n",
-            d.join("registry").display()
-        ),
-    )
-    .expect("registry config");
-    let registry = Command::new("docker-registry")
-        .arg("serve")
-        .arg(d.join("registry.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry must be installed (apt-get install docker-registry)");
+    let root = d.join("registry");
+    let (registry, reg) = start_registry(&d.join("registry.yml"), 200, |addr| {
+        format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", root.display())
+    });
+    let port = reg.rsplit(':').next().unwrap_or("0").to_string();
     wait_for("containerd socket", || sock.exists());
-    wait_for("registry", || std::net::TcpStream::connect(&reg).is_ok());
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/images/build.sh");
     let st = Command::new(build).arg(d.join("image")).arg(&reg).stdout(Stdio::null()).status().expect("build.sh");
     assert!(st.success(), "building the test image failed");
@@ -236,25 +264,14 @@ fn auth_registry(f: &Fixture) -> (Child, String) {
     let line = String::from_utf8_lossy(&line.stdout).trim().to_string();
     assert!(line.starts_with("alice:$2"), "no bcrypt entry from htpasswd: {line:?}");
     std::fs::write(d.join("htpasswd"), format!("{line}\n")).expect("htpasswd");
-    let reg = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        d.join("registry-auth.yml"),
+    let (root, htpasswd) = (d.join("registry"), d.join("htpasswd"));
+    start_registry(&d.join("registry-auth.yml"), 401, |addr| {
         format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {reg}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
-            d.join("registry").display(),
-            d.join("htpasswd").display()
-        ),
-    )
-    .expect("registry config");
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(d.join("registry-auth.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry");
-    wait_for("registry with auth", || std::net::TcpStream::connect(&reg).is_ok());
-    (child, reg)
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+            root.display(),
+            htpasswd.display()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
