@@ -39,8 +39,8 @@ pub struct Controller {
     /// Last status reported (persisted): the controller never reports a state below it.
     last: TaskStatus,
     cancel: CancellationToken,
+    /// Where the task's secret and config files go (or why they cannot).
     files: Result<crate::files::FileRoot, String>,
-    deps: crate::files::SharedDeps,
 }
 
 impl Controller {
@@ -52,24 +52,9 @@ impl Controller {
         adopted: Option<ContainerState>,
         last: TaskStatus,
         cancel: CancellationToken,
+        files: Result<crate::files::FileRoot, String>,
     ) -> Self {
-        Self {
-            task,
-            runtime,
-            reporter,
-            adopted,
-            last,
-            cancel,
-            files: Err("no file root".into()),
-            deps: crate::files::SharedDeps::default(),
-        }
-    }
-
-    /// Where the task's secret and config files go, and the secrets and configs delivered.
-    pub fn with_files(mut self, files: Result<crate::files::FileRoot, String>, deps: crate::files::SharedDeps) -> Self {
-        self.files = files;
-        self.deps = deps;
-        self
+        Self { task, runtime, reporter, adopted, last, cancel, files }
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -161,7 +146,7 @@ impl Controller {
             .is_some_and(|c| !c.secrets.is_empty() || !c.configs.is_empty());
         if wants_files {
             let mounts = match &self.files {
-                Ok(root) => root.materialize(task, &self.deps),
+                Ok(root) => root.materialize(task),
                 Err(e) => Err(e.clone()),
             };
             match mounts {

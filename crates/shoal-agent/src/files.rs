@@ -12,30 +12,28 @@ use shoal_runtime::MountSpec;
 
 /// The secrets and configs this node may use, by id.
 #[derive(Default)]
-pub struct Deps {
+struct Deps {
     secrets: HashMap<String, Secret>,
     configs: HashMap<String, Config>,
 }
-
-/// Shared between the session (which replaces it) and the task controllers (which read it).
-pub type SharedDeps = Arc<RwLock<Deps>>;
 
 fn meta_id(m: &Option<shoal_api::v1::Meta>) -> String {
     m.as_ref().map(|m| m.id.clone()).unwrap_or_default()
 }
 
 impl Deps {
-    /// Replaces everything with the dispatcher's complete set.
-    pub fn replace(&mut self, secrets: Vec<Secret>, configs: Vec<Config>) {
+    fn replace(&mut self, secrets: Vec<Secret>, configs: Vec<Config>) {
         self.secrets = secrets.into_iter().map(|s| (meta_id(&s.meta), s)).collect();
         self.configs = configs.into_iter().map(|c| (meta_id(&c.meta), c)).collect();
     }
 }
 
-/// Where the files of tasks live: a tmpfs the agent mounts.
-#[derive(Debug, Clone)]
+/// Where the files of tasks live (a tmpfs the agent mounts), and the secrets and configs
+/// delivered to this node; clones share them.
+#[derive(Clone)]
 pub struct FileRoot {
     dir: PathBuf,
+    deps: Arc<RwLock<Deps>>,
 }
 
 fn is_mountpoint(dir: &Path) -> bool {
@@ -62,7 +60,12 @@ impl FileRoot {
                 return Err(format!("cannot mount a tmpfs at {} (is shoald running as root?)", dir.display()));
             }
         }
-        Ok(FileRoot { dir })
+        Ok(FileRoot { dir, deps: Arc::default() })
+    }
+
+    /// Replaces the delivered secrets and configs with the dispatcher's complete set.
+    pub fn set_deps(&self, secrets: Vec<Secret>, configs: Vec<Config>) {
+        self.deps.write().unwrap_or_else(|p| p.into_inner()).replace(secrets, configs);
     }
 
     fn task_dir(&self, task_id: &str) -> PathBuf {
@@ -70,7 +73,7 @@ impl FileRoot {
     }
 
     /// Writes the task's secret and config files; returns the mounts that put them in place.
-    pub fn materialize(&self, task: &Task, deps: &SharedDeps) -> Result<Vec<MountSpec>, String> {
+    pub fn materialize(&self, task: &Task) -> Result<Vec<MountSpec>, String> {
         let Some(c) = task.spec.as_ref().and_then(|s| s.container.as_ref()) else { return Ok(Vec::new()) };
         if c.secrets.is_empty() && c.configs.is_empty() {
             return Ok(Vec::new());
@@ -78,7 +81,7 @@ impl FileRoot {
         let id = meta_id(&task.meta);
         let dir = self.task_dir(&id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let deps = deps.read().unwrap_or_else(|p| p.into_inner());
+        let deps = self.deps.read().unwrap_or_else(|p| p.into_inner());
         let mut mounts = Vec::new();
         for (i, r) in c.secrets.iter().enumerate() {
             let s = deps
@@ -159,8 +162,7 @@ mod tests {
     #[test]
     fn only_delivered_secrets_materialize_and_files_go_away() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = FileRoot { dir: dir.path().to_path_buf() };
-        let deps: SharedDeps = Arc::default();
+        let root = FileRoot { dir: dir.path().to_path_buf(), deps: Arc::default() };
         let secret = Secret {
             meta: Some(Meta { id: "s1".into(), ..Default::default() }),
             spec: Some(SecretSpec { data: b"hunter2".to_vec(), ..Default::default() }),
@@ -185,10 +187,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        let e = root.materialize(&task, &deps).expect_err("not delivered");
+        let e = root.materialize(&task).expect_err("not delivered");
         assert!(e.contains("has not reached this node"), "{e}");
-        deps.write().expect("lock").replace(vec![secret], vec![]);
-        let mounts = root.materialize(&task, &deps).expect("materialize");
+        root.set_deps(vec![secret], vec![]);
+        let mounts = root.materialize(&task).expect("materialize");
         let MountSpec::Bind { source, target, read_only } = &mounts[0] else { panic!("bind expected") };
         assert_eq!((target.as_str(), *read_only), ("/run/secrets/db", true));
         assert_eq!(std::fs::read(source).expect("read"), b"hunter2");

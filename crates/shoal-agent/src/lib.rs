@@ -65,7 +65,6 @@ struct Agent {
     reporter: reporter::Reporter,
     controllers: HashMap<String, Running>,
     cancel: CancellationToken,
-    deps: files::SharedDeps,
     files: Result<files::FileRoot, String>,
 }
 
@@ -79,9 +78,15 @@ impl Agent {
         let last = self.db.status(&id).ok().flatten().or_else(|| task.status.clone()).unwrap_or_default();
         let (tx, rx) = watch::channel(task);
         let cancel = self.cancel.child_token();
-        let c =
-            controller::Controller::new(rx, self.runtime.clone(), self.reporter.clone(), adopted, last, cancel.clone())
-                .with_files(self.files.clone(), self.deps.clone());
+        let c = controller::Controller::new(
+            rx,
+            self.runtime.clone(),
+            self.reporter.clone(),
+            adopted,
+            last,
+            cancel.clone(),
+            self.files.clone(),
+        );
         tokio::spawn(c.run());
         self.controllers.insert(id, Running { tx, cancel });
     }
@@ -123,8 +128,8 @@ impl Agent {
 
     fn apply(&mut self, msg: shoal_api::v1::AssignmentsMessage) {
         // Secrets and configs first: the tasks in the same message may need them.
-        if msg.dependencies {
-            self.deps.write().unwrap_or_else(|p| p.into_inner()).replace(msg.secrets, msg.configs);
+        if let (true, Ok(files)) = (msg.dependencies, &self.files) {
+            files.set_deps(msg.secrets, msg.configs);
         }
         if msg.r#type == assignments_message::Type::Complete as i32 {
             let keep: std::collections::HashSet<String> = msg.tasks.iter().map(id_of).collect();
@@ -181,7 +186,6 @@ pub async fn start(
             reporter,
             controllers: HashMap::new(),
             cancel: cancel.clone(),
-            deps: files::SharedDeps::default(),
             files,
         };
         let known = match db.tasks() {

@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod ids;
 pub mod names;
 pub mod objects;
+pub mod timefmt;
 pub mod token;
 pub mod validate;
 

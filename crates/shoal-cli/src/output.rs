@@ -152,7 +152,7 @@ pub fn cluster_pretty(c: &Cluster) {
     println!("Task history limit: {}", s.task_history_limit);
     println!("Node certificates:  valid {}", d(s.node_cert_validity_s * 1000));
     if let Some(ca) = &c.root_ca {
-        let digest = shoal_manager::node::rustls_pem_der(&ca.cert_pem).map(|d| shoal_pki::ca_digest(&d));
+        let digest = shoal_pki::cert_der_from_pem(&ca.cert_pem).ok().map(|d| shoal_pki::ca_digest(&d));
         println!("CA digest:          {}", digest.unwrap_or_default());
     }
 }

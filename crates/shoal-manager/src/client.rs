@@ -95,7 +95,7 @@ pub fn admin_tls(dir: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientC
         std::fs::read_to_string(dir.join(f)).map_err(|e| format!("cannot read {}: {e}", dir.join(f).display()))
     };
     let (ca, cert, key) = (read(ADMIN_CA_FILE)?, read(ADMIN_CERT_FILE)?, read(ADMIN_KEY_FILE)?);
-    let ca_der = crate::node::rustls_pem_der(&ca).ok_or_else(|| format!("{}: not a certificate", ADMIN_CA_FILE))?;
+    let ca_der = shoal_pki::cert_der_from_pem(&ca).map_err(|e| format!("{ADMIN_CA_FILE}: {e}"))?;
     let id = shoal_pki::identity_from_pem(&cert).map_err(|e| format!("{ADMIN_CERT_FILE}: {e}"))?;
     if id.not_after <= std::time::SystemTime::now() {
         return Err(format!(

@@ -222,12 +222,9 @@ impl ControlService {
         if !key.matches(&resp.cert_pem).unwrap_or(false) {
             return Err(ApiError::Rejected("the manager returned a certificate for another key".into()));
         }
-        shoal_pki::verify_leaf(
-            &crate::node::rustls_pem_der(&resp.cert_pem).unwrap_or_default(),
-            &ca_der,
-            std::time::SystemTime::now(),
-        )
-        .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
+        shoal_pki::cert_der_from_pem(&resp.cert_pem)
+            .and_then(|leaf| shoal_pki::verify_leaf(&leaf, &ca_der, std::time::SystemTime::now()))
+            .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
         self.node.install_pki(&ca_der, &resp.cert_pem, &key.key_pem())?;
         let mut managers: Vec<Peer> = resp
             .managers

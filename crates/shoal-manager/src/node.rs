@@ -115,12 +115,6 @@ pub fn new_secret() -> String {
     shoal_api::ids::id_from_bits(rand::random())
 }
 
-/// DER of the first certificate in `pem`.
-pub fn rustls_pem_der(pem: &str) -> Option<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|c| c.to_vec())
-}
-
 /// Wall clock in milliseconds, stamped into commands by the proposer.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -236,6 +230,11 @@ impl Node {
         &self.inner.cfg
     }
 
+    /// The id of the cluster this node is in (empty when in none).
+    pub fn cluster_id(&self) -> String {
+        self.lock_local().cluster_id.clone()
+    }
+
     /// A copy of the persisted local state.
     pub fn local(&self) -> LocalState {
         self.lock_local().clone()
@@ -348,7 +347,7 @@ impl Node {
         let dir = self.pki_dir();
         let read = |f: &str| std::fs::read_to_string(dir.join(f));
         let (Ok(ca), Ok(cert), Ok(key)) = (read(CA_FILE), read(CERT_FILE), read(KEY_FILE)) else { return };
-        let Some(ca_der) = rustls_pem_der(&ca) else {
+        let Ok(ca_der) = shoal_pki::cert_der_from_pem(&ca) else {
             tracing::error!(dir = %dir.display(), "the CA certificate in the data dir does not parse");
             return;
         };

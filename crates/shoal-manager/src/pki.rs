@@ -27,7 +27,7 @@ pub fn ca_digest(cluster: &Cluster) -> String {
     cluster
         .root_ca
         .as_ref()
-        .and_then(|ca| crate::node::rustls_pem_der(&ca.cert_pem))
+        .and_then(|ca| shoal_pki::cert_der_from_pem(&ca.cert_pem).ok())
         .map(|der| shoal_pki::ca_digest(&der))
         .unwrap_or_default()
 }
@@ -100,8 +100,8 @@ pub async fn renew(node: &Node) -> Result<shoal_pki::PeerIdentity, ApiError> {
         match client.renew_certificate(call).await {
             Ok(r) => {
                 let r = r.into_inner();
-                let ca_der = crate::node::rustls_pem_der(&r.ca_pem)
-                    .ok_or_else(|| ApiError::Internal("the manager sent no CA certificate".into()))?;
+                let ca_der = shoal_pki::cert_der_from_pem(&r.ca_pem)
+                    .map_err(|e| ApiError::Internal(format!("the manager's CA certificate: {e}")))?;
                 node.install_pki(&ca_der, &r.cert_pem, &key.key_pem())?;
                 return node.cert_identity().ok_or_else(|| ApiError::Internal("no certificate after renewal".into()));
             }

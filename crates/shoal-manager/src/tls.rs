@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use shoal_pki::{PeerIdentity, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,13 +32,14 @@ use tonic::Status;
 
 use crate::node::Node;
 
-/// The connection a request arrived on: the peer's address and its verified certificate chain.
+/// The connection a request arrived on: the peer's address and who its certificate names.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// Remote address.
     pub remote: SocketAddr,
-    /// The client's certificates (leaf first), verified against the CA in the handshake.
-    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The identity in the client's certificate (verified against the CA in the handshake),
+    /// read once per connection; `None`: no client certificate.
+    pub identity: Option<Result<PeerIdentity, String>>,
 }
 
 /// The verified identity of a request's caller, put into the request's extensions by [`Authz`].
@@ -127,8 +128,9 @@ pub fn incoming(
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let certs = tls.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
-                        let _ = tx.send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, certs } })).await;
+                        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                        let identity = leaf.map(|c| shoal_pki::identity_from_der(c).map_err(|e| e.to_string()));
+                        let _ = tx.send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, identity } })).await;
                     }
                     Ok(Err(e)) => log_handshake_error(remote, &e),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -169,8 +171,7 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
 /// Checks a request against its caller's certificate; the identity on success.
 fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<PeerIdentity>, Status> {
     let roles = allowed(path);
-    let leaf = peer.and_then(|p| p.certs.as_ref()).and_then(|c| c.first());
-    let Some(leaf) = leaf else {
+    let Some(id) = peer.and_then(|p| p.identity.as_ref()) else {
         return match roles {
             None => Ok(None),
             Some(_) => Err(Status::unauthenticated(format!(
@@ -179,8 +180,8 @@ fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<
         };
     };
     // The handshake verified the chain and the validity; the subject says who it is.
-    let id = shoal_pki::identity_from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
-    let cluster = node.local().cluster_id;
+    let id = id.clone().map_err(Status::unauthenticated)?;
+    let cluster = node.cluster_id();
     if id.cluster_id != cluster {
         return Err(Status::permission_denied(format!(
             "the certificate is for cluster {}, not this one ({cluster})",

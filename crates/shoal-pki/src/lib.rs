@@ -119,14 +119,7 @@ pub enum PkiError {
     Io(#[from] std::io::Error),
 }
 
-/// `t` as RFC 3339 UTC, second precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| format!("{secs}s after the epoch"))
-}
+pub use shoal_api::timefmt::rfc3339;
 
 fn odt(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
@@ -158,29 +151,20 @@ fn pem_to_der(pem: &str, what: &str) -> Result<CertificateDer<'static>, PkiError
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Invalid(format!("{what}: {e}")))
 }
 
+/// DER of the first certificate in `pem`.
+pub fn cert_der_from_pem(pem: &str) -> Result<Vec<u8>, PkiError> {
+    pem_to_der(pem, "certificate").map(|c| c.to_vec())
+}
+
 /// PEM of a DER certificate.
 pub fn der_to_pem(der: &[u8]) -> String {
-    let b64 = base64_std(der);
+    let b64 = shoal_api::base64::encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
     out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-fn base64_std(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        out.push(A[(n >> 18) as usize & 63] as char);
-        out.push(A[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { A[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { A[n as usize & 63] as char } else { '=' });
-    }
     out
 }
 

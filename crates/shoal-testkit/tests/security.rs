@@ -32,7 +32,7 @@ async fn join(n: &InProcessNode, token: &str, via: &InProcessNode) -> Result<Joi
 /// A TLS channel to `addr` as the holder of the certificate in `dir` (`pki/` of a node's data
 /// dir, or an admin certificate directory), or with no client certificate.
 fn tls_channel(addr: &str, ca_pem: &str, cert_key: Option<(&str, &str)>) -> Result<Channel> {
-    let ca = shoal_manager::node::rustls_pem_der(ca_pem).context("ca")?;
+    let ca = shoal_pki::cert_der_from_pem(ca_pem)?;
     let store = match cert_key {
         Some((cert, key)) => {
             let s = shoal_pki::tls::CertStore::new();
