@@ -6,7 +6,7 @@
 //! leave a node with a stale view. Reported status goes through `SetTaskStatus` ops, which change
 //! only the status and so never conflict with the orchestrator's writes to the same task.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 
 use futures::Stream;
@@ -61,22 +61,17 @@ fn node_tasks(store: &shoal_store::Store, node_id: &str) -> HashMap<String, Task
 }
 
 /// The secrets and configs a node's tasks need.
+#[derive(Default)]
 struct Deps {
     secrets: Vec<shoal_api::v1::Secret>,
     configs: Vec<shoal_api::v1::Config>,
 }
 
-impl Deps {
-    fn versions(&self) -> Vec<(String, u64)> {
-        let v = |m: &Option<shoal_api::v1::Meta>| m.as_ref().map(|m| (m.id.clone(), m.version)).unwrap_or_default();
-        self.secrets.iter().map(|s| v(&s.meta)).chain(self.configs.iter().map(|c| v(&c.meta))).collect()
-    }
-}
-
-/// Only what the node's runnable tasks refer to: a node never receives another secret.
-fn dependencies(store: &shoal_store::Store, tasks: &HashMap<String, Task>) -> Deps {
-    let mut secret_ids = std::collections::BTreeSet::new();
-    let mut config_ids = std::collections::BTreeSet::new();
+/// Ids of the secrets and configs a node's runnable tasks refer to: a node never receives
+/// another secret.
+fn dependency_ids(tasks: &HashMap<String, Task>) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut secret_ids = BTreeSet::new();
+    let mut config_ids = BTreeSet::new();
     for t in tasks.values() {
         let observed = t.status.as_ref().map_or(0, |s| s.state);
         if t.desired_state > shoal_api::v1::TaskState::Running as i32
@@ -89,9 +84,22 @@ fn dependencies(store: &shoal_store::Store, tasks: &HashMap<String, Task>) -> De
             config_ids.extend(c.configs.iter().map(|r| r.config_id.clone()));
         }
     }
+    (secret_ids, config_ids)
+}
+
+/// Versions of the node's dependencies, cheap to compare after every apply.
+fn dependency_versions(store: &shoal_store::Store, ids: &(BTreeSet<String>, BTreeSet<String>)) -> Vec<(String, u64)> {
+    let v = |m: &Option<shoal_api::v1::Meta>| m.as_ref().map(|m| (m.id.clone(), m.version)).unwrap_or_default();
+    let secrets = ids.0.iter().filter_map(|id| store.secret(id).map(|s| v(&s.meta)));
+    let configs = ids.1.iter().filter_map(|id| store.config(id).map(|c| v(&c.meta)));
+    secrets.chain(configs).collect()
+}
+
+/// The dependencies themselves (copied only when they are sent).
+fn dependencies(store: &shoal_store::Store, ids: &(BTreeSet<String>, BTreeSet<String>)) -> Deps {
     Deps {
-        secrets: secret_ids.iter().filter_map(|id| store.secret(id).cloned()).collect(),
-        configs: config_ids.iter().filter_map(|id| store.config(id).cloned()).collect(),
+        secrets: ids.0.iter().filter_map(|id| store.secret(id).cloned()).collect(),
+        configs: ids.1.iter().filter_map(|id| store.config(id).cloned()).collect(),
     }
 }
 
@@ -122,14 +130,15 @@ impl Dispatcher for DispatcherService {
             let mut sent_deps: Option<Vec<(String, u64)>> = None;
             let mut first = true;
             loop {
-                let (current, deps) = rt.store.read(|s| {
+                let (current, deps, deps_changed) = rt.store.read(|s| {
                     let current = node_tasks(s, &node_id);
-                    let deps = dependencies(s, &current);
-                    (current, deps)
+                    let ids = dependency_ids(&current);
+                    let versions = dependency_versions(s, &ids);
+                    let changed = sent_deps.as_ref() != Some(&versions);
+                    let deps = if changed { dependencies(s, &ids) } else { Deps::default() };
+                    sent_deps = Some(versions);
+                    (current, deps, changed)
                 });
-                let dep_versions: Vec<(String, u64)> = deps.versions();
-                let deps_changed = sent_deps.as_ref() != Some(&dep_versions);
-                sent_deps = Some(dep_versions);
                 let msg = if first {
                     first = false;
                     sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
@@ -149,13 +158,13 @@ impl Dispatcher for DispatcherService {
                         .collect();
                     let removed: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
                     sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
-                    (!changed.is_empty() || !removed.is_empty() || deps_changed).then(|| AssignmentsMessage {
+                    (!changed.is_empty() || !removed.is_empty() || deps_changed).then_some(AssignmentsMessage {
                         r#type: assignments_message::Type::Incremental as i32,
                         tasks: changed,
                         removed,
                         dependencies: deps_changed,
-                        secrets: if deps_changed { deps.secrets } else { Vec::new() },
-                        configs: if deps_changed { deps.configs } else { Vec::new() },
+                        secrets: deps.secrets,
+                        configs: deps.configs,
                     })
                 };
                 if let Some(msg) = msg {

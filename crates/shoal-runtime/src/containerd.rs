@@ -361,13 +361,11 @@ impl Containerd {
         }
     }
 
+    /// Fetches and unpacks an image that is not present (the caller checked).
     async fn pull_now(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
         let reference: oci_client::Reference =
             image.parse().map_err(|_| RuntimeError::InvalidImage(image.to_string()))?;
         let name = reference.whole();
-        if self.image_chain(&name).await.is_some() {
-            return Ok(());
-        }
         let config = oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(self.insecure.clone()),
             ..Default::default()
@@ -544,10 +542,10 @@ impl ContainerRuntime for Containerd {
         // One pull per image at a time; later callers find it present.
         let gate = {
             let mut m = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(name).or_default().clone()
+            m.entry(name.clone()).or_default().clone()
         };
         let _g = gate.lock().await;
-        if self.image_chain(&Self::image_name(image)?).await.is_some() {
+        if self.image_chain(&name).await.is_some() {
             return Ok(());
         }
         // Everything the pull writes belongs to a lease until the image record refers to it, so
