@@ -4,9 +4,14 @@
 //! A task is history when it has terminated and is no longer wanted (desired state after
 //! `RUNNING`); an ended task that is still wanted is the slot's current task and is never
 //! pruned. The newest `task_history_limit` history tasks are kept (by status timestamp), and so
-//! are, beyond that limit, the newest tasks that still count as restart attempts when the policy
-//! has `max_attempts` — otherwise a limit below `max_attempts` would make the attempts
-//! uncountable and restarts unlimited. Pruning decides over the working copy and only deletes.
+//! are, beyond that limit, the newest `max_attempts + 1` tasks that still count as restart
+//! attempts when the policy has `max_attempts`. The restart decision is "more than
+//! `max_attempts` attempts in the window", and it must read the same before and after pruning:
+//! with fewer kept, a slot whose current task is not itself an attempt (its container was
+//! stopped from outside, say) would see its count drop below the limit once the older attempts
+//! were pruned, and restart again, without bound. Keeping the newest ones is enough because the
+//! oldest attempts are the first to leave the window. Pruning decides over the working copy and
+//! only deletes.
 
 use std::cmp::Reverse;
 
@@ -32,7 +37,8 @@ pub(crate) fn prune(tasks: &mut Tasks<'_>, ids: &[String], limit: usize, policy:
         })
         .collect();
     history.sort();
-    let budget = policy.map_or(0, |p| p.max_attempts);
+    // One more than the limit: enough to tell "over the limit" whatever else the slot holds.
+    let budget = policy.map_or(0, |p| if p.max_attempts > 0 { p.max_attempts.saturating_add(1) } else { 0 });
     let mut attempts_kept = 0u64;
     let mut doomed = Vec::new();
     for (i, (Reverse((_, _, tid)), attempt)) in history.into_iter().enumerate() {

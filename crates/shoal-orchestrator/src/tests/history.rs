@@ -65,8 +65,36 @@ fn restart_attempts_are_kept_beyond_the_limit() {
     // three failures are kept as attempts.
     assert_eq!(pass(&w, NOW), Vec::<String>::new());
     w.add(task("f0", &web, 1).on("n1").state(Failed, 0).desired(Shutdown));
-    // A fourth failure in history is not needed to count: it goes.
+    // A fourth failure in history stays: had the current task ended without counting (stopped
+    // from outside), four would be needed to stay over the limit.
+    assert_eq!(pass(&w, NOW), Vec::<String>::new());
+    w.add(task("e0", &web, 1).on("n1").state(Failed, 0).desired(Shutdown));
+    // A fifth is never needed: it goes.
+    expect(&mut w, NOW, &["delete task e0"]);
+}
+
+/// The case proptest found: a slot whose current task ended without counting as an attempt
+/// (shut down from outside while still wanted) over two failures in history, with max attempts 1
+/// and a history limit of 1. Two failures are over the limit, so no restart; pruning must not
+/// forget one of them, or the next pass would count one and restart the slot, and every pass
+/// after that could do the same.
+#[test]
+fn pruning_never_turns_a_refused_restart_into_a_restart() {
+    let s = replicated("web", 1).restart(Condition::Any, Some(0), 1, 0);
+    let mut w = world(s, 0, 1);
+    let web = stored(&w, "web");
+    w.edit_task("live", |t| *t = t.clone().state(Shutdown, 50));
+    w.add_all([
+        task("f1", &web, 1).on("n1").state(Failed, 10).desired(Shutdown),
+        task("f2", &web, 1).on("n1").state(Failed, 20).desired(Shutdown),
+    ]);
+    // Nothing to do now, and nothing later either.
+    assert_eq!(pass(&w, NOW), Vec::<String>::new());
+    assert_eq!(pass(&w, NOW * 10), Vec::<String>::new());
+    // A third failure is more than the decision needs: pruned, and still no restart after.
+    w.add(task("f0", &web, 1).on("n1").state(Failed, 5).desired(Shutdown));
     expect(&mut w, NOW, &["delete task f0"]);
+    assert_eq!(pass(&w, NOW * 10), Vec::<String>::new());
 }
 
 #[test]
