@@ -8,7 +8,9 @@
 #   deploy/hosts.sh registry                  print the registry's HOST:PORT
 #   deploy/hosts.sh exec I CMD...             run CMD inside host I's network namespace
 #   deploy/hosts.sh start I                   start host I's shoald again (after a kill)
-# Host I is network namespace shoal-hI at 10.232.0.I; the bridge (and registry) is 10.232.0.254.
+#   deploy/hosts.sh wait-ready N              wait (bounded) until N nodes are ready
+# Host I is network namespace shoal-hI at 10.232.0.I with hostname hostI (its own UTS
+# namespace); the bridge (and registry) is 10.232.0.254. `up` returns once every node is ready.
 # SHOAL_HOSTS_SET=K (1..200) makes a separate set beside it: shoalK-hI at 10.232.K.I on bridge
 # shoalbrK, so several clusters can run at once (give each its own SHOAL_HOSTS_DIR too).
 # Needs root, iproute2, containerd, runc, docker-registry, umoci, skopeo, busybox-static.
@@ -27,6 +29,32 @@ host() { echo "unix://$W/h$1/shoal.sock"; }
 shoal() { local i=$1; shift; "$BIN/shoal" --host "$(host "$i")" "$@"; }
 in_host() { local i=$1; shift; nsenter --net=/var/run/netns/$NS"$i" "$@"; }
 wait_sock() { for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done; echo "timed out waiting for $1" >&2; return 1; }
+
+# Starts host I's shoald in the host's network namespace and a UTS namespace of its own, so the
+# node's hostname (what `node ls` and `service ps` show) is hostI. nsenter, unshare and the
+# shell all exec in place, so $! is shoald's pid.
+start_host() {
+  local i=$1
+  nsenter --net=/var/run/netns/$NS"$i" unshare --uts sh -c 'echo "$0" >/proc/sys/kernel/hostname && exec "$@"' \
+    host"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
+    --control-socket "$W/h$i/shoal.sock" \
+    --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
+    --insecure-registry "$REG" >>"$W/h$i/shoald.log" 2>&1 &
+  echo $! >"$W/h$i/pid"
+}
+
+# Waits until N nodes are ready (at most 60 s); on timeout prints `node ls` and fails.
+wait_ready() {
+  local n=$1 ready
+  for _ in $(seq 1 300); do
+    ready=$(shoal 1 node ls --format json 2>/dev/null | grep -c '"status": "ready"' || true)
+    [ "$ready" -ge "$n" ] && return 0
+    sleep 0.2
+  done
+  echo "timed out after 60 s waiting for $n ready nodes:" >&2
+  shoal 1 node ls >&2 || true
+  return 1
+}
 
 up() {
   local m=${1:-3} w=${2:-0} n i
@@ -71,12 +99,7 @@ YML
     ip -n $NS"$i" link set eth0 up
     ip -n $NS"$i" link set lo up
     mkdir -p "$W/h$i"
-    # nsenter execs shoald in place, so $! is shoald's pid.
-    nsenter --net=/var/run/netns/$NS"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
-      --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
-      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
-      --insecure-registry "$REG" >"$W/h$i/shoald.log" 2>&1 &
-    echo $! >"$W/h$i/pid"
+    start_host "$i"
   done
   for i in $(seq 1 "$n"); do wait_sock "$W/h$i/shoal.sock"; done
   shoal 1 cluster init >/dev/null
@@ -87,6 +110,7 @@ YML
     if [ "$i" -le "$m" ]; then tok=$mt; else tok=$wt; fi
     shoal "$i" cluster join --token "$tok" $NET.1:4242 >/dev/null
   done
+  wait_ready "$n"
   echo "registry: $REG (image $REG/busybox:1)"
   for i in $(seq 1 "$n"); do echo "host$i ($NET.$i): --host $(host "$i")  log $W/h$i/shoald.log"; done
 }
@@ -102,7 +126,7 @@ down() {
   pkill -9 -f "shoald --data-dir $W/" 2>/dev/null || true
   # Container processes outlive a killed shim: kill them by their cgroups first.
   find /sys/fs/cgroup -path "*/shoal/$NS*/*/cgroup.procs" 2>/dev/null | while read -r f; do
-    xargs -r kill -9 <"$f" 2>/dev/null || true
+    { xargs -r kill -9 <"$f"; } 2>/dev/null || true
   done
   if [ -f "$W/containerd.pid" ]; then
     pkill -9 -f "containerd-shim-runc-v2 .*$W/containerd" 2>/dev/null || true
@@ -122,13 +146,7 @@ case "${1:-}" in
   host) host "$2" ;;
   registry) echo "$REG" ;;
   exec) shift; i=$1; shift; in_host "$i" "$@" ;;
-  start)
-    # Restart host I's shoald (after a kill), same flags as `up`.
-    i=$2
-    nsenter --net=/var/run/netns/$NS"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
-      --control-socket "$W/h$i/shoal.sock" --hostname host"$i" \
-      --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
-      --insecure-registry "$REG" >>"$W/h$i/shoald.log" 2>&1 &
-    echo $! >"$W/h$i/pid" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  start) start_host "$2" ;;
+  wait-ready) wait_ready "$2" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

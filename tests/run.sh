@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The test command: unit and property tests, the openraft storage suite, in-process clusters,
-# and the multi-process tests that drive real shoald binaries through the shoal CLI.
+# The test command. On a fresh Debian machine, as root, it installs what the tests need (the
+# packages in deploy/packages.txt, and cargo-nextest), builds the binaries and runs every test:
+# unit and property tests, the openraft storage suite, in-process clusters, multi-process tests
+# that drive real shoald binaries through the shoal CLI, the containerd runtime against a private
+# containerd and registry, and the end-to-end test over network-namespace hosts.
+# Arguments are passed to `cargo nextest run` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v protoc >/dev/null || { echo "protoc is missing: apt-get install protobuf-compiler" >&2; exit 1; }
-command -v cargo-nextest >/dev/null || { echo "cargo-nextest is missing: cargo install cargo-nextest --locked" >&2; exit 1; }
-for tool in containerd runc docker-registry umoci skopeo busybox htpasswd pgrep; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing: see .ci/run for the packages the tests need" >&2; exit 1; }
-done
-[ "$(id -u)" = 0 ] || { echo "the end-to-end tests run containers and need root" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "tests/run.sh needs root: the end-to-end tests make network namespaces and run containers" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+deploy/install-packages.sh --with-nextest
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -18,7 +18,8 @@ umoci new --image "$work/layout:busybox"
 umoci unpack --image "$work/layout:busybox" "$work/bundle" >/dev/null
 mkdir -p "$work/bundle/rootfs/bin" "$work/bundle/rootfs/tmp" "$work/bundle/rootfs/etc"
 cp "$bb" "$work/bundle/rootfs/bin/busybox"
-for app in sh echo sleep cat ls hostname wget nc httpd true false env id ps printf test mkdir touch rm trap kill seq grep head tail; do
+for app in sh echo sleep cat ls hostname wget nc httpd true false env id ps printf test mkdir touch rm trap kill seq grep head tail \
+    date wc sed awk tr cut sort uniq tee xargs find stat ln cp mv chmod uname expr timeout nslookup ip ping; do
   ln -sf busybox "$work/bundle/rootfs/bin/$app"
 done
 printf 'root:x:0:0:root:/:/bin/sh\napp:x:1000:1001::/tmp:/bin/sh\n' >"$work/bundle/rootfs/etc/passwd"

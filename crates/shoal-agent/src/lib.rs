@@ -54,6 +54,22 @@ pub enum AgentError {
     Runtime(String),
 }
 
+/// What the agent holds and whether it follows the leader, for `shoal info`: names and counts,
+/// never secret data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// An assignment stream from the leader is open.
+    pub connected: bool,
+    /// Complete assignment sets applied since the agent started (every stream begins with one).
+    pub sessions: u64,
+    /// Tasks assigned to this node.
+    pub tasks: usize,
+    /// Names of the secrets the dispatcher delivered (the ones this node's tasks use).
+    pub secrets: Vec<String>,
+    /// Names of the configs the dispatcher delivered.
+    pub configs: Vec<String>,
+}
+
 struct Running {
     tx: watch::Sender<Task>,
     cancel: CancellationToken,
@@ -66,6 +82,7 @@ struct Agent {
     controllers: HashMap<String, Running>,
     cancel: CancellationToken,
     files: Result<files::FileRoot, String>,
+    status: watch::Sender<AgentStatus>,
 }
 
 fn id_of(t: &Task) -> String {
@@ -128,10 +145,21 @@ impl Agent {
 
     fn apply(&mut self, msg: shoal_api::v1::AssignmentsMessage) {
         // Secrets and configs first: the tasks in the same message may need them.
-        if let (true, Ok(files)) = (msg.dependencies, &self.files) {
-            files.set_deps(msg.secrets, msg.configs);
+        if msg.dependencies {
+            let name = |a: Option<&shoal_api::v1::Annotations>| a.map(|a| a.name.clone()).unwrap_or_default();
+            let secrets = msg.secrets.iter().map(|s| name(s.spec.as_ref().and_then(|s| s.annotations.as_ref())));
+            let configs = msg.configs.iter().map(|c| name(c.spec.as_ref().and_then(|c| c.annotations.as_ref())));
+            let (secrets, configs) = (secrets.collect(), configs.collect());
+            self.status.send_modify(|st| {
+                st.secrets = secrets;
+                st.configs = configs;
+            });
+            if let Ok(files) = &self.files {
+                files.set_deps(msg.secrets, msg.configs);
+            }
         }
-        if msg.r#type == assignments_message::Type::Complete as i32 {
+        let complete = msg.r#type == assignments_message::Type::Complete as i32;
+        if complete {
             let keep: std::collections::HashSet<String> = msg.tasks.iter().map(id_of).collect();
             let gone: Vec<String> = self.controllers.keys().filter(|id| !keep.contains(*id)).cloned().collect();
             for id in gone {
@@ -144,18 +172,34 @@ impl Agent {
         for t in msg.tasks {
             self.upsert(t);
         }
+        let tasks = self.controllers.len();
+        self.status.send_modify(|st| {
+            st.tasks = tasks;
+            if complete {
+                st.connected = true;
+                st.sessions += 1;
+            }
+        });
+        if complete {
+            tracing::info!(tasks, "following the leader's assignments");
+        }
+    }
+
+    fn disconnected(&self) {
+        self.status.send_modify(|st| st.connected = false);
     }
 }
 
 /// Starts the agent: re-adopts what the local state and the runtime know, then follows the
-/// leader's assignments until `cancel`.
+/// leader's assignments until `cancel`. The receiver shows what the agent holds.
 pub async fn start(
     cfg: AgentConfig,
     runtime: Arc<dyn ContainerRuntime>,
     leader: Arc<dyn Leader>,
     cancel: CancellationToken,
-) -> Result<(), AgentError> {
+) -> Result<watch::Receiver<AgentStatus>, AgentError> {
     let db = TaskDb::open(&cfg.data_dir)?;
+    let (status, status_rx) = watch::channel(AgentStatus::default());
     tokio::spawn(async move {
         // Adoption needs the runtime's view; containerd may not answer yet (it starts later, or
         // restarts): keep asking, the node reports itself unable to run tasks meanwhile.
@@ -187,6 +231,7 @@ pub async fn start(
             controllers: HashMap::new(),
             cancel: cancel.clone(),
             files,
+            status,
         };
         let known = match db.tasks() {
             Ok(t) => t,
@@ -207,7 +252,7 @@ pub async fn start(
         }
         session(cfg.node_id, agent, leader, cancel).await;
     });
-    Ok(())
+    Ok(status_rx)
 }
 
 async fn session(node_id: String, mut agent: Agent, leader: Arc<dyn Leader>, cancel: CancellationToken) {
@@ -234,6 +279,7 @@ async fn session(node_id: String, mut agent: Agent, leader: Arc<dyn Leader>, can
                                 },
                             }
                         }
+                        agent.disconnected();
                     }
                     Err(s) => tracing::debug!(status = %s, "assignments refused"),
                 }

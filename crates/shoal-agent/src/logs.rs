@@ -174,12 +174,22 @@ mod tests {
         std::fs::write(&log, "c\n").expect("write");
         assert_eq!(collect(log.clone(), 0, false, usize::MAX).await, "a\nb\nc\n");
         assert_eq!(collect(log.clone(), 2, false, usize::MAX).await, "b\nc\n");
-        // Following: output written after a rotation (truncation) still arrives.
-        let follower = tokio::spawn(collect(log.clone(), 1, true, "c\nd\ne\n".len()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Following: each write is awaited before the next, so the follower has read up to it;
+        // output written after a rotation (truncation) still arrives.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let req = TaskLogsRequest { task_id: "t".into(), follow: true, tail: 1 };
+        let follower = tokio::spawn(stream_file(log.clone(), "t".into(), req, tx));
+        async fn next(rx: &mut tokio::sync::mpsc::Receiver<Result<LogChunk, Status>>) -> String {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(Ok(chunk))) => String::from_utf8_lossy(&chunk.data).into_owned(),
+                other => panic!("no log chunk within 10 s: {other:?}"),
+            }
+        }
+        assert_eq!(next(&mut rx).await, "c\n", "the tail first");
         std::fs::write(&log, "c\nd\n").expect("append");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(next(&mut rx).await, "d\n", "then what was appended");
         std::fs::write(&log, "e\n").expect("rotated: truncated, then written");
-        assert_eq!(follower.await.expect("join"), "c\nd\ne\n");
+        assert_eq!(next(&mut rx).await, "e\n", "then what was written after the rotation");
+        follower.abort();
     }
 }

@@ -12,6 +12,7 @@ pub mod names;
 pub mod objects;
 pub mod timefmt;
 pub mod token;
+pub mod units;
 pub mod validate;
 
 /// Generated protobuf messages (and, with the `grpc` feature, tonic clients and servers).

@@ -2,10 +2,11 @@
 //! daemon (unix socket) or of a manager (HOST:PORT). It only parses, calls and prints: every
 //! decision is made by the daemon.
 
+#[macro_use]
+mod out;
 mod output;
 mod progress;
 mod specs;
-mod units;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_api::names;
@@ -51,6 +52,12 @@ enum Cmd {
     /// Manage configs.
     #[command(subcommand)]
     Config(DataCmd),
+    /// Print a shell completion script: `source <(shoal completion bash)`, or save it where your
+    /// shell loads completions from (e.g. /usr/share/bash-completion/completions/shoal).
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Commands shared by secrets and configs.
@@ -415,11 +422,21 @@ type Client = ControlClient<Channel>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        errln!("Error: internal error in shoal (please report it): {info}");
+    }));
     let cli = Cli::parse();
+    if let Cmd::Completion { shell } = cli.cmd {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "shoal", &mut out);
+        out!("{}", String::from_utf8_lossy(&out));
+        return std::process::ExitCode::SUCCESS;
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e}");
+            errln!("Error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -454,6 +471,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Service(cmd) => service(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
         Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
+        Cmd::Completion { .. } => Ok(()),
     }
 }
 
@@ -489,22 +507,31 @@ async fn info(c: &mut Client, format: Format) -> Result<(), tonic::Status> {
     match format {
         Format::Json => print_json(&serde_json::to_value(&i).unwrap_or_default()),
         Format::Table => {
-            println!("Node ID:     {}", i.node_id);
-            println!("Hostname:    {}", i.hostname);
-            println!("State:       {}", i.state);
-            println!("Cluster ID:  {}", i.cluster_id);
-            println!("Advertise:   {}", i.advertise_addr);
-            println!("Managers:    {}", i.manager_addrs.join(", "));
-            println!("Certificate: {}", i.certificate);
-            if let Some(r) = i.raft {
-                println!(
-                    "Raft:        id {} term {} leader {} ({})",
-                    r.raft_id, r.term, r.leader_raft_id, r.leader_addr
+            outln!("Node ID:     {}", i.node_id);
+            outln!("Hostname:    {}", i.hostname);
+            outln!("State:       {}", i.state);
+            outln!("Cluster ID:  {}", i.cluster_id);
+            outln!("Advertise:   {}", i.advertise_addr);
+            outln!("Managers:    {}", i.manager_addrs.join(", "));
+            outln!("Certificate: {}", i.certificate);
+            if let Some(a) = i.agent {
+                let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+                outln!(
+                    "Agent:       {}, {} tasks, secrets: {}, configs: {}",
+                    if a.connected { "following the leader" } else { "not connected" },
+                    a.tasks,
+                    list(&a.secrets),
+                    list(&a.configs)
                 );
-                println!("             voters {:?} learners {:?}", r.voters, r.learners);
-                println!(
+            }
+            if let Some(r) = i.raft {
+                outln!("Raft:        id {} term {} leader {} ({})", r.raft_id, r.term, r.leader_raft_id, r.leader_addr);
+                outln!("             voters {:?} learners {:?}", r.voters, r.learners);
+                outln!(
                     "             last log {} applied {} snapshot {}",
-                    r.last_log_index, r.last_applied, r.snapshot_index
+                    r.last_log_index,
+                    r.last_applied,
+                    r.snapshot_index
                 );
             }
         }
@@ -514,7 +541,7 @@ async fn info(c: &mut Client, format: Format) -> Result<(), tonic::Status> {
 
 fn settings_from(f: &SettingsFlags, base: ClusterSettings) -> Result<ClusterSettings, String> {
     let mut s = base;
-    let ms = |v: &Option<String>| v.as_deref().map(units::parse_duration_ms).transpose();
+    let ms = |v: &Option<String>| v.as_deref().map(shoal_api::units::parse_duration_ms).transpose();
     if let Some(v) = ms(&f.heartbeat_period)? {
         s.heartbeat_period_ms = v.max(0) as u64;
     }
@@ -557,26 +584,26 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
                 })
                 .await?
                 .into_inner();
-            println!("Cluster initialized: current node ({}) is now a manager.", r.node_id);
-            println!();
+            outln!("Cluster initialized: current node ({}) is now a manager.", r.node_id);
+            outln!();
             let t = c
                 .get_join_token(GetJoinTokenRequest { role: NodeRole::Worker as i32, rotate: false })
                 .await?
                 .into_inner();
-            println!("To add a worker to this cluster, run the following command:");
-            println!();
-            println!(
+            outln!("To add a worker to this cluster, run the following command:");
+            outln!();
+            outln!(
                 "    shoal cluster join --token {} {}",
                 t.token,
                 t.manager_addrs.first().cloned().unwrap_or_default()
             );
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "To add a manager to this cluster, run 'shoal cluster join-token manager' and follow the instructions."
             );
         }
         ClusterCmd::Join { token, advertise_addr, addr } => {
-            eprintln!("Joining through {addr} ...");
+            errln!("Joining through {addr} ...");
             let r = c
                 .join_cluster(JoinClusterRequest {
                     token,
@@ -585,21 +612,21 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
                 })
                 .await?
                 .into_inner();
-            println!("This node joined the cluster as a {}.", names::node_role(r.role()));
+            outln!("This node joined the cluster as a {}.", names::node_role(r.role()));
         }
         ClusterCmd::JoinToken { quiet, rotate, role } => {
             let role = parse_role(&role)?;
             let t = c.get_join_token(GetJoinTokenRequest { role: role as i32, rotate }).await?.into_inner();
             if quiet {
-                println!("{}", t.token);
+                outln!("{}", t.token);
             } else {
                 if rotate {
-                    println!("Successfully rotated {} join token.", names::node_role(role));
-                    println!();
+                    outln!("Successfully rotated {} join token.", names::node_role(role));
+                    outln!();
                 }
-                println!("To add a {} to this cluster, run the following command:", names::node_role(role));
-                println!();
-                println!(
+                outln!("To add a {} to this cluster, run the following command:", names::node_role(role));
+                outln!();
+                outln!(
                     "    shoal cluster join --token {} {}",
                     t.token,
                     t.manager_addrs.first().cloned().unwrap_or_default()
@@ -624,12 +651,12 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
             write(shoal_manager::client::ADMIN_CA_FILE, &r.ca_pem, false)?;
             let expires =
                 shoal_pki::identity_from_pem(&r.cert_pem).map(|i| shoal_pki::rfc3339(i.not_after)).unwrap_or_default();
-            println!("Admin certificate written to {} (expires {expires}).", out.display());
-            println!("Use it with: shoal --host MANAGER:PORT --tls-dir {} ...", out.display());
+            outln!("Admin certificate written to {} (expires {expires}).", out.display());
+            outln!("Use it with: shoal --host MANAGER:PORT --tls-dir {} ...", out.display());
         }
         ClusterCmd::Leave { force } => {
             c.leave_cluster(LeaveClusterRequest { force }).await?;
-            println!("Node left the cluster.");
+            outln!("Node left the cluster.");
         }
         ClusterCmd::Inspect(f) => {
             let cl = c.get_cluster(GetClusterRequest {}).await?.into_inner().cluster.unwrap_or_default();
@@ -643,13 +670,13 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
             let version = cl.meta.as_ref().map(|m| m.version).unwrap_or(0);
             let s = settings_from(&flags, cl.settings.unwrap_or_default())?;
             c.update_cluster(UpdateClusterRequest { version, settings: Some(s) }).await?;
-            println!("Cluster updated.");
+            outln!("Cluster updated.");
             if flags.election_timeout.is_some()
                 || flags.raft_heartbeat.is_some()
                 || flags.snapshot_interval.is_some()
                 || flags.log_entries_kept.is_some()
             {
-                println!("Raft settings take effect on each manager when it restarts.");
+                outln!("Raft settings take effect on each manager when it restarts.");
             }
         }
     }
@@ -728,7 +755,7 @@ async fn data(c: &mut Client, cmd: DataCmd, secret: bool) -> Result<(), Fail> {
                 let spec = ConfigSpec { annotations, data };
                 c.create_config(CreateConfigRequest { spec: Some(spec) }).await?.into_inner().meta
             };
-            println!("{}", id.map(|m| m.id).unwrap_or_default());
+            outln!("{}", id.map(|m| m.id).unwrap_or_default());
         }
         DataCmd::Ls { format } => {
             let rows: Vec<serde_json::Value> = if secret {
@@ -781,7 +808,7 @@ async fn data(c: &mut Client, cmd: DataCmd, secret: bool) -> Result<(), Fail> {
                 } else {
                     c.remove_config(RemoveConfigRequest { config: n.clone() }).await?;
                 }
-                println!("{n}");
+                outln!("{n}");
             }
         }
     }
@@ -794,7 +821,7 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
             let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
             if quiet {
                 for v in &nodes {
-                    println!("{}", v.node.as_ref().and_then(|n| n.meta.as_ref()).map(|m| m.id.as_str()).unwrap_or(""));
+                    outln!("{}", v.node.as_ref().and_then(|n| n.meta.as_ref()).map(|m| m.id.as_str()).unwrap_or(""));
                 }
                 return Ok(());
             }
@@ -858,7 +885,7 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
                 Ok(())
             })
             .await?;
-            println!("{}", n.meta.map(|m| m.id).unwrap_or_default());
+            outln!("{}", n.meta.map(|m| m.id).unwrap_or_default());
         }
         NodeCmd::Promote { nodes } => {
             for q in nodes {
@@ -867,7 +894,7 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
                     Ok(())
                 })
                 .await?;
-                println!("Node {} promoted to a manager in the cluster.", hostname_of(&n));
+                outln!("Node {} promoted to a manager in the cluster.", hostname_of(&n));
             }
         }
         NodeCmd::Demote { nodes } => {
@@ -877,13 +904,13 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
                     Ok(())
                 })
                 .await?;
-                println!("Manager {} demoted in the cluster.", hostname_of(&n));
+                outln!("Manager {} demoted in the cluster.", hostname_of(&n));
             }
         }
         NodeCmd::Rm { force, nodes } => {
             for q in nodes {
                 c.remove_node(RemoveNodeRequest { node: q.clone(), force }).await?;
-                println!("{q}");
+                outln!("{q}");
             }
         }
     }
@@ -921,7 +948,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             specs::add_lists(&mut spec, &lists)?;
             let v = c.create_service(CreateServiceRequest { spec: Some(spec) }).await?.into_inner();
             let id = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default();
-            println!("{id}");
+            outln!("{id}");
             if !a.detach && !a.quiet {
                 progress::wait_converged(c, &id).await?;
             }
@@ -984,7 +1011,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 .await?
                 .into_inner();
             let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
-            println!("{name}");
+            outln!("{name}");
             if !a.detach && !a.quiet {
                 progress::wait_converged(c, &name).await?;
             }
@@ -993,7 +1020,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let services = c.list_services(ListServicesRequest {}).await?.into_inner().services;
             let rows: Vec<serde_json::Value> = services.iter().map(output::service_row).collect();
             if quiet {
-                rows.iter().for_each(|r| println!("{}", r["id"].as_str().unwrap_or("")));
+                rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
                 return Ok(());
             }
             match format {
@@ -1052,7 +1079,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let rows: Vec<serde_json::Value> =
                 tasks.iter().map(|t| output::task_row(&name, t, &host_of(&t.node_id))).collect();
             if quiet {
-                rows.iter().for_each(|r| println!("{}", r["id"].as_str().unwrap_or("")));
+                rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
                 return Ok(());
             }
             match format {
@@ -1094,7 +1121,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let mut failed = Vec::new();
             for q in services {
                 match c.remove_service(RemoveServiceRequest { service: q.clone() }).await {
-                    Ok(_) => println!("{q}"),
+                    Ok(_) => outln!("{q}"),
                     Err(s) => failed.push(s),
                 }
             }
@@ -1123,7 +1150,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     rollback: false,
                 })
                 .await?;
-                println!("{name} scaled to {n}");
+                outln!("{name} scaled to {n}");
                 if !detach {
                     progress::wait_converged(c, &name).await?;
                 }

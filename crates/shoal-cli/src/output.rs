@@ -17,7 +17,7 @@ pub enum Format {
 
 /// Prints pretty JSON.
 pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
@@ -39,7 +39,7 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
                 out.push_str(&format!("{:<w$}   ", cell, w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -107,23 +107,23 @@ pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
 /// `service inspect --format table`.
 pub fn service_pretty(s: &Service) {
     let row = service_row(&ServiceView { service: Some(s.clone()), running_tasks: 0, desired_tasks: 0 });
-    println!("ID:       {}", row["id"].as_str().unwrap_or(""));
-    println!("Name:     {}", row["name"].as_str().unwrap_or(""));
-    println!("Mode:     {}", row["mode"].as_str().unwrap_or(""));
+    outln!("ID:       {}", row["id"].as_str().unwrap_or(""));
+    outln!("Name:     {}", row["name"].as_str().unwrap_or(""));
+    outln!("Mode:     {}", row["mode"].as_str().unwrap_or(""));
     if let Some(Mode::Replicated(r)) = s.spec.as_ref().and_then(|sp| sp.mode.as_ref()) {
-        println!(" Replicas: {}", r.replicas);
+        outln!(" Replicas: {}", r.replicas);
     }
-    println!("Image:    {}", row["image"].as_str().unwrap_or(""));
+    outln!("Image:    {}", row["image"].as_str().unwrap_or(""));
     if let Some(c) = s.spec.as_ref().and_then(|sp| sp.task_template.as_ref()).and_then(|t| t.container.as_ref()) {
         if !c.args.is_empty() {
-            println!("Args:     {}", c.args.join(" "));
+            outln!("Args:     {}", c.args.join(" "));
         }
         if !c.env.is_empty() {
-            println!("Env:      {}", c.env.join(" "));
+            outln!("Env:      {}", c.env.join(" "));
         }
     }
-    println!("Version:  {}", s.meta.as_ref().map(|m| m.version).unwrap_or(0));
-    println!();
+    outln!("Version:  {}", s.meta.as_ref().map(|m| m.version).unwrap_or(0));
+    outln!();
 }
 
 /// `node inspect --format table`.
@@ -135,24 +135,24 @@ pub fn node_pretty(v: &NodeView) {
             Value::Null => "-".into(),
             other => other.to_string(),
         };
-        println!("{:<15} {}", format!("{k}:"), val);
+        outln!("{:<15} {}", format!("{k}:"), val);
     }
-    println!();
+    outln!();
 }
 
 /// `cluster inspect --format table`.
 pub fn cluster_pretty(c: &Cluster) {
     let s = c.settings.unwrap_or_default();
-    println!("ID:                 {}", c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""));
-    println!("Name:               {}", c.name);
-    let d = |ms: u64| crate::units::format_duration_ms(ms as i64);
-    println!("Heartbeat period:   {} (down after {} missed)", d(s.heartbeat_period_ms), s.heartbeat_grace_periods);
-    println!("Raft:               heartbeat {}, election timeout {}", d(s.raft_heartbeat_ms), d(s.election_timeout_ms));
-    println!("Snapshots:          every {} entries, {} entries kept", s.snapshot_interval_entries, s.log_entries_kept);
-    println!("Task history limit: {}", s.task_history_limit);
-    println!("Node certificates:  valid {}", d(s.node_cert_validity_s * 1000));
+    outln!("ID:                 {}", c.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""));
+    outln!("Name:               {}", c.name);
+    let d = |ms: u64| shoal_api::units::format_duration_ms(ms as i64);
+    outln!("Heartbeat period:   {} (down after {} missed)", d(s.heartbeat_period_ms), s.heartbeat_grace_periods);
+    outln!("Raft:               heartbeat {}, election timeout {}", d(s.raft_heartbeat_ms), d(s.election_timeout_ms));
+    outln!("Snapshots:          every {} entries, {} entries kept", s.snapshot_interval_entries, s.log_entries_kept);
+    outln!("Task history limit: {}", s.task_history_limit);
+    outln!("Node certificates:  valid {}", d(s.node_cert_validity_s * 1000));
     if let Some(ca) = &c.root_ca {
         let digest = shoal_pki::cert_der_from_pem(&ca.cert_pem).ok().map(|d| shoal_pki::ca_digest(&d));
-        println!("CA digest:          {}", digest.unwrap_or_default());
+        outln!("CA digest:          {}", digest.unwrap_or_default());
     }
 }

@@ -53,13 +53,13 @@ pub async fn wait_converged(c: &mut ControlClient<Channel>, service: &str) -> Re
         }
         let picture = lines.join("\n");
         if picture != last {
-            println!("{picture}");
+            outln!("{picture}");
             last = picture;
         }
         if running == desired && current.len() == desired {
             let since = *stable_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= MONITOR {
-                println!("verify: Service converged");
+                outln!("verify: Service converged");
                 return Ok(());
             }
         } else {

@@ -12,7 +12,7 @@ use shoal_api::v1::{
     UpdateConfig,
 };
 
-use crate::units::{parse_bytes, parse_duration_ms, parse_nano_cpus};
+use shoal_api::units::{parse_bytes, parse_duration_ms, parse_nano_cpus};
 
 type Res<T> = Result<T, String>;
 
@@ -176,7 +176,9 @@ pub fn parse_mount(s: &str) -> Res<Mount> {
                 m.volume_options.get_or_insert_with(Default::default).no_copy = v.is_empty() || v == "true"
             }
             "bind-propagation" => m.bind_options = Some(mount::BindOptions { propagation: v }),
-            "tmpfs-size" => m.tmpfs_options.get_or_insert_with(Default::default).size_bytes = parse_bytes(&v)?,
+            "tmpfs-size" => {
+                m.tmpfs_options.get_or_insert_with(Default::default).size_bytes = bytes_i64(parse_bytes(&v)?)
+            }
             "tmpfs-mode" => {
                 m.tmpfs_options.get_or_insert_with(Default::default).mode =
                     u32::from_str_radix(&v, 8).map_err(|_| format!("mount {s:?}: tmpfs-mode must be octal"))?
@@ -408,7 +410,7 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
             l.nano_cpus = parse_nano_cpus(v)?;
         }
         if let Some(v) = &f.limit_memory {
-            l.memory_bytes = parse_bytes(v)?;
+            l.memory_bytes = bytes_i64(parse_bytes(v)?);
         }
         if let Some(v) = f.limit_pids {
             l.pids = v;
@@ -420,7 +422,7 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
             r.nano_cpus = parse_nano_cpus(v)?;
         }
         if let Some(v) = &f.reserve_memory {
-            r.memory_bytes = parse_bytes(v)?;
+            r.memory_bytes = bytes_i64(parse_bytes(v)?);
         }
     }
     if res.limits.is_none() && res.reservations.is_none() {
@@ -607,6 +609,11 @@ pub fn upsert_env(env: &mut Vec<String>, adds: &[String]) {
         env.retain(|e| e.split('=').next() != Some(key));
         env.push(a.clone());
     }
+}
+
+/// A parsed size as the i64 the specs carry (sizes are bounded well below i64::MAX).
+fn bytes_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

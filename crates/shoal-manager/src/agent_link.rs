@@ -28,7 +28,10 @@ impl shoal_agent::Leader for NodeLeader {
 }
 
 /// Starts the agent for `node` with `runtime`, once per cluster membership.
-pub async fn start_agent(node: &Node, runtime: Arc<dyn shoal_runtime::ContainerRuntime>) -> Result<(), String> {
+pub async fn start_agent(
+    node: &Node,
+    runtime: Arc<dyn shoal_runtime::ContainerRuntime>,
+) -> Result<tokio::sync::watch::Receiver<shoal_agent::AgentStatus>, String> {
     let cfg =
         shoal_agent::AgentConfig { node_id: node.local().node_id, data_dir: node.config().data_dir.join("agent") };
     shoal_agent::start(cfg, runtime, Arc::new(NodeLeader(node.clone())), node.shutdown_token().child_token())

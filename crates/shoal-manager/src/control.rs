@@ -423,6 +423,13 @@ impl Control for ControlService {
             raft,
             version: env!("CARGO_PKG_VERSION").to_string(),
             certificate: self.node.cert_summary(),
+            agent: self.node.agent_status().map(|a| AgentInfo {
+                connected: a.connected,
+                sessions: a.sessions,
+                tasks: a.tasks as u64,
+                secrets: a.secrets,
+                configs: a.configs,
+            }),
         }))
     }
 

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) force_new_cluster_pending: Mutex<bool>,
     pub(crate) leader_hint: Mutex<Option<String>>,
     pub(crate) agent_started: Mutex<bool>,
+    /// What the agent holds, once it runs.
+    pub(crate) agent_status: Mutex<Option<watch::Receiver<shoal_agent::AgentStatus>>>,
     /// Why this node cannot run tasks now; empty when it can.
     pub(crate) runtime_unavailable: Mutex<String>,
     pub(crate) pki: Pki,
@@ -158,6 +160,7 @@ impl Node {
                 force_new_cluster_pending: Mutex::new(force),
                 leader_hint: Mutex::new(None),
                 agent_started: Mutex::new(false),
+                agent_status: Mutex::new(None),
                 runtime_unavailable: Mutex::new(runtime_unavailable),
                 pki: Pki::default(),
                 cert_problem: Mutex::new(None),
@@ -219,10 +222,18 @@ impl Node {
             }
             *started = true;
         }
-        if let Err(e) = crate::agent_link::start_agent(self, runtime).await {
-            tracing::error!(error = %e, "the agent did not start: this node runs no tasks");
-            *self.inner.agent_started.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        match crate::agent_link::start_agent(self, runtime).await {
+            Ok(status) => *self.inner.agent_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status),
+            Err(e) => {
+                tracing::error!(error = %e, "the agent did not start: this node runs no tasks");
+                *self.inner.agent_started.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            }
         }
+    }
+
+    /// What the agent holds, if it runs.
+    pub fn agent_status(&self) -> Option<shoal_agent::AgentStatus> {
+        self.inner.agent_status.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|rx| rx.borrow().clone())
     }
 
     /// The daemon settings.

@@ -55,38 +55,39 @@ fn v2_status(addr: &str) -> Option<u16> {
     String::from_utf8_lossy(&buf[..n]).split(' ').nth(1)?.parse().ok()
 }
 
-/// Starts docker-registry with the config `make(addr)` writes to `path`, on a free port. Other
-/// tests pick free ports at the same time, so the registry is only taken once it is our process
-/// that answers `GET /v2/` with `want` (200 open, 401 with a password).
-fn start_registry(path: &Path, want: u16, make: impl Fn(&str) -> String) -> (Child, String) {
-    for _ in 0..10 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        std::fs::write(path, make(&addr)).expect("registry config");
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry must be installed (apt-get install docker-registry)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                break; // the port was taken: try another
-            }
-            if v2_status(&addr) == Some(want) && child.try_wait().ok().flatten().is_none() {
-                return (child, addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+/// Starts docker-registry with the config `make(addr)` writes to `path`, on `addr`, and waits
+/// (bounded) until it answers `GET /v2/` with `want` (200 open, 401 with a password).
+fn start_registry(path: &Path, addr: &str, want: u16, make: impl Fn(&str) -> String) -> (Child, String) {
+    std::fs::write(path, make(addr)).expect("registry config");
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry must be installed (apt-get install docker-registry)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            let _ = child.wait();
+            panic!("docker-registry on {addr} exited at start: {status}");
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        if v2_status(addr) == Some(want) {
+            return (child, addr.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("docker-registry did not come up on a free port in 10 attempts");
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("docker-registry did not answer on {addr} within 20 s");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+/// An address for a registry of this test process that no other process uses: a loopback
+/// address made from the process id (the whole of 127.0.0.0/8 is local), and a port below the
+/// kernel's ephemeral range, so no outgoing connection takes it either.
+fn own_addr(port: u16) -> String {
+    let pid = std::process::id();
+    format!("127.{}.{}.{}:{port}", (pid >> 16) & 0xff, (pid >> 8) & 0xff, pid & 0xff)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -119,15 +120,14 @@ fn fixture() -> Fixture {
         .spawn()
         .expect("containerd must be installed (apt-get install containerd runc)");
     let root = d.join("registry");
-    let (registry, reg) = start_registry(&d.join("registry.yml"), 200, |addr| {
+    let (registry, reg) = start_registry(&d.join("registry.yml"), &own_addr(5000), 200, |addr| {
         format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", root.display())
     });
-    let port = reg.rsplit(':').next().unwrap_or("0").to_string();
     wait_for("containerd socket", || sock.exists());
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/images/build.sh");
     let st = Command::new(build).arg(d.join("image")).arg(&reg).stdout(Stdio::null()).status().expect("build.sh");
     assert!(st.success(), "building the test image failed");
-    let namespace = format!("shoal-test-{}-{port}", std::process::id());
+    let namespace = format!("shoal-test-{}", std::process::id());
     Fixture { dir, namespace, containerd, registry, reg }
 }
 
@@ -212,12 +212,22 @@ async fn containers_run_from_a_pulled_image() {
     assert_eq!(run_to_exit(&rt, &r).await, (0, "kept\n".to_string()));
 
     // The log size cap: the shim appends, so after a rotation its writes start the file anew.
-    let s = spec("chatty", &image, &["sh", "-c", "seq 1 300; sleep 2; echo after"]);
+    // The container prints its last line only once the test has rotated (a file appears in a
+    // bind-mounted directory; bounded to 60 s).
+    let signal = f.dir.path().join("signal");
+    std::fs::create_dir_all(&signal).expect("signal dir");
+    let mut s = spec(
+        "chatty",
+        &image,
+        &["sh", "-c", "seq 1 300; for i in $(seq 1 600); do [ -e /signal/go ] && break; sleep 0.1; done; echo after"],
+    );
+    s.mounts = vec![MountSpec::Bind { source: signal.clone(), target: "/signal".into(), read_only: true }];
     rt.create(&s).await.expect("create");
     rt.start("chatty").await.expect("start");
     let log = rt.logs("chatty").await.expect("log path");
     wait_for("300 lines", || std::fs::read_to_string(&log).is_ok_and(|t| t.ends_with("300\n")));
     assert!(shoal_runtime::logfile::rotate_if_over(&log, 100).expect("rotate"));
+    std::fs::write(signal.join("go"), "").expect("signal");
     let exit = tokio::time::timeout(Duration::from_secs(20), rt.wait("chatty")).await.expect("exits").expect("wait");
     assert_eq!(exit.code, 0);
     assert_eq!(std::fs::read(&log).expect("log"), b"after\n", "no hole where the old content was");
@@ -265,7 +275,7 @@ fn auth_registry(f: &Fixture) -> (Child, String) {
     assert!(line.starts_with("alice:$2"), "no bcrypt entry from htpasswd: {line:?}");
     std::fs::write(d.join("htpasswd"), format!("{line}\n")).expect("htpasswd");
     let (root, htpasswd) = (d.join("registry"), d.join("htpasswd"));
-    start_registry(&d.join("registry-auth.yml"), 401, |addr| {
+    start_registry(&d.join("registry-auth.yml"), &own_addr(5001), 401, |addr| {
         format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
             root.display(),

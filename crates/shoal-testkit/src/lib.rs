@@ -33,6 +33,15 @@ where
     }
 }
 
+/// A loopback address no other running process uses for listening: made from this process's id
+/// (all of 127.0.0.0/8 is local). With a port below the kernel's ephemeral range (32768 and
+/// up), no outgoing connection can hold it either, so a daemon started on it later cannot lose
+/// a race for the port the way "bind port 0, release, start" can.
+pub fn own_loopback_ip() -> std::net::Ipv4Addr {
+    let pid = std::process::id();
+    std::net::Ipv4Addr::new(127, (pid >> 16) as u8, (pid >> 8) as u8, pid as u8)
+}
+
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

@@ -56,6 +56,66 @@ fn pids_of(marker: &str) -> BTreeSet<String> {
     String::from_utf8_lossy(&out).lines().map(str::to_string).collect()
 }
 
+/// Runs a command and fails unless it succeeded (a `kill` that missed its target must not pass
+/// for a crash).
+fn run_ok(cmd: &str, args: &[&str]) -> Result<()> {
+    let st = std::process::Command::new(cmd).args(args).status()?;
+    if !st.success() {
+        bail!("{cmd} {args:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Kills every container process of host `i` through its cgroups (what losing the machine does
+/// to them; killing a shim leaves its containers running).
+fn kill_containers_of(i: usize) -> Result<()> {
+    run_ok(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "find /sys/fs/cgroup -path '*/shoal/shoal{SET}-h{i}/*/cgroup.procs' | while read -r f; do {{ xargs -r kill -9 <\"$f\"; }} 2>/dev/null; done; true"
+            ),
+        ],
+    )
+}
+
+/// The agent part of `shoal info` on host `h`: (connected, complete sets applied, secrets held).
+async fn agent_info(h: &str) -> Option<(bool, u64, Vec<String>)> {
+    let v = shoal(h, &["info", "--format", "json"]).await.ok()?.json().ok()?;
+    let a = &v["agent"];
+    let sessions = a["sessions"].as_str().and_then(|s| s.parse().ok()).or_else(|| a["sessions"].as_u64())?;
+    let secrets = a["secrets"].as_array().map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect());
+    Some((a["connected"].as_bool().unwrap_or(false), sessions, secrets.unwrap_or_default()))
+}
+
+/// Waits until host `h`'s agent (a new process) follows the leader again: it has applied a
+/// complete assignment set on an open stream.
+async fn wait_agent_following(h: &str) -> Result<()> {
+    wait_until(T, &format!("the agent of {h} to follow the leader"), || async move {
+        let (connected, sessions, _) = agent_info(h).await?;
+        (connected && sessions >= 1).then_some(())
+    })
+    .await
+}
+
+/// Checks `pred` every 200 ms for `window` and fails the first time it does not hold: for
+/// "nothing more happens", which no single observation can show.
+async fn holds_for<F, Fut>(window: Duration, what: &str, mut pred: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let end = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < end {
+        if let Err(e) = pred().await {
+            bail!("{what} stopped holding: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 async fn tasks(h: &str, service: &str) -> Option<Vec<Value>> {
     shoal(h, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?.as_array().cloned()
 }
@@ -127,17 +187,23 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     assert_eq!(before.len(), 6, "six containers run");
 
     // Restart an agent: its containers keep running (same PIDs), nothing duplicated or lost.
-    std::process::Command::new("kill").args(["-9", &hosts.pid(4)?]).status()?;
+    run_ok("kill", &["-9", &hosts.pid(4)?])?;
     hosts.run(&["start", "4"])?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_agent_following(&hosts.host(4)).await?;
     let ts = wait_running(&h, "web", 6).await?;
     assert_eq!(pids_of("sleep 1001"), before, "the same processes after the agent restart");
     assert_eq!(tasks(&h, "web").await.context("tasks")?.len(), 6, "no task was replaced: {ts:?}");
 
-    // kill -9 a worker and its containers: its replicas run elsewhere; back, nothing runs twice.
+    // Lose a worker (kill -9 its shoald, its shims and its containers): its replicas run
+    // elsewhere; once it is back, nothing runs twice.
     let on5 = ts.iter().filter(|t| t["node"] == "host5").count();
-    std::process::Command::new("kill").args(["-9", &hosts.pid(5)?]).status()?;
-    std::process::Command::new("pkill").args(["-9", "-f", "containerd-shim-runc-v2 -namespace shoal1-h5 "]).status()?;
+    run_ok("kill", &["-9", &hosts.pid(5)?])?;
+    let _ = std::process::Command::new("pkill")
+        .args(["-9", "-f", "containerd-shim-runc-v2 -namespace shoal1-h5 "])
+        .status();
+    kill_containers_of(5)?;
+    wait_until(T, "host5's containers gone", || async { (pids_of("sleep 1001").len() == 6 - on5).then_some(()) })
+        .await?;
     wait_until(T, "host5 down", || {
         let h = h.clone();
         async move {
@@ -157,7 +223,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_agent_following(&hosts.host(5)).await?;
     wait_running(&h, "web", 6).await?;
     assert_eq!(pids_of("sleep 1001").len(), 6, "nothing runs twice after host5 returns");
 
@@ -200,6 +266,19 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         let ps = shoal(&h, &["service", "ps", "crash"]).await?;
         bail!("{e}\n{}", ps.stdout);
     }
+    // Then no more: over 3 s (15 restart delays, several orchestrator passes) no third task.
+    holds_for(Duration::from_secs(3), "no restart after the last attempt", || {
+        let h = h.clone();
+        async move {
+            let ts = tasks(&h, "crash").await.ok_or("no task list")?;
+            if ts.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{} tasks: {ts:?}", ts.len()))
+            }
+        }
+    })
+    .await?;
 
     // Drain moves tasks away; scale to 0 and back.
     shoal_ok(&h, &["node", "update", "--availability", "drain", "host2"]).await?;
@@ -237,8 +316,11 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         }
     });
     let hellos = || followed.lock().map(|s| s.matches("hello from web.").count()).unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let old = hellos();
+    // `-f` first replays what the ended tasks printed: wait until it has all of it, so every
+    // line past that count can only come from the tasks started below.
+    let old = shoal_ok(&h, &["service", "logs", "web"]).await?.stdout.matches("hello from web.").count();
+    wait_until(T, "the replay of the ended tasks' logs", || async { (hellos() >= old).then_some(()) }).await?;
+    assert_eq!(hellos(), old, "the replay holds exactly what `service logs` shows");
     shoal_ok(&h, &["service", "scale", "web=6"]).await?;
     wait_running(&h, "web", 6).await?;
     let r =
@@ -332,7 +414,15 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         }
         false
     };
+    // What each agent received from the dispatcher, not only what it wrote: the secret reaches
+    // the node that runs the task and no other.
     for i in 1..=5 {
+        let (_, _, secrets) = agent_info(&hosts.host(i)).await.context("agent info")?;
+        assert_eq!(
+            secrets.contains(&"db-pass".to_string()),
+            i == on,
+            "host{i} received {secrets:?}; only host{on} runs a task that uses db-pass"
+        );
         assert_eq!(holds_secret(i), i == on, "host{i} holds the secret only if it runs the task (it is on host{on})");
     }
     let mounts = std::fs::read_to_string("/proc/mounts")?;

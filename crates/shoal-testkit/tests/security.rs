@@ -46,6 +46,36 @@ fn tls_channel(addr: &str, ca_pem: &str, cert_key: Option<(&str, &str)>) -> Resu
     shoal_manager::tls::channel(endpoint, addr, cfg, shoal_pki::MANAGER_NAME).map_err(anyhow::Error::msg)
 }
 
+/// Completes a TLS handshake with `addr` presenting `cert`/`key`, then reads: returns the error
+/// the server's alert turned into (empty if the server answered instead).
+async fn tls_alert_for(addr: &str, ca_pem: &str, cert: &str, key: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = shoal_pki::cert_der_from_pem(ca_pem)?;
+    let store = shoal_pki::tls::CertStore::new();
+    store.set(cert, key, &ca)?;
+    let cfg = Arc::new(shoal_pki::tls::client_config(&ca, Some(store))?);
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(shoal_pki::MANAGER_NAME)?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    // The server judges the client's certificate after the client's handshake is done.
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(T, tls.read(&mut buf)).await? {
+        Ok(_) => Ok(String::new()),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+/// Sends an HTTP/2 preface in plaintext to `addr` and returns the first bytes of the answer.
+async fn plaintext_reply(addr: &str) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(T, tcp.read(&mut buf)).await??;
+    Ok(buf[..n].to_vec())
+}
+
 fn read(dir: &Path, f: &str) -> Result<String> {
     std::fs::read_to_string(dir.join(f)).with_context(|| format!("read {}", dir.join(f).display()))
 }
@@ -170,14 +200,19 @@ async fn every_call_is_checked_against_the_callers_certificate() -> Result<()> {
     let now = std::time::SystemTime::now();
     let forged = other_ca.issue(&key.csr_pem("intruder")?, &subject, now, now + Duration::from_secs(3600))?;
     let foreign = tls_channel(&m1.addr(), &wc.ca, Some((&forged, &key.key_pem())))?;
-    // (With TLS 1.3 the client learns of the refusal after its handshake, so the call fails as
-    // Unavailable, Unknown or Cancelled depending on timing; the server logs the reason.)
+    // (With TLS 1.3 the client learns of the refusal only after its handshake, so the call fails
+    // as Unavailable, Unknown or Cancelled depending on timing.)
     let e = create_service(foreign, "forged").await.expect_err("foreign CA refused");
     assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled), "{e:?}");
+    // Why: a raw handshake with the forged certificate reads the server's alert.
+    let alert = tls_alert_for(&m1.addr(), &wc.ca, &forged, &key.key_pem()).await?;
+    assert!(alert.contains("UnknownCA"), "the server refuses a certificate of another CA: {alert}");
+    assert_eq!(service_count(&h).await?, 0, "nothing was created by a forged certificate");
 
-    // Plaintext is not served at all.
+    // Plaintext is not served at all: what comes back to an HTTP/2 preface is a TLS alert record.
+    assert_eq!(plaintext_reply(&m1.addr()).await?.first(), Some(&0x15), "a TLS alert (content type 21)");
     let plain = shoal_manager::client::tcp_endpoint(&m1.addr())?.connect_lazy();
-    assert!(create_service(plain, "plain").await.is_err(), "plaintext gRPC refused");
+    create_service(plain, "plain").await.expect_err("plaintext gRPC refused");
 
     // An admin certificate works remotely; the control API refuses nothing it should allow.
     let admin_key = shoal_pki::NodeKey::generate()?;
@@ -294,7 +329,11 @@ async fn secrets_are_validated_and_their_data_never_comes_back() -> Result<()> {
     let r = create(spec("big", &big)).await;
     assert!(r.as_ref().is_err_and(|s| s.message().contains("the limit is 512000 bytes")), "{r:?}");
     let r = create(spec("-bad name", b"x")).await;
-    assert!(r.is_err(), "invalid name refused: {r:?}");
+    assert!(
+        r.as_ref().is_err_and(|s| s.code() == tonic::Code::InvalidArgument
+            && s.message().contains("\"-bad name\" must start with a letter or digit")),
+        "invalid name refused with the rule: {r:?}"
+    );
     let made = create(spec("db-pass", b"hunter2")).await?;
     assert!(made.spec.as_ref().is_some_and(|s| s.data.is_empty()), "create does not echo the data");
     let r = create(spec("db-pass", b"again")).await;
