@@ -17,7 +17,7 @@ up() {
   for i in $(seq 1 "$n"); do
     mkdir -p "$W/n$i"
     "$BIN/shoald" --data-dir "$W/n$i/data" --listen-addr "127.0.100.$i:4242" \
-      --control-socket "$W/n$i/shoal.sock" --hostname "node$i" >"$W/n$i/shoald.log" 2>&1 &
+      --control-socket "$W/n$i/shoal.sock" --hostname "node$i" --no-runtime >"$W/n$i/shoald.log" 2>&1 &
     echo $! >"$W/n$i/pid"
   done
   for i in $(seq 1 "$n"); do
