@@ -108,7 +108,7 @@ YML
   wt=$(shoal 1 cluster join-token -q worker)
   for i in $(seq 2 "$n"); do
     if [ "$i" -le "$m" ]; then tok=$mt; else tok=$wt; fi
-    shoal "$i" cluster join --token "$tok" $NET.1:4242 >/dev/null
+    out=$(shoal "$i" cluster join --token "$tok" $NET.1:4242 2>&1) || { echo "$out" >&2; exit 1; }
   done
   wait_ready "$n"
   echo "registry: $REG (image $REG/busybox:1)"

@@ -5,11 +5,11 @@
 //! defaults, human names for enums, and spec validation. It does no I/O; the gRPC stubs are
 //! behind the `grpc` feature so pure crates do not pull tonic.
 
-pub mod base64;
 pub mod defaults;
 pub mod ids;
 pub mod names;
 pub mod objects;
+pub mod outcome;
 pub mod timefmt;
 pub mod token;
 pub mod units;

@@ -4,8 +4,20 @@
 //! keep them stable.
 
 use crate::v1::{
-    endpoint_spec, port_config, restart_policy, update_config, NodeAvailability, NodeRole, NodeState, TaskState,
+    endpoint_spec, port_config, restart_policy, update_config, NodeAvailability, NodeRole, NodeState, Refusal,
+    TaskState,
 };
+
+/// Short name of a store refusal (`conflict`, `not_found`, `exists`, `invalid`; `""` for none).
+pub fn refusal(r: Refusal) -> &'static str {
+    match r {
+        Refusal::None => "",
+        Refusal::Conflict => "conflict",
+        Refusal::NotFound => "not_found",
+        Refusal::Exists => "exists",
+        Refusal::Invalid => "invalid",
+    }
+}
 
 /// Lower-case name of a task state (`running`, `failed`, ...).
 pub fn task_state(s: TaskState) -> &'static str {

@@ -11,7 +11,7 @@ mod specs;
 use clap::{Args, Parser, Subcommand};
 use shoal_api::names;
 use shoal_api::v1::{self, control_client::ControlClient, *};
-use shoal_manager::client::{connect_with, Host, MAX_MESSAGE_BYTES};
+use shoal_client::{connect_with, Host, MAX_MESSAGE_BYTES};
 use tonic::transport::Channel;
 
 use crate::output::{print_json, print_table, Format};
@@ -435,35 +435,59 @@ async fn main() -> std::process::ExitCode {
     }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            errln!("Error: {e}");
-            std::process::ExitCode::FAILURE
+        Err(Failure { line, code }) => {
+            errln!("Error: {line}");
+            std::process::ExitCode::from(code)
         }
     }
 }
 
-/// Turns a gRPC status into the one line a user reads.
-fn status_line(host: &str, s: tonic::Status) -> String {
-    let msg = s.message();
-    if s.code() == tonic::Code::Unavailable && (msg.is_empty() || msg.contains("transport") || msg.contains("connect"))
-    {
-        return format!("cannot reach shoald at {host}: {msg}");
-    }
-    if msg.is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        msg.to_string()
+/// Exit status of a write whose outcome is unknown: it may still take effect.
+const EXIT_UNKNOWN_OUTCOME: u8 = 3;
+
+/// What the CLI prints and exits with when a command fails.
+struct Failure {
+    line: String,
+    code: u8,
+}
+
+impl From<String> for Failure {
+    fn from(line: String) -> Self {
+        Failure { line, code: 1 }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Turns a gRPC status into the one line a user reads, and the exit status: 1, or
+/// [`EXIT_UNKNOWN_OUTCOME`] when the daemon says a write may or may not have taken effect.
+fn status_failure(host: &str, s: tonic::Status) -> Failure {
+    let outcome = s
+        .metadata()
+        .get(shoal_api::outcome::WRITE_OUTCOME_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(shoal_api::outcome::WriteOutcome::parse);
+    let code = if outcome == Some(shoal_api::outcome::WriteOutcome::Unknown) { EXIT_UNKNOWN_OUTCOME } else { 1 };
+    let msg = s.message();
+    // A status made on this side of the connection carries the transport error as its source;
+    // the daemon's own answers carry none.
+    let transport = std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
+    let line = if s.code() == tonic::Code::Unavailable && transport {
+        format!("cannot reach shoald at {host}: {msg}")
+    } else if msg.is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        msg.to_string()
+    };
+    Failure { line, code }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
     let host = Host::parse(&cli.host).map_err(|e| e.to_string())?;
     let channel = connect_with(&host, cli.tls_dir.as_deref()).await.map_err(|e| e.to_string())?;
     let mut c = ControlClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let hs = cli.host.clone();
-    let err = move |s: tonic::Status| status_line(&hs, s);
+    let err = move |s: tonic::Status| status_failure(&hs, s);
     match cli.cmd {
         Cmd::Info(f) => info(&mut c, f.format).await.map_err(err),
         Cmd::Cluster(cmd) => cluster(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
@@ -482,10 +506,10 @@ enum Fail {
 }
 
 impl Fail {
-    fn into_line(self, f: &dyn Fn(tonic::Status) -> String) -> String {
+    fn into_line(self, f: &dyn Fn(tonic::Status) -> Failure) -> Failure {
         match self {
             Fail::Rpc(s) => f(s),
-            Fail::Usage(m) => m,
+            Fail::Usage(m) => m.into(),
         }
     }
 }
@@ -634,23 +658,24 @@ async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
             }
         }
         ClusterCmd::AdminCert { name, out } => {
-            let key = shoal_pki::NodeKey::generate().map_err(|e| e.to_string())?;
+            let key = shoal_client::pki::NodeKey::generate().map_err(|e| e.to_string())?;
             let csr_pem = key.csr_pem(&name).map_err(|e| e.to_string())?;
             let r = c.issue_admin_certificate(IssueAdminCertificateRequest { csr_pem, name }).await?.into_inner();
             let write = |f: &str, data: &str, private: bool| {
                 let path = out.join(f);
                 let r = if private {
-                    shoal_pki::write_private_file(&path, data.as_bytes())
+                    shoal_client::pki::write_private_file(&path, data.as_bytes())
                 } else {
-                    shoal_pki::write_public_file(&path, data.as_bytes())
+                    shoal_client::pki::write_public_file(&path, data.as_bytes())
                 };
                 r.map_err(|e| format!("cannot write {}: {e}", path.display()))
             };
-            write(shoal_manager::client::ADMIN_KEY_FILE, &key.key_pem(), true)?;
-            write(shoal_manager::client::ADMIN_CERT_FILE, &r.cert_pem, false)?;
-            write(shoal_manager::client::ADMIN_CA_FILE, &r.ca_pem, false)?;
-            let expires =
-                shoal_pki::identity_from_pem(&r.cert_pem).map(|i| shoal_pki::rfc3339(i.not_after)).unwrap_or_default();
+            write(shoal_client::ADMIN_KEY_FILE, &key.key_pem(), true)?;
+            write(shoal_client::ADMIN_CERT_FILE, &r.cert_pem, false)?;
+            write(shoal_client::ADMIN_CA_FILE, &r.ca_pem, false)?;
+            let expires = shoal_client::pki::identity_from_pem(&r.cert_pem)
+                .map(|i| shoal_client::pki::rfc3339(i.not_after))
+                .unwrap_or_default();
             outln!("Admin certificate written to {} (expires {expires}).", out.display());
             outln!("Use it with: shoal --host MANAGER:PORT --tls-dir {} ...", out.display());
         }
@@ -725,7 +750,7 @@ fn read_data(file: &str) -> Result<Vec<u8>, String> {
 
 fn rfc3339_ms(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    shoal_pki::rfc3339(t)
+    shoal_client::pki::rfc3339(t)
 }
 
 fn data_row(meta: &Option<Meta>, ann: Option<&Annotations>, size: Option<usize>) -> serde_json::Value {
@@ -826,7 +851,12 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
                 return Ok(());
             }
             let self_id = c.info(InfoRequest {}).await.map(|r| r.into_inner().node_id).unwrap_or_default();
-            let rows: Vec<serde_json::Value> = nodes.iter().map(output::node_row).collect();
+            let mut rows: Vec<serde_json::Value> = nodes.iter().map(output::node_row).collect();
+            // As docker does: by hostname (then id, for equal names).
+            let key = |r: &serde_json::Value| {
+                (r["hostname"].as_str().unwrap_or("").to_string(), r["id"].as_str().unwrap_or("").to_string())
+            };
+            rows.sort_by_key(key);
             match format {
                 Format::Json => print_json(&serde_json::Value::Array(rows)),
                 Format::Table => print_table(
@@ -922,7 +952,11 @@ fn service_name_from_image(image: &str) -> String {
     let base = last.split([':', '@']).next().unwrap_or(last);
     let cleaned: String =
         base.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' { ch } else { '-' }).collect();
-    let suffix = &shoal_manager::node::new_id()[..6];
+    // Docker appends a random suffix; the std hasher's per-process random keys are enough here.
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    let id = shoal_api::ids::id_from_bits(u128::from(bits) << 64 | u128::from(bits));
+    let suffix = &id[..6];
     format!("{}-{suffix}", cleaned.trim_matches('-'))
 }
 

@@ -152,7 +152,7 @@ pub fn cluster_pretty(c: &Cluster) {
     outln!("Task history limit: {}", s.task_history_limit);
     outln!("Node certificates:  valid {}", d(s.node_cert_validity_s * 1000));
     if let Some(ca) = &c.root_ca {
-        let digest = shoal_pki::cert_der_from_pem(&ca.cert_pem).ok().map(|d| shoal_pki::ca_digest(&d));
+        let digest = shoal_client::pki::cert_der_from_pem(&ca.cert_pem).ok().map(|d| shoal_client::pki::ca_digest(&d));
         outln!("CA digest:          {}", digest.unwrap_or_default());
     }
 }

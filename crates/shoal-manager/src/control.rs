@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ApiError;
 use crate::local::{Peer, Role};
 use crate::node::{member_addr, new_id, new_secret, now_ms, wait_leader, Node, RaftRuntime};
-use crate::propose::{create_op, delete_op, propose, reachable_managers, update_op};
+use crate::writer::{create_op, delete_op, propose, reachable_managers, update_op};
 
 /// gRPC implementation of `Control`.
 pub struct ControlService {
@@ -198,7 +198,7 @@ impl ControlService {
         // The join call: server verified against the pinned CA, no client certificate yet.
         let cfg = shoal_pki::tls::client_config(&ca_der, None).map_err(|e| ApiError::Internal(e.to_string()))?;
         let endpoint = crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
-        let channel = crate::tls::channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
+        let channel = shoal_client::tls_channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
             .map_err(ApiError::Internal)?;
         let mut client = v1::membership_client::MembershipClient::new(channel);
         let mut call = tonic::Request::new(JoinRequest {
@@ -411,6 +411,10 @@ impl Control for ControlService {
                 last_log_index: m.last_log_index.unwrap_or(0),
                 last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
                 snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+                quorum_ack_age_ms: match m.millis_since_quorum_ack {
+                    Some(ms) if m.current_leader == Some(m.id) => i64::try_from(ms).unwrap_or(i64::MAX),
+                    _ => -1,
+                },
             }
         });
         Ok(Response::new(InfoResponse {

@@ -1,25 +1,34 @@
 //! The dispatcher, served by the leader: streams each node its assignments (a complete set,
 //! then incremental changes) and commits the task status the agents report.
 //!
-//! The stream is level-triggered: after every applied change the node's current set is
-//! recomputed from the store and diffed against what was sent, so a missed event can never
-//! leave a node with a stale view. Reported status goes through `SetTaskStatus` ops, which change
-//! only the status and so never conflict with the orchestrator's writes to the same task.
+//! One hub per leader term owns every node's stream. It follows the store's change stream and
+//! wakes only the streams of the nodes whose tasks changed, with only those tasks: the cost of
+//! an applied change is proportional to the change, not to the cluster. What a stream sent is
+//! remembered per task (its version), so whenever the hub cannot tell what changed (a snapshot
+//! replaced the store, it fell behind the change stream, a stream's buffer was full) it diffs
+//! the node's current set against what was sent, and nothing is ever missed. Reported status
+//! goes through `SetTaskStatus` ops, which change only the status and so never conflict with the
+//! orchestrator's writes to the same task.
+//!
+//! Decisions are pure functions ([`delta`]: sent vs current -> message); the hub executes them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use shoal_api::v1::{
-    assignments_message, dispatcher_server::Dispatcher, op, AssignmentsMessage, AssignmentsRequest, Op, Task,
+    assignments_message, dispatcher_server::Dispatcher, object, op, AssignmentsMessage, AssignmentsRequest, Op, Task,
     TaskStatusUpdate, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::node::{member_addr, Node};
-use crate::propose::propose;
+use crate::node::{member_addr, Node, RaftRuntime};
+use crate::writer::propose;
 
 /// gRPC implementation of `Dispatcher`.
 pub struct DispatcherService {
@@ -32,7 +41,7 @@ impl DispatcherService {
         Self { node }
     }
 
-    fn require_leader(&self) -> Result<std::sync::Arc<crate::node::RaftRuntime>, Status> {
+    fn require_leader(&self) -> Result<Arc<RaftRuntime>, Status> {
         let rt = self.node.require_manager()?;
         let m = rt.metrics();
         if m.current_leader != Some(m.id) {
@@ -109,6 +118,202 @@ fn version(t: &Task) -> u64 {
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentsMessage, Status>> + Send>>;
 
+/// The sender half of one node's assignment stream.
+type StreamTx = mpsc::Sender<Result<AssignmentsMessage, Status>>;
+
+/// A request to the hub: serve `node_id` on `tx` (replacing an older stream of the node).
+pub(crate) struct Register {
+    node_id: String,
+    tx: StreamTx,
+}
+
+/// Messages a node's stream buffers before the hub stops sending and diffs later instead.
+const STREAM_BUFFER: usize = 32;
+
+/// What was sent to one node, and where to send more.
+struct Session {
+    node_id: String,
+    tx: StreamTx,
+    /// Task id -> version sent.
+    sent: HashMap<String, u64>,
+    /// The dependency versions sent; `None` before the first message.
+    sent_deps: Option<Vec<(String, u64)>>,
+    /// A message could not be buffered: diff the whole set at the next chance.
+    stale: bool,
+}
+
+/// The message that brings a node from `sent` to `current`: the complete set the first time
+/// (`first`), else the tasks whose version differs and the ids that left; `None` when nothing
+/// changed. Pure.
+pub fn delta(
+    first: bool,
+    sent: &HashMap<String, u64>,
+    current: &HashMap<String, Task>,
+    deps: Option<(Vec<shoal_api::v1::Secret>, Vec<shoal_api::v1::Config>)>,
+) -> Option<AssignmentsMessage> {
+    let (dependencies, (secrets, configs)) = match deps {
+        Some(d) => (true, d),
+        None => (false, Default::default()),
+    };
+    if first {
+        let mut tasks: Vec<Task> = current.values().cloned().collect();
+        tasks.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        return Some(AssignmentsMessage {
+            r#type: assignments_message::Type::Complete as i32,
+            tasks,
+            removed: Vec::new(),
+            dependencies: true,
+            secrets,
+            configs,
+        });
+    }
+    let mut changed: Vec<Task> =
+        current.iter().filter(|(id, t)| sent.get(*id) != Some(&version(t))).map(|(_, t)| t.clone()).collect();
+    changed.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    let mut removed: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
+    removed.sort();
+    (!changed.is_empty() || !removed.is_empty() || dependencies).then_some(AssignmentsMessage {
+        r#type: assignments_message::Type::Incremental as i32,
+        tasks: changed,
+        removed,
+        dependencies,
+        secrets,
+        configs,
+    })
+}
+
+fn version_key(t: &Task) -> (u64, &str) {
+    (version(t), t.meta.as_ref().map_or("", |m| m.id.as_str()))
+}
+
+impl Session {
+    /// Brings the node up to date with `store`: all of its tasks when `all` (or when stale),
+    /// else only `touched` (task ids that changed; others are as sent).
+    fn sync(&mut self, store: &shoal_store::Store, touched: Option<&BTreeSet<String>>) -> bool {
+        let first = self.sent_deps.is_none();
+        let everything = first || self.stale || touched.is_none();
+        // Start from what was sent, and look again at what may differ from it.
+        let mut current: HashMap<String, Task> = HashMap::new();
+        let mut sent_view: HashMap<String, u64> = HashMap::new();
+        if everything {
+            current = node_tasks(store, &self.node_id);
+            sent_view = self.sent.clone();
+        } else if let Some(ids) = touched {
+            for id in ids {
+                if let Some(v) = self.sent.get(id) {
+                    sent_view.insert(id.clone(), *v);
+                }
+                if let Some(t) = store.task(id).filter(|t| t.node_id == self.node_id && assigned(t)) {
+                    current.insert(id.clone(), t.clone());
+                }
+            }
+        }
+        // Dependencies follow the node's whole runnable set; their versions are cheap to compare.
+        let all_tasks = if everything { None } else { Some(node_tasks(store, &self.node_id)) };
+        let ids = dependency_ids(all_tasks.as_ref().unwrap_or(&current));
+        let versions = dependency_versions(store, &ids);
+        let deps_changed = self.sent_deps.as_ref() != Some(&versions);
+        let deps = deps_changed.then(|| {
+            let d = dependencies(store, &ids);
+            (d.secrets, d.configs)
+        });
+        let Some(msg) = delta(first, &sent_view, &current, deps) else {
+            self.stale = false;
+            return true;
+        };
+        match self.tx.try_send(Ok(msg)) {
+            Ok(()) => {
+                for (id, t) in &current {
+                    self.sent.insert(id.clone(), version(t));
+                }
+                for id in sent_view.keys().filter(|id| !current.contains_key(*id)) {
+                    self.sent.remove(id);
+                }
+                self.sent_deps = Some(versions);
+                self.stale = false;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The agent is slow: drop this message and diff everything later.
+                self.stale = true;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// What a batch of applied events touched: task ids per node, and whether secrets or configs
+/// changed (every node's dependencies are then compared).
+fn touched(events: &[shoal_api::v1::Event]) -> (HashMap<String, BTreeSet<String>>, bool) {
+    let mut per_node: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut deps = false;
+    for e in events {
+        match e.object.as_ref().and_then(|o| o.kind.as_ref()) {
+            Some(object::Kind::Task(t)) if !t.node_id.is_empty() => {
+                let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                per_node.entry(t.node_id.clone()).or_default().insert(id);
+            }
+            Some(object::Kind::Secret(_) | object::Kind::Config(_)) => deps = true,
+            _ => {}
+        }
+    }
+    (per_node, deps)
+}
+
+/// The leader's hub: owns every node's assignment stream for this term (see the module doc).
+/// Returns when `token` is cancelled (leadership lost), ending every stream with an error that
+/// tells the agent to reconnect.
+pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Register>, token: CancellationToken) {
+    let mut changes = rt.store.events();
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            reg = regs.recv() => {
+                let Some(Register { node_id, tx }) = reg else { break };
+                let mut s = Session { node_id: node_id.clone(), tx, sent: HashMap::new(), sent_deps: None, stale: false };
+                if rt.store.read(|st| s.sync(st, None)) {
+                    sessions.insert(node_id, s);
+                }
+            }
+            change = changes.recv() => {
+                let resync_all = match change {
+                    Ok(c) => match &*c {
+                        shoal_raft::Change::Applied(events) => {
+                            let (per_node, deps) = touched(events);
+                            rt.store.read(|st| {
+                                sessions.retain(|node_id, s| match per_node.get(node_id) {
+                                    Some(ids) => s.sync(st, Some(ids)),
+                                    None if deps => s.sync(st, Some(&BTreeSet::new())),
+                                    None => true,
+                                });
+                            });
+                            false
+                        }
+                        shoal_raft::Change::Replaced => true,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if resync_all {
+                    rt.store.read(|st| sessions.retain(|_, s| s.sync(st, None)));
+                }
+            }
+            _ = tick.tick() => {
+                // Retry the streams whose buffer was full, and forget the ones that closed.
+                rt.store.read(|st| sessions.retain(|_, s| if s.stale { s.sync(st, None) } else { !s.tx.is_closed() }));
+            }
+        }
+    }
+    for s in sessions.into_values() {
+        let _ = s.tx.try_send(Err(Status::unavailable("leadership changed: reconnect to the new leader")));
+    }
+}
+
 #[tonic::async_trait]
 impl Dispatcher for DispatcherService {
     type AssignmentsStream = AssignmentStream;
@@ -121,72 +326,16 @@ impl Dispatcher for DispatcherService {
         if rt.store.read(|s| s.node(&node_id).is_none()) {
             return Err(Status::not_found(format!("node {node_id:?} is not part of the cluster")));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let shutdown = self.node.shutdown_token();
-        tokio::spawn(async move {
-            let mut applied = rt.store.applied();
-            let mut metrics = rt.raft.metrics();
-            let mut sent: HashMap<String, u64> = HashMap::new();
-            let mut sent_deps: Option<Vec<(String, u64)>> = None;
-            let mut first = true;
-            loop {
-                let (current, deps, deps_changed) = rt.store.read(|s| {
-                    let current = node_tasks(s, &node_id);
-                    let ids = dependency_ids(&current);
-                    let versions = dependency_versions(s, &ids);
-                    let changed = sent_deps.as_ref() != Some(&versions);
-                    let deps = if changed { dependencies(s, &ids) } else { Deps::default() };
-                    sent_deps = Some(versions);
-                    (current, deps, changed)
-                });
-                let msg = if first {
-                    first = false;
-                    sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
-                    Some(AssignmentsMessage {
-                        r#type: assignments_message::Type::Complete as i32,
-                        tasks: current.into_values().collect(),
-                        removed: Vec::new(),
-                        dependencies: true,
-                        secrets: deps.secrets,
-                        configs: deps.configs,
-                    })
-                } else {
-                    let changed: Vec<Task> = current
-                        .iter()
-                        .filter(|(id, t)| sent.get(*id) != Some(&version(t)))
-                        .map(|(_, t)| t.clone())
-                        .collect();
-                    let removed: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
-                    sent = current.iter().map(|(id, t)| (id.clone(), version(t))).collect();
-                    (!changed.is_empty() || !removed.is_empty() || deps_changed).then_some(AssignmentsMessage {
-                        r#type: assignments_message::Type::Incremental as i32,
-                        tasks: changed,
-                        removed,
-                        dependencies: deps_changed,
-                        secrets: deps.secrets,
-                        configs: deps.configs,
-                    })
-                };
-                if let Some(msg) = msg {
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    r = metrics.changed() => {
-                        let leading = r.is_ok() && { let m = metrics.borrow(); m.current_leader == Some(m.id) };
-                        if !leading {
-                            let _ = tx.send(Err(Status::unavailable("leadership changed: reconnect to the new leader"))).await;
-                            return;
-                        }
-                    }
-                    r = applied.changed() => if r.is_err() { return },
-                }
-            }
-        });
+        let hub = self
+            .node
+            .inner
+            .leader
+            .hub()
+            .ok_or_else(|| Status::unavailable("the leader is starting its dispatcher; retry in a moment"))?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        hub.send(Register { node_id, tx })
+            .await
+            .map_err(|_| Status::unavailable("leadership changed: reconnect to the new leader"))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

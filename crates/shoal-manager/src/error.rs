@@ -2,6 +2,7 @@
 //!
 //! Messages are what a user reads on one line: what went wrong and what to do about it.
 
+use shoal_api::v1::Refusal;
 use shoal_api::validate::ValidationError;
 use tonic::{Code, Status};
 
@@ -36,11 +37,22 @@ pub enum ApiError {
     /// A referenced object does not exist or is ambiguous.
     #[error(transparent)]
     Lookup(#[from] shoal_store::LookupError),
-    /// The store refused the command (conflict, not found, exists, invalid).
+    /// The write was appended to the leader's log but not seen committed in time: it may still
+    /// take effect (when enough managers come back), or never. Nothing else can be said.
+    #[error("the outcome of this write is unknown: the leader took it but could not commit it within {waited_ms} ms ({reachable} of {total} managers reachable); it takes effect if enough managers return. Check with `shoal service ls` / `inspect` once the managers are back before retrying")]
+    UnknownOutcome {
+        /// How long the write waited.
+        waited_ms: u64,
+        /// Managers that answered (including this one).
+        reachable: usize,
+        /// Managers in the Raft membership.
+        total: usize,
+    },
+    /// The store refused the command (conflict, not found, exists, invalid); nothing applied.
     #[error("{message}")]
     Apply {
-        /// `conflict`, `not_found`, `exists` or `invalid`.
-        kind: String,
+        /// Why.
+        refusal: shoal_api::v1::Refusal,
         /// The store's explanation.
         message: String,
     },
@@ -62,8 +74,22 @@ impl ApiError {
     }
 }
 
+pub use shoal_api::outcome::WriteOutcome;
+use shoal_api::outcome::{NODE_REMOVED, REFUSAL_KEY, WRITE_OUTCOME_KEY};
+
+/// Reads the outcome a leader attached to a failed write's status, if any.
+pub fn write_outcome(s: &Status) -> Option<WriteOutcome> {
+    WriteOutcome::parse(s.metadata().get(WRITE_OUTCOME_KEY)?.to_str().ok()?)
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        let outcome = match &e {
+            ApiError::NoQuorum { .. } => Some(WriteOutcome::Refused),
+            ApiError::UnknownOutcome { .. } => Some(WriteOutcome::Unknown),
+            ApiError::NotLeader => Some(WriteOutcome::NotLeader),
+            _ => None,
+        };
         let code = match &e {
             ApiError::NotInCluster | ApiError::AlreadyInCluster(_) | ApiError::NotManager | ApiError::NotLeader => {
                 Code::FailedPrecondition
@@ -73,15 +99,36 @@ impl From<ApiError> for Status {
             ApiError::Rejected(_) => Code::FailedPrecondition,
             ApiError::Lookup(shoal_store::LookupError::NotFound { .. }) => Code::NotFound,
             ApiError::Lookup(_) => Code::InvalidArgument,
-            ApiError::Apply { kind, .. } => match kind.as_str() {
-                "not_found" => Code::NotFound,
-                "exists" => Code::AlreadyExists,
-                "conflict" => Code::Aborted,
-                _ => Code::InvalidArgument,
+            // gRPC's own meaning: the operation may have completed.
+            ApiError::UnknownOutcome { .. } => Code::DeadlineExceeded,
+            ApiError::Apply { refusal, .. } => match refusal {
+                Refusal::NotFound => Code::NotFound,
+                Refusal::Exists => Code::AlreadyExists,
+                Refusal::Conflict => Code::Aborted,
+                Refusal::Invalid | Refusal::None => Code::InvalidArgument,
             },
             ApiError::Unauthorized(_) => Code::PermissionDenied,
             ApiError::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let Some(o) = outcome {
+            status.metadata_mut().insert(WRITE_OUTCOME_KEY, tonic::metadata::MetadataValue::from_static(o.as_str()));
+        }
+        status
     }
+}
+
+/// The refusal a removed node's calls get (its certificate is no longer accepted).
+pub fn node_removed(node_id: &str) -> Status {
+    let mut s = Status::permission_denied(format!(
+        "node {node_id} was removed from the cluster; its certificate is no longer accepted (join it again)"
+    ));
+    s.metadata_mut().insert(REFUSAL_KEY, tonic::metadata::MetadataValue::from_static(NODE_REMOVED));
+    s
+}
+
+/// Whether `s` says the calling node was removed from the cluster.
+pub fn is_node_removed(s: &Status) -> bool {
+    s.code() == Code::PermissionDenied
+        && s.metadata().get(REFUSAL_KEY).and_then(|v| v.to_str().ok()) == Some(NODE_REMOVED)
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{now_ms, Node, RaftRuntime};
-use crate::propose::{propose, update_op};
+use crate::writer::{propose, update_op};
 
 /// What the leader last heard from a node.
 #[derive(Debug, Clone)]
@@ -30,14 +30,24 @@ pub struct Seen {
     pub description: Option<NodeDescription>,
 }
 
-/// Liveness bookkeeping of the current leader term.
+/// Liveness bookkeeping of the current leader term, and the way to its dispatcher hub.
 #[derive(Default)]
 pub struct LeaderState {
     seen: Mutex<HashMap<String, Seen>>,
     since: Mutex<Option<Instant>>,
+    hub: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>>>,
 }
 
 impl LeaderState {
+    /// Where to register an assignment stream, while this manager leads.
+    pub(crate) fn hub(&self) -> Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
+    }
+
+    fn set_hub(&self, hub: Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>>) {
+        *self.hub.lock().unwrap_or_else(|p| p.into_inner()) = hub;
+    }
+
     /// Records a heartbeat.
     pub fn record(&self, node_id: &str, seen: Seen) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.to_string(), seen);
@@ -76,10 +86,14 @@ pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
                     tokio::spawn(liveness_loop(node.clone(), rt.clone(), token.clone()));
                     tokio::spawn(membership_loop(node.clone(), rt.clone(), token.clone()));
                     tokio::spawn(orchestrate_loop(node.clone(), rt.clone(), token.clone()));
+                    let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(256);
+                    node.inner.leader.set_hub(Some(hub_tx));
+                    tokio::spawn(crate::dispatcher::run_hub(rt.clone(), hub_rx, token.clone()));
                     current = Some(token);
                 }
                 (false, Some(t)) => {
                     tracing::info!("no longer leader: stopping leader loops");
+                    node.inner.leader.set_hub(None);
                     t.cancel();
                     current = None;
                 }
@@ -161,48 +175,109 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
     }
 }
 
-/// Largest number of ops proposed in one command (keeps log entries small).
-const MAX_OPS_PER_COMMAND: usize = 128;
+/// Largest number of ops proposed in one command (keeps log entries small); a group of ops
+/// that must commit together is never split, even when it is larger.
+const MAX_OPS_PER_COMMAND: usize = 256;
 
-/// Proposes ops in bounded commands. A refused command (a concurrent change made one of its
-/// versions stale) is dropped: the next pass re-reads and recomputes.
-async fn propose_chunks(node: &Node, ops: Vec<v1::Op>, what: &str) {
-    for chunk in ops.chunks(MAX_OPS_PER_COMMAND) {
-        if let Err(e) = propose(node, chunk.to_vec()).await {
-            tracing::debug!(error = %e, what, "proposal not applied; the next pass retries");
+/// How often the orchestrator looks at every service, for decisions that only time makes due
+/// (restart delays) and as a safety net under the event-driven passes.
+const FULL_PASS: Duration = Duration::from_millis(500);
+
+/// Proposes groups of ops, packed into commands of at most [`MAX_OPS_PER_COMMAND`] ops without
+/// splitting a group. A refused command (a concurrent change made one of its versions stale) is
+/// dropped: the next pass re-reads and recomputes.
+async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) {
+    let mut batch: Vec<v1::Op> = Vec::new();
+    for unit in units {
+        if !batch.is_empty() && batch.len() + unit.len() > MAX_OPS_PER_COMMAND {
+            propose_batch(node, std::mem::take(&mut batch), what).await;
+        }
+        batch.extend(unit);
+    }
+    if !batch.is_empty() {
+        propose_batch(node, batch, what).await;
+    }
+}
+
+async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) {
+    if let Err(e) = propose(node, ops).await {
+        tracing::debug!(error = %e, what, "proposal not applied; the next pass retries");
+    }
+}
+
+/// Runs the orchestrator, then the scheduler, proposing what they decide: over the services a
+/// batch of applied changes touched, and over everything on a timer (time-based decisions such
+/// as restart delays) or when the change stream cannot say what changed.
+async fn orchestrate_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
+    let mut changes = rt.store.events();
+    let mut full_at = Instant::now();
+    let mut scope = shoal_orchestrator::Scope::All;
+    loop {
+        // Everything that arrived so far goes into one pass.
+        loop {
+            match changes.try_recv() {
+                Ok(change) => merge(&mut scope, &rt, &change),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => scope = shoal_orchestrator::Scope::All,
+                Err(_) => break,
+            }
+        }
+        if Instant::now() >= full_at {
+            scope = shoal_orchestrator::Scope::All;
+        }
+        let pass = std::mem::replace(&mut scope, shoal_orchestrator::Scope::Services(Default::default()));
+        if pass == shoal_orchestrator::Scope::All {
+            full_at = Instant::now() + FULL_PASS;
+        }
+        if pass != shoal_orchestrator::Scope::Services(Default::default()) {
+            run_pass(&node, &rt, &pass).await;
+        }
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = changes.recv() => match r {
+                Ok(change) => merge(&mut scope, &rt, &change),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scope = shoal_orchestrator::Scope::All,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep_until(full_at) => {}
         }
     }
 }
 
-/// Runs the orchestrator, then the scheduler, whenever the store changes (and on a tick, for
-/// time-based decisions such as restart delays), proposing what they decide.
-async fn orchestrate_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
-    let mut applied = rt.store.applied();
-    loop {
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => return,
-            r = applied.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        // Let a burst of applies settle into one pass.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = now_ms();
-        let ops = rt.store.read(|s| shoal_orchestrator::reconcile(s, now, &mut crate::node::new_id));
-        if !ops.is_empty() {
-            propose_chunks(&node, ops, "orchestrator").await;
-        }
-        let (assignments, reasons) = rt.store.read(|s| {
-            let plan = shoal_scheduler::schedule(s, now);
-            let reasons = shoal_scheduler::unschedulable_updates(s, &plan.unschedulable);
-            (plan.assignments, reasons)
-        });
-        if !assignments.is_empty() {
-            propose_chunks(&node, assignments, "scheduler").await;
-        }
-        if !reasons.is_empty() {
-            propose_chunks(&node, reasons, "scheduler reasons").await;
-        }
+/// Adds what `change` touched to `scope`.
+fn merge(scope: &mut shoal_orchestrator::Scope, rt: &RaftRuntime, change: &shoal_raft::Change) {
+    use shoal_orchestrator::Scope;
+    let more = match change {
+        shoal_raft::Change::Applied(events) => rt.store.read(|s| shoal_orchestrator::affected(s, events)),
+        shoal_raft::Change::Replaced => Scope::All,
+    };
+    match (&mut *scope, more) {
+        (Scope::All, _) => {}
+        (_, Scope::All) => *scope = Scope::All,
+        (Scope::Services(a), Scope::Services(b)) => a.extend(b),
+    }
+}
+
+/// One orchestrator pass over `scope`, then one scheduler pass.
+async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Scope) {
+    let now = now_ms();
+    let units = rt.store.read(|s| {
+        let ops = shoal_orchestrator::reconcile_scope(s, now, scope, &mut crate::node::new_id);
+        shoal_orchestrator::units(s, ops)
+    });
+    if !units.is_empty() {
+        propose_units(node, units, "orchestrator").await;
+    }
+    let (assignments, reasons) = rt.store.read(|s| {
+        let plan = shoal_scheduler::schedule(s, now);
+        let reasons = shoal_scheduler::unschedulable_updates(s, &plan.unschedulable);
+        (plan.assignments, reasons)
+    });
+    if !assignments.is_empty() {
+        propose_units(node, assignments.into_iter().map(|op| vec![op]).collect(), "scheduler").await;
+    }
+    if !reasons.is_empty() {
+        propose_units(node, reasons.into_iter().map(|op| vec![op]).collect(), "scheduler reasons").await;
     }
 }
 

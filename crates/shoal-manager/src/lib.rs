@@ -6,7 +6,8 @@
 //! copy of that logic.
 
 mod agent_link;
-pub mod client;
+/// Client-side connections (moved to shoal-client; re-exported for the daemon's own callers).
+pub use shoal_client as client;
 pub mod control;
 pub mod dispatcher;
 pub mod error;
@@ -15,10 +16,10 @@ pub mod local;
 pub mod membership;
 pub mod node;
 pub mod pki;
-pub mod propose;
 pub mod server;
 mod session;
 pub mod tls;
+pub mod writer;
 
 pub use error::ApiError;
 pub use server::{Daemon, DaemonConfig};

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::error::ApiError;
 use crate::leader::Seen;
 use crate::node::{member_addr, now_ms, Node};
-use crate::propose::{create_op, propose_local, update_op};
+use crate::writer::{create_op, propose_local, update_op};
 
 /// gRPC implementation of `Membership`.
 pub struct MembershipService {
@@ -149,8 +149,8 @@ impl Membership for MembershipService {
         match r {
             Ok(r) => Ok(Response::new(r)),
             // Apply errors travel inside the result so the caller sees the store's verdict.
-            Err(ApiError::Apply { kind, message }) => {
-                Ok(Response::new(CommandResult { error: message, error_kind: kind, ..Default::default() }))
+            Err(ApiError::Apply { refusal, message }) => {
+                Ok(Response::new(CommandResult { error: message, refusal: refusal as i32, ..Default::default() }))
             }
             Err(e) => Err(e.into()),
         }

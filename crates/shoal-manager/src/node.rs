@@ -324,7 +324,7 @@ impl Node {
             ApiError::Rejected("this node has no certificate: it is not in a cluster (init or join first)".into())
         })?;
         let endpoint = client::tcp_endpoint(addr).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let c = crate::tls::channel(endpoint, addr, cfg, server_name).map_err(ApiError::Internal)?;
+        let c = shoal_client::tls_channel(endpoint, addr, cfg, server_name).map_err(ApiError::Internal)?;
         map.insert(key, c.clone());
         Ok(c)
     }
@@ -498,7 +498,7 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
                 .ok_or_else(|| "this node has no certificate".to_string())?;
-            crate::tls::channel(shoal_raft::raft_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
+            shoal_client::tls_channel(shoal_raft::raft_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
         }));
         let health = network.health();
         let raft = openraft::Raft::new(local.raft_id, Arc::new(config), network, log, sm)
@@ -563,10 +563,10 @@ impl Node {
                 st.message =
                     "removed from the managers by --force-new-cluster; wipe its data dir and join again".into();
             }
-            ops.push(crate::propose::update_op(n.into()));
+            ops.push(crate::writer::update_op(n.into()));
         }
         if !ops.is_empty() {
-            if let Err(e) = crate::propose::propose(self, ops).await {
+            if let Err(e) = crate::writer::propose(self, ops).await {
                 tracing::warn!(error = %e, "force-new-cluster: recording the old managers failed");
             }
         }

@@ -88,9 +88,7 @@ async fn beat(node: &Node, addr: &str, period: Duration) -> Result<HeartbeatResp
     match client.heartbeat(req).await {
         Ok(r) => Ok(r.into_inner()),
         // The managers refuse a removed node's certificate: that is how it learns of it.
-        Err(s) if s.code() == tonic::Code::PermissionDenied && s.message().contains("was removed from the cluster") => {
-            Ok(HeartbeatResponse { removed: true, ..Default::default() })
-        }
+        Err(s) if crate::error::is_node_removed(&s) => Ok(HeartbeatResponse { removed: true, ..Default::default() }),
         Err(s) => Err(format!("{addr}: {}", s.message())),
     }
 }

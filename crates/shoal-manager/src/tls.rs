@@ -17,17 +17,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use shoal_pki::{PeerIdentity, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::node::Node;
@@ -189,10 +185,7 @@ fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<
         )));
     }
     if node.is_removed(&id.node_id) {
-        return Err(Status::permission_denied(format!(
-            "node {} was removed from the cluster; its certificate is no longer accepted (join it again)",
-            id.node_id
-        )));
+        return Err(crate::error::node_removed(&id.node_id));
     }
     match roles {
         Some(r) if !r.contains(&id.role) => {
@@ -260,29 +253,6 @@ where
             }
         }
     }
-}
-
-/// A lazily connecting TLS channel to `addr`, verifying the server as `server_name` (managers:
-/// [`shoal_pki::MANAGER_NAME`]; a node's agent: its node id).
-pub fn channel(
-    endpoint: Endpoint,
-    addr: &str,
-    cfg: Arc<rustls::ClientConfig>,
-    server_name: &str,
-) -> Result<Channel, String> {
-    let name =
-        ServerName::try_from(server_name.to_string()).map_err(|e| format!("server name {server_name:?}: {e}"))?;
-    let addr = addr.to_string();
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-        let (addr, name, connector) = (addr.clone(), name.clone(), connector.clone());
-        async move {
-            let tcp = TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, io::Error>(TokioIo::new(tls))
-        }
-    })))
 }
 
 #[cfg(test)]

@@ -49,7 +49,11 @@ mod work;
 mod tests;
 
 use shoal_api::defaults::fill_settings;
-use shoal_api::v1::{service_spec::Mode, Annotations, Meta, Op, Service, Task, TaskState, TaskStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_api::v1::{
+    object, op, service_spec::Mode, Annotations, Event, Meta, Op, Service, Task, TaskState, TaskStatus,
+};
 use shoal_store::Store;
 
 pub use nodes::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
@@ -67,6 +71,22 @@ pub const GLOBAL_ASSIGNED_MESSAGE: &str = "assigned to its node (global service)
 /// Ops come per service (by id), then for the tasks of removed services; within each: updates
 /// by task id, creates, deletes by task id.
 pub fn reconcile(store: &Store, now_ms: i64, new_id: &mut dyn FnMut() -> String) -> Vec<Op> {
+    reconcile_scope(store, now_ms, &Scope::All, new_id)
+}
+
+/// Which services a pass looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every service, and every task of a removed service.
+    All,
+    /// These service ids: existing services are reconciled, ids of removed services get their
+    /// remaining tasks cleaned up. See [`affected`] for what a batch of changes touches.
+    Services(BTreeSet<String>),
+}
+
+/// [`reconcile`] restricted to `scope`: for the services in it, exactly the ops a full pass
+/// would make for them (a full pass is the union over all services).
+pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut dyn FnMut() -> String) -> Vec<Op> {
     let settings = fill_settings(store.cluster().and_then(|c| c.settings).unwrap_or_default());
     let mut ctx = Ctx {
         store,
@@ -75,18 +95,101 @@ pub fn reconcile(store: &Store, now_ms: i64, new_id: &mut dyn FnMut() -> String)
         history_limit: usize::try_from(settings.task_history_limit).unwrap_or(usize::MAX),
     };
     let mut ops = Vec::new();
-    for service in store.services() {
+    let one = |ctx: &mut Ctx<'_>, service: &Service, ops: &mut Vec<Op>| {
         match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
-            Some(Mode::Replicated(r)) => {
-                replicated::reconcile(&mut ctx, service, r.replicas, &mut ops);
-            }
-            Some(Mode::Global(_)) => global::reconcile(&mut ctx, service, &mut ops),
+            Some(Mode::Replicated(r)) => replicated::reconcile(ctx, service, r.replicas, ops),
+            Some(Mode::Global(_)) => global::reconcile(ctx, service, ops),
             // Jobs are later work; a service without a mode is invalid. Both are left alone.
             Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_)) | None => {}
         }
+    };
+    match scope {
+        Scope::All => {
+            for service in store.services() {
+                one(&mut ctx, service, &mut ops);
+            }
+            removed::reconcile(&ctx, store.tasks().filter(|t| store.service(&t.service_id).is_none()), &mut ops);
+        }
+        Scope::Services(ids) => {
+            for id in ids {
+                match store.service(id) {
+                    Some(service) => one(&mut ctx, service, &mut ops),
+                    None => removed::reconcile(&ctx, store.tasks_by_service(id), &mut ops),
+                }
+            }
+        }
     }
-    removed::reconcile(&ctx, &mut ops);
     ops
+}
+
+/// The services a batch of applied changes (`events`, as the store returned them) may have
+/// given the orchestrator work on, judged against `store` after the changes: the service of
+/// every changed task, every changed service, and for a changed node every service with a task
+/// on it plus every global service. A change of the cluster object (settings such as the
+/// history limit) touches everything: [`Scope::All`].
+pub fn affected(store: &Store, events: &[Event]) -> Scope {
+    let mut ids = BTreeSet::new();
+    let mut globals_added = false;
+    for e in events {
+        match e.object.as_ref().and_then(|o| o.kind.as_ref()) {
+            Some(object::Kind::Task(t)) => {
+                ids.insert(t.service_id.clone());
+            }
+            Some(object::Kind::Service(s)) => {
+                ids.insert(s.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default());
+            }
+            Some(object::Kind::Node(n)) => {
+                let node_id = n.meta.as_ref().map_or("", |m| m.id.as_str());
+                ids.extend(store.tasks_by_node(node_id).map(|t| t.service_id.clone()));
+                if !globals_added {
+                    globals_added = true;
+                    ids.extend(
+                        store
+                            .services()
+                            .filter(|s| {
+                                matches!(s.spec.as_ref().and_then(|sp| sp.mode.as_ref()), Some(Mode::Global(_)))
+                            })
+                            .filter_map(|s| s.meta.as_ref().map(|m| m.id.clone())),
+                    );
+                }
+            }
+            Some(object::Kind::Cluster(_)) => return Scope::All,
+            _ => {}
+        }
+    }
+    ids.remove("");
+    Scope::Services(ids)
+}
+
+/// Splits `ops` (as a pass returned them, referring to tasks of `store`) into the groups that
+/// must commit together: the ops on one slot of a service (one node for a global service, the
+/// tasks of a removed service by their slot too), in the order they first appear. A restart's
+/// retired task and its replacement are one group; different slots are independent, so a
+/// caller may propose groups in separate commands without splitting what belongs together.
+pub fn units(store: &Store, ops: Vec<Op>) -> Vec<Vec<Op>> {
+    let mut order: Vec<(String, u64, String)> = Vec::new();
+    let mut groups: BTreeMap<(String, u64, String), Vec<Op>> = BTreeMap::new();
+    for op in ops {
+        let task = match op.kind.as_ref() {
+            Some(op::Kind::Create(o) | op::Kind::Update(o) | op::Kind::Upsert(o)) => match o.kind.as_ref() {
+                Some(object::Kind::Task(t)) => Some(t),
+                _ => None,
+            },
+            Some(op::Kind::Delete(r)) => store.task(&r.id),
+            _ => None,
+        };
+        let key = match task {
+            Some(t) if t.slot == 0 => (t.service_id.clone(), 0, t.node_id.clone()),
+            Some(t) => (t.service_id.clone(), t.slot, String::new()),
+            // Not a task op: a group of its own.
+            None => (String::new(), order.len() as u64, format!("#{}", order.len())),
+        };
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(op);
+    }
+    order.into_iter().filter_map(|k| groups.remove(&k)).collect()
 }
 
 /// What every reconcile step needs.

@@ -4,16 +4,15 @@
 //! ever report it terminal. Every other task gets desired `SHUTDOWN` and stays until its agent
 //! reports it stopped, so what still runs stays visible (and its resources counted).
 
-use shoal_api::v1::Op;
+use shoal_api::v1::{Op, Task};
 use shoal_scheduler::task;
 
 use crate::work::Tasks;
 use crate::{nodes, Ctx};
 
-/// Shuts down and deletes the tasks of removed services.
-pub(crate) fn reconcile(ctx: &Ctx<'_>, out: &mut Vec<Op>) {
+/// Shuts down and deletes `orphans`, tasks of removed services.
+pub(crate) fn reconcile<'s>(ctx: &Ctx<'s>, orphans: impl Iterator<Item = &'s Task>, out: &mut Vec<Op>) {
     let store = ctx.store;
-    let orphans = store.tasks().filter(|t| store.service(&t.service_id).is_none());
     let mut tasks = Tasks::new(store, ctx.now_ms, orphans);
     for tid in tasks.ids() {
         let Some(t) = tasks.get(&tid) else { continue };

@@ -158,14 +158,8 @@ pub fn cert_der_from_pem(pem: &str) -> Result<Vec<u8>, PkiError> {
 
 /// PEM of a DER certificate.
 pub fn der_to_pem(der: &[u8]) -> String {
-    let b64 = shoal_api::base64::encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    let cfg = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), cfg)
 }
 
 /// The cluster's root certificate authority.

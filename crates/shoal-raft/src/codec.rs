@@ -1,20 +1,54 @@
-//! Byte encodings for the log and the Raft RPCs, chosen so bulk bytes stay cheap.
+//! Byte encodings for the log and the Raft RPCs.
 //!
-//! Everything is JSON, except that bulk bytes are never spelled as JSON arrays of numbers
-//! (3-4 characters per byte, and slow to parse): command payloads are base64 strings, and a
-//! snapshot chunk travels as a JSON header followed by its raw bytes. A slow encoding is not just
-//! slower: openraft gives an AppendEntries RPC one heartbeat interval, so an entry that cannot be
-//! encoded, sent, decoded and fsynced within it is retried forever.
+//! Entries and RPC messages are binary: a format byte, then postcard (a compact serde format)
+//! of openraft's types, in which a command is its protobuf bytes as they are (no base64, no
+//! JSON). A snapshot chunk travels as a JSON header followed by its raw bytes. Entries and RPCs
+//! written as JSON by earlier versions (they start with `{`) are still read.
+//!
+//! Speed matters beyond throughput: openraft gives an AppendEntries RPC one heartbeat interval,
+//! so an entry that cannot be encoded, sent, decoded and fsynced within it is retried forever.
 //!
 //! Pure; no I/O.
 
 use openraft::raft::InstallSnapshotRequest;
 use openraft::{BasicNode, SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::types::TypeConfig;
 
-pub(crate) use shoal_api::base64::{decode as base64_decode, encode as base64_encode};
+/// The first byte of a binary (postcard) message.
+const BINARY: u8 = 1;
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Binary form.
+    #[error("binary form: {0}")]
+    Binary(#[from] postcard::Error),
+    /// The JSON form of earlier versions.
+    #[error("JSON form: {0}")]
+    Json(#[from] serde_json::Error),
+    /// No bytes at all, or an unknown format byte.
+    #[error("unknown format (first byte {0:?})")]
+    Format(Option<u8>),
+}
+
+/// Encodes `v` in the binary form.
+pub fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![BINARY];
+    postcard::to_io(v, &mut out).map_err(CodecError::Binary)?;
+    Ok(out)
+}
+
+/// Decodes what [`to_bytes`] produced, or the JSON of earlier versions.
+pub fn from_bytes<T: DeserializeOwned>(raw: &[u8]) -> Result<T, CodecError> {
+    match raw.first() {
+        Some(&BINARY) => Ok(postcard::from_bytes(&raw[1..])?),
+        Some(b'{') | Some(b'[') | Some(b'"') => Ok(serde_json::from_slice(raw)?),
+        other => Err(CodecError::Format(other.copied())),
+    }
+}
 
 /// A snapshot chunk without its data: the JSON part of an InstallSnapshot message.
 #[derive(Serialize, Deserialize)]
@@ -50,6 +84,26 @@ pub(crate) fn decode_chunk(mut msg: Vec<u8>) -> Result<InstallSnapshotRequest<Ty
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_are_binary_and_read_back_both_forms() {
+        let cmd = shoal_api::v1::Command { now_ms: 42, ops: Vec::new() };
+        let entry = openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 17),
+            payload: openraft::EntryPayload::Normal(crate::Request(cmd)),
+        };
+        let bin = to_bytes(&entry).expect("encode");
+        assert_eq!(bin[0], BINARY);
+        assert!(bin.len() < 32, "binary entry is small: {} bytes", bin.len());
+        let back: openraft::Entry<TypeConfig> = from_bytes(&bin).expect("decode");
+        assert_eq!(back.log_id, entry.log_id);
+        let json = serde_json::to_vec(&entry).expect("json");
+        let old: openraft::Entry<TypeConfig> = from_bytes(&json).expect("legacy decode");
+        assert_eq!(old.log_id, entry.log_id);
+        assert!(from_bytes::<openraft::Entry<TypeConfig>>(&[]).is_err());
+        assert!(from_bytes::<openraft::Entry<TypeConfig>>(&[9, 9]).is_err());
+        assert!(from_bytes::<openraft::Entry<TypeConfig>>(&bin[..bin.len() - 1]).is_err(), "truncated");
+    }
 
     #[test]
     fn snapshot_chunk_roundtrips_with_raw_data() {

@@ -1,11 +1,12 @@
 //! The Raft log and vote on sled (openraft storage-v2 `RaftLogStorage`).
 //!
-//! One sled database under `<data dir>/log` with two trees: `logs` (entries as JSON, keyed by
-//! the big-endian log index so key order is log order) and `meta` (vote, committed log id, last
+//! One sled database under `<data dir>/log` with two trees: `logs` (entries in the binary form
+//! of [`crate::codec`], keyed by the big-endian log index so key order is log order) and `meta` (vote, committed log id, last
 //! purged log id, JSON).
 //!
 //! Durability: an append is acknowledged to openraft (its callback) and a vote returns only after
-//! sled has flushed and fsynced, so an acknowledged write survives `kill -9`. The committed log
+//! sled has flushed and fsynced, so an acknowledged write survives `kill -9`; appends share
+//! fsyncs (group commit, [`flush_loop`]). The committed log
 //! id is written without a flush of its own: it becomes durable with the next append or vote, or
 //! sled's periodic flush; losing its latest value only delays re-applying entries at restart.
 //!
@@ -44,6 +45,30 @@ pub struct LogStore {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    /// Appends waiting for the next fsync (see [`flush_loop`]).
+    flushes: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: acknowledges appends once an fsync that began after they were written has
+/// finished, one fsync for every append that queued up meanwhile. An append returns as soon as
+/// its entries are written (readable), so openraft goes on appending while the disk syncs, and
+/// a burst of writes shares one fsync instead of paying one each. Acknowledgements keep the
+/// order of the appends. The loop ends when the last [`LogStore`] (the channel's senders) is
+/// dropped: the store owns it.
+async fn flush_loop(db: sled::Db, mut queue: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            waiting.push(more);
+        }
+        let res = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+        for callback in waiting {
+            callback.log_io_completed(res.clone().map_err(std::io::Error::other));
+        }
+        if let Err(e) = res {
+            tracing::error!(error = %e, "flushing the raft log failed: appends are not acknowledged");
+        }
+    }
 }
 
 impl LogStore {
@@ -62,7 +87,9 @@ impl LogStore {
         };
         let logs = db.open_tree(TREE_LOGS).map_err(StorageError::log("opening the logs tree"))?;
         let meta = db.open_tree(TREE_META).map_err(StorageError::log("opening the meta tree"))?;
-        Ok(LogStore { db, logs, meta })
+        let (flushes, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(db.clone(), queue));
+        Ok(LogStore { db, logs, meta, flushes })
     }
 
     /// Flushes and fsyncs everything written so far.
@@ -154,7 +181,7 @@ impl LogStore {
     ) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let raw = serde_json::to_vec(&entry)
+            let raw = crate::codec::to_bytes(&entry)
                 .map_err(|e| StorageError::corrupt(format!("entry {} cannot be encoded", entry.log_id), e))?;
             batch.insert(&key(entry.log_id.index), raw);
         }
@@ -210,7 +237,7 @@ fn is_empty_range(start: &Bound<[u8; 8]>, end: &Bound<[u8; 8]>) -> bool {
 }
 
 fn decode_entry(raw: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
-    serde_json::from_slice(raw).map_err(|e| StorageError::corrupt("log entry", e))
+    crate::codec::from_bytes(raw).map_err(|e| StorageError::corrupt("log entry", e))
 }
 
 fn to_raft_logs(verb: ErrorVerb) -> impl FnOnce(StorageError) -> openraft::StorageError<u64> {
@@ -263,18 +290,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         self.append_entries(entries).map_err(to_raft_logs(ErrorVerb::Write))?;
-        // Entries are readable now; acknowledge them only once they are on disk.
-        match self.db.flush_async().await {
-            Ok(_) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(msg)));
-                Err(StorageIOError::write_logs(&e).into())
+        // Entries are readable now; they are acknowledged once on disk, by the flush loop.
+        if let Err(e) = self.flushes.send(callback) {
+            // The loop only ends with the store: flush here rather than lose the acknowledgement.
+            let callback = e.0;
+            match self.db.flush_async().await {
+                Ok(_) => callback.log_io_completed(Ok(())),
+                Err(e) => {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                    return Err(StorageIOError::write_logs(&e).into());
+                }
             }
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> RaftResult<()> {

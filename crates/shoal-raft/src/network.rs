@@ -189,7 +189,7 @@ impl PeerClient {
     {
         let ttl = if option.hard_ttl().is_zero() { DEFAULT_RPC_TIMEOUT } else { option.hard_ttl() };
         let reply = self.send(kind, data, ttl).await.map_err(|f| self.rpc_error(f, kind, from))?;
-        let res: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&reply).map_err(|e| {
+        let res: Result<Resp, RaftError<u64, E>> = crate::codec::from_bytes(&reply).map_err(|e| {
             RPCError::Network(NetworkError::new(&AnyError::new(&e).add_context(|| "decoding raft reply")))
         })?;
         match res {
@@ -252,7 +252,7 @@ fn classify(status: tonic::Status, ttl: Duration) -> Failure {
 }
 
 fn encode(req: &impl Serialize) -> Result<Vec<u8>, NetworkError> {
-    serde_json::to_vec(req).map_err(|e| NetworkError::new(&e))
+    crate::codec::to_bytes(req).map_err(|e| NetworkError::new(&e))
 }
 
 /// The node id of the sender of a request: the candidate or leader named in its vote.

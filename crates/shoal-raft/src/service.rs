@@ -44,12 +44,12 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
+    crate::codec::from_bytes(&req.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("cannot decode raft request: {e}")))
 }
 
 fn reply<T: Serialize>(res: &T) -> Result<Response<RaftMessage>, Status> {
-    let data = serde_json::to_vec(res).map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
+    let data = crate::codec::to_bytes(res).map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
     Ok(Response::new(RaftMessage { data }))
 }
 

@@ -30,7 +30,16 @@ const EVENT_BUFFER: usize = 1024;
 struct Shared {
     store: RwLock<Store>,
     applied: watch::Sender<u64>,
-    events: broadcast::Sender<Arc<Vec<Event>>>,
+    events: broadcast::Sender<Arc<Change>>,
+}
+
+/// What one apply batch did to the store, as [`StoreHandle::events`] tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Committed entries were applied; the events of their ops, in order.
+    Applied(Vec<Event>),
+    /// A snapshot replaced the whole store: re-read everything.
+    Replaced,
 }
 
 /// A cloneable read handle on the applied store.
@@ -58,12 +67,13 @@ impl StoreHandle {
         self.shared.applied.subscribe()
     }
 
-    /// The events of each apply batch, in order (one message per batch that produced events).
+    /// The changes of each apply batch, in order (one message per batch that produced events,
+    /// and [`Change::Replaced`] when a snapshot replaced the store).
     ///
-    /// Best effort: a receiver that falls behind by more than the buffer gets `Lagged` and must
-    /// re-read the store. Installing a snapshot replaces the whole store without events; it shows
-    /// as a jump of [`StoreHandle::applied`].
-    pub fn events(&self) -> broadcast::Receiver<Arc<Vec<Event>>> {
+    /// A receiver that falls behind by more than the buffer gets `Lagged` and must re-read the
+    /// store, as for `Replaced`. When a message arrives the store may already hold later
+    /// batches too (their messages follow).
+    pub fn events(&self) -> broadcast::Receiver<Arc<Change>> {
         self.shared.events.subscribe()
     }
 
@@ -78,6 +88,7 @@ impl StoreHandle {
 
     fn replace(&self, store: Store, applied: u64) {
         *self.write_guard() = store;
+        let _ = self.shared.events.send(Arc::new(Change::Replaced));
         self.shared.applied.send_replace(applied);
     }
 }
@@ -173,7 +184,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.last_applied = last;
             if !events.is_empty() {
                 // No receiver is fine: events are best effort.
-                let _ = self.handle.shared.events.send(Arc::new(events));
+                let _ = self.handle.shared.events.send(Arc::new(Change::Applied(events)));
             }
             self.handle.shared.applied.send_replace(last.map_or(0, |l| l.index));
         }

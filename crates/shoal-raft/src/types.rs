@@ -47,7 +47,8 @@ impl fmt::Display for Request {
 fn serialize_proto<S: Serializer>(msg: &impl Message, serializer: S) -> Result<S::Ok, S::Error> {
     let bytes = msg.encode_to_vec();
     if serializer.is_human_readable() {
-        serializer.serialize_str(&crate::codec::base64_encode(&bytes))
+        use base64::Engine;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&bytes))
     } else {
         serializer.serialize_bytes(&bytes)
     }
@@ -98,7 +99,8 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
-        crate::codec::base64_decode(v.as_bytes()).map_err(E::custom)
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).map_err(E::custom)
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
@@ -139,7 +141,7 @@ mod tests {
     fn response_roundtrips_through_json() {
         let resp = Response(CommandResult {
             error: "conflict".into(),
-            error_kind: "conflict".into(),
+            refusal: shoal_api::v1::Refusal::Conflict as i32,
             objects: vec![Object { kind: None }],
             version: 7,
         });

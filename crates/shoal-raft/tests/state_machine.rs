@@ -43,10 +43,11 @@ async fn apply_answers_each_entry_and_publishes_events_and_applied_index() {
     assert_eq!(replies[1].0.version, 2, "the store applies at the entry's log index");
     assert_eq!(replies[1].0.objects.len(), 1);
     assert_eq!(replies[2].0, Default::default(), "membership entry: empty result");
-    assert_eq!(replies[3].0.error_kind, "exists", "the same create twice is refused by the store");
+    assert_eq!(replies[3].0.refusal(), shoal_api::v1::Refusal::Exists, "the same create twice is refused by the store");
 
     assert_eq!(*applied.borrow(), 4);
     let batch = events.try_recv().expect("one event batch");
+    let shoal_raft::Change::Applied(batch) = &*batch else { panic!("applied events expected, got {batch:?}") };
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].version, 2);
     assert!(events.try_recv().is_err(), "one message per apply batch");

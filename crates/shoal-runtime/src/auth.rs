@@ -52,8 +52,10 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, RegistryAuth>, String> {
     let mut out = BTreeMap::new();
     for (key, e) in file.auths {
         let auth = if !e.auth.is_empty() {
-            let raw = shoal_api::base64::decode(e.auth.trim().as_bytes())
-                .map_err(|err| format!("{key}: \"auth\" is {err}"))?;
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(e.auth.trim())
+                .map_err(|err| format!("{key}: \"auth\" is invalid base64 ({err})"))?;
             let text = String::from_utf8(raw).map_err(|_| format!("{key}: \"auth\" is not UTF-8"))?;
             let (user, pass) =
                 text.split_once(':').ok_or_else(|| format!("{key}: \"auth\" must encode USER:PASSWORD"))?;

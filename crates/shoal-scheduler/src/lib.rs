@@ -68,44 +68,85 @@ pub struct Unschedulable {
 /// Tasks are placed one at a time, ordered by service id, slot and task id, each seeing the
 /// load of the ones placed before it. Tasks whose service no longer exists are skipped: the
 /// orchestrator shuts them down.
+///
+/// Cost: consecutive tasks with the same spec form a group. A group judges every node once
+/// with the filters that do not depend on load, then takes nodes from an ordered set of the
+/// candidates (spread order), re-checking only the node it takes against the load filters;
+/// a node that no longer fits leaves the set for the rest of the group (load only grows while
+/// a group is placed). Without placement preferences a task costs O(log nodes); with them, one
+/// pass over the group's candidates. The choice is the same as judging every node for every
+/// task.
 pub fn schedule(store: &Store, now_ms: i64) -> Plan {
     let mut nodes: Vec<NodeInfo<'_>> = store.nodes().map(|n| NodeInfo::new(store, n)).collect();
     let mut pending: Vec<&Task> = store.tasks().filter(|t| task::is_schedulable(t)).collect();
     pending.sort_by(|a, b| (&a.service_id, a.slot, task_id(a)).cmp(&(&b.service_id, b.slot, task_id(b))));
     let mut plan = Plan::default();
-    for t in pending {
-        let Some(service) = store.service(&t.service_id) else {
+    let mut rest = pending.as_slice();
+    while let Some(first) = rest.first() {
+        let same = rest.iter().take_while(|t| t.service_id == first.service_id && t.spec == first.spec).count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
+        let Some(service) = store.service(&first.service_id) else {
             continue;
         };
-        let placement = match Placement::of(t.spec.as_ref()) {
+        let placement = match Placement::of(first.spec.as_ref()) {
             Ok(p) => p,
             Err(e) => {
-                plan.unschedulable
-                    .push(Unschedulable { task_id: task_id(t).to_owned(), reason: format!("no suitable node ({e})") });
+                plan.unschedulable.extend(group.iter().map(|t| Unschedulable {
+                    task_id: task_id(t).to_owned(),
+                    reason: format!("no suitable node ({e})"),
+                }));
                 continue;
             }
         };
-        let req = Request { task: t, placement, reserve: task::reservations(t), ports: host_ports(Some(service)) };
-        let mut feasible = Vec::new();
-        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
-        for (i, info) in nodes.iter().enumerate() {
-            match check(info, &req) {
-                Ok(()) => feasible.push(i),
-                Err(r) => *rejections.entry(r).or_default() += 1,
-            }
+        let req =
+            Request { task: first, placement, reserve: task::reservations(first), ports: host_ports(Some(service)) };
+        place_group(&mut nodes, group, &req, now_ms, &mut plan);
+    }
+    plan
+}
+
+/// Places the tasks of `group` (one service, one spec, described by `req`).
+fn place_group(nodes: &mut [NodeInfo<'_>], group: &[&Task], req: &Request<'_>, now_ms: i64, plan: &mut Plan) {
+    let mut spread = strategy::Spread::new(nodes, req);
+    for i in 0..nodes.len() {
+        if check(&nodes[i], req).is_ok() {
+            spread.insert(nodes, i);
         }
-        match strategy::pick(&nodes, &feasible, &req) {
+    }
+    for (n, t) in group.iter().enumerate() {
+        let picked = loop {
+            let Some(i) = spread.best() else { break None };
+            // Only the load filters can have changed since the node was judged.
+            if check(&nodes[i], req).is_ok() {
+                break Some(i);
+            }
+            spread.remove(nodes, i);
+        };
+        match picked {
             Some(i) => {
-                let info = &mut nodes[i];
-                info.add(t, &req.ports);
-                plan.assignments.push(assign(t, info.id, now_ms));
+                spread.remove(nodes, i);
+                nodes[i].add(t, &req.ports);
+                spread.placed(i);
+                spread.insert(nodes, i);
+                plan.assignments.push(assign(t, nodes[i].id, now_ms));
             }
             None => {
-                plan.unschedulable.push(Unschedulable { task_id: task_id(t).to_owned(), reason: explain(&rejections) })
+                // No node takes this task, so none takes the rest of the group either.
+                let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+                for info in nodes.iter() {
+                    if let Err(r) = check(info, req) {
+                        *rejections.entry(r).or_default() += 1;
+                    }
+                }
+                let reason = explain(&rejections);
+                plan.unschedulable.extend(
+                    group[n..].iter().map(|t| Unschedulable { task_id: task_id(t).to_owned(), reason: reason.clone() }),
+                );
+                return;
             }
         }
     }
-    plan
 }
 
 /// Status-message updates for `unschedulable` tasks that are still waiting and whose message

@@ -9,31 +9,83 @@
 //!
 //! Group counts cover every node of the cluster, not only the feasible ones: a full zone still
 //! counts as holding its tasks. The strategy never rejects a node; the filters do that.
+//!
+//! [`Spread`] keeps the candidates of one group of identical tasks ordered, and is told when a
+//! node's load changes, so picking does not look at every node again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::filter::Request;
 use crate::nodes::NodeInfo;
 use crate::placement::node_label;
 
-/// The best of `feasible` (indexes into `nodes`) for `req`; `None` when `feasible` is empty.
-pub(crate) fn pick(nodes: &[NodeInfo<'_>], feasible: &[usize], req: &Request<'_>) -> Option<usize> {
-    let service = req.task.service_id.as_str();
-    let labels = &req.placement.spread_labels;
-    let paths: Vec<Vec<Option<&str>>> =
-        nodes.iter().map(|n| labels.iter().map(|k| node_label(n.node, k)).collect()).collect();
-    let mut groups: BTreeMap<&[Option<&str>], u64> = BTreeMap::new();
-    for (info, path) in nodes.iter().zip(&paths) {
-        let count = info.service_tasks(service);
-        for depth in 1..=path.len() {
-            *groups.entry(&path[..depth]).or_default() += count;
+/// The candidate nodes for one service's tasks, in spread order.
+pub(crate) struct Spread<'n> {
+    service: String,
+    /// Per node: its label value at each preference level (empty without preferences).
+    paths: Vec<Vec<Option<&'n str>>>,
+    /// Tasks of the service under each label path prefix, over every node.
+    groups: BTreeMap<Vec<Option<&'n str>>, u64>,
+    /// Candidates by (tasks of the service, tasks, node id, index).
+    order: BTreeSet<(u64, u64, &'n str, usize)>,
+    /// The counts each candidate is filed under in `order`, by index.
+    filed: BTreeMap<usize, (u64, u64)>,
+}
+
+impl<'n> Spread<'n> {
+    /// The spread state of `nodes` for `req`'s service, with no candidates yet.
+    pub(crate) fn new(nodes: &[NodeInfo<'n>], req: &Request<'_>) -> Self {
+        let service = req.task.service_id.clone();
+        let labels = &req.placement.spread_labels;
+        let paths: Vec<Vec<Option<&'n str>>> =
+            nodes.iter().map(|n| labels.iter().map(|k| node_label(n.node, k)).collect()).collect();
+        let mut groups = BTreeMap::new();
+        for (info, path) in nodes.iter().zip(&paths) {
+            let count = info.service_tasks(&service);
+            for depth in 1..=path.len() {
+                *groups.entry(path[..depth].to_vec()).or_default() += count;
+            }
+        }
+        Spread { service, paths, groups, order: BTreeSet::new(), filed: BTreeMap::new() }
+    }
+
+    /// Adds node `i` as a candidate, filed under its current load.
+    pub(crate) fn insert(&mut self, nodes: &[NodeInfo<'n>], i: usize) {
+        let info = &nodes[i];
+        let key = (info.service_tasks(&self.service), info.tasks);
+        self.order.insert((key.0, key.1, info.id, i));
+        self.filed.insert(i, key);
+    }
+
+    /// Takes node `i` out of the candidates (it is about to change, or no longer fits).
+    pub(crate) fn remove(&mut self, nodes: &[NodeInfo<'n>], i: usize) {
+        if let Some((svc, tasks)) = self.filed.remove(&i) {
+            self.order.remove(&(svc, tasks, nodes[i].id, i));
         }
     }
-    feasible.iter().copied().min_by_key(|&i| {
-        let path = &paths[i];
-        let group_counts: Vec<u64> =
-            (1..=path.len()).map(|depth| groups.get(&path[..depth]).copied().unwrap_or(0)).collect();
-        let info = &nodes[i];
-        (group_counts, info.service_tasks(service), info.tasks, info.id)
-    })
+
+    /// The best candidate, if any.
+    pub(crate) fn best(&self) -> Option<usize> {
+        if self.paths.first().is_none_or(|p| p.is_empty()) {
+            return self.order.first().map(|&(_, _, _, i)| i);
+        }
+        self.order
+            .iter()
+            .min_by_key(|&&(svc, tasks, id, i)| {
+                let path = &self.paths[i];
+                let counts: Vec<u64> =
+                    (1..=path.len()).map(|d| self.groups.get(&path[..d]).copied().unwrap_or(0)).collect();
+                (counts, svc, tasks, id, i)
+            })
+            .map(|&(_, _, _, i)| i)
+    }
+
+    /// Records that one task of the service was placed on node `i` (between `remove` and
+    /// `insert`), for the label groups.
+    pub(crate) fn placed(&mut self, i: usize) {
+        let path = &self.paths[i];
+        for d in 1..=path.len() {
+            *self.groups.entry(path[..d].to_vec()).or_default() += 1;
+        }
+    }
 }

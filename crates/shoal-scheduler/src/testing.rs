@@ -63,7 +63,7 @@ impl World {
         assert!(
             result.error.is_empty(),
             "command refused ({}): {}\nops: {summary:#?}",
-            result.error_kind,
+            shoal_api::names::refusal(result.refusal()),
             result.error
         );
     }

@@ -7,38 +7,38 @@
 //! state from the same log.
 
 use shoal_api::v1::{
-    object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef, Task, TaskStatusUpdate,
+    object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef, Refusal as Kind, Task, TaskStatusUpdate,
 };
 
 use crate::record::{Prev, Record, Table, Tag};
 use crate::Store;
 
-/// Why an op was refused; becomes `CommandResult.error_kind` and `.error`.
+/// Why an op was refused; becomes `CommandResult.refusal` and `.error`.
 #[derive(Debug)]
 struct Refusal {
-    kind: &'static str,
+    kind: Kind,
     message: String,
 }
 
-fn refuse(kind: &'static str, message: String) -> Refusal {
+fn refuse(kind: Kind, message: String) -> Refusal {
     Refusal { kind, message }
 }
 
 fn invalid(message: String) -> Refusal {
-    refuse("invalid", message)
+    refuse(Kind::Invalid, message)
 }
 
 fn exists(message: String) -> Refusal {
-    refuse("exists", message)
+    refuse(Kind::Exists, message)
 }
 
 fn not_found<T: Record>(id: &str) -> Refusal {
-    refuse("not_found", format!("{} \"{id}\" not found", T::TAG.name()))
+    refuse(Kind::NotFound, format!("{} \"{id}\" not found", T::TAG.name()))
 }
 
 fn conflict<T: Record>(stored: &T, read: u64) -> Refusal {
     refuse(
-        "conflict",
+        Kind::Conflict,
         format!(
             "{} \"{}\" changed since it was read (version {read}, now {}): read it again and retry",
             T::TAG.name(),
@@ -75,7 +75,7 @@ impl Store {
     /// Applies one committed command at Raft log index `version`.
     ///
     /// Atomic: when an op fails, the store is left exactly as before, the result carries `error`
-    /// and `error_kind` (`conflict`, `not_found`, `exists` or `invalid`) and no events are
+    /// and `refusal` (conflict, not found, exists or invalid) and no events are
     /// returned. On success every created or updated object gets `meta.version = version` and
     /// `meta.updated_at_ms = cmd.now_ms`; created ones also get `meta.created_at_ms = cmd.now_ms`
     /// (updates keep the stored one). `result.objects` holds the stored objects in op order
@@ -99,7 +99,7 @@ impl Store {
                     self.roll_back(undo);
                     let result = CommandResult {
                         error: refusal.message,
-                        error_kind: refusal.kind.to_owned(),
+                        refusal: refusal.kind as i32,
                         objects: Vec::new(),
                         version,
                     };
@@ -107,7 +107,7 @@ impl Store {
                 }
             }
         }
-        let result = CommandResult { error: String::new(), error_kind: String::new(), objects, version };
+        let result = CommandResult { error: String::new(), refusal: Kind::None as i32, objects, version };
         (result, events)
     }
 
@@ -305,9 +305,9 @@ mod status_tests {
         assert_eq!(t.meta.as_ref().map(|m| m.version), Some(2));
 
         let (r, ev) = s.apply(3, &Command { now_ms: 3, ops: vec![status("t1", TaskState::Starting)] });
-        assert_eq!(r.error_kind, "invalid", "{}", r.error);
+        assert_eq!(r.refusal(), shoal_api::v1::Refusal::Invalid, "{}", r.error);
         assert!(ev.is_empty());
         let (r, _) = s.apply(4, &Command { now_ms: 4, ops: vec![status("nope", TaskState::Running)] });
-        assert_eq!(r.error_kind, "not_found");
+        assert_eq!(r.refusal(), shoal_api::v1::Refusal::NotFound);
     }
 }

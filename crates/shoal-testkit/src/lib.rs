@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_api::v1::control_client::ControlClient;
-use shoal_manager::client::{connect, Host};
+use shoal_client::{connect, Host};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 

@@ -143,7 +143,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     // Between hosts everything is mTLS: plaintext and certificate-less clients are refused at a
     // manager's port; an admin certificate gives remote CLI access (here to a follower).
     let remote = "10.232.1.2:4242";
-    let plain = shoal_manager::client::tcp_endpoint(remote)?.connect_lazy();
+    let plain = shoal_client::tcp_endpoint(remote)?.connect_lazy();
     let r =
         shoal_api::v1::control_client::ControlClient::new(plain).list_nodes(shoal_api::v1::ListNodesRequest {}).await;
     assert!(r.is_err(), "plaintext gRPC must be refused: {r:?}");

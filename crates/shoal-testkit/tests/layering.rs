@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-raft", 4),
     ("shoal-runtime", 4),
     ("shoal-agent", 5),
+    ("shoal-client", 5),
     ("shoal-manager", 6),
     ("shoal-daemon", 7),
     ("shoal-cli", 7),
@@ -78,6 +79,26 @@ fn workspace_crates_depend_only_on_lower_layers() -> Result<()> {
                 assert!(layer < own, "{name} (layer {own}) depends on {dep} (layer {layer}): dependencies point down");
             }
         }
+    }
+    Ok(())
+}
+
+/// The `shoal` binary is a client: no Raft, storage or container runtime code is compiled in.
+#[test]
+fn the_cli_links_no_daemon_code() -> Result<()> {
+    let deps = transitive_deps("shoal-cli")?;
+    assert!(deps.contains("shoal-client"), "{deps:?}");
+    for daemon_only in [
+        "openraft",
+        "sled",
+        "containerd-client",
+        "oci-client",
+        "shoal-manager",
+        "shoal-raft",
+        "shoal-runtime",
+        "shoal-agent",
+    ] {
+        assert!(!deps.contains(daemon_only), "the CLI pulls {daemon_only}");
     }
     Ok(())
 }

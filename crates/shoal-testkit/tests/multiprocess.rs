@@ -319,3 +319,91 @@ async fn force_new_cluster_recovers_a_lone_survivor() -> Result<()> {
     assert_eq!(managers, 1, "only the survivor remains a manager: {nodes}");
     Ok(())
 }
+
+/// Replicas of `web` as `host` sees them.
+async fn replicas(host: &str) -> Result<u64> {
+    let v = shoal_ok(host, &["service", "inspect", "web"]).await?.json()?;
+    let r = &v[0]["spec"]["replicated"]["replicas"];
+    r.as_str().and_then(|s| s.parse().ok()).or_else(|| r.as_u64()).context("replicas")
+}
+
+/// Exit status of a CLI call (the CLI's own, not the runner's).
+async fn exit_code(host: &str, args: &[&str]) -> Result<(i32, String)> {
+    let out = tokio::process::Command::new(shoal_testkit::bin("shoal")?)
+        .arg("--host")
+        .arg(host)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string()))
+}
+
+/// The fault probe: a leader that lost both followers. A write it takes before it notices may
+/// still apply, and the client must hear exactly that ("unknown", exit 3), never "no quorum";
+/// once the leader knows it lacks a quorum it refuses (exit 1), and a refused write never
+/// applies, not even after the followers return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_never_applies_and_an_unknown_one_says_so() -> Result<()> {
+    let mut c = Cluster::three_managers(25).await?;
+    let h0 = c.nodes[0].host();
+    shoal_ok(&h0, &["service", "create", "-d", "--name", "web", "--replicas", "2", "img:1"]).await?;
+    let leader = c.leader().await?;
+    wait_until(Duration::from_secs(20), "every manager to see web", || {
+        let hosts: Vec<String> = c.nodes.iter().map(|n| n.host()).collect();
+        async move {
+            for h in &hosts {
+                replicas(h).await.ok()?;
+            }
+            Some(())
+        }
+    })
+    .await?;
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        if i != leader {
+            n.kill9().await?;
+        }
+    }
+    let h = c.nodes[leader].host();
+
+    // At once: the leader may still believe in its quorum and take the write.
+    let (first, msg) = exit_code(&h, &["service", "scale", "-d", "web=12"]).await?;
+    match first {
+        1 => assert!(msg.contains("no quorum: 1 of 3 managers reachable, 2 needed"), "{msg}"),
+        3 => assert!(msg.contains("the outcome of this write is unknown"), "{msg}"),
+        other => bail!("a write without quorum ended with {other}: {msg}"),
+    }
+
+    // Once its last quorum acknowledgement is old, the leader knows: refused.
+    wait_until(Duration::from_secs(20), "the leader to see its quorum acknowledgement age", || {
+        let h = h.clone();
+        async move {
+            let info = shoal(&h, &["info", "--format", "json"]).await.ok()?.json().ok()?;
+            let age = &info["raft"]["quorum_ack_age_ms"];
+            let age = age.as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| age.as_i64())?;
+            (age > 2_000).then_some(())
+        }
+    })
+    .await?;
+    let (code, msg) = exit_code(&h, &["service", "scale", "-d", "web=7"]).await?;
+    assert_eq!(code, 1, "refused: {msg}");
+    assert!(msg.contains("no quorum: 1 of 3 managers reachable, 2 needed"), "{msg}");
+
+    // The followers return: the refused write never shows; the first one shows only if it was
+    // reported unknown.
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        if i != leader {
+            n.restart(&[]).await?;
+        }
+    }
+    c.wait_managers(3, &h).await?;
+    shoal_ok(&h, &["service", "create", "-d", "--name", "marker", "img:1"]).await?;
+    let now = replicas(&h).await?;
+    if first == 1 {
+        assert_eq!(now, 2, "a write reported refused took effect");
+    } else {
+        assert!(now == 2 || now == 12, "replicas {now}");
+    }
+    assert_ne!(now, 7, "the refused write took effect");
+    Ok(())
+}

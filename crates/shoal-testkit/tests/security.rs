@@ -42,8 +42,8 @@ fn tls_channel(addr: &str, ca_pem: &str, cert_key: Option<(&str, &str)>) -> Resu
         None => None,
     };
     let cfg = Arc::new(shoal_pki::tls::client_config(&ca, store)?);
-    let endpoint = shoal_manager::client::tcp_endpoint(addr)?;
-    shoal_manager::tls::channel(endpoint, addr, cfg, shoal_pki::MANAGER_NAME).map_err(anyhow::Error::msg)
+    let endpoint = shoal_client::tcp_endpoint(addr)?;
+    shoal_client::tls_channel(endpoint, addr, cfg, shoal_pki::MANAGER_NAME).map_err(anyhow::Error::msg)
 }
 
 /// Completes a TLS handshake with `addr` presenting `cert`/`key`, then reads: returns the error
@@ -211,7 +211,7 @@ async fn every_call_is_checked_against_the_callers_certificate() -> Result<()> {
 
     // Plaintext is not served at all: what comes back to an HTTP/2 preface is a TLS alert record.
     assert_eq!(plaintext_reply(&m1.addr()).await?.first(), Some(&0x15), "a TLS alert (content type 21)");
-    let plain = shoal_manager::client::tcp_endpoint(&m1.addr())?.connect_lazy();
+    let plain = shoal_client::tcp_endpoint(&m1.addr())?.connect_lazy();
     create_service(plain, "plain").await.expect_err("plaintext gRPC refused");
 
     // An admin certificate works remotely; the control API refuses nothing it should allow.

@@ -269,3 +269,119 @@ fn check_global(w: &World, id: &str, runnable: &[&shoal_api::v1::Task]) -> Resul
     }
     Ok(())
 }
+
+/// A change made to a cluster after the orchestrator converged it.
+#[derive(Debug, Clone)]
+enum Change {
+    /// A task (by index among the stored tasks) reports a new state.
+    TaskState(usize, i32),
+    /// A node (by index) changes state.
+    NodeState(usize, NodeState),
+    /// A node (by index) changes availability.
+    NodeAvailability(usize, Avail),
+    /// A service (by index) gets a new replica count.
+    Scale(usize, u64),
+    /// A service (by index) is removed.
+    RemoveService(usize),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (0..30usize, 0..14i32).prop_map(|(i, s)| Change::TaskState(i, s)),
+        (0..6usize, prop::sample::select(vec![NodeState::Ready, NodeState::Down, NodeState::Unknown]))
+            .prop_map(|(i, s)| Change::NodeState(i, s)),
+        (0..6usize, prop::sample::select(vec![Avail::Active, Avail::Pause, Avail::Drain]))
+            .prop_map(|(i, a)| Change::NodeAvailability(i, a)),
+        (0..5usize, 0..6u64).prop_map(|(i, r)| Change::Scale(i, r)),
+        (0..5usize).prop_map(Change::RemoveService),
+    ]
+}
+
+/// The ops of `change` against `w`'s store (none when the index points nowhere).
+fn change_ops(w: &World, c: &Change) -> Vec<shoal_api::v1::Op> {
+    use shoal_api::v1::{ObjectKind, ObjectRef};
+    let nth_task = |i: usize| w.store.tasks().nth(i).cloned();
+    let nth_node = |i: usize| w.store.nodes().nth(i).cloned();
+    let nth_service = |i: usize| w.store.services().nth(i).cloned();
+    match c {
+        Change::TaskState(i, s) => nth_task(*i)
+            .into_iter()
+            .map(|mut t| {
+                t.status.get_or_insert_with(Default::default).state = *s;
+                update(t)
+            })
+            .collect(),
+        Change::NodeState(i, s) => nth_node(*i).into_iter().map(|n| update(n.state(*s))).collect(),
+        Change::NodeAvailability(i, a) => nth_node(*i).into_iter().map(|n| update(n.availability(*a))).collect(),
+        Change::Scale(i, r) => nth_service(*i)
+            .filter(|s| matches!(s.spec.as_ref().and_then(|sp| sp.mode.as_ref()), Some(Mode::Replicated(_))))
+            .into_iter()
+            .map(|s| update(s.replicas(*r)))
+            .collect(),
+        Change::RemoveService(i) => nth_service(*i)
+            .into_iter()
+            .map(|s| shoal_api::v1::Op {
+                kind: Some(shoal_api::v1::op::Kind::Delete(ObjectRef {
+                    kind: ObjectKind::Service as i32,
+                    id: s.meta.map(|m| m.id).unwrap_or_default(),
+                    version: 0,
+                })),
+            })
+            .collect(),
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Passing every service id (existing or only left in tasks) is the full pass.
+    #[test]
+    fn a_scope_of_every_service_is_the_full_pass(c in cluster()) {
+        let w = build(&c);
+        let mut ids: BTreeSet<String> = w.store.services().filter_map(|s| s.meta.as_ref().map(|m| m.id.clone())).collect();
+        ids.extend(w.store.tasks().map(|t| t.service_id.clone()));
+        let full = sorted(describe(&reconcile(&w.store, c.now, &mut new_ids())));
+        let scoped = sorted(describe(&crate::reconcile_scope(&w.store, c.now, &crate::Scope::Services(ids), &mut new_ids())));
+        prop_assert_eq!(full, scoped);
+    }
+
+    /// Incremental passes miss nothing: once the orchestrator converged a cluster, after any
+    /// change the services that change affects hold all the work a full pass finds.
+    #[test]
+    fn after_a_change_the_affected_services_hold_all_the_work(c in cluster(), ch in change()) {
+        let mut w = build(&c);
+        w.now_ms = c.now;
+        reconcile_and_apply(&mut w, c.now);
+        let ops = change_ops(&w, &ch);
+        prop_assume!(!ops.is_empty());
+        let version = w.store.version() + 1;
+        let (result, events) = w.store.apply(version, &shoal_api::v1::Command { now_ms: c.now, ops });
+        prop_assume!(result.error.is_empty());
+        let scope = crate::affected(&w.store, &events);
+        let full = sorted(describe(&reconcile(&w.store, c.now, &mut new_ids())));
+        let scoped = sorted(describe(&crate::reconcile_scope(&w.store, c.now, &scope, &mut new_ids())));
+        prop_assert_eq!(full, scoped, "change {:?}, scope {:?}", ch, scope);
+    }
+
+    /// Every op lands in exactly one unit, in order within its unit, and a task's retirement
+    /// and its replacement share one.
+    #[test]
+    fn units_partition_the_ops_and_keep_slots_together(c in cluster()) {
+        let w = build(&c);
+        let ops = reconcile(&w.store, c.now, &mut new_ids());
+        let flat = describe(&ops);
+        let groups = crate::units(&w.store, ops);
+        let mut regrouped: Vec<String> = groups.iter().flat_map(|g| describe(g)).collect();
+        prop_assert_eq!(sorted(regrouped.clone()), sorted(flat.clone()));
+        regrouped.dedup();
+        for g in &groups {
+            let creates = g.iter().filter(|o| matches!(o.kind, Some(shoal_api::v1::op::Kind::Create(_)))).count();
+            prop_assert!(creates <= 1, "one slot gets at most one new task per pass: {:?}", describe(g));
+        }
+    }
+}

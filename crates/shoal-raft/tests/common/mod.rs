@@ -316,7 +316,11 @@ impl Cluster {
             let resp = self.write(create_config(i, payload)).await;
             // "exists": an earlier attempt that timed out was committed after all.
             let r = &resp.data.0;
-            assert!(r.error.is_empty() || r.error_kind == "exists", "write {i} rejected: {}", r.error);
+            assert!(
+                r.error.is_empty() || r.refusal() == shoal_api::v1::Refusal::Exists,
+                "write {i} rejected: {}",
+                r.error
+            );
             acked.push(config_id(i));
         }
         acked

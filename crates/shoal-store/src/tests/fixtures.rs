@@ -83,7 +83,12 @@ pub(crate) fn cmd(now_ms: i64, ops: Vec<Op>) -> Command {
 /// Applies a command that must succeed.
 pub(crate) fn apply_ok(store: &mut Store, version: u64, ops: Vec<Op>) -> (CommandResult, Vec<Event>) {
     let (result, events) = store.apply(version, &cmd(1_000 * version as i64, ops));
-    assert_eq!(result.error, "", "command at version {version} failed ({})", result.error_kind);
+    assert_eq!(
+        result.error,
+        "",
+        "command at version {version} failed ({})",
+        shoal_api::names::refusal(result.refusal())
+    );
     (result, events)
 }
 

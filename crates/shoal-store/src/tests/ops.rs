@@ -128,8 +128,8 @@ fn each_op_succeeds_or_fails_with_its_error_kind() {
         check_indexes(&store).unwrap_or_else(|e| panic!("{name}: {e}"));
         match want {
             Want::Ok(actions) => {
-                assert_eq!(result.error, "", "{name}: {}", result.error_kind);
-                assert_eq!(result.error_kind, "", "{name}");
+                assert_eq!(result.error, "", "{name}: {}", shoal_api::names::refusal(result.refusal()));
+                assert_eq!(shoal_api::names::refusal(result.refusal()), "", "{name}");
                 let got: Vec<i32> = events.iter().map(|e| e.action).collect();
                 let want: Vec<i32> = actions.iter().map(|a| *a as i32).collect();
                 assert_eq!(got, want, "{name}: event actions");
@@ -143,7 +143,7 @@ fn each_op_succeeds_or_fails_with_its_error_kind() {
                 }
             }
             Want::Err(kind) => {
-                assert_eq!(result.error_kind, kind, "{name}: {}", result.error);
+                assert_eq!(shoal_api::names::refusal(result.refusal()), kind, "{name}: {}", result.error);
                 assert!(!result.error.is_empty(), "{name}: no message");
                 assert!(events.is_empty(), "{name}: events of a failed command");
                 assert!(result.objects.is_empty(), "{name}: objects of a failed command");
@@ -263,7 +263,7 @@ fn batch_whose_third_op_fails_leaves_the_store_as_before() {
         create(config("cfg2", "conf", 0)),
     ];
     let (result, events) = store.apply(11, &cmd(11_000, ops));
-    assert_eq!(result.error_kind, "exists");
+    assert_eq!(shoal_api::names::refusal(result.refusal()), "exists");
     assert!(events.is_empty());
     before.version = 11;
     assert_eq!(store, before);
@@ -278,7 +278,7 @@ fn batch_whose_third_op_fails_leaves_the_store_as_before() {
 fn failed_and_empty_commands_still_advance_the_version() {
     let mut store = base();
     let (result, _) = store.apply(11, &cmd(0, vec![delete(K::Service, "nope", 0)]));
-    assert_eq!((result.error_kind.as_str(), result.version, store.version()), ("not_found", 11, 11));
+    assert_eq!((shoal_api::names::refusal(result.refusal()), result.version, store.version()), ("not_found", 11, 11));
     let (result, events) = store.apply(12, &cmd(0, vec![]));
     assert_eq!((result.error.as_str(), events.len(), store.version()), ("", 0, 12));
 }

@@ -189,11 +189,13 @@ fn run(seeds: &[(u64, Vec<OpSeed>)]) -> Result<Run, TestCaseError> {
             return Err(TestCaseError::fail(format!("after {command:?}: {e}")));
         }
         if result.error.is_empty() {
-            prop_assert_eq!(result.error_kind.as_str(), "");
+            prop_assert_eq!(shoal_api::names::refusal(result.refusal()), "");
             prop_assert_eq!(events.len(), command.ops.len());
             prop_assert!(events.iter().all(|e| e.version == index && e.object.is_some()));
         } else {
-            prop_assert!(["conflict", "not_found", "exists", "invalid"].contains(&result.error_kind.as_str()));
+            prop_assert!(
+                ["conflict", "not_found", "exists", "invalid"].contains(&shoal_api::names::refusal(result.refusal()))
+            );
             prop_assert!(events.is_empty() && result.objects.is_empty());
             let mut unchanged = before;
             unchanged.version = index;
@@ -267,7 +269,7 @@ fn generated_logs_hit_every_error_kind() {
         let seeds = log().new_tree(&mut runner).map(|t| t.current()).unwrap_or_else(|e| panic!("{e}"));
         let done = run(&seeds).unwrap_or_else(|e| panic!("{e}"));
         for r in done.results {
-            *seen.entry(r.error_kind).or_default() += 1;
+            *seen.entry(shoal_api::names::refusal(r.refusal()).to_string()).or_default() += 1;
         }
     }
     for kind in ["", "conflict", "not_found", "exists", "invalid"] {

@@ -1,13 +1,21 @@
-//! Connections to daemons: the local unix control socket or a node's TCP address.
+//! shoal's client side: turns a `--host` value into a gRPC channel (the local daemon's unix
+//! socket, or a manager's TCP address over mTLS with an admin certificate), and dials mTLS
+//! channels between nodes.
 //!
 //! Shared by the CLI, the daemon (node-to-node calls) and the tests, so there is one place that
-//! turns a `--host` value into a gRPC channel and one wording for "cannot reach".
+//! turns a `--host` value into a gRPC channel and one wording for "cannot reach". It holds no
+//! cluster logic and links nothing of the daemon (no Raft, no storage, no container runtime):
+//! the `shoal` binary is built from this crate and shoal-api alone.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The PKI helpers a client needs (admin keys, certificate parsing), re-exported so the CLI
+/// depends on this crate and shoal-api only.
+pub use shoal_pki as pki;
 
 /// Largest gRPC message a client or server of ours accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -121,9 +129,32 @@ pub async fn connect_with(host: &Host, tls_dir: Option<&std::path::Path>) -> Res
         });
     };
     let cfg = admin_tls(dir).map_err(|reason| ConnectError::Unreachable { host: host.to_string(), reason })?;
-    let channel = crate::tls::channel(tcp_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
+    let channel = tls_channel(tcp_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
         .map_err(|reason| ConnectError::Unreachable { host: host.to_string(), reason })?;
     Ok(channel)
+}
+
+/// A lazily connecting TLS channel to `addr`, verifying the server as `server_name` (managers:
+/// [`shoal_pki::MANAGER_NAME`]; a node's agent: its node id).
+pub fn tls_channel(
+    endpoint: Endpoint,
+    addr: &str,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> Result<Channel, String> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let addr = addr.to_string();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let (addr, name, connector) = (addr.clone(), name.clone(), connector.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    })))
 }
 
 /// Connects to `host` now, so that an unreachable daemon is reported before any request.

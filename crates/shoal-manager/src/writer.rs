@@ -1,0 +1,217 @@
+//! The write path: a command is proposed on the leader (directly, or forwarded by a follower),
+//! committed by a majority, applied, and its result returned.
+//!
+//! A write ends in one of three ways, never confused:
+//! - **done**: committed and applied; the store's verdict (objects, or a refusal such as a stale
+//!   version) comes back;
+//! - **refused** (`NoQuorum`): nothing was appended anywhere, so it can never apply. The leader
+//!   says so when its last quorum acknowledgement is older than [`quorum_patience`]; a follower
+//!   when it found no leader, or every forwarding attempt provably never left it;
+//! - **unknown outcome** (`UnknownOutcome`): the leader took it but it was not seen committed in
+//!   time, or a forwarded request may have reached the leader before its answer was lost. It may
+//!   still apply when enough managers come back. The client is told exactly that.
+//!
+//! Nothing here reads message text: a leader marks how a forwarded write ended in the status
+//! metadata ([`WriteOutcome`]).
+
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use shoal_api::v1::{op, Command, CommandResult, Object, ObjectKind, ObjectRef, Op, PingRequest, Refusal};
+use tokio::time::Instant;
+
+use crate::error::{write_outcome, ApiError, WriteOutcome};
+use crate::node::{member_addr, now_ms, Node, RaftRuntime};
+
+/// Create op.
+pub fn create_op(o: Object) -> Op {
+    Op { kind: Some(op::Kind::Create(o)) }
+}
+
+/// Versioned update op (the object's meta.version is the expected version).
+pub fn update_op(o: Object) -> Op {
+    Op { kind: Some(op::Kind::Update(o)) }
+}
+
+/// Unversioned create-or-replace op.
+pub fn upsert_op(o: Object) -> Op {
+    Op { kind: Some(op::Kind::Upsert(o)) }
+}
+
+/// Delete op; `version` 0 deletes whatever is stored.
+pub fn delete_op(kind: ObjectKind, id: &str, version: u64) -> Op {
+    Op { kind: Some(op::Kind::Delete(ObjectRef { kind: kind as i32, id: id.to_string(), version })) }
+}
+
+/// How long a write may wait overall (for a leader, for the commit).
+fn write_patience(rt: &RaftRuntime) -> Duration {
+    (rt.election_timeout * 6).max(Duration::from_secs(3))
+}
+
+/// How old the leader's last quorum acknowledgement may be before it refuses writes: by then a
+/// healthy follower has answered many heartbeats, and the followers may be electing another
+/// leader.
+pub fn quorum_patience(rt: &RaftRuntime) -> Duration {
+    (rt.election_timeout * 2).max(Duration::from_secs(1))
+}
+
+/// Proposes `ops` as one atomic command and returns the stored objects.
+pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiError> {
+    let rt = node.require_manager()?;
+    let cmd = Command { now_ms: now_ms(), ops };
+    let started = Instant::now();
+    let deadline = started + write_patience(&rt);
+    let mut metrics = rt.raft.metrics();
+    loop {
+        let m = metrics.borrow_and_update().clone();
+        match m.current_leader {
+            Some(l) if l == m.id => match propose_as_leader(node, &rt, cmd.clone(), deadline, started).await {
+                Err(ApiError::NotLeader) => {}
+                other => return other,
+            },
+            Some(l) => {
+                let Some(addr) = member_addr(&m, l) else {
+                    return Err(ApiError::Internal(format!("leader {l} has no address in the membership")));
+                };
+                let mut client = node.membership_client(&addr)?;
+                let mut req = tonic::Request::new(cmd.clone());
+                req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                match client.propose(req).await {
+                    Ok(r) => return into_result(r.into_inner()),
+                    Err(s) => match write_outcome(&s) {
+                        Some(WriteOutcome::Refused) => return Err(no_quorum(node, &rt).await),
+                        Some(WriteOutcome::Unknown) => return Err(unknown_outcome(node, &rt, started).await),
+                        Some(WriteOutcome::NotLeader) => {}
+                        None if never_sent(&s) => {
+                            tracing::debug!(leader = l, status = %s, "could not reach the leader; retrying");
+                        }
+                        // A timeout, a reset connection, a leader that died mid-call: the request
+                        // may have been taken.
+                        None => {
+                            tracing::debug!(leader = l, status = %s, "forwarded write ended without an answer");
+                            return Err(unknown_outcome(node, &rt, started).await);
+                        }
+                    },
+                }
+                // The leader may be gone: give the election a moment.
+                let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+            }
+            None => {
+                if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                    return Err(no_quorum(node, &rt).await);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            // Every attempt was refused before anything was appended.
+            return Err(no_quorum(node, &rt).await);
+        }
+    }
+}
+
+/// Whether a failed call provably never reached the server: the connection could not be made.
+fn never_sent(s: &tonic::Status) -> bool {
+    use std::io::ErrorKind::*;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable) {
+                return true;
+            }
+        }
+        src = e.source();
+    }
+    false
+}
+
+/// Proposes on this node, which must be the leader (used for forwarded writes too).
+pub async fn propose_local(node: &Node, cmd: Command) -> Result<CommandResult, ApiError> {
+    let rt = node.require_manager()?;
+    let started = Instant::now();
+    let deadline = started + write_patience(&rt);
+    propose_as_leader(node, &rt, cmd, deadline, started).await
+}
+
+async fn propose_as_leader(
+    node: &Node,
+    rt: &RaftRuntime,
+    cmd: Command,
+    deadline: Instant,
+    started: Instant,
+) -> Result<CommandResult, ApiError> {
+    let m = rt.metrics();
+    if m.current_leader != Some(m.id) {
+        return Err(ApiError::NotLeader);
+    }
+    let voters = m.membership_config.membership().voter_ids().count();
+    if voters > 1 {
+        // A leader cut off from the majority still believes it leads; a quorum acknowledgement
+        // that is overdue tells. Refusing here is safe: nothing was appended.
+        // The metric is refreshed only when openraft reports metrics, so an old value is
+        // confirmed with a round of heartbeats before anyone is refused.
+        let stale = m.millis_since_quorum_ack.is_some_and(|ms| Duration::from_millis(ms) > quorum_patience(rt));
+        if stale {
+            let confirmed = tokio::time::timeout(quorum_patience(rt), rt.raft.ensure_linearizable()).await;
+            if !matches!(confirmed, Ok(Ok(_))) {
+                return Err(no_quorum(node, rt).await);
+            }
+        }
+    }
+    match tokio::time::timeout_at(deadline, rt.raft.client_write(shoal_raft::Request(cmd))).await {
+        Ok(Ok(resp)) => into_result(resp.data.0),
+        // openraft answers this before appending, or after the entry was truncated away: either
+        // way it will never apply.
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::NotLeader),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "raft write failed after it was submitted");
+            Err(unknown_outcome(node, rt, started).await)
+        }
+        Err(_) => Err(unknown_outcome(node, rt, started).await),
+    }
+}
+
+fn into_result(r: CommandResult) -> Result<CommandResult, ApiError> {
+    if r.refusal() == Refusal::None && r.error.is_empty() {
+        Ok(r)
+    } else {
+        Err(ApiError::Apply { refusal: r.refusal(), message: r.error })
+    }
+}
+
+/// Builds the unknown-outcome error after probing every manager.
+async fn unknown_outcome(node: &Node, rt: &RaftRuntime, started: Instant) -> ApiError {
+    let (reachable, total) = reachability(node, rt).await;
+    ApiError::UnknownOutcome { waited_ms: started.elapsed().as_millis() as u64, reachable, total }
+}
+
+async fn reachability(node: &Node, rt: &RaftRuntime) -> (usize, usize) {
+    let m = rt.metrics();
+    let members: Vec<(u64, String)> =
+        m.membership_config.membership().voter_ids().filter_map(|id| member_addr(&m, id).map(|a| (id, a))).collect();
+    let total = members.len().max(1);
+    (reachable_managers(node, &members, m.id).await.len(), total)
+}
+
+/// Builds the no-quorum error after probing every manager.
+pub async fn no_quorum(node: &Node, rt: &RaftRuntime) -> ApiError {
+    let (reachable, total) = reachability(node, rt).await;
+    ApiError::NoQuorum { reachable, total, needed: total / 2 + 1 }
+}
+
+/// Raft ids among `members` that answer a ping within a short timeout (self always counts).
+pub async fn reachable_managers(node: &Node, members: &[(u64, String)], self_id: u64) -> Vec<u64> {
+    let probes = members.iter().map(|(id, addr)| {
+        let node = node.clone();
+        let (id, addr) = (*id, addr.clone());
+        async move {
+            if id == self_id {
+                return Some(id);
+            }
+            let mut c = node.membership_client(&addr).ok()?;
+            let mut req = tonic::Request::new(PingRequest {});
+            req.set_timeout(Duration::from_millis(300));
+            tokio::time::timeout(Duration::from_millis(400), c.ping(req)).await.ok()?.ok().map(|_| id)
+        }
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
+}
