@@ -364,16 +364,22 @@ impl Dispatcher for DispatcherService {
         if ops.is_empty() {
             return Ok(Response::new(UpdateTaskStatusResponse {}));
         }
-        if let Err(e) = propose(&self.node, ops.clone()).await {
-            if !matches!(e, ApiError::Apply { .. }) {
-                return Err(e.into());
-            }
-            // One stale update must not hold back the others.
-            for op in ops {
-                let _ = propose(&self.node, vec![op]).await;
-            }
+        let batcher = self
+            .node
+            .inner
+            .leader
+            .status_batcher()
+            .ok_or_else(|| Status::unavailable("leadership changed: report to the new leader"))?;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        batcher
+            .send(StatusReport { ops, done })
+            .await
+            .map_err(|_| Status::unavailable("leadership changed: report to the new leader"))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(Response::new(UpdateTaskStatusResponse {})),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Status::unavailable("leadership changed: report to the new leader")),
         }
-        Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 }
 
@@ -382,5 +388,66 @@ fn same_node(caller: Option<&str>, node_id: &str) -> Result<(), Status> {
     match caller {
         Some(c) if c != node_id => Err(Status::permission_denied(format!("node {c} may not act for node {node_id}"))),
         _ => Ok(()),
+    }
+}
+
+/// Status ops of one agent report, and where to say how they ended.
+pub(crate) struct StatusReport {
+    ops: Vec<Op>,
+    done: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// Most status ops proposed in one command.
+const MAX_STATUS_OPS: usize = 4096;
+
+/// Commits the status reports of every agent together: while one command is in flight, the
+/// reports that arrive queue up and go into the next, so thousands of agents cost a few
+/// commands, not one each. A command the store refuses (a task deleted or moved on meanwhile)
+/// is retried report by report, then op by op, so one stale update never holds back the others.
+/// Ends with the leader term (`token`).
+pub(crate) async fn run_status_batcher(
+    node: Node,
+    mut reports: mpsc::Receiver<StatusReport>,
+    token: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = reports.recv() => match r { Some(r) => r, None => return },
+        };
+        let mut batch = vec![first];
+        let mut n = batch[0].ops.len();
+        while n < MAX_STATUS_OPS {
+            match reports.try_recv() {
+                Ok(r) => {
+                    n += r.ops.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<Op> = batch.iter().flat_map(|r| r.ops.iter().cloned()).collect();
+        match propose(&node, all).await {
+            Ok(_) => batch.into_iter().for_each(|r| {
+                let _ = r.done.send(Ok(()));
+            }),
+            Err(ApiError::Apply { .. }) => {
+                for r in batch {
+                    if let Err(ApiError::Apply { .. }) = propose(&node, r.ops.clone()).await {
+                        for op in r.ops {
+                            let _ = propose(&node, vec![op]).await;
+                        }
+                    }
+                    let _ = r.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let line = e.to_string();
+                for r in batch {
+                    let _ = r.done.send(Err(ApiError::Internal(line.clone())));
+                }
+            }
+        }
     }
 }

@@ -36,9 +36,19 @@ pub struct LeaderState {
     seen: Mutex<HashMap<String, Seen>>,
     since: Mutex<Option<Instant>>,
     hub: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>>>,
+    status: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>>>,
 }
 
 impl LeaderState {
+    /// Where to send agents' status reports, while this manager leads.
+    pub(crate) fn status_batcher(&self) -> Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
+    }
+
+    fn set_status_batcher(&self, tx: Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>>) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = tx;
+    }
+
     /// Where to register an assignment stream, while this manager leads.
     pub(crate) fn hub(&self) -> Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>> {
         self.hub.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
@@ -89,11 +99,15 @@ pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
                     let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(256);
                     node.inner.leader.set_hub(Some(hub_tx));
                     tokio::spawn(crate::dispatcher::run_hub(rt.clone(), hub_rx, token.clone()));
+                    let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
+                    node.inner.leader.set_status_batcher(Some(status_tx));
+                    tokio::spawn(crate::dispatcher::run_status_batcher(node.clone(), status_rx, token.clone()));
                     current = Some(token);
                 }
                 (false, Some(t)) => {
                     tracing::info!("no longer leader: stopping leader loops");
                     node.inner.leader.set_hub(None);
+                    node.inner.leader.set_status_batcher(None);
                     t.cancel();
                     current = None;
                 }
@@ -165,9 +179,20 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
                 ops.push(update_op(next.into()));
             }
         }
+        // All changes in one command; if a concurrent `node update` made one stale, the store
+        // refuses the command, and then each goes alone so the others still land (the stale one
+        // is retried at the next tick).
+        if ops.len() > 1 {
+            match propose(&node, ops.clone()).await {
+                Err(crate::error::ApiError::Apply { .. }) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "node status updates not applied");
+                    continue;
+                }
+                Ok(_) => continue,
+            }
+        }
         for op in ops {
-            // One command per node: a conflict on one (a concurrent `node update`) must not
-            // hold back the others; the next tick retries it.
             if let Err(e) = propose(&node, vec![op]).await {
                 tracing::debug!(error = %e, "node status update not applied");
             }
@@ -267,6 +292,10 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
     });
     if !units.is_empty() {
         propose_units(node, units, "orchestrator").await;
+    }
+    // Nothing to place is cheap to see: unassigned tasks have an index of their own.
+    if rt.store.read(|s| !s.unassigned_tasks().any(shoal_scheduler::task::is_schedulable)) {
+        return;
     }
     let (assignments, reasons) = rt.store.read(|s| {
         let plan = shoal_scheduler::schedule(s, now);

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) force_new_cluster_pending: Mutex<bool>,
     pub(crate) leader_hint: Mutex<Option<String>>,
     pub(crate) agent_started: Mutex<bool>,
+    /// The last [`Node::manager_peers`] and when it was computed.
+    pub(crate) peers_cache: Mutex<Option<(std::time::Instant, Vec<Peer>)>>,
     /// What the agent holds, once it runs.
     pub(crate) agent_status: Mutex<Option<watch::Receiver<shoal_agent::AgentStatus>>>,
     /// Why this node cannot run tasks now; empty when it can.
@@ -160,6 +162,7 @@ impl Node {
                 force_new_cluster_pending: Mutex::new(force),
                 leader_hint: Mutex::new(None),
                 agent_started: Mutex::new(false),
+                peers_cache: Mutex::new(None),
                 agent_status: Mutex::new(None),
                 runtime_unavailable: Mutex::new(runtime_unavailable),
                 pki: Pki::default(),
@@ -594,7 +597,21 @@ impl Node {
     }
 
     /// Managers as currently known: from Raft membership on a manager, else the saved list.
+    /// Every heartbeat answer carries them, so a manager recomputes them at most once a second
+    /// (thousands of nodes heartbeat; the node table is walked once, not per heartbeat).
     pub fn manager_peers(&self) -> Vec<Peer> {
+        let mut cache = self.inner.peers_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, peers)) = cache.as_ref() {
+            if at.elapsed() < Duration::from_secs(1) {
+                return peers.clone();
+            }
+        }
+        let peers = self.compute_manager_peers();
+        *cache = Some((std::time::Instant::now(), peers.clone()));
+        peers
+    }
+
+    fn compute_manager_peers(&self) -> Vec<Peer> {
         if let Some(rt) = self.raft() {
             let peers: Vec<Peer> = rt.store.read(|s| {
                 s.nodes()

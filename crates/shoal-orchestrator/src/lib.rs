@@ -124,7 +124,8 @@ pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut d
 
 /// The services a batch of applied changes (`events`, as the store returned them) may have
 /// given the orchestrator work on, judged against `store` after the changes: the service of
-/// every changed task, every changed service, and for a changed node every service with a task
+/// every task that is terminal after the change (task states only move forward, so no other
+/// task change can), every changed service, and for a changed node every service with a task
 /// on it plus every global service. A change of the cluster object (settings such as the
 /// history limit) touches everything: [`Scope::All`].
 pub fn affected(store: &Store, events: &[Event]) -> Scope {
@@ -132,7 +133,9 @@ pub fn affected(store: &Store, events: &[Event]) -> Scope {
     let mut globals_added = false;
     for e in events {
         match e.object.as_ref().and_then(|o| o.kind.as_ref()) {
-            Some(object::Kind::Task(t)) => {
+            // Only a task that ended gives the orchestrator work (restart policy, history);
+            // its other changes are its own writes, assignments and progress reports.
+            Some(object::Kind::Task(t)) if shoal_scheduler::task::is_terminal(t) => {
                 ids.insert(t.service_id.clone());
             }
             Some(object::Kind::Service(s)) => {

@@ -6,6 +6,7 @@
 //! carrying the version read from the store: two updates of one task in one command would
 //! conflict. Nothing here decides anything; it records and emits.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_api::v1::{object, op, Object, ObjectKind, ObjectRef, Op, Task, TaskState, TaskStatus};
@@ -20,12 +21,13 @@ pub(crate) fn id(t: &Task) -> &str {
     t.meta.as_ref().map_or("", |m| m.id.as_str())
 }
 
-/// Edited copies of a set of stored tasks, plus the tasks to create.
+/// Edited copies of a set of stored tasks, plus the tasks to create. A task is copied only when
+/// it is edited: a pass over a large service that changes little copies little.
 #[derive(Debug)]
 pub(crate) struct Tasks<'s> {
     store: &'s Store,
     now_ms: i64,
-    items: BTreeMap<String, Task>,
+    items: BTreeMap<&'s str, Cow<'s, Task>>,
     deleted: BTreeSet<String>,
     created: Vec<Task>,
 }
@@ -33,13 +35,13 @@ pub(crate) struct Tasks<'s> {
 impl<'s> Tasks<'s> {
     /// A working copy of `tasks` (tasks without an id cannot be written and are left out).
     pub(crate) fn new(store: &'s Store, now_ms: i64, tasks: impl Iterator<Item = &'s Task>) -> Self {
-        let items = tasks.filter(|t| !id(t).is_empty()).map(|t| (id(t).to_owned(), t.clone())).collect();
+        let items = tasks.filter(|t| !id(t).is_empty()).map(|t| (id(t), Cow::Borrowed(t))).collect();
         Tasks { store, now_ms, items, deleted: BTreeSet::new(), created: Vec::new() }
     }
 
     /// The tasks not deleted, by id.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Task> + '_ {
-        self.items.iter().filter(|(id, _)| !self.deleted.contains(*id)).map(|(_, t)| t)
+        self.items.iter().filter(|(id, _)| !self.deleted.contains(**id)).map(|(_, t)| t.as_ref())
     }
 
     /// The ids of the tasks not deleted, sorted.
@@ -49,13 +51,13 @@ impl<'s> Tasks<'s> {
 
     /// The task `id`, unless deleted.
     pub(crate) fn get(&self, id: &str) -> Option<&Task> {
-        self.items.get(id).filter(|_| !self.deleted.contains(id))
+        self.items.get(id).filter(|_| !self.deleted.contains(id)).map(|t| t.as_ref())
     }
 
     fn edit(&mut self, id: &str, f: impl FnOnce(&mut Task, i64)) {
         let now = self.now_ms;
         if let Some(t) = self.items.get_mut(id) {
-            f(t, now);
+            f(t.to_mut(), now);
         }
     }
 
@@ -151,13 +153,16 @@ impl<'s> Tasks<'s> {
     /// id), with the version read.
     pub(crate) fn into_ops(self, out: &mut Vec<Op>) {
         for (id, t) in &self.items {
-            if !self.deleted.contains(id) && self.store.task(id) != Some(t) {
-                out.push(Op { kind: Some(op::Kind::Update(task_object(t.clone()))) });
+            // Only an edited copy can differ from the store, and it may still equal it.
+            if let Cow::Owned(t) = t {
+                if !self.deleted.contains(*id) && self.store.task(id) != Some(t) {
+                    out.push(Op { kind: Some(op::Kind::Update(task_object(t.clone()))) });
+                }
             }
         }
         out.extend(self.created.into_iter().map(|t| Op { kind: Some(op::Kind::Create(task_object(t))) }));
         for id in &self.deleted {
-            let version = self.items.get(id).and_then(|t| t.meta.as_ref()).map_or(0, |m| m.version);
+            let version = self.items.get(id.as_str()).and_then(|t| t.meta.as_ref()).map_or(0, |m| m.version);
             out.push(Op {
                 kind: Some(op::Kind::Delete(ObjectRef { kind: ObjectKind::Task as i32, id: id.clone(), version })),
             });

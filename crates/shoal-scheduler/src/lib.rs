@@ -78,7 +78,7 @@ pub struct Unschedulable {
 /// task.
 pub fn schedule(store: &Store, now_ms: i64) -> Plan {
     let mut nodes: Vec<NodeInfo<'_>> = store.nodes().map(|n| NodeInfo::new(store, n)).collect();
-    let mut pending: Vec<&Task> = store.tasks().filter(|t| task::is_schedulable(t)).collect();
+    let mut pending: Vec<&Task> = store.unassigned_tasks().filter(|t| task::is_schedulable(t)).collect();
     pending.sort_by(|a, b| (&a.service_id, a.slot, task_id(a)).cmp(&(&b.service_id, b.slot, task_id(b))));
     let mut plan = Plan::default();
     let mut rest = pending.as_slice();

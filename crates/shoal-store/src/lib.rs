@@ -102,6 +102,12 @@ impl Store {
         self.tasks_in(self.tasks.extra.by_node.get(node_id))
     }
 
+    /// The tasks that have no node yet (waiting for the scheduler, or never placed), sorted by
+    /// id: what a scheduling pass looks at, found without walking every task.
+    pub fn unassigned_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks_by_node("")
+    }
+
     /// The tasks of one slot of a service (the current one and its history), sorted by id.
     pub fn tasks_by_slot<'a>(&'a self, service_id: &str, slot: u64) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_in(self.tasks.extra.by_slot.get(&(service_id.to_owned(), slot)))

@@ -150,7 +150,7 @@ record!(Config, named: true, name: |s| spec_name!(s));
 pub(crate) struct TaskIndex {
     /// service id -> task ids.
     pub(crate) by_service: BTreeMap<String, BTreeSet<String>>,
-    /// node id -> task ids (tasks without a node are not indexed).
+    /// node id -> task ids; tasks without a node are under "" (see `Store::unassigned_tasks`).
     pub(crate) by_node: BTreeMap<String, BTreeSet<String>>,
     /// (service id, slot) -> task ids.
     pub(crate) by_slot: BTreeMap<(String, u64), BTreeSet<String>>,
@@ -188,9 +188,7 @@ impl Record for Task {
 
     fn index(extra: &mut TaskIndex, id: &str, t: &Task) {
         add(&mut extra.by_service, t.service_id.clone(), id);
-        if !t.node_id.is_empty() {
-            add(&mut extra.by_node, t.node_id.clone(), id);
-        }
+        add(&mut extra.by_node, t.node_id.clone(), id);
         add(&mut extra.by_slot, (t.service_id.clone(), t.slot), id);
     }
 

@@ -288,6 +288,11 @@ impl DaemonProcess {
         self.start(extra).await
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Whether the process is running.
     pub fn running(&self) -> bool {
         self.child.is_some()

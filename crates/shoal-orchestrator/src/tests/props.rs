@@ -304,7 +304,9 @@ fn change_ops(w: &World, c: &Change) -> Vec<shoal_api::v1::Op> {
     let nth_node = |i: usize| w.store.nodes().nth(i).cloned();
     let nth_service = |i: usize| w.store.services().nth(i).cloned();
     match c {
+        // Task states only move forward (the store refuses anything else from agents).
         Change::TaskState(i, s) => nth_task(*i)
+            .filter(|t| task_state::observed(t) < *s)
             .into_iter()
             .map(|mut t| {
                 t.status.get_or_insert_with(Default::default).state = *s;

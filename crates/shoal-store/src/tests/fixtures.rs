@@ -151,9 +151,7 @@ fn brute_tasks(tasks: &BTreeMap<String, Task>) -> TaskIndex {
     let mut by_slot: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
     for (id, t) in tasks {
         by_service.entry(t.service_id.clone()).or_default().insert(id.clone());
-        if !t.node_id.is_empty() {
-            by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
-        }
+        by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
         by_slot.entry((t.service_id.clone(), t.slot)).or_default().insert(id.clone());
     }
     TaskIndex { by_service, by_node, by_slot }

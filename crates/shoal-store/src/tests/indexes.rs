@@ -15,7 +15,7 @@ fn task_indexes_follow_moves_between_nodes_slots_and_services() {
     let mut store = base();
     assert_eq!(ids(store.tasks_by_service("s1")), ["t1", "t2"]);
     assert_eq!(ids(store.tasks_by_node("n1")), ["t1"]);
-    assert!(store.tasks_by_node("").next().is_none(), "unassigned tasks are not indexed by node");
+    assert_eq!(ids(store.unassigned_tasks()), ["t2"], "a task without a node is unassigned");
     assert_eq!(ids(store.tasks_by_slot("s1", 2)), ["t2"]);
 
     // t1 moves to n2 and slot 3; t2 is assigned to n1.
@@ -23,6 +23,7 @@ fn task_indexes_follow_moves_between_nodes_slots_and_services() {
     checked(&store);
     assert_eq!(ids(store.tasks_by_node("n1")), ["t2"]);
     assert_eq!(ids(store.tasks_by_node("n2")), ["t1"]);
+    assert!(store.unassigned_tasks().next().is_none(), "every task has a node now");
     assert!(store.tasks_by_slot("s1", 1).next().is_none());
     assert_eq!(ids(store.tasks_by_slot("s1", 3)), ["t1"]);
 

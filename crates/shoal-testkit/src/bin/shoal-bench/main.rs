@@ -5,16 +5,20 @@
 //! ```text
 //! shoal-bench raft [--runs N] [--seconds S]    3 real managers: updates/s, leader failover
 //! shoal-bench schedule [--nodes N] [--tasks T] the pure scheduler over a large cluster
+//! shoal-bench scale [--nodes N] [--tasks T] [--run-delay-ms D] [--join-parallelism P]
+//!                                              simulated workers against 3 real managers
 //! ```
 //!
 //! Run with the release binaries next to it (or SHOAL_BIN_DIR). Traffic stays on loopback.
 
 mod raft;
+mod scale;
 mod schedule;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: shoal-bench raft [--runs N] [--seconds S] | schedule [--nodes N] [--tasks T]";
+const USAGE: &str = "usage: shoal-bench raft [--runs N] [--seconds S] | schedule [--nodes N] [--tasks T] | \
+                     scale [--nodes N] [--tasks T] [--run-delay-ms D] [--join-parallelism P]";
 
 /// The value after flag `name`.
 fn value<T: std::str::FromStr>(args: &mut impl Iterator<Item = String>, name: &str) -> Result<T>
@@ -50,6 +54,26 @@ async fn main() -> Result<()> {
                 }
             }
             schedule::run(nodes, tasks)
+        }
+        "scale" => {
+            let mut o = scale::Opts {
+                nodes: 5_000,
+                tasks: 100_000,
+                run_delay: std::time::Duration::from_millis(100),
+                join_parallelism: 32,
+            };
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--nodes" => o.nodes = value(&mut args, "--nodes")?,
+                    "--tasks" => o.tasks = value(&mut args, "--tasks")?,
+                    "--run-delay-ms" => {
+                        o.run_delay = std::time::Duration::from_millis(value(&mut args, "--run-delay-ms")?)
+                    }
+                    "--join-parallelism" => o.join_parallelism = value(&mut args, "--join-parallelism")?,
+                    other => bail!("unknown argument {other:?}; {USAGE}"),
+                }
+            }
+            scale::run(o).await
         }
         other => bail!("unknown benchmark {other:?}; {USAGE}"),
     }
