@@ -133,19 +133,13 @@ impl ControlService {
     }
 
     fn service_view(store: &shoal_store::Store, s: &Service) -> ServiceView {
-        let id = id_of(&s.meta);
-        let running = store
-            .tasks_by_service(&id)
-            .filter(|t| {
-                t.desired_state() == TaskState::Running
-                    && t.status.as_ref().is_some_and(|st| st.state() == TaskState::Running)
-            })
-            .count() as u64;
+        let counts = store.task_counts(&id_of(&s.meta));
         let desired = match s.spec.as_ref().and_then(|sp| sp.mode.as_ref()) {
             Some(service_spec::Mode::Replicated(r)) => r.replicas,
             Some(service_spec::Mode::ReplicatedJob(j)) => j.total_completions,
-            _ => store.tasks_by_service(&id).filter(|t| t.desired_state() == TaskState::Running).count() as u64,
+            _ => counts.desired,
         };
+        let running = counts.running;
         ServiceView { service: Some(s.clone()), running_tasks: running, desired_tasks: desired }
     }
 

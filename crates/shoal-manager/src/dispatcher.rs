@@ -78,10 +78,10 @@ struct Deps {
 
 /// Ids of the secrets and configs a node's runnable tasks refer to: a node never receives
 /// another secret.
-fn dependency_ids(tasks: &HashMap<String, Task>) -> (BTreeSet<String>, BTreeSet<String>) {
+fn dependency_ids<'a>(tasks: impl Iterator<Item = &'a Task>) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut secret_ids = BTreeSet::new();
     let mut config_ids = BTreeSet::new();
-    for t in tasks.values() {
+    for t in tasks {
         let observed = t.status.as_ref().map_or(0, |s| s.state);
         if t.desired_state > shoal_api::v1::TaskState::Running as i32
             || observed >= shoal_api::v1::TaskState::Complete as i32
@@ -209,8 +209,11 @@ impl Session {
             }
         }
         // Dependencies follow the node's whole runnable set; their versions are cheap to compare.
-        let all_tasks = if everything { None } else { Some(node_tasks(store, &self.node_id)) };
-        let ids = dependency_ids(all_tasks.as_ref().unwrap_or(&current));
+        let ids = if everything {
+            dependency_ids(current.values())
+        } else {
+            dependency_ids(store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
+        };
         let versions = dependency_versions(store, &ids);
         let deps_changed = self.sent_deps.as_ref() != Some(&versions);
         let deps = deps_changed.then(|| {

@@ -26,7 +26,7 @@ pub struct Seen {
     pub addr: String,
     /// The node runs Raft (ready to be added to the membership).
     pub raft_running: bool,
-    /// What it said about itself.
+    /// What it said about itself; `None`: unchanged since it last said.
     pub description: Option<NodeDescription>,
 }
 
@@ -58,9 +58,13 @@ impl LeaderState {
         *self.hub.lock().unwrap_or_else(|p| p.into_inner()) = hub;
     }
 
-    /// Records a heartbeat.
-    pub fn record(&self, node_id: &str, seen: Seen) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id.to_string(), seen);
+    /// Records a heartbeat; one without a description keeps the last one heard.
+    pub fn record(&self, node_id: &str, mut seen: Seen) {
+        let mut all = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.description.is_none() {
+            seen.description = all.get(node_id).and_then(|s| s.description.clone());
+        }
+        all.insert(node_id.to_string(), seen);
     }
 
     fn get(&self, node_id: &str) -> Option<Seen> {
@@ -286,12 +290,21 @@ fn merge(scope: &mut shoal_orchestrator::Scope, rt: &RaftRuntime, change: &shoal
 /// One orchestrator pass over `scope`, then one scheduler pass.
 async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Scope) {
     let now = now_ms();
+    let t0 = std::time::Instant::now();
     let units = rt.store.read(|s| {
         let ops = shoal_orchestrator::reconcile_scope(s, now, scope, &mut crate::node::new_id);
         shoal_orchestrator::units(s, ops)
     });
+    let decided = t0.elapsed();
     if !units.is_empty() {
+        let n = units.len();
         propose_units(node, units, "orchestrator").await;
+        tracing::debug!(
+            groups = n,
+            decide_ms = decided.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "orchestrator pass"
+        );
     }
     // Nothing to place is cheap to see: unassigned tasks have an index of their own.
     if rt.store.read(|s| !s.unassigned_tasks().any(shoal_scheduler::task::is_schedulable)) {
@@ -303,7 +316,9 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
         (plan.assignments, reasons)
     });
     if !assignments.is_empty() {
+        let (n, t1) = (assignments.len(), std::time::Instant::now());
         propose_units(node, assignments.into_iter().map(|op| vec![op]).collect(), "scheduler").await;
+        tracing::debug!(assignments = n, propose_ms = t1.elapsed().as_millis() as u64, "scheduler pass");
     }
     if !reasons.is_empty() {
         propose_units(node, reasons.into_iter().map(|op| vec![op]).collect(), "scheduler reasons").await;

@@ -456,7 +456,7 @@ impl Node {
                 os: std::env::consts::OS.to_string(),
                 architecture: std::env::consts::ARCH.to_string(),
             }),
-            resources: Some(Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total_bytes(), pids: 0 }),
+            resources: Some(Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: *MEM_TOTAL, pids: 0 }),
             version: env!("CARGO_PKG_VERSION").to_string(),
             runtime_unavailable: self.inner.runtime_unavailable.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
@@ -655,6 +655,9 @@ pub async fn wait_leader(rt: &RaftRuntime, timeout: Duration) -> Option<u64> {
 pub fn member_addr(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> Option<String> {
     m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
 }
+
+/// The machine's memory, read once.
+static MEM_TOTAL: std::sync::LazyLock<i64> = std::sync::LazyLock::new(mem_total_bytes);
 
 fn mem_total_bytes() -> i64 {
     let Ok(s) = std::fs::read_to_string("/proc/meminfo") else { return 0 };

@@ -18,15 +18,33 @@ pub(crate) fn spawn(node: Node) {
         let mut next_manager = 0usize;
         let mut redirect: Option<String> = None;
         let mut last_error_logged = false;
+        // What the leader last heard of this node's description: it goes along only when it
+        // changed (or every REFRESH beats), so thousands of nodes send small heartbeats.
+        let mut described: Option<(shoal_api::v1::NodeDescription, u32)> = None;
         loop {
             if node.local().role == Role::Uninitialized {
                 return;
             }
             let target = redirect.take().or_else(|| pick_target(&node, &mut next_manager));
+            let desc = node.description();
+            let send_desc = match &described {
+                Some((d, n)) => *d != desc || *n >= REFRESH,
+                None => true,
+            };
             let outcome = match target {
-                Some(addr) => beat(&node, &addr, period).await.map(|r| (addr, r)),
+                Some(addr) => beat(&node, &addr, period, send_desc.then(|| desc.clone())).await.map(|r| (addr, r)),
                 None => Err("no manager address known".to_string()),
             };
+            match (&outcome, send_desc) {
+                (Ok((_, r)), true) if r.leader_addr.is_empty() => described = Some((desc, 0)),
+                (Ok(_), false) => {
+                    if let Some((_, n)) = described.as_mut() {
+                        *n += 1;
+                    }
+                }
+                // A redirect or a failure: tell the next manager everything.
+                _ => described = None,
+            }
             match outcome {
                 Ok((_, resp)) if !resp.leader_addr.is_empty() => {
                     redirect = Some(resp.leader_addr.clone());
@@ -74,14 +92,22 @@ fn pick_target(node: &Node, next: &mut usize) -> Option<String> {
     Some(p.addr.clone())
 }
 
-async fn beat(node: &Node, addr: &str, period: Duration) -> Result<HeartbeatResponse, String> {
+/// Heartbeats between full descriptions.
+const REFRESH: u32 = 30;
+
+async fn beat(
+    node: &Node,
+    addr: &str,
+    period: Duration,
+    description: Option<shoal_api::v1::NodeDescription>,
+) -> Result<HeartbeatResponse, String> {
     let local = node.local();
     let mut client = node.membership_client(addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(HeartbeatRequest {
         node_id: local.node_id,
         addr: node.config().advertise_addr.clone(),
         raft_running: node.raft().is_some(),
-        description: Some(node.description()),
+        description,
         cluster_id: local.cluster_id,
     });
     req.set_timeout(period.max(Duration::from_millis(500)));

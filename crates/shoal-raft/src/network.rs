@@ -43,7 +43,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Encoded size above which an AppendEntries batch of several entries is split. Keeps each RPC
 /// well within openraft's AppendEntries deadline (the heartbeat interval).
-const APPEND_BUDGET_BYTES: usize = 512 << 10;
+const APPEND_BUDGET_BYTES: usize = 256 << 10;
 
 /// Deadline used when openraft passes none (it always does in 0.9; this is a guard).
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(1);

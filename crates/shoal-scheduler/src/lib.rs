@@ -34,7 +34,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use shoal_api::v1::{object, op, Object, Op, Task, TaskState, TaskStatus};
+use shoal_api::v1::{object, op, Object, Op, Task, TaskAssignment, TaskState, TaskStatus};
 use shoal_store::Store;
 
 use crate::filter::{check, explain, Rejection, Request};
@@ -47,8 +47,8 @@ pub const SCHEDULED_MESSAGE: &str = "scheduled";
 /// What one scheduling pass decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
-    /// Task updates (with the version read): `node_id` set, status `ASSIGNED` at `now_ms` with
-    /// message [`SCHEDULED_MESSAGE`].
+    /// `AssignTask` ops (with the version read): the node, and status `ASSIGNED` at `now_ms`
+    /// with message [`SCHEDULED_MESSAGE`].
     pub assignments: Vec<Op>,
     /// Tasks no node can take now, with the reason.
     pub unschedulable: Vec<Unschedulable>,
@@ -177,15 +177,19 @@ fn update(t: Task) -> Op {
     Op { kind: Some(op::Kind::Update(Object { kind: Some(object::Kind::Task(t)) })) }
 }
 
-/// The update assigning `t` to `node_id` (carrying the version read, like every update).
+/// The op assigning `t` to `node_id` (carrying the version read, like every update).
 fn assign(t: &Task, node_id: &str, now_ms: i64) -> Op {
-    let mut t = t.clone();
-    t.node_id = node_id.to_owned();
-    t.status = Some(TaskStatus {
-        state: TaskState::Assigned as i32,
-        timestamp_ms: now_ms,
-        message: SCHEDULED_MESSAGE.to_owned(),
-        ..TaskStatus::default()
-    });
-    update(t)
+    Op {
+        kind: Some(op::Kind::AssignTask(TaskAssignment {
+            task_id: task_id(t).to_owned(),
+            version: t.meta.as_ref().map_or(0, |m| m.version),
+            node_id: node_id.to_owned(),
+            status: Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                timestamp_ms: now_ms,
+                message: SCHEDULED_MESSAGE.to_owned(),
+                ..TaskStatus::default()
+            }),
+        })),
+    }
 }

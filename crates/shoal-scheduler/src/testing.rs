@@ -405,6 +405,10 @@ pub fn describe(ops: &[Op]) -> Vec<String> {
                 _ => format!("update {}", describe_object(obj)),
             },
             Some(op::Kind::Upsert(obj)) => format!("upsert {}", describe_object(obj)),
+            Some(op::Kind::AssignTask(a)) => {
+                let state = a.status.as_ref().map_or(0, |s| s.state);
+                format!("assign {} node={} state={}", a.task_id, a.node_id, state_name(state))
+            }
             Some(op::Kind::Delete(r)) => {
                 let kind = ObjectKind::try_from(r.kind).unwrap_or(ObjectKind::Unspecified);
                 format!("delete {} {}", shoal_api::objects::kind_name(kind), r.id)

@@ -7,7 +7,8 @@
 //! state from the same log.
 
 use shoal_api::v1::{
-    object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef, Refusal as Kind, Task, TaskStatusUpdate,
+    object, op, Command, CommandResult, Event, EventAction, Object, ObjectRef, Refusal as Kind, Task, TaskAssignment,
+    TaskStatusUpdate,
 };
 
 use crate::record::{Prev, Record, Table, Tag};
@@ -122,6 +123,7 @@ impl Store {
             op::Kind::Upsert(o) => self.write(o, Mode::Upsert, stamp),
             op::Kind::Delete(r) => self.delete(r),
             op::Kind::SetTaskStatus(u) => self.set_task_status(u, stamp),
+            op::Kind::AssignTask(a) => self.assign_task(a, stamp),
         }
     }
 
@@ -182,6 +184,25 @@ impl Store {
         }
         let mut next = cur.clone();
         next.status = Some(status.clone());
+        write_in(&mut self.tasks, next, Mode::Upsert, stamp)
+    }
+
+    fn assign_task(&mut self, a: &TaskAssignment, stamp: Stamp) -> Result<Done, Refusal> {
+        let Some(cur) = self.tasks.get(&a.task_id) else {
+            return Err(not_found::<Task>(&a.task_id));
+        };
+        if cur.version() != a.version {
+            return Err(conflict(cur, a.version));
+        }
+        if !cur.node_id.is_empty() {
+            return Err(invalid(format!("task \"{}\" is already on node {}", a.task_id, cur.node_id)));
+        }
+        if a.node_id.is_empty() {
+            return Err(invalid(format!("assignment of task \"{}\" names no node", a.task_id)));
+        }
+        let mut next = cur.clone();
+        next.node_id = a.node_id.clone();
+        next.status = a.status.clone();
         write_in(&mut self.tasks, next, Mode::Upsert, stamp)
     }
 
@@ -269,7 +290,7 @@ fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Ref
 
 #[cfg(test)]
 mod status_tests {
-    use shoal_api::v1::{op, Command, Meta, Object, Op, Task, TaskState, TaskStatus, TaskStatusUpdate};
+    use shoal_api::v1::{op, Command, Meta, Object, Op, Task, TaskAssignment, TaskState, TaskStatus, TaskStatusUpdate};
 
     use crate::Store;
 
@@ -308,6 +329,42 @@ mod status_tests {
         assert_eq!(r.refusal(), shoal_api::v1::Refusal::Invalid, "{}", r.error);
         assert!(ev.is_empty());
         let (r, _) = s.apply(4, &Command { now_ms: 4, ops: vec![status("nope", TaskState::Running)] });
+        assert_eq!(r.refusal(), shoal_api::v1::Refusal::NotFound);
+    }
+
+    #[test]
+    fn an_assignment_sets_node_and_status_once_and_checks_the_version() {
+        let assign = |version: u64, node: &str| Op {
+            kind: Some(op::Kind::AssignTask(TaskAssignment {
+                task_id: "t1".into(),
+                version,
+                node_id: node.into(),
+                status: Some(TaskStatus { state: TaskState::Assigned as i32, ..Default::default() }),
+            })),
+        };
+        let mut s = Store::new();
+        let (r, _) = s.apply(1, &Command { now_ms: 1, ops: vec![Op { kind: Some(op::Kind::Create(task("t1"))) }] });
+        assert!(r.error.is_empty(), "{}", r.error);
+        let (r, _) = s.apply(2, &Command { now_ms: 2, ops: vec![assign(7, "n1")] });
+        assert_eq!(r.refusal(), shoal_api::v1::Refusal::Conflict, "a stale version: {}", r.error);
+        let (r, ev) = s.apply(3, &Command { now_ms: 3, ops: vec![assign(1, "n1")] });
+        assert!(r.error.is_empty(), "{}", r.error);
+        assert_eq!(ev.len(), 1, "one event, with the whole task");
+        let t = s.task("t1").cloned().unwrap_or_default();
+        assert_eq!((t.node_id.as_str(), t.status.as_ref().map(|s| s.state())), ("n1", Some(TaskState::Assigned)));
+        assert_eq!(s.tasks_by_node("n1").count(), 1, "indexed under its node");
+        assert_eq!(s.unassigned_tasks().count(), 0);
+        let (r, _) = s.apply(4, &Command { now_ms: 4, ops: vec![assign(3, "n2")] });
+        assert_eq!(r.refusal(), shoal_api::v1::Refusal::Invalid, "never moved to another node: {}", r.error);
+        let (r, _) = s.apply(
+            5,
+            &Command {
+                now_ms: 5,
+                ops: vec![Op {
+                    kind: Some(op::Kind::AssignTask(TaskAssignment { task_id: "nope".into(), ..Default::default() })),
+                }],
+            },
+        );
         assert_eq!(r.refusal(), shoal_api::v1::Refusal::NotFound);
     }
 }

@@ -22,6 +22,7 @@ mod snapshot;
 mod tests;
 
 pub use lookup::LookupError;
+pub use record::TaskCounts;
 pub use snapshot::StoreError;
 
 use record::Table;
@@ -100,6 +101,11 @@ impl Store {
     /// The tasks assigned to a node, sorted by id.
     pub fn tasks_by_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_in(self.tasks.extra.by_node.get(node_id))
+    }
+
+    /// How many tasks of `service_id` are desired `RUNNING`, and how many of those run.
+    pub fn task_counts(&self, service_id: &str) -> TaskCounts {
+        self.tasks.extra.counts.get(service_id).copied().unwrap_or_default()
     }
 
     /// The tasks that have no node yet (waiting for the scheduler, or never placed), sorted by

@@ -154,6 +154,24 @@ pub(crate) struct TaskIndex {
     pub(crate) by_node: BTreeMap<String, BTreeSet<String>>,
     /// (service id, slot) -> task ids.
     pub(crate) by_slot: BTreeMap<(String, u64), BTreeSet<String>>,
+    /// service id -> tasks desired `RUNNING`, and of those the ones observed `RUNNING` (for
+    /// `service ls` without walking the tasks). Services with none are absent.
+    pub(crate) counts: BTreeMap<String, TaskCounts>,
+}
+
+/// How many of a service's tasks are wanted, and running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    /// Desired state `RUNNING`.
+    pub desired: u64,
+    /// Desired `RUNNING` and observed `RUNNING`.
+    pub running: u64,
+}
+
+fn counted(t: &Task) -> (u64, u64) {
+    let desired = t.desired_state == shoal_api::v1::TaskState::Running as i32;
+    let running = desired && t.status.as_ref().is_some_and(|s| s.state == shoal_api::v1::TaskState::Running as i32);
+    (u64::from(desired), u64::from(running))
 }
 
 fn add<K: Ord>(map: &mut BTreeMap<K, BTreeSet<String>>, key: K, id: &str) {
@@ -190,12 +208,28 @@ impl Record for Task {
         add(&mut extra.by_service, t.service_id.clone(), id);
         add(&mut extra.by_node, t.node_id.clone(), id);
         add(&mut extra.by_slot, (t.service_id.clone(), t.slot), id);
+        let (desired, running) = counted(t);
+        if desired > 0 {
+            let c = extra.counts.entry(t.service_id.clone()).or_default();
+            c.desired += desired;
+            c.running += running;
+        }
     }
 
     fn unindex(extra: &mut TaskIndex, id: &str, t: &Task) {
         remove(&mut extra.by_service, &t.service_id, id);
         remove(&mut extra.by_node, &t.node_id, id);
         remove(&mut extra.by_slot, &(t.service_id.clone(), t.slot), id);
+        let (desired, running) = counted(t);
+        if desired > 0 {
+            if let Some(c) = extra.counts.get_mut(&t.service_id) {
+                c.desired = c.desired.saturating_sub(desired);
+                c.running = c.running.saturating_sub(running);
+                if c.desired == 0 {
+                    extra.counts.remove(&t.service_id);
+                }
+            }
+        }
     }
 }
 

@@ -1,8 +1,6 @@
 //! Data-driven cases: a store built through real commands, the plan expected from it.
 
-use shoal_api::v1::{
-    object, op, NodeAvailability as Avail, NodeRole, NodeState, Object, Op, Service, Task, TaskState, TaskStatus,
-};
+use shoal_api::v1::{op, NodeAvailability as Avail, NodeRole, NodeState, Op, Service, Task, TaskState, TaskStatus};
 
 use super::lines;
 use crate::testing::*;
@@ -280,19 +278,28 @@ fn an_assignment_sets_node_and_status_and_keeps_the_version_read() {
     let w = world(vec![node("n1")], vec![(replicated("web", 1), 1)]);
     let before = w.store.task("web1").cloned().expect("web1");
     let p = schedule(&w.store, NOW);
-    let mut want = before.clone();
-    want.node_id = "n1".into();
-    want.status = Some(TaskStatus {
+    let status = TaskStatus {
         state: TaskState::Assigned as i32,
         timestamp_ms: NOW,
         message: SCHEDULED_MESSAGE.into(),
         ..TaskStatus::default()
-    });
-    let want = Op { kind: Some(op::Kind::Update(Object { kind: Some(object::Kind::Task(want)) })) };
+    };
+    let want = Op {
+        kind: Some(op::Kind::AssignTask(shoal_api::v1::TaskAssignment {
+            task_id: "web1".into(),
+            version: before.meta.as_ref().map_or(0, |m| m.version),
+            node_id: "n1".into(),
+            status: Some(status.clone()),
+        })),
+    };
     assert_eq!(p.assignments, [want]);
     assert!(p.unschedulable.is_empty());
     let mut w = w;
     w.apply(p.assignments);
+    // Only the node and the status changed.
+    let after = w.store.task("web1").cloned().expect("web1");
+    assert_eq!((after.node_id.as_str(), after.status.as_ref()), ("n1", Some(&status)));
+    assert_eq!((after.spec, after.desired_state, after.slot), (before.spec, before.desired_state, before.slot));
     assert_eq!(plan(&w), Vec::<String>::new());
 }
 

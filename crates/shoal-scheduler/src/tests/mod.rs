@@ -5,17 +5,14 @@
 mod cases;
 mod props;
 
-use shoal_api::v1::{object, op};
+use shoal_api::v1::op;
 
 use crate::Plan;
 
 /// One line per decision: `t1 -> n2` for an assignment, `t3: <reason>` for a task left pending.
 fn lines(plan: &Plan) -> Vec<String> {
     let assigned = plan.assignments.iter().map(|o| match &o.kind {
-        Some(op::Kind::Update(obj)) => match &obj.kind {
-            Some(object::Kind::Task(t)) => format!("{} -> {}", obj.id(), t.node_id),
-            _ => format!("unexpected object {}", obj.id()),
-        },
+        Some(op::Kind::AssignTask(a)) => format!("{} -> {}", a.task_id, a.node_id),
         _ => "unexpected op".to_owned(),
     });
     let pending = plan.unschedulable.iter().map(|u| format!("{}: {}", u.task_id, u.reason));

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use shoal_api::v1::{object, op, NodeAvailability as Avail, NodeRole, NodeState, Op, TaskState};
+use shoal_api::v1::{op, NodeAvailability as Avail, NodeRole, NodeState, Op, TaskState};
 
 use crate::testing::*;
 use crate::{schedule, task as task_state, Plan};
@@ -188,11 +188,8 @@ fn assigned(plan: &Plan) -> BTreeMap<String, String> {
     plan.assignments
         .iter()
         .map(|o: &Op| match &o.kind {
-            Some(op::Kind::Update(obj)) => match &obj.kind {
-                Some(object::Kind::Task(t)) => (obj.id().to_owned(), t.node_id.clone()),
-                _ => panic!("assignment of a non-task"),
-            },
-            _ => panic!("assignment that is not an update"),
+            Some(op::Kind::AssignTask(a)) => (a.task_id.clone(), a.node_id.clone()),
+            _ => panic!("assignment that is not an AssignTask op"),
         })
         .collect()
 }

@@ -154,7 +154,17 @@ fn brute_tasks(tasks: &BTreeMap<String, Task>) -> TaskIndex {
         by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
         by_slot.entry((t.service_id.clone(), t.slot)).or_default().insert(id.clone());
     }
-    TaskIndex { by_service, by_node, by_slot }
+    let mut counts: BTreeMap<String, crate::record::TaskCounts> = BTreeMap::new();
+    for t in tasks.values() {
+        let desired = t.desired_state == shoal_api::v1::TaskState::Running as i32;
+        let running = desired && t.status.as_ref().is_some_and(|s| s.state == shoal_api::v1::TaskState::Running as i32);
+        if desired {
+            let c = counts.entry(t.service_id.clone()).or_default();
+            c.desired += 1;
+            c.running += u64::from(running);
+        }
+    }
+    TaskIndex { by_service, by_node, by_slot, counts }
 }
 
 /// Checks every index against a brute-force recomputation from the objects.

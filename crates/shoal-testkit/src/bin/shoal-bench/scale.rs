@@ -58,6 +58,8 @@ struct SimNode {
     tls: Arc<rustls::ClientConfig>,
     /// Manager addresses, as the last heartbeat answer listed them.
     managers: std::sync::Mutex<Vec<String>>,
+    /// One connection per manager, shared by the heartbeats and the assignment stream.
+    channels: std::sync::Mutex<HashMap<String, Channel>>,
     description: NodeDescription,
 }
 
@@ -103,6 +105,7 @@ async fn join(i: usize, via: &str, token: &str) -> Result<SimNode> {
         addr,
         tls,
         managers: std::sync::Mutex::new(resp.managers.into_iter().map(|m| m.addr).filter(|a| !a.is_empty()).collect()),
+        channels: std::sync::Mutex::new(HashMap::new()),
         description: description(i),
     })
 }
@@ -121,8 +124,19 @@ impl SimNode {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {
-        shoal_client::tls_channel(shoal_client::tcp_endpoint(addr)?, addr, self.tls.clone(), shoal_pki::MANAGER_NAME)
-            .map_err(anyhow::Error::msg)
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = shoal_client::tls_channel(
+            shoal_client::tcp_endpoint(addr)?,
+            addr,
+            self.tls.clone(),
+            shoal_pki::MANAGER_NAME,
+        )
+        .map_err(anyhow::Error::msg)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
     }
 
     /// Heartbeats, follows assignments and reports status until `stop`.
@@ -138,19 +152,9 @@ impl SimNode {
     async fn heartbeats(self: Arc<Self>, leader: Arc<tokio::sync::Mutex<String>>, stop: CancellationToken) {
         let mut period = Duration::from_secs(1);
         let mut next_manager = 0usize;
-        let mut channels: HashMap<String, Channel> = HashMap::new();
         loop {
             let target = leader.lock().await.clone();
-            let ch = match channels.get(&target) {
-                Some(c) => c.clone(),
-                None => match self.channel(&target) {
-                    Ok(c) => {
-                        channels.insert(target.clone(), c.clone());
-                        c
-                    }
-                    Err(_) => return,
-                },
-            };
+            let Ok(ch) = self.channel(&target) else { return };
             let mut req = tonic::Request::new(HeartbeatRequest {
                 node_id: self.node_id.clone(),
                 addr: self.addr.clone(),
@@ -199,13 +203,13 @@ impl SimNode {
         run_delay: Duration,
         stop: CancellationToken,
     ) {
-        // Task id -> the status state last reported.
+        // Task id -> the status state last reported (or due to be).
         let mut reported: HashMap<String, i32> = HashMap::new();
-        let mut channels: HashMap<String, Channel> = HashMap::new();
+        // Reports not yet accepted; they outlive a stream (a leader change).
+        let mut due: Vec<(Instant, TaskStatusUpdate)> = Vec::new();
         while !stop.is_cancelled() {
             let target = leader.lock().await.clone();
-            let Some(ch) = channels.get(&target).cloned().or_else(|| self.channel(&target).ok()) else { return };
-            channels.insert(target.clone(), ch.clone());
+            let Ok(ch) = self.channel(&target) else { return };
             let stream = DispatcherClient::new(ch.clone())
                 .max_decoding_message_size(64 << 20)
                 .assignments(AssignmentsRequest { node_id: self.node_id.clone() })
@@ -219,7 +223,6 @@ impl SimNode {
             shared.streams.fetch_add(1, Ordering::Relaxed);
             let mut stream = stream.into_inner();
             let mut counted = false;
-            let mut due: Vec<(Instant, TaskStatusUpdate)> = Vec::new();
             let mut flush = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
@@ -300,9 +303,9 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
     }
 }
 
-/// The running tasks and the desired ones, as `host` sees them.
-async fn running(host: &str) -> Result<(u64, u64)> {
-    let views = control(host).await?.list_services(ListServicesRequest {}).await?.into_inner().services;
+/// The running tasks and the desired ones, as the manager `c` talks to sees them.
+async fn running(c: &mut shoal_api::v1::control_client::ControlClient<Channel>) -> Result<(u64, u64)> {
+    let views = c.list_services(ListServicesRequest {}).await?.into_inner().services;
     Ok(views.iter().fold((0, 0), |(r, d), v| (r + v.running_tasks, d + v.desired_tasks)))
 }
 
@@ -327,6 +330,9 @@ async fn leader(managers: &[DaemonProcess]) -> Result<usize> {
 /// Runs the benchmark.
 pub async fn run(o: Opts) -> Result<()> {
     let root = tempfile::tempdir()?;
+    if std::env::var_os("SHOAL_BENCH_KEEP").is_some() {
+        eprintln!("  (managers' data and logs in {}, kept)", root.path().display());
+    }
     let mut managers = Vec::new();
     for i in 1..=3 {
         let addr = format!("127.0.31.{i}:4242");
@@ -379,10 +385,11 @@ pub async fn run(o: Opts) -> Result<()> {
     for s in sims {
         running_nodes.spawn(s.run(shared.clone(), o.run_delay, stop.clone()));
     }
+    let c0 = control(&h0).await?;
     wait_until(Duration::from_secs(300), "every simulated node ready and following", || {
-        let (h0, shared, n) = (h0.clone(), shared.clone(), o.nodes);
+        let (mut c0, shared, n) = (c0.clone(), shared.clone(), o.nodes);
         async move {
-            let nodes = control(&h0).await.ok()?.list_nodes(ListNodesRequest {}).await.ok()?.into_inner().nodes;
+            let nodes = c0.list_nodes(ListNodesRequest {}).await.ok()?.into_inner().nodes;
             let ready = nodes
                 .iter()
                 .filter_map(|v| v.node.as_ref())
@@ -401,6 +408,7 @@ pub async fn run(o: Opts) -> Result<()> {
     let cpu = (cpu_seconds(pid).context("leader cpu")? - cpu0) / t0.elapsed().as_secs_f64();
     println!("scale leader cpu with {} idle nodes: {:.0} %", o.nodes, cpu * 100.0);
     println!("scale leader rss with {} idle nodes: {:.0} MB", o.nodes, rss_mb(pid).unwrap_or(0.0));
+    eprintln!("  (leader pid {pid})");
 
     // Create -> every task running, committed.
     let lh = managers[l].host();
@@ -413,7 +421,7 @@ pub async fn run(o: Opts) -> Result<()> {
     let want = per * SERVICES as u64;
     let mut last_print = Instant::now();
     loop {
-        let (r, d) = running(&lh).await?;
+        let (r, d) = running(&mut c).await?;
         if r >= want && d == want {
             break;
         }
@@ -434,6 +442,7 @@ pub async fn run(o: Opts) -> Result<()> {
     let streams_before = shared.streams.load(Ordering::Relaxed);
     let survivor = (l + 1) % 3;
     let sh = managers[survivor].host();
+    let mut survivor_client = control(&sh).await?;
     managers[l].kill9().await?;
     let t_kill = Instant::now();
     let mut first_write = None;
@@ -444,10 +453,8 @@ pub async fn run(o: Opts) -> Result<()> {
             let mut req =
                 tonic::Request::new(CreateServiceRequest { spec: Some(spec(&format!("after-kill-{attempt}"), 0)) });
             req.set_timeout(Duration::from_secs(5));
-            if let Ok(mut c) = control(&sh).await {
-                if c.create_service(req).await.is_ok() {
-                    first_write = Some(t_kill.elapsed());
-                }
+            if survivor_client.create_service(req).await.is_ok() {
+                first_write = Some(t_kill.elapsed());
             }
         }
         let reconnected = shared.streams.load(Ordering::Relaxed) - streams_before;
@@ -475,6 +482,9 @@ pub async fn run(o: Opts) -> Result<()> {
     while running_nodes.join_next().await.is_some() {}
     for m in managers.iter_mut() {
         m.stop().await?;
+    }
+    if std::env::var_os("SHOAL_BENCH_KEEP").is_some() {
+        let _ = root.keep();
     }
     Ok(())
 }
