@@ -221,10 +221,11 @@ impl Controller {
     async fn supervise(&mut self, id: &str, task: &Task) {
         let runtime = self.runtime.clone();
         let wait_id = id.to_string();
-        let mut wait = tokio::spawn(async move { runtime.wait(&wait_id).await });
+        // Dropped (so no longer waited on) when this returns.
+        let wait = async move { runtime.wait(&wait_id).await };
+        tokio::pin!(wait);
         loop {
             if self.stop_requested() {
-                wait.abort();
                 let t = self.task.borrow().clone();
                 let c = t.spec.as_ref().and_then(|s| s.container.as_ref());
                 let grace = c
@@ -246,17 +247,16 @@ impl Controller {
             }
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => { wait.abort(); return; }
+                _ = self.cancel.cancelled() => return,
                 r = &mut wait => {
                     match r {
-                        Ok(Ok(exit)) => self.finish(exit.code, "exited"),
-                        Ok(Err(e)) => self.report(TaskState::Failed, "lost track of the container", &e.to_string(), None),
-                        Err(_) => return,
+                        Ok(exit) => self.finish(exit.code, "exited"),
+                        Err(e) => self.report(TaskState::Failed, "lost track of the container", &e.to_string(), None),
                     }
                     let _ = task;
                     return;
                 }
-                r = self.task.changed() => if r.is_err() { wait.abort(); return },
+                r = self.task.changed() => if r.is_err() { return },
             }
         }
     }

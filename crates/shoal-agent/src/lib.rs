@@ -76,6 +76,8 @@ struct Running {
 }
 
 struct Agent {
+    /// Every task controller and container clean-up of this agent: they end with it.
+    work: tokio::task::JoinSet<()>,
     runtime: Arc<dyn ContainerRuntime>,
     db: TaskDb,
     reporter: reporter::Reporter,
@@ -104,7 +106,7 @@ impl Agent {
             cancel.clone(),
             self.files.clone(),
         );
-        tokio::spawn(c.run());
+        self.work.spawn(c.run());
         self.controllers.insert(id, Running { tx, cancel });
     }
 
@@ -129,7 +131,7 @@ impl Agent {
         }
         let (runtime, db, id) = (self.runtime.clone(), self.db.clone(), id.to_string());
         let files = self.files.clone().ok();
-        tokio::spawn(async move {
+        self.work.spawn(async move {
             let _ = runtime.stop(&id, 15, Duration::from_secs(10)).await;
             if let Err(e) = runtime.remove(&id).await {
                 tracing::warn!(task_id = %id, error = %e, "removing the container failed");
@@ -172,6 +174,7 @@ impl Agent {
         for t in msg.tasks {
             self.upsert(t);
         }
+        self.reap();
         let tasks = self.controllers.len();
         self.status.send_modify(|st| {
             st.tasks = tasks;
@@ -185,74 +188,89 @@ impl Agent {
         }
     }
 
+    /// Forgets the controllers and clean-ups that finished.
+    fn reap(&mut self) {
+        while self.work.try_join_next().is_some() {}
+    }
+
     fn disconnected(&self) {
         self.status.send_modify(|st| st.connected = false);
     }
 }
 
-/// Starts the agent: re-adopts what the local state and the runtime know, then follows the
-/// leader's assignments until `cancel`. The receiver shows what the agent holds.
-pub async fn start(
+/// The agent's work, for its owner to run: call it with the token that stops it.
+pub type AgentRun =
+    Box<dyn FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// Prepares the agent: the receiver shows what it holds, and the returned work, once run,
+/// re-adopts what the local state and the runtime know, then follows the leader's assignments
+/// until its token is cancelled. It owns every controller it starts; they end with it (the
+/// containers do not: they belong to the runtime, and the next agent adopts them).
+pub fn start(
     cfg: AgentConfig,
     runtime: Arc<dyn ContainerRuntime>,
     leader: Arc<dyn Leader>,
-    cancel: CancellationToken,
-) -> Result<watch::Receiver<AgentStatus>, AgentError> {
+) -> Result<(watch::Receiver<AgentStatus>, AgentRun), AgentError> {
     let db = TaskDb::open(&cfg.data_dir)?;
     let (status, status_rx) = watch::channel(AgentStatus::default());
-    tokio::spawn(async move {
-        // Adoption needs the runtime's view; containerd may not answer yet (it starts later, or
-        // restarts): keep asking, the node reports itself unable to run tasks meanwhile.
-        let mut backoff = Duration::from_millis(200);
-        let existing = loop {
-            match runtime.list().await {
-                Ok(list) => break list,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list containers yet; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+    let run: AgentRun = Box::new(move |cancel: CancellationToken| {
+        Box::pin(async move {
+            // Adoption needs the runtime's view; containerd may not answer yet (it starts later, or
+            // restarts): keep asking, the node reports itself unable to run tasks meanwhile.
+            let mut backoff = Duration::from_millis(200);
+            let existing = loop {
+                match runtime.list().await {
+                    Ok(list) => break list,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list containers yet; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            };
+            let mut work = tokio::task::JoinSet::new();
+            let (reporter, reporting) = reporter::new(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
+            work.spawn(reporting);
+            let mut existing: HashMap<String, shoal_runtime::ContainerState> =
+                existing.into_iter().map(|c| (c.id.clone(), c)).collect();
+            let files = files::FileRoot::mount(cfg.data_dir.join("files"));
+            if let Err(e) = &files {
+                tracing::error!(error = %e, "tasks that use secrets or configs cannot run on this node");
             }
-        };
-        let reporter = reporter::spawn(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
-        let mut existing: HashMap<String, shoal_runtime::ContainerState> =
-            existing.into_iter().map(|c| (c.id.clone(), c)).collect();
-        let files = files::FileRoot::mount(cfg.data_dir.join("files"));
-        if let Err(e) = &files {
-            tracing::error!(error = %e, "tasks that use secrets or configs cannot run on this node");
-        }
-        let mut agent = Agent {
-            runtime: runtime.clone(),
-            db: db.clone(),
-            reporter,
-            controllers: HashMap::new(),
-            cancel: cancel.clone(),
-            files,
-            status,
-        };
-        let known = match db.tasks() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the agent's task database: this node runs no tasks");
-                return;
+            let mut agent = Agent {
+                work,
+                runtime: runtime.clone(),
+                db: db.clone(),
+                reporter,
+                controllers: HashMap::new(),
+                cancel: cancel.clone(),
+                files,
+                status,
+            };
+            let known = match db.tasks() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the agent's task database: this node runs no tasks");
+                    return;
+                }
+            };
+            for t in known {
+                let adopted = existing.remove(&id_of(&t));
+                agent.spawn_controller(t, adopted);
             }
-        };
-        for t in known {
-            let adopted = existing.remove(&id_of(&t));
-            agent.spawn_controller(t, adopted);
-        }
-        // Containers with no recorded task were created by no assignment this agent knows: remove.
-        for (id, _) in existing {
-            tracing::warn!(container = %id, "removing a container no assignment accounts for");
-            let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
-            let _ = runtime.remove(&id).await;
-        }
-        session(cfg.node_id, agent, leader, cancel).await;
+            // Containers with no recorded task were created by no assignment this agent knows: remove.
+            for (id, _) in existing {
+                tracing::warn!(container = %id, "removing a container no assignment accounts for");
+                let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
+                let _ = runtime.remove(&id).await;
+            }
+            session(cfg.node_id, agent, leader, cancel).await;
+        })
     });
-    Ok(status_rx)
+    Ok((status_rx, run))
 }
 
 async fn session(node_id: String, mut agent: Agent, leader: Arc<dyn Leader>, cancel: CancellationToken) {

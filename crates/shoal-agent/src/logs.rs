@@ -20,12 +20,15 @@ const CHUNK: usize = 64 * 1024;
 /// gRPC implementation of `Agent`.
 pub struct AgentService {
     runtime: Arc<dyn ContainerRuntime>,
+    /// The file readers of open log streams: each ends when its client goes away (or the file
+    /// ends, without `follow`), and all of them with the service.
+    readers: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl AgentService {
     /// Serves the logs of the containers `runtime` runs.
     pub fn new(runtime: Arc<dyn ContainerRuntime>) -> Self {
-        Self { runtime }
+        Self { runtime, readers: std::sync::Mutex::new(tokio::task::JoinSet::new()) }
     }
 }
 
@@ -131,7 +134,9 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let path = self.runtime.logs(&req.task_id).await.map_err(|e| Status::not_found(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(stream_file(path, req.task_id.clone(), req, tx));
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        while readers.try_join_next().is_some() {}
+        readers.spawn(stream_file(path, req.task_id.clone(), req, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -154,7 +159,8 @@ mod tests {
     async fn collect(path: PathBuf, tail: u32, follow: bool, until: usize) -> String {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let req = TaskLogsRequest { task_id: "t".into(), follow, tail };
-        let task = tokio::spawn(stream_file(path, "t".into(), req, tx));
+        let mut reader = tokio::task::JoinSet::new();
+        reader.spawn(stream_file(path, "t".into(), req, tx));
         let mut out = Vec::new();
         while out.len() < until {
             match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
@@ -162,7 +168,7 @@ mod tests {
                 _ => break,
             }
         }
-        task.abort();
+        reader.abort_all();
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -178,7 +184,8 @@ mod tests {
         // output written after a rotation (truncation) still arrives.
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let req = TaskLogsRequest { task_id: "t".into(), follow: true, tail: 1 };
-        let follower = tokio::spawn(stream_file(log.clone(), "t".into(), req, tx));
+        let mut follower = tokio::task::JoinSet::new();
+        follower.spawn(stream_file(log.clone(), "t".into(), req, tx));
         async fn next(rx: &mut tokio::sync::mpsc::Receiver<Result<LogChunk, Status>>) -> String {
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
                 Ok(Some(Ok(chunk))) => String::from_utf8_lossy(&chunk.data).into_owned(),
@@ -190,6 +197,6 @@ mod tests {
         assert_eq!(next(&mut rx).await, "d\n", "then what was appended");
         std::fs::write(&log, "e\n").expect("rotated: truncated, then written");
         assert_eq!(next(&mut rx).await, "e\n", "then what was written after the rotation");
-        follower.abort();
+        follower.abort_all();
     }
 }

@@ -32,10 +32,15 @@ impl Reporter {
     }
 }
 
-/// Starts the flusher; returns the reporter handle.
-pub fn spawn(node_id: String, db: TaskDb, leader: Arc<dyn Leader>, cancel: CancellationToken) -> Reporter {
+/// The reporter handle, and the flusher for the agent to run (it ends with `cancel`).
+pub fn new(
+    node_id: String,
+    db: TaskDb,
+    leader: Arc<dyn Leader>,
+    cancel: CancellationToken,
+) -> (Reporter, impl std::future::Future<Output = ()> + Send + 'static) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, TaskStatus)>();
-    tokio::spawn(async move {
+    let flusher = async move {
         let mut pending: BTreeMap<String, TaskStatus> = BTreeMap::new();
         loop {
             tokio::select! {
@@ -63,8 +68,8 @@ pub fn spawn(node_id: String, db: TaskDb, leader: Arc<dyn Leader>, cancel: Cance
                 pending.insert(id, s);
             }
         }
-    });
-    Reporter { tx, db }
+    };
+    (Reporter { tx, db }, flusher)
 }
 
 async fn send(node_id: &str, leader: &dyn Leader, updates: Vec<TaskStatusUpdate>) -> Result<(), String> {

@@ -538,6 +538,10 @@ async fn info(c: &mut Client, format: Format) -> Result<(), tonic::Status> {
             outln!("Advertise:   {}", i.advertise_addr);
             outln!("Managers:    {}", i.manager_addrs.join(", "));
             outln!("Certificate: {}", i.certificate);
+            if !i.workers.is_empty() {
+                let list: Vec<String> = i.workers.iter().map(|w| format!("{} ({})", w.name, w.state)).collect();
+                outln!("Workers:     {}", list.join(", "));
+            }
             if let Some(a) = i.agent {
                 let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
                 outln!(

@@ -136,6 +136,8 @@ fn main() -> std::process::ExitCode {
 async fn run(s: config::Settings) -> anyhow::Result<()> {
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    // Work of the daemon process itself (the node's own workers live in its supervisor).
+    let mut own_work = tokio::task::JoinSet::new();
     let runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>> = if s.no_runtime {
         None
     } else {
@@ -155,10 +157,10 @@ async fn run(s: config::Settings) -> anyhow::Result<()> {
             s.registry_auth_file.clone(),
             s.data_dir.join("runtime"),
         )?;
-        c.spawn_log_rotation(
+        own_work.spawn(c.log_rotation(
             s.task_log_max_bytes.unwrap_or(shoal_runtime::logfile::DEFAULT_MAX_BYTES),
             background.clone(),
-        );
+        ));
         Some(std::sync::Arc::new(c))
     };
     let cfg = shoal_manager::DaemonConfig {
@@ -178,5 +180,7 @@ async fn run(s: config::Settings) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("terminated: shutting down"),
     }
     daemon.shutdown().await;
+    background.cancel();
+    while own_work.join_next().await.is_some() {}
     Ok(())
 }

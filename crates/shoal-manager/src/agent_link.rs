@@ -27,14 +27,13 @@ impl shoal_agent::Leader for NodeLeader {
     }
 }
 
-/// Starts the agent for `node` with `runtime`, once per cluster membership.
-pub async fn start_agent(
+/// Prepares the agent for `node` with `runtime` (once per cluster membership): what it holds,
+/// and its work for the node's supervisor to run.
+pub fn start_agent(
     node: &Node,
     runtime: Arc<dyn shoal_runtime::ContainerRuntime>,
-) -> Result<tokio::sync::watch::Receiver<shoal_agent::AgentStatus>, String> {
+) -> Result<(tokio::sync::watch::Receiver<shoal_agent::AgentStatus>, shoal_agent::AgentRun), String> {
     let cfg =
         shoal_agent::AgentConfig { node_id: node.local().node_id, data_dir: node.config().data_dir.join("agent") };
-    shoal_agent::start(cfg, runtime, Arc::new(NodeLeader(node.clone())), node.shutdown_token().child_token())
-        .await
-        .map_err(|e| e.to_string())
+    shoal_agent::start(cfg, runtime, Arc::new(NodeLeader(node.clone()))).map_err(|e| e.to_string())
 }

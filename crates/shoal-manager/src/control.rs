@@ -239,7 +239,7 @@ impl ControlService {
             self.node.stop_raft(true).await?;
             self.node.start_raft().await?;
         }
-        crate::session::spawn(self.node.clone());
+        self.node.ensure_session();
         self.node.ensure_agent().await;
         drop(_g);
         if role == NodeRole::Manager {
@@ -359,34 +359,41 @@ impl Control for ControlService {
         let service_id =
             rt.store.read(|s| s.lookup_service(&req.service).map(|svc| id_of(&svc.meta))).map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let mut seen = BTreeSet::new();
-        for src in log_sources(&rt, &service_id, &mut seen) {
-            tokio::spawn(forward_task_logs(self.node.clone(), src, req.clone(), tx.clone()));
-        }
-        if req.follow {
-            // Tasks that start later (restarts, scale-up, rescheduling) join the stream, until
-            // the client goes away or the service is removed.
-            let node = self.node.clone();
+        let node = self.node.clone();
+        // One worker per log stream: it owns a forwarder per task, and ends when the client goes
+        // away, when the service is removed (following), or when every task's log ended.
+        self.node.inner.workers.spawn(format!("service logs {}", req.service), move |stop| async move {
+            let mut seen = BTreeSet::new();
+            let mut forwarders = tokio::task::JoinSet::new();
+            for src in log_sources(&rt, &service_id, &mut seen) {
+                forwarders.spawn(forward_task_logs(node.clone(), src, req.clone(), tx.clone()));
+            }
+            if !req.follow {
+                drop(tx);
+                while forwarders.join_next().await.is_some() {}
+                return Ok::<(), String>(());
+            }
+            // Tasks that start later (restarts, scale-up, rescheduling) join the stream.
             let mut applied = rt.store.applied();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        changed = applied.changed() => if changed.is_err() { return },
-                    }
-                    if rt.store.read(|s| s.service(&service_id).is_none()) {
-                        return;
-                    }
-                    for src in log_sources(&rt, &service_id, &mut seen) {
-                        let mut from_start = req.clone();
-                        from_start.tail = 0;
-                        tokio::spawn(forward_task_logs(node.clone(), src, from_start, tx.clone()));
-                    }
-                    // Coalesce bursts of applies.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tx.closed() => return Ok(()),
+                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
                 }
-            });
-        }
+                while forwarders.try_join_next().is_some() {}
+                if rt.store.read(|s| s.service(&service_id).is_none()) {
+                    return Ok(());
+                }
+                for src in log_sources(&rt, &service_id, &mut seen) {
+                    let mut from_start = req.clone();
+                    from_start.tail = 0;
+                    forwarders.spawn(forward_task_logs(node.clone(), src, from_start, tx.clone()));
+                }
+                // Coalesce bursts of applies.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -421,6 +428,12 @@ impl Control for ControlService {
             raft,
             version: env!("CARGO_PKG_VERSION").to_string(),
             certificate: self.node.cert_summary(),
+            workers: self
+                .node
+                .workers()
+                .into_iter()
+                .map(|(name, state)| WorkerInfo { name, state: state.to_string() })
+                .collect(),
             agent: self.node.agent_status().map(|a| AgentInfo {
                 connected: a.connected,
                 sessions: a.sessions,
@@ -479,7 +492,7 @@ impl Control for ControlService {
             raft_id: local.raft_id,
         };
         propose(&self.node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
-        crate::session::spawn(self.node.clone());
+        self.node.ensure_session();
         self.node.ensure_agent().await;
         tracing::info!(%cluster_id, "cluster initialized");
         Ok(Response::new(InitClusterResponse { node_id: local.node_id, cluster_id }))

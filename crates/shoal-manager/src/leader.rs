@@ -81,52 +81,82 @@ impl LeaderState {
     }
 }
 
-/// Watches leadership and runs the leader loops while this node leads.
+/// Watches leadership (the node's "leadership" worker, one per Raft instance) and runs the
+/// leader loops as workers of a leader term while this node leads; the term's workers stop
+/// (and are waited for) as soon as it stops leading.
 pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
-    tokio::spawn(async move {
-        let mut metrics = rt.raft.metrics();
-        let mut current: Option<CancellationToken> = None;
-        let shutdown = node.shutdown_token();
-        loop {
-            let leading = {
-                let m = metrics.borrow_and_update();
-                m.state == ServerState::Leader && m.running_state.is_ok()
-            };
-            match (leading, &current) {
-                (true, None) => {
-                    let token = shutdown.child_token();
-                    node.inner.leader.reset();
-                    tracing::info!("became leader: starting leader loops");
-                    tokio::spawn(liveness_loop(node.clone(), rt.clone(), token.clone()));
-                    tokio::spawn(membership_loop(node.clone(), rt.clone(), token.clone()));
-                    tokio::spawn(orchestrate_loop(node.clone(), rt.clone(), token.clone()));
-                    let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(256);
-                    node.inner.leader.set_hub(Some(hub_tx));
-                    tokio::spawn(crate::dispatcher::run_hub(rt.clone(), hub_rx, token.clone()));
-                    let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
-                    node.inner.leader.set_status_batcher(Some(status_tx));
-                    tokio::spawn(crate::dispatcher::run_status_batcher(node.clone(), status_rx, token.clone()));
-                    current = Some(token);
-                }
-                (false, Some(t)) => {
-                    tracing::info!("no longer leader: stopping leader loops");
-                    node.inner.leader.set_hub(None);
-                    node.inner.leader.set_status_batcher(None);
-                    t.cancel();
-                    current = None;
-                }
-                _ => {}
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                r = metrics.changed() => if r.is_err() { break },
-            }
-        }
-        if let Some(t) = current {
-            t.cancel();
-        }
+    let workers = node.inner.workers.clone();
+    workers.spawn("leadership", move |shutdown| async move {
+        watch_leadership(node, rt, shutdown).await;
+        Ok::<(), String>(())
     });
+}
+
+async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: CancellationToken) {
+    let mut metrics = rt.raft.metrics();
+    let mut term: Option<crate::workers::Workers> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Leader && m.running_state.is_ok()
+        };
+        match (leading, &term) {
+            (true, None) => {
+                node.inner.leader.reset();
+                tracing::info!("became leader: starting leader loops");
+                let w = node.inner.workers.child("leader");
+                let (n, r) = (node.clone(), rt.clone());
+                w.spawn("liveness", move |stop| async move {
+                    liveness_loop(n, r, stop).await;
+                    Ok::<(), String>(())
+                });
+                let (n, r) = (node.clone(), rt.clone());
+                w.spawn("membership", move |stop| async move {
+                    membership_loop(n, r, stop).await;
+                    Ok::<(), String>(())
+                });
+                let (n, r) = (node.clone(), rt.clone());
+                w.spawn("orchestrator", move |stop| async move {
+                    orchestrate_loop(n, r, stop).await;
+                    Ok::<(), String>(())
+                });
+                let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(256);
+                node.inner.leader.set_hub(Some(hub_tx));
+                let r = rt.clone();
+                w.spawn("dispatcher", move |stop| async move {
+                    crate::dispatcher::run_hub(r, hub_rx, stop).await;
+                    Ok::<(), String>(())
+                });
+                let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
+                node.inner.leader.set_status_batcher(Some(status_tx));
+                let n = node.clone();
+                w.spawn("status batcher", move |stop| async move {
+                    crate::dispatcher::run_status_batcher(n, status_rx, stop).await;
+                    Ok::<(), String>(())
+                });
+                term = Some(w);
+            }
+            (false, Some(_)) => {
+                tracing::info!("no longer leader: stopping leader loops");
+                node.inner.leader.set_hub(None);
+                node.inner.leader.set_status_batcher(None);
+                if let Some(w) = term.take() {
+                    w.stop().await;
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = metrics.changed() => if r.is_err() { break },
+        }
+    }
+    node.inner.leader.set_hub(None);
+    node.inner.leader.set_status_batcher(None);
+    if let Some(w) = term {
+        w.stop().await;
+    }
 }
 
 fn settings(rt: &RaftRuntime) -> v1::ClusterSettings {

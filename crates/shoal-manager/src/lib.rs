@@ -19,6 +19,7 @@ pub mod pki;
 pub mod server;
 mod session;
 pub mod tls;
+pub mod workers;
 pub mod writer;
 
 pub use error::ApiError;

@@ -72,6 +72,10 @@ pub(crate) struct Inner {
     pub(crate) force_new_cluster_pending: Mutex<bool>,
     pub(crate) leader_hint: Mutex<Option<String>>,
     pub(crate) agent_started: Mutex<bool>,
+    /// The node's background workers (session, renewal, runtime probe, leadership, agent).
+    pub(crate) workers: crate::workers::Workers,
+    /// The session with the leader is running (it is started once per cluster membership).
+    pub(crate) session_running: std::sync::atomic::AtomicBool,
     /// The last [`Node::manager_peers`] and when it was computed.
     pub(crate) peers_cache: Mutex<Option<(std::time::Instant, Vec<Peer>)>>,
     /// What the agent holds, once it runs.
@@ -157,11 +161,13 @@ impl Node {
                 raft_slot: watch::channel(None).0,
                 transition: tokio::sync::Mutex::new(()),
                 channels: Mutex::new(HashMap::new()),
-                shutdown,
+                shutdown: shutdown.clone(),
                 leader: crate::leader::LeaderState::default(),
                 force_new_cluster_pending: Mutex::new(force),
                 leader_hint: Mutex::new(None),
                 agent_started: Mutex::new(false),
+                workers: crate::workers::Workers::new("node", shutdown.clone()),
+                session_running: std::sync::atomic::AtomicBool::new(false),
                 peers_cache: Mutex::new(None),
                 agent_status: Mutex::new(None),
                 runtime_unavailable: Mutex::new(runtime_unavailable),
@@ -199,7 +205,7 @@ impl Node {
     pub(crate) fn watch_runtime(&self) {
         let Some(runtime) = self.inner.cfg.runtime.clone() else { return };
         let node = self.clone();
-        tokio::spawn(async move {
+        self.inner.workers.spawn("runtime probe", |stop| async move {
             loop {
                 let why = match tokio::time::timeout(RUNTIME_PROBE, runtime.ping()).await {
                     Ok(Ok(_)) => String::new(),
@@ -208,7 +214,7 @@ impl Node {
                 };
                 node.set_runtime_unavailable(why);
                 tokio::select! {
-                    _ = node.inner.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return Ok::<(), String>(()),
                     _ = tokio::time::sleep(RUNTIME_PROBE) => {}
                 }
             }
@@ -225,13 +231,32 @@ impl Node {
             }
             *started = true;
         }
-        match crate::agent_link::start_agent(self, runtime).await {
-            Ok(status) => *self.inner.agent_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status),
+        match crate::agent_link::start_agent(self, runtime) {
+            Ok((status, agent)) => {
+                *self.inner.agent_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                self.inner.workers.spawn("agent", |stop| async move {
+                    agent(stop).await;
+                    Ok::<(), String>(())
+                });
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the agent did not start: this node runs no tasks");
                 *self.inner.agent_started.lock().unwrap_or_else(|p| p.into_inner()) = false;
             }
         }
+    }
+
+    /// Starts the session with the leader unless it runs already (it ends by itself when the
+    /// node leaves its cluster, and may then be started again by a later join).
+    pub(crate) fn ensure_session(&self) {
+        if !self.inner.session_running.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            crate::session::spawn(self.clone());
+        }
+    }
+
+    /// The background workers of this node (and of its leader term), for `shoal info`.
+    pub fn workers(&self) -> Vec<(String, crate::workers::WorkerState)> {
+        self.inner.workers.list()
     }
 
     /// What the agent holds, if it runs.
@@ -590,7 +615,7 @@ impl Node {
             Role::Worker => {}
         }
         if local.role != Role::Uninitialized {
-            crate::session::spawn(self.clone());
+            self.ensure_session();
             self.ensure_agent().await;
         }
         Ok(())

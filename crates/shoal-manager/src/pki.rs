@@ -115,8 +115,15 @@ pub async fn renew(node: &Node) -> Result<shoal_pki::PeerIdentity, ApiError> {
 /// `node` shuts down. An expired certificate is reported (managers refuse it; the node must be
 /// joined again).
 pub fn spawn_renewal(node: Node) {
-    tokio::spawn(async move {
-        let stop = node.shutdown_token();
+    let workers = node.inner.workers.clone();
+    workers.spawn("certificate renewal", move |stop| async move {
+        renewal(node, stop).await;
+        Ok::<(), String>(())
+    });
+}
+
+async fn renewal(node: Node, stop: tokio_util::sync::CancellationToken) {
+    {
         let mut reported_expiry = false;
         loop {
             let wait = match node.cert_identity() {
@@ -168,5 +175,5 @@ pub fn spawn_renewal(node: Node) {
                 }
             }
         }
-    });
+    }
 }

@@ -118,7 +118,7 @@ impl Daemon {
             }));
         // Only TLS on the TCP port; the handshake needs the node's certificate, so a node that is
         // in no cluster yet accepts no connection.
-        let incoming = crate::tls::incoming(listener, node.clone(), shutdown.clone());
+        let incoming = crate::tls::incoming(listener, node.clone(), &node.inner.workers);
         let stop = shutdown.clone();
         servers.spawn(async move { tcp.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await });
 
@@ -179,6 +179,8 @@ impl Daemon {
         self.shutdown.cancel();
         let _ = self.node.stop_raft(false).await;
         while self.servers.join_next().await.is_some() {}
+        // Every background worker has been told by the same token; wait for them to return.
+        self.node.inner.workers.stop().await;
         if let Some(p) = &self.socket {
             let _ = std::fs::remove_file(p);
         }

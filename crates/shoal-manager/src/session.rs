@@ -10,10 +10,18 @@ use shoal_api::v1::{HeartbeatRequest, HeartbeatResponse, NodeRole};
 use crate::local::{Peer, Role};
 use crate::node::{member_addr, Node};
 
-/// Starts the session loop (once per role activation; it ends when the node leaves).
+/// Starts the session loop as the node's "session" worker (through [`Node::ensure_session`],
+/// once per cluster membership; it ends when the node leaves).
 pub(crate) fn spawn(node: Node) {
-    tokio::spawn(async move {
-        let shutdown = node.shutdown_token();
+    let workers = node.inner.workers.clone();
+    workers.spawn("session", move |shutdown| async move {
+        run(node, shutdown).await;
+        Ok::<(), String>(())
+    });
+}
+
+async fn run(node: Node, shutdown: tokio_util::sync::CancellationToken) {
+    {
         let mut period = Duration::from_millis(shoal_api::defaults::HEARTBEAT_PERIOD_MS);
         let mut next_manager = 0usize;
         let mut redirect: Option<String> = None;
@@ -23,6 +31,7 @@ pub(crate) fn spawn(node: Node) {
         let mut described: Option<(shoal_api::v1::NodeDescription, u32)> = None;
         loop {
             if node.local().role == Role::Uninitialized {
+                node.inner.session_running.store(false, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
             let target = redirect.take().or_else(|| pick_target(&node, &mut next_manager));
@@ -74,7 +83,7 @@ pub(crate) fn spawn(node: Node) {
                 _ = tokio::time::sleep(period) => {}
             }
         }
-    });
+    }
 }
 
 fn pick_target(node: &Node, next: &mut usize) -> Option<String> {

@@ -23,7 +23,6 @@ use std::time::Duration;
 use shoal_pki::{PeerIdentity, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::node::Node;
@@ -98,13 +97,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn incoming(
     listener: TcpListener,
     node: Node,
-    stop: CancellationToken,
+    workers: &crate::workers::Workers,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    workers.spawn("tls accept", move |stop| async move {
+        // Handshakes run side by side; this loop owns them.
+        let mut handshakes = tokio::task::JoinSet::new();
         loop {
             let (tcp, remote) = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok::<(), String>(()),
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -114,12 +115,13 @@ pub fn incoming(
                     }
                 },
             };
+            while handshakes.try_join_next().is_some() {}
             let Some(cfg) = node.tls_server_config() else {
                 tracing::debug!(%remote, "refusing a connection: this node is not in a cluster (no certificate)");
                 continue;
             };
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

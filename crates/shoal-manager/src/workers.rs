@@ -150,7 +150,8 @@ impl Workers {
     /// Cancels every worker and waits until all have returned.
     pub async fn stop(&self) {
         self.inner.token.cancel();
-        let children: Vec<Workers> = std::mem::take(&mut *self.inner.children.lock().unwrap_or_else(|p| p.into_inner()));
+        let children: Vec<Workers> =
+            std::mem::take(&mut *self.inner.children.lock().unwrap_or_else(|p| p.into_inner()));
         for c in children {
             Box::pin(c.stop()).await;
         }
@@ -183,7 +184,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let names: Vec<String> = w.list().into_iter().map(|(n, s)| format!("{n} {s}")).collect();
-        assert_eq!(names, ["node/loop running", "node/broken failed: disk on fire", "node/leader/orchestrator running"]);
+        assert_eq!(
+            names,
+            ["node/loop running", "node/broken failed: disk on fire", "node/leader/orchestrator running"]
+        );
         // Ending the term stops its workers and takes them off the list.
         term.stop().await;
         assert_eq!(w.list().len(), 2);

@@ -15,6 +15,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -47,14 +48,15 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Appends waiting for the next fsync (see [`flush_loop`]).
     flushes: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// Owns the flush loop: it is stopped when the last clone of the store goes.
+    _flusher: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
 }
 
 /// Group commit: acknowledges appends once an fsync that began after they were written has
 /// finished, one fsync for every append that queued up meanwhile. An append returns as soon as
 /// its entries are written (readable), so openraft goes on appending while the disk syncs, and
 /// a burst of writes shares one fsync instead of paying one each. Acknowledgements keep the
-/// order of the appends. The loop ends when the last [`LogStore`] (the channel's senders) is
-/// dropped: the store owns it.
+/// order of the appends. The store owns the loop: it ends when the last [`LogStore`] is dropped.
 async fn flush_loop(db: sled::Db, mut queue: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
     while let Some(first) = queue.recv().await {
         let mut waiting = vec![first];
@@ -88,8 +90,9 @@ impl LogStore {
         let logs = db.open_tree(TREE_LOGS).map_err(StorageError::log("opening the logs tree"))?;
         let meta = db.open_tree(TREE_META).map_err(StorageError::log("opening the meta tree"))?;
         let (flushes, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(db.clone(), queue));
-        Ok(LogStore { db, logs, meta, flushes })
+        let mut flusher = tokio::task::JoinSet::new();
+        flusher.spawn(flush_loop(db.clone(), queue));
+        Ok(LogStore { db, logs, meta, flushes, _flusher: Arc::new(std::sync::Mutex::new(flusher)) })
     }
 
     /// Flushes and fsyncs everything written so far.

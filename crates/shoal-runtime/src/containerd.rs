@@ -141,10 +141,15 @@ impl Containerd {
         })
     }
 
-    /// Keeps every task log file under `max_bytes` (see [`crate::logfile`]) until `stop`.
-    pub fn spawn_log_rotation(&self, max_bytes: u64, stop: tokio_util::sync::CancellationToken) {
+    /// Keeps every task log file under `max_bytes` (see [`crate::logfile`]) until `stop`: the
+    /// loop for the caller to run (and own).
+    pub fn log_rotation(
+        &self,
+        max_bytes: u64,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let dir = self.state_dir.join("logs");
-        tokio::spawn(async move {
+        async move {
             loop {
                 let d = dir.clone();
                 match tokio::task::spawn_blocking(move || crate::logfile::rotate_dir(&d, max_bytes)).await {
@@ -158,7 +163,7 @@ impl Containerd {
                     _ = tokio::time::sleep(crate::logfile::CHECK_EVERY) => {}
                 }
             }
-        });
+        }
     }
 
     fn req<T>(&self, m: T) -> Request<T> {

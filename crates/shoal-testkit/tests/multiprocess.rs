@@ -286,6 +286,35 @@ async fn json_output_contract() -> Result<()> {
         names.insert(t["name"].as_str().unwrap_or("").to_string());
     }
     assert_eq!(names, set(&["web.1", "web.2", "web.3"]));
+    // Every background loop is a named worker that `shoal info` lists; leader loops run only
+    // on the leader.
+    let leader = c.leader().await?;
+    let workers = |i: usize| {
+        let h = c.nodes[i].host();
+        async move {
+            let info = shoal_ok(&h, &["info", "--format", "json"]).await?.json()?;
+            let names: BTreeSet<String> = info["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["state"] == "running")
+                .filter_map(|w| w["name"].as_str().map(str::to_string))
+                .collect();
+            anyhow::Ok(names)
+        }
+    };
+    let on_leader = workers(leader).await?;
+    for w in
+        ["node/session", "node/leadership", "node/tls accept", "node/leader/orchestrator", "node/leader/dispatcher"]
+    {
+        assert!(on_leader.contains(w), "the leader runs {w}: {on_leader:?}");
+    }
+    let on_follower = workers((leader + 1) % 3).await?;
+    assert!(on_follower.contains("node/session"), "{on_follower:?}");
+    assert!(
+        on_follower.iter().all(|w| !w.starts_with("node/leader/")),
+        "a follower runs no leader loop: {on_follower:?}"
+    );
     // Inspect prints the whole object.
     let inspect = shoal_ok(&h, &["service", "inspect", "web"]).await?.json()?;
     assert_eq!(inspect[0]["spec"]["annotations"]["name"], "web");

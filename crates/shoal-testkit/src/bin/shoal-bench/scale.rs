@@ -144,9 +144,7 @@ impl SimNode {
         let first = self.managers().first().cloned().unwrap_or_default();
         let leader = Arc::new(tokio::sync::Mutex::new(first));
         let me = Arc::new(self);
-        let beats = tokio::spawn(me.clone().heartbeats(leader.clone(), stop.clone()));
-        me.follow(leader, shared, run_delay, stop).await;
-        let _ = beats.await;
+        tokio::join!(me.clone().heartbeats(leader.clone(), stop.clone()), me.follow(leader, shared, run_delay, stop));
     }
 
     async fn heartbeats(self: Arc<Self>, leader: Arc<tokio::sync::Mutex<String>>, stop: CancellationToken) {
