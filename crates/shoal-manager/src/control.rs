@@ -53,9 +53,6 @@ fn public_cluster(mut c: Cluster) -> Cluster {
     c
 }
 
-/// Largest secret or config (as Docker).
-const MAX_DATA_BYTES: usize = 500 * 1024;
-
 /// Fills in the ids of the secrets and configs a service spec names; unknown names are refused.
 fn resolve_refs(store: &shoal_store::Store, spec: &mut ServiceSpec) -> Result<(), ApiError> {
     let Some(c) = spec.task_template.as_mut().and_then(|t| t.container.as_mut()) else { return Ok(()) };
@@ -98,17 +95,9 @@ fn users_of(store: &shoal_store::Store, id: &str, secret: bool) -> Vec<String> {
         .collect()
 }
 
-fn check_data(kind: &str, name: &str, data: &[u8]) -> Result<(), ApiError> {
+fn check_data(kind: &'static str, name: &str, data: &[u8]) -> Result<(), ApiError> {
     validate::validate_name("name", name).map_err(ApiError::from)?;
-    if data.is_empty() {
-        return Err(ApiError::Rejected(format!("{kind} {name:?} is empty: give it some data")));
-    }
-    if data.len() > MAX_DATA_BYTES {
-        return Err(ApiError::Rejected(format!(
-            "{kind} {name:?} is {} bytes; the limit is {MAX_DATA_BYTES} bytes",
-            data.len()
-        )));
-    }
+    crate::policy::data_size(kind, name, data)?;
     Ok(())
 }
 
@@ -650,13 +639,7 @@ impl Control for ControlService {
             .store
             .read(|st| st.lookup_secret(&q).map(|s| (s.clone(), users_of(st, &id_of(&s.meta), true))))
             .map_err(ApiError::from)?;
-        if !users.is_empty() {
-            return Err(ApiError::Rejected(format!(
-                "secret {q:?} is in use by service(s) {}: remove it from them first",
-                users.join(", ")
-            ))
-            .into());
-        }
+        crate::policy::data_removal("secret", &q, &users).map_err(ApiError::from)?;
         propose(&self.node, vec![delete_op(ObjectKind::Secret, &id_of(&s.meta), 0)]).await?;
         Ok(Response::new(RemoveSecretResponse {}))
     }
@@ -697,13 +680,7 @@ impl Control for ControlService {
             .store
             .read(|st| st.lookup_config(&q).map(|c| (c.clone(), users_of(st, &id_of(&c.meta), false))))
             .map_err(ApiError::from)?;
-        if !users.is_empty() {
-            return Err(ApiError::Rejected(format!(
-                "config {q:?} is in use by service(s) {}: remove it from them first",
-                users.join(", ")
-            ))
-            .into());
-        }
+        crate::policy::data_removal("config", &q, &users).map_err(ApiError::from)?;
         propose(&self.node, vec![delete_op(ObjectKind::Config, &id_of(&c.meta), 0)]).await?;
         Ok(Response::new(RemoveConfigResponse {}))
     }
@@ -746,18 +723,7 @@ impl Control for ControlService {
                 s.nodes().filter(|x| x.spec.as_ref().is_some_and(|sp| sp.desired_role() == NodeRole::Manager)).count();
             Ok::<_, ApiError>((n, managers))
         })?;
-        let old_role = n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker);
-        if old_role == NodeRole::Manager && spec.desired_role() == NodeRole::Worker && managers <= 1 {
-            return Err(ApiError::Rejected("cannot demote the last manager of the cluster".into()).into());
-        }
-        if old_role == NodeRole::Worker && spec.desired_role() == NodeRole::Manager {
-            let ready = n.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready);
-            if !ready {
-                return Err(
-                    ApiError::Rejected("cannot promote a node that is not ready: bring it up first".into()).into()
-                );
-            }
-        }
+        crate::policy::node_update(&n, &spec, managers).map_err(ApiError::from)?;
         n.spec = Some(spec);
         if let Some(m) = n.meta.as_mut() {
             if req.version != 0 {
@@ -775,21 +741,7 @@ impl Control for ControlService {
         let req = req.into_inner();
         let rt = self.node.require_manager()?;
         let n = rt.store.read(|s| self.resolve_node(s, &req.node))?;
-        let hostname = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
-        let wants_manager = n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Manager);
-        if wants_manager || n.role() == NodeRole::Manager {
-            return Err(ApiError::Rejected(format!(
-                "node {hostname} is a manager: demote it first (`shoal node demote {hostname}`)"
-            ))
-            .into());
-        }
-        let down = n.status.as_ref().is_some_and(|s| s.state() != NodeState::Ready);
-        if !down && !req.force {
-            return Err(ApiError::Rejected(format!(
-                "node {hostname} is not down: stop it or run `shoal cluster leave` there first, or remove it with --force"
-            ))
-            .into());
-        }
+        crate::policy::node_removal(&n, req.force).map_err(ApiError::from)?;
         // The node's certificate stops working with the same command that forgets the node.
         let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         let id = id_of(&n.meta);

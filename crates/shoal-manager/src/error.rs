@@ -34,6 +34,9 @@ pub enum ApiError {
     /// A request that cannot be carried out as asked.
     #[error("{0}")]
     Rejected(String),
+    /// A rule of the control API refuses it.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// A referenced object does not exist or is ambiguous.
     #[error(transparent)]
     Lookup(#[from] shoal_store::LookupError),
@@ -96,7 +99,7 @@ impl From<ApiError> for Status {
             }
             ApiError::NoQuorum { .. } => Code::Unavailable,
             ApiError::Invalid(_) => Code::InvalidArgument,
-            ApiError::Rejected(_) => Code::FailedPrecondition,
+            ApiError::Rejected(_) | ApiError::Policy(_) => Code::FailedPrecondition,
             ApiError::Lookup(shoal_store::LookupError::NotFound { .. }) => Code::NotFound,
             ApiError::Lookup(_) => Code::InvalidArgument,
             // gRPC's own meaning: the operation may have completed.

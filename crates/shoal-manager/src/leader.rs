@@ -10,25 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use shoal_api::v1::{self, NodeDescription, NodeRole, NodeState};
+use shoal_api::v1;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::manager_set::Step;
 use crate::node::{now_ms, Node, RaftRuntime};
 use crate::writer::{propose, update_op};
 
-/// What the leader last heard from a node.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    /// When.
-    pub at: Instant,
-    /// The node's address.
-    pub addr: String,
-    /// The node runs Raft (ready to be added to the membership).
-    pub raft_running: bool,
-    /// What it said about itself; `None`: unchanged since it last said.
-    pub description: Option<NodeDescription>,
-}
+pub use crate::liveness::Seen;
 
 /// Liveness bookkeeping of the current leader term, and the way to its dispatcher hub.
 #[derive(Default)]
@@ -65,10 +55,6 @@ impl LeaderState {
             seen.description = all.get(node_id).and_then(|s| s.description.clone());
         }
         all.insert(node_id.to_string(), seen);
-    }
-
-    fn get(&self, node_id: &str) -> Option<Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(node_id).cloned()
     }
 
     fn reset(&self) {
@@ -178,41 +164,11 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(period / 4) => {}
         }
-        let now = Instant::now();
-        let in_grace = now.duration_since(node.inner.leader.since()) < grace;
-        let nodes: Vec<v1::Node> = rt.store.read(|st| st.nodes().cloned().collect());
-        let mut ops = Vec::new();
-        for n in nodes {
-            let id = n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-            let seen = node.inner.leader.get(&id);
-            let status = n.status.clone().unwrap_or_default();
-            let alive = seen.as_ref().is_some_and(|s| now.duration_since(s.at) < grace);
-            let mut next = n.clone();
-            let st = next.status.get_or_insert_with(Default::default);
-            if alive {
-                let seen = seen.as_ref().expect("alive implies seen");
-                st.state = NodeState::Ready as i32;
-                st.message.clear();
-                if !seen.addr.is_empty() {
-                    st.addr = seen.addr.clone();
-                }
-                if let Some(d) = &seen.description {
-                    next.description = Some(d.clone());
-                }
-            } else if !in_grace {
-                st.state = NodeState::Down as i32;
-                st.message = "heartbeat failure".into();
-            }
-            if next.status.as_ref().map(|s| (s.state, &s.addr, &s.message))
-                != Some((status.state, &status.addr, &status.message))
-                || next.description != n.description
-            {
-                if let Some(st) = next.status.as_mut() {
-                    st.timestamp_ms = now_ms();
-                }
-                ops.push(update_op(next.into()));
-            }
-        }
+        let since = node.inner.leader.since();
+        let ops = rt.store.read(|st| {
+            let seen = node.inner.leader.seen.lock().unwrap_or_else(|p| p.into_inner());
+            crate::liveness::decide(st.nodes(), &seen, Instant::now(), since, grace, now_ms())
+        });
         // All changes in one command; if a concurrent `node update` made one stale, the store
         // refuses the command, and then each goes alone so the others still land (the stale one
         // is retried at the next tick).
@@ -380,71 +336,38 @@ async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
-    let nodes: Vec<v1::Node> = rt.store.read(|s| s.nodes().cloned().collect());
-    let by_raft: HashMap<u64, &v1::Node> = nodes.iter().filter(|n| n.raft_id != 0).map(|n| (n.raft_id, n)).collect();
-
-    // 1. Record the actual role of voters whose node object still says otherwise.
-    for n in &nodes {
-        let is_voter = n.raft_id != 0 && voters.contains(&n.raft_id);
-        let want = if is_voter { NodeRole::Manager } else { NodeRole::Worker };
-        if n.role() != want {
-            let mut next = n.clone();
-            next.role = want as i32;
-            propose(node, vec![update_op(next.into())]).await?;
-            return Ok(());
+    let step = rt.store.read(|s| {
+        let seen = node.inner.leader.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes: Vec<&v1::Node> = s.nodes().collect();
+        crate::manager_set::next_step(&voters, &learners, &nodes, &seen)
+    });
+    let failed = |what: &'static str| move |e| crate::error::ApiError::internal(what, e);
+    match step {
+        Step::Nothing => {}
+        Step::RecordRole { node: mut n, role } => {
+            n.role = role as i32;
+            propose(node, vec![update_op((*n).into())]).await?;
         }
-    }
-
-    // 2. Add one node that should be a manager and is ready for it.
-    for n in &nodes {
-        let id = n.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("");
-        let wants_manager = n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Manager);
-        if !wants_manager || n.raft_id == 0 || voters.contains(&n.raft_id) {
-            continue;
+        Step::AddManager { node_id, raft_id, addr } => {
+            tracing::info!(%node_id, raft_id, %addr, "adding manager: learner first");
+            rt.raft.add_learner(raft_id, BasicNode::new(addr), true).await.map_err(failed("add learner"))?;
+            let mut next = voters.clone();
+            next.insert(raft_id);
+            rt.raft.change_membership(next, false).await.map_err(failed("promote learner to voter"))?;
+            tracing::info!(%node_id, raft_id, "manager added as voter");
         }
-        let Some(seen) = node.inner.leader.get(id) else { continue };
-        if !seen.raft_running || seen.addr.is_empty() {
-            continue;
+        Step::RemoveVoter(rid) => {
+            let mut next = voters.clone();
+            next.remove(&rid);
+            tracing::info!(raft_id = rid, "removing manager from raft membership");
+            rt.raft.change_membership(next, false).await.map_err(failed("remove voter"))?;
         }
-        tracing::info!(node_id = id, raft_id = n.raft_id, addr = %seen.addr, "adding manager: learner first");
-        rt.raft
-            .add_learner(n.raft_id, BasicNode::new(seen.addr.clone()), true)
-            .await
-            .map_err(|e| crate::error::ApiError::internal("add learner", e))?;
-        let mut next = voters.clone();
-        next.insert(n.raft_id);
-        rt.raft
-            .change_membership(next, false)
-            .await
-            .map_err(|e| crate::error::ApiError::internal("promote learner to voter", e))?;
-        tracing::info!(node_id = id, raft_id = n.raft_id, "manager added as voter");
-        return Ok(());
-    }
-
-    // 3. Remove one voter or learner that should not be there (demoted, left, removed).
-    let unwanted = |rid: &u64| match by_raft.get(rid) {
-        None => true,
-        Some(n) => n.spec.as_ref().is_some_and(|s| s.desired_role() == NodeRole::Worker),
-    };
-    if let Some(rid) = voters.iter().find(|r| unwanted(r)).copied() {
-        if voters.len() == 1 {
-            return Ok(()); // never remove the last manager
+        Step::RemoveLearners(stale) => {
+            rt.raft
+                .change_membership(ChangeMembers::RemoveNodes(stale), false)
+                .await
+                .map_err(failed("remove learner"))?;
         }
-        let mut next = voters.clone();
-        next.remove(&rid);
-        tracing::info!(raft_id = rid, "removing manager from raft membership");
-        rt.raft
-            .change_membership(next, false)
-            .await
-            .map_err(|e| crate::error::ApiError::internal("remove voter", e))?;
-        return Ok(());
-    }
-    let stale_learners: BTreeSet<u64> = learners.iter().filter(|r| unwanted(r)).copied().collect();
-    if !stale_learners.is_empty() {
-        rt.raft
-            .change_membership(ChangeMembers::RemoveNodes(stale_learners), false)
-            .await
-            .map_err(|e| crate::error::ApiError::internal("remove learner", e))?;
     }
     Ok(())
 }

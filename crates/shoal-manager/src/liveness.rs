@@ -1,0 +1,170 @@
+//! Node liveness: a node is READY while its heartbeats arrive and DOWN once none came for the
+//! grace period (heartbeat period x missed beats). A new leader has heard nobody yet, so for
+//! one grace window it marks nobody down.
+//!
+//! Pure: [`decide`] reads the nodes, what the leader heard and the time, and returns the node
+//! updates; the leader's liveness loop proposes them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shoal_api::v1::{Node, NodeDescription, NodeState, Op};
+use tokio::time::Instant;
+
+/// Status message of a node marked down.
+pub const HEARTBEAT_FAILURE: &str = "heartbeat failure";
+
+/// What the leader last heard from a node.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// When.
+    pub at: Instant,
+    /// The node's address.
+    pub addr: String,
+    /// The node runs Raft (ready to be added to the membership).
+    pub raft_running: bool,
+    /// What it said about itself; `None`: unchanged since it last said.
+    pub description: Option<NodeDescription>,
+}
+
+/// The updates that bring `nodes` in line with what was heard (`seen`, by node id) at `now`:
+/// heard within `grace` -> READY (with the address and description heard); not heard for
+/// `grace`, once the term is older than `grace` (`term_started`) -> DOWN. Only nodes whose
+/// status or description changes get an update (stamped `now_ms`), carrying the version read.
+pub fn decide<'a>(
+    nodes: impl Iterator<Item = &'a Node>,
+    seen: &HashMap<String, Seen>,
+    now: Instant,
+    term_started: Instant,
+    grace: Duration,
+    now_ms: i64,
+) -> Vec<Op> {
+    let in_grace = now.duration_since(term_started) < grace;
+    let mut ops = Vec::new();
+    for n in nodes {
+        let id = n.meta.as_ref().map_or("", |m| m.id.as_str());
+        let heard = seen.get(id).filter(|s| now.duration_since(s.at) < grace);
+        let status = n.status.clone().unwrap_or_default();
+        let mut next_status = status.clone();
+        let mut next_description = n.description.as_ref();
+        if let Some(s) = heard {
+            next_status.state = NodeState::Ready as i32;
+            next_status.message.clear();
+            if !s.addr.is_empty() {
+                next_status.addr = s.addr.clone();
+            }
+            if let Some(d) = &s.description {
+                next_description = Some(d);
+            }
+        } else if !in_grace {
+            next_status.state = NodeState::Down as i32;
+            next_status.message = HEARTBEAT_FAILURE.into();
+        }
+        let changed = (next_status.state, &next_status.addr, &next_status.message)
+            != (status.state, &status.addr, &status.message)
+            || next_description != n.description.as_ref();
+        if changed {
+            let mut next = n.clone();
+            next_status.timestamp_ms = now_ms;
+            next.status = Some(next_status);
+            next.description = next_description.cloned();
+            ops.push(crate::writer::update_op(next.into()));
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::v1::{object, op, Meta, NodeStatus};
+
+    fn node(id: &str, state: NodeState) -> Node {
+        Node {
+            meta: Some(Meta { id: id.into(), version: 7, ..Meta::default() }),
+            status: Some(NodeStatus {
+                state: state as i32,
+                addr: "a:1".into(),
+                message: if state == NodeState::Down { HEARTBEAT_FAILURE.into() } else { String::new() },
+                ..NodeStatus::default()
+            }),
+            description: Some(NodeDescription { hostname: id.into(), ..NodeDescription::default() }),
+            ..Node::default()
+        }
+    }
+
+    fn heard(at: Instant, desc: Option<&str>) -> Seen {
+        Seen {
+            at,
+            addr: "a:1".into(),
+            raft_running: false,
+            description: desc.map(|h| NodeDescription { hostname: h.into(), ..NodeDescription::default() }),
+        }
+    }
+
+    /// `id state` per update.
+    fn summary(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|o| match &o.kind {
+                Some(op::Kind::Update(obj)) => match &obj.kind {
+                    Some(object::Kind::Node(n)) => {
+                        let st = n.status.clone().unwrap_or_default();
+                        let host = n.description.as_ref().map_or("", |d| d.hostname.as_str());
+                        format!("{} {:?} {} v{}", obj.id(), st.state(), host, n.meta.as_ref().map_or(0, |m| m.version))
+                    }
+                    _ => "not a node".into(),
+                },
+                _ => "not an update".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nodes_follow_their_heartbeats() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(3);
+        let now = t0 + Duration::from_secs(10);
+        let nodes = [
+            node("fresh", NodeState::Unknown), // heard just now: ready
+            node("steady", NodeState::Ready),  // heard, already ready: nothing
+            node("silent", NodeState::Ready),  // not heard for 4 s: down
+            node("never", NodeState::Unknown), // never heard: down
+            node("gone", NodeState::Down),     // still not heard: nothing
+            node("renamed", NodeState::Ready), // heard with a new description: updated
+        ];
+        let seen = HashMap::from([
+            ("fresh".to_string(), heard(now - Duration::from_millis(10), None)),
+            ("steady".to_string(), heard(now - Duration::from_secs(1), None)),
+            ("silent".to_string(), heard(now - Duration::from_secs(4), None)),
+            ("renamed".to_string(), heard(now, Some("new-name"))),
+        ]);
+        let ops = decide(nodes.iter(), &seen, now, t0, grace, 99);
+        assert_eq!(
+            summary(&ops),
+            ["fresh Ready fresh v7", "silent Down silent v7", "never Down never v7", "renamed Ready new-name v7"]
+        );
+        // Once applied, nothing more.
+        let after: Vec<Node> = ops
+            .iter()
+            .filter_map(|o| match &o.kind {
+                Some(op::Kind::Update(obj)) => match &obj.kind {
+                    Some(object::Kind::Node(n)) => Some(n.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .chain([node("steady", NodeState::Ready), node("gone", NodeState::Down)])
+            .collect();
+        assert!(decide(after.iter(), &seen, now, t0, grace, 100).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_marks_nobody_down_for_one_grace_window() {
+        let now = Instant::now();
+        let grace = Duration::from_secs(3);
+        let nodes = [node("n1", NodeState::Ready)];
+        let quiet = HashMap::new();
+        assert!(decide(nodes.iter(), &quiet, now, now - Duration::from_secs(2), grace, 1).is_empty());
+        assert_eq!(summary(&decide(nodes.iter(), &quiet, now, now - grace, grace, 1)), ["n1 Down n1 v7"]);
+    }
+}

@@ -1,0 +1,182 @@
+//! The control API's rules about what a request may do to the cluster, beyond the shape of a
+//! spec (shoal-api validates that) and version conflicts (shoal-store refuses those): the last
+//! manager stays, a node is removed only when it is down and no longer a manager, a secret or
+//! config in use stays, secret and config data has a size.
+//!
+//! Pure: each check reads the objects it is given and answers; the handlers execute.
+
+use shoal_api::v1::{Node, NodeRole, NodeSpec, NodeState};
+
+/// Largest secret or config (as Docker).
+pub const MAX_DATA_BYTES: usize = 500 * 1024;
+
+/// Why the control API refuses a request. The message is what the user reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// Demoting the only manager would leave no one to decide anything.
+    #[error("cannot demote the last manager of the cluster")]
+    LastManager,
+    /// Only a node that answers heartbeats can become a manager.
+    #[error("cannot promote a node that is not ready: bring it up first")]
+    PromoteNotReady,
+    /// A manager must become a worker before it can be removed.
+    #[error("node {0} is a manager: demote it first (`shoal node demote {0}`)")]
+    RemoveManager(String),
+    /// A node that is up is removed only on purpose.
+    #[error("node {0} is not down: stop it or run `shoal cluster leave` there first, or remove it with --force")]
+    RemoveLiveNode(String),
+    /// Services still use the secret or config.
+    #[error("{kind} {name:?} is in use by service(s) {users}: remove it from them first")]
+    InUse {
+        /// `secret` or `config`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The services, comma separated.
+        users: String,
+    },
+    /// Secret or config without data.
+    #[error("{kind} {name:?} is empty: give it some data")]
+    EmptyData {
+        /// `secret` or `config`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Secret or config over the size limit.
+    #[error("{kind} {name:?} is {size} bytes; the limit is {MAX_DATA_BYTES} bytes")]
+    TooLarge {
+        /// `secret` or `config`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: usize,
+    },
+}
+
+fn desired_role(n: &Node) -> NodeRole {
+    n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker)
+}
+
+fn hostname(n: &Node) -> String {
+    n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default()
+}
+
+/// Whether `node` may take `spec`, with `managers` nodes currently meant to be managers.
+pub fn node_update(node: &Node, spec: &NodeSpec, managers: usize) -> Result<(), PolicyError> {
+    let (old, new) = (desired_role(node), spec.desired_role());
+    if old == NodeRole::Manager && new == NodeRole::Worker && managers <= 1 {
+        return Err(PolicyError::LastManager);
+    }
+    if old == NodeRole::Worker && new == NodeRole::Manager {
+        let ready = node.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready);
+        if !ready {
+            return Err(PolicyError::PromoteNotReady);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `node` may be removed (`force`: even while it is up).
+pub fn node_removal(node: &Node, force: bool) -> Result<(), PolicyError> {
+    if desired_role(node) == NodeRole::Manager || node.role() == NodeRole::Manager {
+        return Err(PolicyError::RemoveManager(hostname(node)));
+    }
+    let down = node.status.as_ref().is_some_and(|s| s.state() != NodeState::Ready);
+    if !down && !force {
+        return Err(PolicyError::RemoveLiveNode(hostname(node)));
+    }
+    Ok(())
+}
+
+/// Whether a secret or config used by `users` may be removed.
+pub fn data_removal(kind: &'static str, name: &str, users: &[String]) -> Result<(), PolicyError> {
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::InUse { kind, name: name.to_owned(), users: users.join(", ") })
+    }
+}
+
+/// Whether `data` may be a secret's or config's content.
+pub fn data_size(kind: &'static str, name: &str, data: &[u8]) -> Result<(), PolicyError> {
+    if data.is_empty() {
+        return Err(PolicyError::EmptyData { kind, name: name.to_owned() });
+    }
+    if data.len() > MAX_DATA_BYTES {
+        return Err(PolicyError::TooLarge { kind, name: name.to_owned(), size: data.len() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::v1::{NodeDescription, NodeStatus};
+
+    fn node(desired: NodeRole, role: NodeRole, state: NodeState) -> Node {
+        Node {
+            spec: Some(NodeSpec { desired_role: desired as i32, ..NodeSpec::default() }),
+            description: Some(NodeDescription { hostname: "h1".into(), ..NodeDescription::default() }),
+            status: Some(NodeStatus { state: state as i32, ..NodeStatus::default() }),
+            role: role as i32,
+            ..Node::default()
+        }
+    }
+
+    fn spec(role: NodeRole) -> NodeSpec {
+        NodeSpec { desired_role: role as i32, ..NodeSpec::default() }
+    }
+
+    #[test]
+    fn node_updates() {
+        use NodeRole::*;
+        use NodeState::*;
+        let cases = [
+            (node(Manager, Manager, Ready), Worker, 1, Err(PolicyError::LastManager)),
+            (node(Manager, Manager, Ready), Worker, 2, Ok(())),
+            (node(Manager, Manager, Down), Manager, 1, Ok(())),
+            (node(Worker, Worker, Down), Manager, 3, Err(PolicyError::PromoteNotReady)),
+            (node(Worker, Worker, Unknown), Manager, 3, Err(PolicyError::PromoteNotReady)),
+            (node(Worker, Worker, Ready), Manager, 3, Ok(())),
+            (node(Worker, Worker, Down), Worker, 0, Ok(())),
+        ];
+        for (n, to, managers, want) in cases {
+            assert_eq!(node_update(&n, &spec(to), managers), want, "{n:?} -> {to:?} with {managers} managers");
+        }
+    }
+
+    #[test]
+    fn node_removals() {
+        use NodeRole::*;
+        use NodeState::*;
+        let cases = [
+            (node(Manager, Manager, Down), false, Err(PolicyError::RemoveManager("h1".into()))),
+            (node(Worker, Manager, Down), true, Err(PolicyError::RemoveManager("h1".into()))),
+            (node(Manager, Worker, Down), true, Err(PolicyError::RemoveManager("h1".into()))),
+            (node(Worker, Worker, Ready), false, Err(PolicyError::RemoveLiveNode("h1".into()))),
+            (node(Worker, Worker, Ready), true, Ok(())),
+            (node(Worker, Worker, Down), false, Ok(())),
+            (node(Worker, Worker, Unknown), false, Ok(())),
+        ];
+        for (n, force, want) in cases {
+            assert_eq!(node_removal(&n, force), want, "{n:?} force={force}");
+        }
+    }
+
+    #[test]
+    fn data_rules_and_their_words() {
+        assert_eq!(data_removal("secret", "db", &[]), Ok(()));
+        let e = data_removal("secret", "db", &["web".into(), "api".into()]).expect_err("in use");
+        assert_eq!(e.to_string(), "secret \"db\" is in use by service(s) web, api: remove it from them first");
+        assert_eq!(data_size("config", "c", b"x"), Ok(()));
+        assert_eq!(
+            data_size("config", "c", b"").map_err(|e| e.to_string()),
+            Err("config \"c\" is empty: give it some data".into())
+        );
+        let big = vec![0u8; MAX_DATA_BYTES + 1];
+        assert!(data_size("secret", "s", &big).expect_err("big").to_string().contains("the limit is 512000 bytes"));
+        assert_eq!(data_size("secret", "s", &big[1..]), Ok(()));
+    }
+}
