@@ -5,18 +5,15 @@
 //! the Raft leader and return the committed object.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
 use shoal_api::token::JoinToken;
 use shoal_api::v1::{self, control_server::Control, *};
 use shoal_api::validate;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::local::{Peer, Role};
-use crate::node::{member_addr, new_id, new_secret, now_ms, wait_leader, Node, RaftRuntime};
+use crate::node::{member_addr, new_id, new_secret, Node, RaftRuntime};
 use crate::writer::{create_op, delete_op, propose, reachable_managers, update_op};
 
 /// gRPC implementation of `Control`.
@@ -156,113 +153,12 @@ impl ControlService {
         out
     }
 
-    async fn join_as(&self, req: JoinClusterRequest) -> Result<JoinClusterResponse, ApiError> {
-        let _g = self.node.inner.transition.lock().await;
-        let local = self.node.local();
-        if local.role != Role::Uninitialized {
-            return Err(ApiError::AlreadyInCluster(local.cluster_id));
-        }
-        let token = JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        let addr =
-            if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
-        // Trust nothing yet: the manager must present the CA the token pins.
-        let remote: std::net::SocketAddr =
-            tokio::net::lookup_host(&req.remote_addr).await.ok().and_then(|mut a| a.next()).ok_or_else(|| {
-                ApiError::Rejected(format!("cannot resolve the manager address {:?}", req.remote_addr))
-            })?;
-        let ca_der = shoal_pki::tls::fetch_ca(remote, &token.cluster_digest, Duration::from_secs(10)).await.map_err(
-            |e| match e {
-                shoal_pki::PkiError::DigestMismatch { .. } => ApiError::Unauthorized(e.to_string()),
-                other => ApiError::Rejected(format!("cannot reach a manager at {}: {other}", req.remote_addr)),
-            },
-        )?;
-        let key = shoal_pki::NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-        let csr_pem = key.csr_pem(&local.node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
-        // The join call: server verified against the pinned CA, no client certificate yet.
-        let cfg = shoal_pki::tls::client_config(&ca_der, None).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let endpoint = crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
-        let channel = shoal_client::tls_channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
-            .map_err(ApiError::Internal)?;
-        let mut client = v1::membership_client::MembershipClient::new(channel);
-        let mut call = tonic::Request::new(JoinRequest {
-            token: req.token.clone(),
-            node_id: local.node_id.clone(),
-            raft_id: local.raft_id,
-            addr,
-            description: Some(self.node.description()),
-            csr_pem,
-        });
-        call.set_timeout(Duration::from_secs(15));
-        let resp = client.join(call).await.map_err(|s| match s.code() {
-            tonic::Code::PermissionDenied => ApiError::Unauthorized(s.message().to_string()),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                ApiError::Rejected(format!("cannot reach a manager at {}: {}", req.remote_addr, s.message()))
-            }
-            _ => ApiError::Rejected(format!("join refused by {}: {}", req.remote_addr, s.message())),
-        })?;
-        let resp = resp.into_inner();
-        let role = resp.role();
-        if !key.matches(&resp.cert_pem).unwrap_or(false) {
-            return Err(ApiError::Rejected("the manager returned a certificate for another key".into()));
-        }
-        shoal_pki::cert_der_from_pem(&resp.cert_pem)
-            .and_then(|leaf| shoal_pki::verify_leaf(&leaf, &ca_der, std::time::SystemTime::now()))
-            .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
-        self.node.install_pki(&ca_der, &resp.cert_pem, &key.key_pem())?;
-        let mut managers: Vec<Peer> = resp
-            .managers
-            .iter()
-            .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
-            .collect();
-        if managers.is_empty() {
-            managers.push(Peer { node_id: String::new(), raft_id: 0, addr: req.remote_addr.clone() });
-        }
-        self.node.update_local(|l| {
-            l.role = if role == NodeRole::Manager { Role::Manager } else { Role::Worker };
-            l.cluster_id = resp.cluster_id.clone();
-            l.managers = managers;
-            l.settings = resp.settings;
-        })?;
-        if role == NodeRole::Manager {
-            // A fresh raft dir: this node catches up from the leader as a learner.
-            self.node.stop_raft(true).await?;
-            self.node.start_raft().await?;
-        }
-        self.node.ensure_session();
-        self.node.ensure_agent().await;
-        drop(_g);
-        if role == NodeRole::Manager {
-            self.wait_voter().await?;
-        }
-        Ok(JoinClusterResponse { node_id: local.node_id, role: role as i32, cluster_id: resp.cluster_id })
-    }
-
     /// Manager addresses for join instructions, this manager first.
     fn join_addrs(&self) -> Vec<String> {
         let me = self.node.config().advertise_addr.clone();
         let mut addrs = vec![me.clone()];
         addrs.extend(self.node.manager_peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty() && *a != me));
         addrs
-    }
-
-    async fn wait_voter(&self) -> Result<(), ApiError> {
-        let rt = self.node.require_manager()?;
-        let mut rx = rt.raft.metrics();
-        let deadline = tokio::time::Instant::now() + crate::membership::JOIN_VOTER_TIMEOUT;
-        loop {
-            {
-                let m = rx.borrow_and_update();
-                if m.membership_config.membership().voter_ids().any(|v| v == m.id) {
-                    return Ok(());
-                }
-            }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                return Err(ApiError::Rejected(
-                    "joined, but this node has not become a raft voter within 60 s; check `shoal node ls` on a manager"
-                        .into(),
-                ));
-            }
-        }
     }
 }
 
@@ -434,108 +330,15 @@ impl Control for ControlService {
     }
 
     async fn init_cluster(&self, req: Request<InitClusterRequest>) -> R<InitClusterResponse> {
-        let req = req.into_inner();
-        let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
-        validate::validate_settings(&settings).map_err(ApiError::from)?;
-        let _g = self.node.inner.transition.lock().await;
-        let local = self.node.local();
-        if local.role != Role::Uninitialized {
-            return Err(ApiError::AlreadyInCluster(local.cluster_id).into());
-        }
-        let addr =
-            if req.advertise_addr.is_empty() { self.node.config().advertise_addr.clone() } else { req.advertise_addr };
-        let cluster_id = new_id();
-        self.node.update_local(|l| {
-            l.role = Role::Manager;
-            l.cluster_id = cluster_id.clone();
-            l.managers = vec![Peer { node_id: local.node_id.clone(), raft_id: local.raft_id, addr: addr.clone() }];
-            l.settings = Some(settings);
-        })?;
-        self.node.stop_raft(true).await?;
-        let rt = self.node.start_raft().await?;
-        let members = BTreeMap::from([(local.raft_id, BasicNode::new(addr.clone()))]);
-        rt.raft.initialize(members).await.map_err(|e| ApiError::internal("raft initialize", e))?;
-        if wait_leader(&rt, Duration::from_secs(10)).await != Some(local.raft_id) {
-            return Err(ApiError::Internal("this node did not become leader of its new cluster".into()).into());
-        }
-        let mut cluster = Cluster {
-            meta: Some(Meta { id: cluster_id.clone(), ..Default::default() }),
-            name: "default".into(),
-            settings: Some(settings),
-            join_secrets: Some(JoinSecrets { worker: new_secret(), manager: new_secret() }),
-            root_ca: None,
-            removed_node_ids: Vec::new(),
-        };
-        crate::pki::bootstrap(&self.node, &mut cluster, &local.node_id)?;
-        let me = v1::Node {
-            meta: Some(Meta { id: local.node_id.clone(), ..Default::default() }),
-            spec: Some(NodeSpec { desired_role: NodeRole::Manager as i32, ..Default::default() }),
-            description: Some(self.node.description()),
-            status: Some(NodeStatus {
-                state: NodeState::Ready as i32,
-                message: String::new(),
-                addr,
-                timestamp_ms: now_ms(),
-            }),
-            role: NodeRole::Manager as i32,
-            raft_id: local.raft_id,
-        };
-        propose(&self.node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
-        self.node.ensure_session();
-        self.node.ensure_agent().await;
-        tracing::info!(%cluster_id, "cluster initialized");
-        Ok(Response::new(InitClusterResponse { node_id: local.node_id, cluster_id }))
+        Ok(Response::new(crate::roles::init(&self.node, req.into_inner()).await?))
     }
 
     async fn join_cluster(&self, req: Request<JoinClusterRequest>) -> R<JoinClusterResponse> {
-        Ok(Response::new(self.join_as(req.into_inner()).await?))
+        Ok(Response::new(crate::roles::join(&self.node, req.into_inner()).await?))
     }
 
     async fn leave_cluster(&self, req: Request<LeaveClusterRequest>) -> R<LeaveClusterResponse> {
-        let force = req.into_inner().force;
-        let local = self.node.local();
-        match local.role {
-            Role::Uninitialized => return Err(ApiError::NotInCluster.into()),
-            Role::Worker => {}
-            Role::Manager => {
-                if !force {
-                    return Err(ApiError::Rejected(
-                        "this node is a manager: leaving removes it from the raft quorum; demote it first (`shoal node demote self`) or use --force".into(),
-                    )
-                    .into());
-                }
-                // Ask to be removed from the membership; wait (bounded) for it to happen so the
-                // remaining managers keep their quorum arithmetic right.
-                if let Some(rt) = self.node.raft() {
-                    let me = rt.store.read(|s| s.node(&local.node_id).cloned());
-                    let voters = rt.metrics().membership_config.membership().voter_ids().count();
-                    if let (Some(mut n), true) = (me, voters > 1) {
-                        if let Some(s) = n.spec.as_mut() {
-                            s.desired_role = NodeRole::Worker as i32;
-                        }
-                        if propose(&self.node, vec![update_op(n.into())]).await.is_ok() {
-                            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                            while tokio::time::Instant::now() < deadline {
-                                let m = rt.metrics();
-                                if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
-                                    break;
-                                }
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let _g = self.node.inner.transition.lock().await;
-        self.node.stop_raft(true).await?;
-        self.node.update_local(|l| {
-            l.role = Role::Uninitialized;
-            l.cluster_id.clear();
-            l.managers.clear();
-        })?;
-        self.node.clear_pki();
-        tracing::info!("left the cluster");
+        crate::roles::leave(&self.node, req.into_inner().force).await?;
         Ok(Response::new(LeaveClusterResponse {}))
     }
 

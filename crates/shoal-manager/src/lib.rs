@@ -19,6 +19,7 @@ pub mod membership;
 pub mod node;
 pub mod pki;
 pub mod policy;
+pub mod roles;
 pub mod server;
 mod session;
 pub mod tls;

@@ -542,7 +542,7 @@ impl Node {
         self.inner.raft.send_replace(Some(rt.clone()));
         crate::leader::spawn_supervisor(self.clone(), rt.clone());
         if force {
-            self.after_force_new_cluster(&rt).await;
+            crate::roles::after_force_new_cluster(self, &rt).await;
         }
         tracing::info!(raft_id = local.raft_id, "raft started");
         Ok(rt)
@@ -563,41 +563,6 @@ impl Node {
             }
         }
         Ok(())
-    }
-
-    /// After a forced new cluster, the other former managers are no longer members: record
-    /// them as workers that are down so nobody counts on them.
-    async fn after_force_new_cluster(&self, rt: &Arc<RaftRuntime>) {
-        let me = self.local().node_id;
-        if wait_leader(rt, Duration::from_secs(10)).await != Some(rt.metrics().id) {
-            tracing::error!("force-new-cluster: this node did not become leader");
-            return;
-        }
-        let others: Vec<v1::Node> = rt.store.read(|s| {
-            s.nodes()
-                .filter(|n| n.meta.as_ref().is_some_and(|m| m.id != me) && n.role() == v1::NodeRole::Manager)
-                .cloned()
-                .collect()
-        });
-        let mut ops = Vec::new();
-        for mut n in others {
-            n.role = v1::NodeRole::Worker as i32;
-            n.raft_id = 0;
-            if let Some(s) = n.spec.as_mut() {
-                s.desired_role = v1::NodeRole::Worker as i32;
-            }
-            if let Some(st) = n.status.as_mut() {
-                st.state = v1::NodeState::Down as i32;
-                st.message =
-                    "removed from the managers by --force-new-cluster; wipe its data dir and join again".into();
-            }
-            ops.push(crate::writer::update_op(n.into()));
-        }
-        if !ops.is_empty() {
-            if let Err(e) = crate::writer::propose(self, ops).await {
-                tracing::warn!(error = %e, "force-new-cluster: recording the old managers failed");
-            }
-        }
     }
 
     /// Resumes the persisted role at daemon start.

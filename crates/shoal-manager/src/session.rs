@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shoal_api::v1::{HeartbeatRequest, HeartbeatResponse, NodeRole};
+use shoal_api::v1::{HeartbeatRequest, HeartbeatResponse};
 
 use crate::local::{Peer, Role};
 use crate::node::{member_addr, Node};
@@ -131,15 +131,7 @@ async fn beat(
 async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crate::error::ApiError> {
     if resp.removed {
         tracing::error!("this node was removed from the cluster; it now stands alone (join again to come back)");
-        let _g = node.inner.transition.lock().await;
-        node.stop_raft(true).await?;
-        node.update_local(|l| {
-            l.role = Role::Uninitialized;
-            l.cluster_id.clear();
-            l.managers.clear();
-        })?;
-        node.clear_pki();
-        return Ok(());
+        return crate::roles::reset_to_standalone(node).await;
     }
     let managers: Vec<Peer> = resp
         .managers
@@ -156,33 +148,5 @@ async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crat
             l.settings = settings;
         }
     })?;
-    let desired = resp.desired_role();
-    let _g = node.inner.transition.lock().await;
-    match (desired, node.raft()) {
-        (NodeRole::Manager, None) => {
-            // Other managers accept Raft traffic only from a manager certificate.
-            if node.cert_identity().map(|i| i.role) != Some(shoal_pki::Role::Manager) {
-                crate::pki::renew(node).await?;
-                tracing::info!("promoted: now holding a manager certificate");
-            }
-            tracing::info!("promoted: starting raft");
-            node.update_local(|l| l.role = Role::Manager)?;
-            node.start_raft().await?;
-        }
-        // The leader's membership is the truth: a removed member never hears of its own
-        // removal through Raft.
-        (NodeRole::Worker, Some(_)) if !resp.raft_member => {
-            tracing::info!("demoted: stopping raft and removing its data");
-            node.stop_raft(true).await?;
-            node.update_local(|l| l.role = Role::Worker)?;
-            crate::pki::renew(node).await?;
-            tracing::info!("demoted: now holding a worker certificate");
-        }
-        (NodeRole::Worker, None) if node.cert_identity().is_some_and(|i| i.role == shoal_pki::Role::Manager) => {
-            // A demotion finished while this node was away from its certificate renewal.
-            crate::pki::renew(node).await?;
-        }
-        _ => {}
-    }
-    Ok(())
+    crate::roles::follow_desired_role(node, resp.desired_role(), resp.raft_member).await
 }

@@ -1,0 +1,300 @@
+//! Every change of this node's role, in one place: init (first manager of a new cluster),
+//! join (with a token), promotion and demotion as the leader asks, leaving, being removed, and
+//! the recovery of a lone manager with `--force-new-cluster`. Each transition holds the node's
+//! transition lock, so two never interleave.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use shoal_api::token::JoinToken;
+use shoal_api::v1::{self, *};
+use shoal_api::validate;
+
+use crate::error::ApiError;
+use crate::local::{Peer, Role};
+use crate::node::{new_id, new_secret, now_ms, wait_leader, Node, RaftRuntime};
+use crate::writer::{create_op, propose, update_op};
+
+/// Back to standing alone (left the cluster, or removed from it): Raft stopped and wiped, the
+/// cluster forgotten, the certificate dropped.
+pub(crate) async fn reset_to_standalone(node: &Node) -> Result<(), ApiError> {
+    let _g = node.inner.transition.lock().await;
+    node.stop_raft(true).await?;
+    node.update_local(|l| {
+        l.role = Role::Uninitialized;
+        l.cluster_id.clear();
+        l.managers.clear();
+    })?;
+    node.clear_pki();
+    Ok(())
+}
+
+/// Makes this node the first manager of a new cluster: its Raft, the cluster object with the
+/// CA and join secrets, and its own node object.
+pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClusterResponse, ApiError> {
+    let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
+    validate::validate_settings(&settings)?;
+    let _g = node.inner.transition.lock().await;
+    let local = node.local();
+    if local.role != Role::Uninitialized {
+        return Err(ApiError::AlreadyInCluster(local.cluster_id));
+    }
+    let addr = if req.advertise_addr.is_empty() { node.config().advertise_addr.clone() } else { req.advertise_addr };
+    let cluster_id = new_id();
+    node.update_local(|l| {
+        l.role = Role::Manager;
+        l.cluster_id = cluster_id.clone();
+        l.managers = vec![Peer { node_id: local.node_id.clone(), raft_id: local.raft_id, addr: addr.clone() }];
+        l.settings = Some(settings);
+    })?;
+    node.stop_raft(true).await?;
+    let rt = node.start_raft().await?;
+    let members = BTreeMap::from([(local.raft_id, BasicNode::new(addr.clone()))]);
+    rt.raft.initialize(members).await.map_err(|e| ApiError::internal("raft initialize", e))?;
+    if wait_leader(&rt, Duration::from_secs(10)).await != Some(local.raft_id) {
+        return Err(ApiError::Internal("this node did not become leader of its new cluster".into()));
+    }
+    let mut cluster = Cluster {
+        meta: Some(Meta { id: cluster_id.clone(), ..Default::default() }),
+        name: "default".into(),
+        settings: Some(settings),
+        join_secrets: Some(JoinSecrets { worker: new_secret(), manager: new_secret() }),
+        root_ca: None,
+        removed_node_ids: Vec::new(),
+    };
+    crate::pki::bootstrap(node, &mut cluster, &local.node_id)?;
+    let me = v1::Node {
+        meta: Some(Meta { id: local.node_id.clone(), ..Default::default() }),
+        spec: Some(NodeSpec { desired_role: NodeRole::Manager as i32, ..Default::default() }),
+        description: Some(node.description()),
+        status: Some(NodeStatus {
+            state: NodeState::Ready as i32,
+            message: String::new(),
+            addr,
+            timestamp_ms: now_ms(),
+        }),
+        role: NodeRole::Manager as i32,
+        raft_id: local.raft_id,
+    };
+    propose(node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
+    node.ensure_session();
+    node.ensure_agent().await;
+    tracing::info!(%cluster_id, "cluster initialized");
+    Ok(InitClusterResponse { node_id: local.node_id, cluster_id })
+}
+
+/// Joins this node to a cluster through one of its managers: fetch the CA the token pins, send a
+/// CSR with the token, install the certificate, then start Raft (a manager, which catches up as
+/// a learner and returns once it is a voter), the session and the agent.
+pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClusterResponse, ApiError> {
+    let _g = node.inner.transition.lock().await;
+    let local = node.local();
+    if local.role != Role::Uninitialized {
+        return Err(ApiError::AlreadyInCluster(local.cluster_id));
+    }
+    let token = JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let addr = if req.advertise_addr.is_empty() { node.config().advertise_addr.clone() } else { req.advertise_addr };
+    // Trust nothing yet: the manager must present the CA the token pins.
+    let remote: std::net::SocketAddr = tokio::net::lookup_host(&req.remote_addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ApiError::Rejected(format!("cannot resolve the manager address {:?}", req.remote_addr)))?;
+    let ca_der = shoal_pki::tls::fetch_ca(remote, &token.cluster_digest, Duration::from_secs(10)).await.map_err(
+        |e| match e {
+            shoal_pki::PkiError::DigestMismatch { .. } => ApiError::Unauthorized(e.to_string()),
+            other => ApiError::Rejected(format!("cannot reach a manager at {}: {other}", req.remote_addr)),
+        },
+    )?;
+    let key = shoal_pki::NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let csr_pem = key.csr_pem(&local.node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The join call: server verified against the pinned CA, no client certificate yet.
+    let cfg = shoal_pki::tls::client_config(&ca_der, None).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let endpoint = crate::client::tcp_endpoint(&req.remote_addr).map_err(|e| ApiError::Rejected(e.to_string()))?;
+    let channel = shoal_client::tls_channel(endpoint, &req.remote_addr, Arc::new(cfg), shoal_pki::MANAGER_NAME)
+        .map_err(ApiError::Internal)?;
+    let mut client = v1::membership_client::MembershipClient::new(channel);
+    let mut call = tonic::Request::new(JoinRequest {
+        token: req.token.clone(),
+        node_id: local.node_id.clone(),
+        raft_id: local.raft_id,
+        addr,
+        description: Some(node.description()),
+        csr_pem,
+    });
+    call.set_timeout(Duration::from_secs(15));
+    let resp = client.join(call).await.map_err(|s| match s.code() {
+        tonic::Code::PermissionDenied => ApiError::Unauthorized(s.message().to_string()),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+            ApiError::Rejected(format!("cannot reach a manager at {}: {}", req.remote_addr, s.message()))
+        }
+        _ => ApiError::Rejected(format!("join refused by {}: {}", req.remote_addr, s.message())),
+    })?;
+    let resp = resp.into_inner();
+    let role = resp.role();
+    if !key.matches(&resp.cert_pem).unwrap_or(false) {
+        return Err(ApiError::Rejected("the manager returned a certificate for another key".into()));
+    }
+    shoal_pki::cert_der_from_pem(&resp.cert_pem)
+        .and_then(|leaf| shoal_pki::verify_leaf(&leaf, &ca_der, std::time::SystemTime::now()))
+        .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
+    node.install_pki(&ca_der, &resp.cert_pem, &key.key_pem())?;
+    let mut managers: Vec<Peer> = resp
+        .managers
+        .iter()
+        .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
+        .collect();
+    if managers.is_empty() {
+        managers.push(Peer { node_id: String::new(), raft_id: 0, addr: req.remote_addr.clone() });
+    }
+    node.update_local(|l| {
+        l.role = if role == NodeRole::Manager { Role::Manager } else { Role::Worker };
+        l.cluster_id = resp.cluster_id.clone();
+        l.managers = managers;
+        l.settings = resp.settings;
+    })?;
+    if role == NodeRole::Manager {
+        // A fresh raft dir: this node catches up from the leader as a learner.
+        node.stop_raft(true).await?;
+        node.start_raft().await?;
+    }
+    node.ensure_session();
+    node.ensure_agent().await;
+    drop(_g);
+    if role == NodeRole::Manager {
+        wait_voter(node).await?;
+    }
+    Ok(JoinClusterResponse { node_id: local.node_id, role: role as i32, cluster_id: resp.cluster_id })
+}
+
+async fn wait_voter(node: &Node) -> Result<(), ApiError> {
+    let rt = node.require_manager()?;
+    let mut rx = rt.raft.metrics();
+    let deadline = tokio::time::Instant::now() + crate::membership::JOIN_VOTER_TIMEOUT;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+                return Ok(());
+            }
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return Err(ApiError::Rejected(
+                "joined, but this node has not become a raft voter within 60 s; check `shoal node ls` on a manager"
+                    .into(),
+            ));
+        }
+    }
+}
+
+/// Leaves the cluster (a manager only with `force`: it first asks to leave the Raft membership,
+/// bounded), then stands alone.
+pub(crate) async fn leave(node: &Node, force: bool) -> Result<(), ApiError> {
+    let local = node.local();
+    match local.role {
+        Role::Uninitialized => return Err(ApiError::NotInCluster),
+        Role::Worker => {}
+        Role::Manager => {
+            if !force {
+                return Err(ApiError::Rejected(
+                    "this node is a manager: leaving removes it from the raft quorum; demote it first (`shoal node demote self`) or use --force".into(),
+                )
+                );
+            }
+            // Ask to be removed from the membership; wait (bounded) for it to happen so the
+            // remaining managers keep their quorum arithmetic right.
+            if let Some(rt) = node.raft() {
+                let me = rt.store.read(|s| s.node(&local.node_id).cloned());
+                let voters = rt.metrics().membership_config.membership().voter_ids().count();
+                if let (Some(mut n), true) = (me, voters > 1) {
+                    if let Some(s) = n.spec.as_mut() {
+                        s.desired_role = NodeRole::Worker as i32;
+                    }
+                    if propose(node, vec![update_op(n.into())]).await.is_ok() {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                        while tokio::time::Instant::now() < deadline {
+                            let m = rt.metrics();
+                            if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    reset_to_standalone(node).await?;
+    tracing::info!("left the cluster");
+    Ok(())
+}
+
+/// Applies the role the leader says this node should have: promotion (a manager certificate,
+/// then Raft), demotion (Raft stopped and wiped once the leader's membership no longer holds
+/// this node, then a worker certificate), or a demotion that finished while the node was away.
+pub(crate) async fn follow_desired_role(node: &Node, desired: NodeRole, raft_member: bool) -> Result<(), ApiError> {
+    let _g = node.inner.transition.lock().await;
+    match (desired, node.raft()) {
+        (NodeRole::Manager, None) => {
+            // Other managers accept Raft traffic only from a manager certificate.
+            if node.cert_identity().map(|i| i.role) != Some(shoal_pki::Role::Manager) {
+                crate::pki::renew(node).await?;
+                tracing::info!("promoted: now holding a manager certificate");
+            }
+            tracing::info!("promoted: starting raft");
+            node.update_local(|l| l.role = Role::Manager)?;
+            node.start_raft().await?;
+        }
+        // The leader's membership is the truth: a removed member never hears of its own
+        // removal through Raft.
+        (NodeRole::Worker, Some(_)) if !raft_member => {
+            tracing::info!("demoted: stopping raft and removing its data");
+            node.stop_raft(true).await?;
+            node.update_local(|l| l.role = Role::Worker)?;
+            crate::pki::renew(node).await?;
+            tracing::info!("demoted: now holding a worker certificate");
+        }
+        (NodeRole::Worker, None) if node.cert_identity().is_some_and(|i| i.role == shoal_pki::Role::Manager) => {
+            // A demotion finished while this node was away from its certificate renewal.
+            crate::pki::renew(node).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// After a forced new cluster, the other former managers are no longer members: record
+/// them as workers that are down so nobody counts on them.
+pub(crate) async fn after_force_new_cluster(node: &Node, rt: &Arc<RaftRuntime>) {
+    let me = node.local().node_id;
+    if wait_leader(rt, Duration::from_secs(10)).await != Some(rt.metrics().id) {
+        tracing::error!("force-new-cluster: this node did not become leader");
+        return;
+    }
+    let others: Vec<v1::Node> = rt.store.read(|s| {
+        s.nodes()
+            .filter(|n| n.meta.as_ref().is_some_and(|m| m.id != me) && n.role() == v1::NodeRole::Manager)
+            .cloned()
+            .collect()
+    });
+    let mut ops = Vec::new();
+    for mut n in others {
+        n.role = v1::NodeRole::Worker as i32;
+        n.raft_id = 0;
+        if let Some(s) = n.spec.as_mut() {
+            s.desired_role = v1::NodeRole::Worker as i32;
+        }
+        if let Some(st) = n.status.as_mut() {
+            st.state = v1::NodeState::Down as i32;
+            st.message = "removed from the managers by --force-new-cluster; wipe its data dir and join again".into();
+        }
+        ops.push(crate::writer::update_op(n.into()));
+    }
+    if !ops.is_empty() {
+        if let Err(e) = crate::writer::propose(node, ops).await {
+            tracing::warn!(error = %e, "force-new-cluster: recording the old managers failed");
+        }
+    }
+}
