@@ -45,6 +45,23 @@ pub struct RaftRuntime {
     pub health: PeerHealth,
     /// Election timeout in force (lower bound), for the write path's patience.
     pub election_timeout: Duration,
+    /// The thread Raft runs on.
+    _thread: RaftThread,
+}
+
+/// Raft's own runtime, on a thread of its own: openraft's core, replication and log flushing
+/// are not queued behind thousands of heartbeats and status reports on the node's runtime, so
+/// an AppendEntries (which openraft gives one heartbeat interval) still goes out and comes back
+/// in time on a busy manager, and no election is lost to a crowded scheduler. Shut down (without
+/// blocking) when the last handle on the Raft instance goes.
+struct RaftThread(Option<tokio::runtime::Runtime>);
+
+impl Drop for RaftThread {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl RaftRuntime {
@@ -503,8 +520,20 @@ impl Node {
                 .await
                 .map_err(|e| ApiError::internal("force-new-cluster failed", e))?;
         }
-        let (log, sm, store) =
-            shoal_raft::open(&dir).await.map_err(|e| ApiError::internal("cannot open raft storage", e))?;
+        let thread = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft")
+            .enable_all()
+            .build()
+            .map_err(|e| ApiError::internal("cannot start raft's thread", e))?;
+        let on_raft_thread = thread.handle().clone();
+        let thread = RaftThread(Some(thread));
+        let open_dir = dir.clone();
+        let (log, sm, store) = on_raft_thread
+            .spawn(async move { shoal_raft::open(&open_dir).await })
+            .await
+            .map_err(|e| ApiError::internal("cannot open raft storage", e))?
+            .map_err(|e| ApiError::internal("cannot open raft storage", e))?;
         // The replicated settings win; before this manager has state, the ones it was told.
         let settings = store
             .read(|s| s.cluster().and_then(|c| c.settings))
@@ -529,14 +558,18 @@ impl Node {
             shoal_client::tls_channel(shoal_raft::raft_endpoint(addr)?, addr, cfg, shoal_pki::MANAGER_NAME)
         }));
         let health = network.health();
-        let raft = openraft::Raft::new(local.raft_id, Arc::new(config), network, log, sm)
+        let raft_id = local.raft_id;
+        let raft = on_raft_thread
+            .spawn(async move { openraft::Raft::new(raft_id, Arc::new(config), network, log, sm).await })
             .await
+            .map_err(|e| ApiError::internal("cannot start raft", e))?
             .map_err(|e| ApiError::internal("cannot start raft", e))?;
         let rt = Arc::new(RaftRuntime {
             raft: raft.clone(),
             store,
             health,
             election_timeout: Duration::from_millis(settings.election_timeout_ms),
+            _thread: thread,
         });
         self.inner.raft_slot.send_replace(Some(raft));
         self.inner.raft.send_replace(Some(rt.clone()));
