@@ -51,6 +51,11 @@ impl LeaderState {
     /// Records a heartbeat; one without a description keeps the last one heard.
     pub fn record(&self, node_id: &str, mut seen: Seen) {
         let mut all = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.contains_key(node_id) {
+            // A node heard for the first time this term: the leader is still catching up with
+            // reconnecting nodes, so nobody is judged before a grace period after the last one.
+            *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen.at);
+        }
         if seen.description.is_none() {
             seen.description = all.get(node_id).and_then(|s| s.description.clone());
         }
@@ -202,17 +207,25 @@ const FULL_PASS: Duration = Duration::from_millis(500);
 /// splitting a group. A refused command (a concurrent change made one of its versions stale) is
 /// dropped: the next pass re-reads and recomputes.
 async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) {
+    use futures::StreamExt;
+    let mut batches: Vec<Vec<v1::Op>> = Vec::new();
     let mut batch: Vec<v1::Op> = Vec::new();
     for unit in units {
         if !batch.is_empty() && batch.len() + unit.len() > MAX_OPS_PER_COMMAND {
-            propose_batch(node, std::mem::take(&mut batch), what).await;
+            batches.push(std::mem::take(&mut batch));
         }
         batch.extend(unit);
     }
     if !batch.is_empty() {
-        propose_batch(node, batch, what).await;
+        batches.push(batch);
     }
+    // Groups are independent, so their commands need no order: several in flight at once share
+    // the leader's fsyncs and replication round trips.
+    futures::stream::iter(batches).for_each_concurrent(COMMANDS_IN_FLIGHT, |b| propose_batch(node, b, what)).await;
 }
+
+/// Commands one pass keeps in flight.
+const COMMANDS_IN_FLIGHT: usize = 8;
 
 async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) {
     if let Err(e) = propose(node, ops).await {
@@ -370,4 +383,27 @@ async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(at: Instant) -> Seen {
+        Seen { at, addr: String::new(), raft_running: false, description: None }
+    }
+
+    #[test]
+    fn first_contacts_keep_the_leader_from_judging_while_nodes_reconnect() {
+        let state = LeaderState::default();
+        state.reset();
+        let start = state.since();
+        let later = start + Duration::from_secs(5);
+        state.record("a", seen(later));
+        assert_eq!(state.since(), later, "a node heard for the first time this term moves the window");
+        state.record("a", seen(later + Duration::from_secs(1)));
+        assert_eq!(state.since(), later, "a node heard again does not");
+        state.reset();
+        assert!(state.since() < later, "a new term starts over");
+    }
 }

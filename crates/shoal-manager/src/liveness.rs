@@ -1,6 +1,8 @@
 //! Node liveness: a node is READY while its heartbeats arrive and DOWN once none came for the
-//! grace period (heartbeat period x missed beats). A new leader has heard nobody yet, so for
-//! one grace window it marks nobody down.
+//! grace period (heartbeat period x missed beats). A new leader has heard nobody yet, and with
+//! thousands of nodes reconnecting it hears them over seconds: it marks nobody down until a
+//! grace period has passed since its term began and since the last node it heard for the first
+//! time (`quiet_since`).
 //!
 //! Pure: [`decide`] reads the nodes, what the leader heard and the time, and returns the node
 //! updates; the leader's liveness loop proposes them.
@@ -29,17 +31,18 @@ pub struct Seen {
 
 /// The updates that bring `nodes` in line with what was heard (`seen`, by node id) at `now`:
 /// heard within `grace` -> READY (with the address and description heard); not heard for
-/// `grace`, once the term is older than `grace` (`term_started`) -> DOWN. Only nodes whose
+/// `grace`, once `quiet_since` (the term's start, or the last first contact in it, whichever is
+/// later) is older than `grace` -> DOWN. Only nodes whose
 /// status or description changes get an update (stamped `now_ms`), carrying the version read.
 pub fn decide<'a>(
     nodes: impl Iterator<Item = &'a Node>,
     seen: &HashMap<String, Seen>,
     now: Instant,
-    term_started: Instant,
+    quiet_since: Instant,
     grace: Duration,
     now_ms: i64,
 ) -> Vec<Op> {
-    let in_grace = now.duration_since(term_started) < grace;
+    let in_grace = now.duration_since(quiet_since) < grace;
     let mut ops = Vec::new();
     for n in nodes {
         let id = n.meta.as_ref().map_or("", |m| m.id.as_str());

@@ -24,8 +24,10 @@ use crate::types::{Request, Response, TypeConfig};
 
 type RaftResult<T> = Result<T, openraft::StorageError<u64>>;
 
-/// How many apply batches a lagging event receiver may fall behind before it sees `Lagged`.
-const EVENT_BUFFER: usize = 1024;
+/// How many apply batches a lagging event receiver may fall behind before it sees `Lagged` (and
+/// re-reads the store). Each batch holds the changed objects, so a long buffer is memory: with
+/// batches of thousands of status reports, 1024 of them once held over a gigabyte.
+const EVENT_BUFFER: usize = 64;
 
 struct Shared {
     store: RwLock<Store>,

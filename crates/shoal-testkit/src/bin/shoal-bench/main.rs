@@ -3,7 +3,9 @@
 //! work fails instead).
 //!
 //! ```text
-//! shoal-bench raft [--runs N] [--seconds S]    3 real managers: updates/s, leader failover
+//! shoal-bench raft [--runs N] [--seconds S] [--stability-minutes M]
+//!                                              3 real managers: updates/s, elections while idle
+//!                                              and under load, leader failover
 //! shoal-bench schedule [--nodes N] [--tasks T] the pure scheduler over a large cluster
 //! shoal-bench scale [--nodes N] [--tasks T] [--run-delay-ms D] [--join-parallelism P]
 //!                                              simulated workers against 3 real managers
@@ -17,7 +19,8 @@ mod schedule;
 
 use anyhow::{bail, Context, Result};
 
-const USAGE: &str = "usage: shoal-bench raft [--runs N] [--seconds S] | schedule [--nodes N] [--tasks T] | \
+const USAGE: &str =
+    "usage: shoal-bench raft [--runs N] [--seconds S] [--stability-minutes M] | schedule [--nodes N] [--tasks T] | \
                      scale [--nodes N] [--tasks T] [--run-delay-ms D] [--join-parallelism P]";
 
 /// The value after flag `name`.
@@ -34,11 +37,12 @@ async fn main() -> Result<()> {
     let Some(which) = args.next() else { bail!("{USAGE}") };
     match which.as_str() {
         "raft" => {
-            let mut o = raft::Opts { runs: 7, seconds: 5 };
+            let mut o = raft::Opts { runs: 7, seconds: 5, stability_minutes: 10 };
             while let Some(a) = args.next() {
                 match a.as_str() {
                     "--runs" => o.runs = value(&mut args, "--runs")?,
                     "--seconds" => o.seconds = value(&mut args, "--seconds")?,
+                    "--stability-minutes" => o.stability_minutes = value(&mut args, "--stability-minutes")?,
                     other => bail!("unknown argument {other:?}; {USAGE}"),
                 }
             }

@@ -16,6 +16,18 @@ pub struct Opts {
     pub runs: usize,
     /// Seconds of each throughput measurement.
     pub seconds: u64,
+    /// Minutes of each stability window (idle, then under load); 0 skips them.
+    pub stability_minutes: u64,
+}
+
+/// The highest Raft term any running manager reports (each election raises it).
+async fn term(nodes: &[DaemonProcess]) -> Result<u64> {
+    let mut best = 0;
+    for n in nodes.iter().filter(|n| n.running()) {
+        let info = control(&n.host()).await?.info(InfoRequest {}).await?.into_inner();
+        best = best.max(info.raft.map_or(0, |r| r.term));
+    }
+    Ok(best)
 }
 
 fn spec(name: &str, replicas: u64) -> ServiceSpec {
@@ -165,6 +177,16 @@ pub async fn run(o: Opts) -> Result<()> {
     println!(
         "raft updates/s anchor: etcd 44000 with 1000 clients on 8 vCPU; target >= 1000 with 1 client, >= 20000 with 64"
     );
+    if o.stability_minutes > 0 {
+        let window = Duration::from_secs(o.stability_minutes * 60);
+        let t0 = term(&nodes).await?;
+        tokio::time::sleep(window).await;
+        let t1 = term(&nodes).await?;
+        println!("raft elections in {} min idle: {}", o.stability_minutes, t1 - t0);
+        throughput(&host, 16, window.as_secs()).await?;
+        let t2 = term(&nodes).await?;
+        println!("raft elections in {} min under load (16 clients): {}", o.stability_minutes, t2 - t1);
+    }
     let mut runs = Vec::new();
     for run in 0..o.runs {
         let d = failover_once(&mut nodes, run).await?;
