@@ -5,25 +5,22 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
-use crate::node::{member_addr, Node};
+use crate::dialer::Dialer;
+use crate::managers::Managers;
+use crate::node::Node;
 
 /// The agent's view of the leader: the Raft leader on a manager, else the manager whose
 /// heartbeat answer was not a redirect.
-pub struct NodeLeader(pub Node);
+pub struct NodeLeader {
+    managers: Managers,
+    dialer: Dialer,
+}
 
 #[tonic::async_trait]
 impl shoal_agent::Leader for NodeLeader {
     async fn channel(&self) -> Result<Channel, String> {
-        let node = &self.0;
-        let addr = match node.raft() {
-            Some(rt) => {
-                let m = rt.metrics();
-                m.current_leader.and_then(|l| member_addr(&m, l))
-            }
-            None => node.leader_hint(),
-        };
-        let addr = addr.ok_or_else(|| "no leader known yet".to_string())?;
-        node.channel(&addr).map_err(|e| e.to_string())
+        let addr = self.managers.leader_addr().ok_or_else(|| "no leader known yet".to_string())?;
+        self.dialer.channel(&addr).map_err(|e| e.to_string())
     }
 }
 
@@ -33,7 +30,10 @@ pub fn start_agent(
     node: &Node,
     runtime: Arc<dyn shoal_runtime::ContainerRuntime>,
 ) -> Result<(tokio::sync::watch::Receiver<shoal_agent::AgentStatus>, shoal_agent::AgentRun), String> {
-    let cfg =
-        shoal_agent::AgentConfig { node_id: node.local().node_id, data_dir: node.config().data_dir.join("agent") };
-    shoal_agent::start(cfg, runtime, Arc::new(NodeLeader(node.clone()))).map_err(|e| e.to_string())
+    let cfg = shoal_agent::AgentConfig {
+        node_id: node.identity.local().node_id,
+        data_dir: node.identity.config().data_dir.join("agent"),
+    };
+    let leader = NodeLeader { managers: node.managers.clone(), dialer: node.dialer.clone() };
+    shoal_agent::start(cfg, runtime, Arc::new(leader)).map_err(|e| e.to_string())
 }

@@ -13,8 +13,10 @@ use shoal_api::validate;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::node::{member_addr, new_id, new_secret, Node, RaftRuntime};
-use crate::writer::{create_op, delete_op, propose, reachable_managers, update_op};
+use crate::managers::{member_addr, RaftRuntime};
+use crate::node::Node;
+use crate::util::{new_id, new_secret};
+use crate::writer::{create_op, delete_op, update_op};
 
 /// gRPC implementation of `Control`.
 pub struct ControlService {
@@ -114,7 +116,7 @@ fn token_for(cluster: &Cluster, role: NodeRole) -> String {
 
 impl ControlService {
     fn resolve_node(&self, store: &shoal_store::Store, query: &str) -> Result<v1::Node, ApiError> {
-        let query = if query == "self" { self.node.local().node_id } else { query.to_string() };
+        let query = if query == "self" { self.node.identity.local().node_id } else { query.to_string() };
         Ok(store.lookup_node(&query)?.clone())
     }
 
@@ -131,7 +133,7 @@ impl ControlService {
 
     async fn manager_statuses(&self) -> BTreeMap<u64, &'static str> {
         let mut out = BTreeMap::new();
-        let Some(rt) = self.node.raft() else { return out };
+        let Some(rt) = self.node.managers.raft() else { return out };
         let m = rt.metrics();
         let members: Vec<(u64, String)> = m
             .membership_config
@@ -139,7 +141,7 @@ impl ControlService {
             .voter_ids()
             .filter_map(|id| member_addr(&m, id).map(|a| (id, a)))
             .collect();
-        let reachable = reachable_managers(&self.node, &members, m.id).await;
+        let reachable = self.node.writer.reachable_managers(&members, m.id).await;
         for (id, _) in members {
             let s = if Some(id) == m.current_leader {
                 "leader"
@@ -155,9 +157,9 @@ impl ControlService {
 
     /// Manager addresses for join instructions, this manager first.
     fn join_addrs(&self) -> Vec<String> {
-        let me = self.node.config().advertise_addr.clone();
+        let me = self.node.identity.config().advertise_addr.clone();
         let mut addrs = vec![me.clone()];
-        addrs.extend(self.node.manager_peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty() && *a != me));
+        addrs.extend(self.node.managers.peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty() && *a != me));
         addrs
     }
 }
@@ -209,7 +211,7 @@ async fn forward_task_logs(
 ) {
     let LogSource { addr, node_id, task_id, task_name, hostname } = src;
     let (follow, tail) = (req.follow, req.tail);
-    let channel = match node.node_channel(&addr, &node_id) {
+    let channel = match node.dialer.node_channel(&addr, &node_id) {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Err(Status::unavailable(format!("node {hostname}: {e}")))).await;
@@ -240,14 +242,14 @@ impl Control for ControlService {
 
     async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> R<LogLines> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let service_id =
             rt.store.read(|s| s.lookup_service(&req.service).map(|svc| id_of(&svc.meta))).map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let node = self.node.clone();
         // One worker per log stream: it owns a forwarder per task, and ends when the client goes
         // away, when the service is removed (following), or when every task's log ended.
-        self.node.inner.workers.spawn(format!("service logs {}", req.service), move |stop| async move {
+        self.node.workers.spawn(format!("service logs {}", req.service), move |stop| async move {
             let mut seen = BTreeSet::new();
             let mut forwarders = tokio::task::JoinSet::new();
             for src in log_sources(&rt, &service_id, &mut seen) {
@@ -283,8 +285,8 @@ impl Control for ControlService {
     }
 
     async fn info(&self, _req: Request<InfoRequest>) -> R<InfoResponse> {
-        let local = self.node.local();
-        let raft = self.node.raft().map(|rt| {
+        let local = self.node.identity.local();
+        let raft = self.node.managers.raft().map(|rt| {
             let m = rt.metrics();
             let mem = m.membership_config.membership();
             RaftInfo {
@@ -307,15 +309,15 @@ impl Control for ControlService {
             node_id: local.node_id,
             state: local.role.as_str().to_string(),
             cluster_id: local.cluster_id,
-            hostname: self.node.config().hostname.clone(),
-            advertise_addr: self.node.config().advertise_addr.clone(),
-            manager_addrs: self.node.manager_peers().into_iter().map(|p| p.addr).collect(),
+            hostname: self.node.identity.config().hostname.clone(),
+            advertise_addr: self.node.identity.config().advertise_addr.clone(),
+            manager_addrs: self.node.managers.peers().into_iter().map(|p| p.addr).collect(),
             raft,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            certificate: self.node.cert_summary(),
+            certificate: self.node.dialer.summary(),
             workers: self
                 .node
-                .workers()
+                .worker_states()
                 .into_iter()
                 .map(|(name, state)| WorkerInfo { name, state: state.to_string() })
                 .collect(),
@@ -343,14 +345,14 @@ impl Control for ControlService {
     }
 
     async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> R<GetClusterResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         Ok(Response::new(GetClusterResponse { cluster: Some(public_cluster(cluster)) }))
     }
 
     async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> R<GetClusterResponse> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
         validate::validate_settings(&settings).map_err(ApiError::from)?;
@@ -358,7 +360,7 @@ impl Control for ControlService {
         if let Some(m) = cluster.meta.as_mut() {
             m.version = req.version;
         }
-        let r = propose(&self.node, vec![update_op(cluster.into())]).await?;
+        let r = self.node.writer.propose(vec![update_op(cluster.into())]).await?;
         let object::Kind::Cluster(c) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
@@ -367,7 +369,7 @@ impl Control for ControlService {
 
     async fn get_join_token(&self, req: Request<GetJoinTokenRequest>) -> R<GetJoinTokenResponse> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         if req.rotate {
             let secrets = cluster.join_secrets.get_or_insert_with(Default::default);
@@ -376,7 +378,7 @@ impl Control for ControlService {
             } else {
                 secrets.worker = new_secret();
             }
-            let r = propose(&self.node, vec![update_op(cluster.into())]).await?;
+            let r = self.node.writer.propose(vec![update_op(cluster.into())]).await?;
             let object::Kind::Cluster(c) = first_object(&r)? else {
                 return Err(ApiError::Internal("unexpected object".into()).into());
             };
@@ -390,7 +392,7 @@ impl Control for ControlService {
 
     async fn issue_admin_certificate(&self, req: Request<IssueAdminCertificateRequest>) -> R<RenewCertificateResponse> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let name = req.name.trim();
         if name.is_empty()
             || name.len() > 40
@@ -410,12 +412,12 @@ impl Control for ControlService {
         let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("secret spec must be set"))?;
         let name = spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
         check_data("secret", &name, &spec.data)?;
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         if rt.store.read(|s| s.secret_by_name(&name).is_some()) {
             return Err(ApiError::Rejected(format!("secret {name:?} already exists")).into());
         }
         let secret = Secret { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec) };
-        let r = propose(&self.node, vec![create_op(secret.into())]).await?;
+        let r = self.node.writer.propose(vec![create_op(secret.into())]).await?;
         let object::Kind::Secret(s) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
@@ -423,27 +425,27 @@ impl Control for ControlService {
     }
 
     async fn list_secrets(&self, _req: Request<ListSecretsRequest>) -> R<ListSecretsResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let secrets = rt.store.read(|s| s.secrets().cloned().map(without_data).collect());
         Ok(Response::new(ListSecretsResponse { secrets }))
     }
 
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> R<Secret> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().secret;
         let s = rt.store.read(|s| s.lookup_secret(&q).cloned()).map_err(ApiError::from)?;
         Ok(Response::new(without_data(s)))
     }
 
     async fn remove_secret(&self, req: Request<RemoveSecretRequest>) -> R<RemoveSecretResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().secret;
         let (s, users) = rt
             .store
             .read(|st| st.lookup_secret(&q).map(|s| (s.clone(), users_of(st, &id_of(&s.meta), true))))
             .map_err(ApiError::from)?;
         crate::policy::data_removal("secret", &q, &users).map_err(ApiError::from)?;
-        propose(&self.node, vec![delete_op(ObjectKind::Secret, &id_of(&s.meta), 0)]).await?;
+        self.node.writer.propose(vec![delete_op(ObjectKind::Secret, &id_of(&s.meta), 0)]).await?;
         Ok(Response::new(RemoveSecretResponse {}))
     }
 
@@ -451,12 +453,12 @@ impl Control for ControlService {
         let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("config spec must be set"))?;
         let name = spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
         check_data("config", &name, &spec.data)?;
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         if rt.store.read(|s| s.config_by_name(&name).is_some()) {
             return Err(ApiError::Rejected(format!("config {name:?} already exists")).into());
         }
         let config = Config { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec) };
-        let r = propose(&self.node, vec![create_op(config.into())]).await?;
+        let r = self.node.writer.propose(vec![create_op(config.into())]).await?;
         let object::Kind::Config(c) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
@@ -464,32 +466,32 @@ impl Control for ControlService {
     }
 
     async fn list_configs(&self, _req: Request<ListConfigsRequest>) -> R<ListConfigsResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let configs = rt.store.read(|s| s.configs().cloned().collect());
         Ok(Response::new(ListConfigsResponse { configs }))
     }
 
     async fn get_config(&self, req: Request<GetConfigRequest>) -> R<Config> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().config;
         let c = rt.store.read(|s| s.lookup_config(&q).cloned()).map_err(ApiError::from)?;
         Ok(Response::new(c))
     }
 
     async fn remove_config(&self, req: Request<RemoveConfigRequest>) -> R<RemoveConfigResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().config;
         let (c, users) = rt
             .store
             .read(|st| st.lookup_config(&q).map(|c| (c.clone(), users_of(st, &id_of(&c.meta), false))))
             .map_err(ApiError::from)?;
         crate::policy::data_removal("config", &q, &users).map_err(ApiError::from)?;
-        propose(&self.node, vec![delete_op(ObjectKind::Config, &id_of(&c.meta), 0)]).await?;
+        self.node.writer.propose(vec![delete_op(ObjectKind::Config, &id_of(&c.meta), 0)]).await?;
         Ok(Response::new(RemoveConfigResponse {}))
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let statuses = self.manager_statuses().await;
         let nodes = rt.store.read(|s| {
             s.nodes()
@@ -508,7 +510,7 @@ impl Control for ControlService {
     }
 
     async fn get_node(&self, req: Request<GetNodeRequest>) -> R<NodeView> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let n = rt.store.read(|s| self.resolve_node(s, &req.into_inner().node))?;
         let statuses = self.manager_statuses().await;
         let manager_status = statuses.get(&n.raft_id).filter(|_| n.raft_id != 0).copied().unwrap_or("").to_string();
@@ -517,7 +519,7 @@ impl Control for ControlService {
 
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> R<NodeView> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let spec = req.spec.ok_or_else(|| Status::invalid_argument("node spec must be set"))?;
         validate::validate_node_spec(&spec).map_err(ApiError::from)?;
         let (mut n, managers) = rt.store.read(|s| {
@@ -533,7 +535,7 @@ impl Control for ControlService {
                 m.version = req.version;
             }
         }
-        let r = propose(&self.node, vec![update_op(n.into())]).await?;
+        let r = self.node.writer.propose(vec![update_op(n.into())]).await?;
         let object::Kind::Node(n) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
@@ -542,7 +544,7 @@ impl Control for ControlService {
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> R<RemoveNodeResponse> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let n = rt.store.read(|s| self.resolve_node(s, &req.node))?;
         crate::policy::node_removal(&n, req.force).map_err(ApiError::from)?;
         // The node's certificate stops working with the same command that forgets the node.
@@ -551,29 +553,29 @@ impl Control for ControlService {
         if !cluster.removed_node_ids.contains(&id) {
             cluster.removed_node_ids.push(id.clone());
         }
-        propose(&self.node, vec![delete_op(ObjectKind::Node, &id, 0), update_op(cluster.into())]).await?;
+        self.node.writer.propose(vec![delete_op(ObjectKind::Node, &id, 0), update_op(cluster.into())]).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> R<ServiceView> {
         let mut spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?;
         validate::validate_service_spec(&spec).map_err(ApiError::from)?;
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         rt.store.read(|s| resolve_refs(s, &mut spec))?;
-        self.node.require_manager()?;
+        self.node.managers.require_manager()?;
         let svc =
             Service { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec), ..Default::default() };
-        let r = propose(&self.node, vec![create_op(svc.into())]).await?;
+        let r = self.node.writer.propose(vec![create_op(svc.into())]).await?;
         let object::Kind::Service(s) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> R<ServiceView> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let current = rt.store.read(|s| s.lookup_service(&req.service).cloned()).map_err(ApiError::from)?;
         let old_spec = current.spec.clone().unwrap_or_default();
         let new_spec = if req.rollback {
@@ -602,7 +604,7 @@ impl Control for ControlService {
                 m.version = req.version;
             }
         }
-        let r = propose(&self.node, vec![update_op(next.into())]).await?;
+        let r = self.node.writer.propose(vec![update_op(next.into())]).await?;
         let object::Kind::Service(s) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
@@ -610,7 +612,7 @@ impl Control for ControlService {
     }
 
     async fn get_service(&self, req: Request<GetServiceRequest>) -> R<ServiceView> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().service;
         let view =
             rt.store.read(|s| s.lookup_service(&q).map(|svc| Self::service_view(s, svc))).map_err(ApiError::from)?;
@@ -618,22 +620,22 @@ impl Control for ControlService {
     }
 
     async fn list_services(&self, _req: Request<ListServicesRequest>) -> R<ListServicesResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let services = rt.store.read(|s| s.services().map(|svc| Self::service_view(s, svc)).collect());
         Ok(Response::new(ListServicesResponse { services }))
     }
 
     async fn remove_service(&self, req: Request<RemoveServiceRequest>) -> R<RemoveServiceResponse> {
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().service;
         let svc = rt.store.read(|s| s.lookup_service(&q).cloned()).map_err(ApiError::from)?;
-        propose(&self.node, vec![delete_op(ObjectKind::Service, &id_of(&svc.meta), 0)]).await?;
+        self.node.writer.propose(vec![delete_op(ObjectKind::Service, &id_of(&svc.meta), 0)]).await?;
         Ok(Response::new(RemoveServiceResponse {}))
     }
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> R<ListTasksResponse> {
         let req = req.into_inner();
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let tasks = rt.store.read(|s| {
             let service_id =
                 if req.service.is_empty() { None } else { Some(id_of(&s.lookup_service(&req.service)?.meta)) };

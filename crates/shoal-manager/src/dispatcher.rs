@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use shoal_api::v1::{
@@ -27,22 +27,49 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::node::{member_addr, Node, RaftRuntime};
-use crate::writer::propose;
+use crate::managers::{member_addr, Managers, RaftRuntime};
+use crate::writer::Writer;
+
+/// The way to the current leader term's dispatcher hub and status batcher (none while this
+/// manager does not lead).
+#[derive(Default)]
+pub struct Links {
+    hub: Mutex<Option<mpsc::Sender<Register>>>,
+    status: Mutex<Option<mpsc::Sender<StatusReport>>>,
+}
+
+impl Links {
+    /// Where to send agents' status reports, while this manager leads.
+    pub(crate) fn status_batcher(&self) -> Option<mpsc::Sender<StatusReport>> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
+    }
+
+    /// Where to register an assignment stream, while this manager leads.
+    pub(crate) fn hub(&self) -> Option<mpsc::Sender<Register>> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
+    }
+
+    /// Connects a new term's hub and batcher; `None`s: the term ended.
+    pub(crate) fn set(&self, hub: Option<mpsc::Sender<Register>>, status: Option<mpsc::Sender<StatusReport>>) {
+        *self.hub.lock().unwrap_or_else(|p| p.into_inner()) = hub;
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}
 
 /// gRPC implementation of `Dispatcher`.
 pub struct DispatcherService {
-    node: Node,
+    managers: Managers,
+    links: Arc<Links>,
 }
 
 impl DispatcherService {
-    /// Serves dispatcher calls for `node`.
-    pub fn new(node: Node) -> Self {
-        Self { node }
+    /// Serves dispatcher calls with this node's Raft instance and leader term.
+    pub fn new(managers: Managers, links: Arc<Links>) -> Self {
+        Self { managers, links }
     }
 
     fn require_leader(&self) -> Result<Arc<RaftRuntime>, Status> {
-        let rt = self.node.require_manager()?;
+        let rt = self.managers.require_manager()?;
         let m = rt.metrics();
         if m.current_leader != Some(m.id) {
             let at = m.current_leader.and_then(|l| member_addr(&m, l)).unwrap_or_default();
@@ -330,9 +357,7 @@ impl Dispatcher for DispatcherService {
             return Err(Status::not_found(format!("node {node_id:?} is not part of the cluster")));
         }
         let hub = self
-            .node
-            .inner
-            .leader
+            .links
             .hub()
             .ok_or_else(|| Status::unavailable("the leader is starting its dispatcher; retry in a moment"))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -368,9 +393,7 @@ impl Dispatcher for DispatcherService {
             return Ok(Response::new(UpdateTaskStatusResponse {}));
         }
         let batcher = self
-            .node
-            .inner
-            .leader
+            .links
             .status_batcher()
             .ok_or_else(|| Status::unavailable("leadership changed: report to the new leader"))?;
         let (done, answer) = tokio::sync::oneshot::channel();
@@ -409,7 +432,7 @@ const MAX_STATUS_OPS: usize = 4096;
 /// is retried report by report, then op by op, so one stale update never holds back the others.
 /// Ends with the leader term (`token`).
 pub(crate) async fn run_status_batcher(
-    node: Node,
+    writer: Writer,
     mut reports: mpsc::Receiver<StatusReport>,
     token: CancellationToken,
 ) {
@@ -431,15 +454,15 @@ pub(crate) async fn run_status_batcher(
             }
         }
         let all: Vec<Op> = batch.iter().flat_map(|r| r.ops.iter().cloned()).collect();
-        match propose(&node, all).await {
+        match writer.propose(all).await {
             Ok(_) => batch.into_iter().for_each(|r| {
                 let _ = r.done.send(Ok(()));
             }),
             Err(ApiError::Apply { .. }) => {
                 for r in batch {
-                    if let Err(ApiError::Apply { .. }) = propose(&node, r.ops.clone()).await {
+                    if let Err(ApiError::Apply { .. }) = writer.propose(r.ops.clone()).await {
                         for op in r.ops {
-                            let _ = propose(&node, vec![op]).await;
+                            let _ = writer.propose(vec![op]).await;
                         }
                     }
                     let _ = r.done.send(Ok(()));

@@ -5,8 +5,8 @@
 //! Both are level-triggered: each tick compares the store with what should be and proposes the
 //! difference, so a lost proposal or a leader change just means the next tick does it.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
@@ -15,68 +15,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager_set::Step;
-use crate::node::{now_ms, Node, RaftRuntime};
-use crate::writer::{propose, update_op};
-
-pub use crate::liveness::Seen;
-
-/// Liveness bookkeeping of the current leader term, and the way to its dispatcher hub.
-#[derive(Default)]
-pub struct LeaderState {
-    seen: Mutex<HashMap<String, Seen>>,
-    since: Mutex<Option<Instant>>,
-    hub: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>>>,
-    status: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>>>,
-}
-
-impl LeaderState {
-    /// Where to send agents' status reports, while this manager leads.
-    pub(crate) fn status_batcher(&self) -> Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
-    }
-
-    fn set_status_batcher(&self, tx: Option<tokio::sync::mpsc::Sender<crate::dispatcher::StatusReport>>) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = tx;
-    }
-
-    /// Where to register an assignment stream, while this manager leads.
-    pub(crate) fn hub(&self) -> Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>> {
-        self.hub.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| !h.is_closed())
-    }
-
-    fn set_hub(&self, hub: Option<tokio::sync::mpsc::Sender<crate::dispatcher::Register>>) {
-        *self.hub.lock().unwrap_or_else(|p| p.into_inner()) = hub;
-    }
-
-    /// Records a heartbeat; one without a description keeps the last one heard.
-    pub fn record(&self, node_id: &str, mut seen: Seen) {
-        let mut all = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if !all.contains_key(node_id) {
-            // A node heard for the first time this term: the leader is still catching up with
-            // reconnecting nodes, so nobody is judged before a grace period after the last one.
-            *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen.at);
-        }
-        if seen.description.is_none() {
-            seen.description = all.get(node_id).and_then(|s| s.description.clone());
-        }
-        all.insert(node_id.to_string(), seen);
-    }
-
-    fn reset(&self) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    }
-
-    fn since(&self) -> Instant {
-        self.since.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(Instant::now)
-    }
-}
+use crate::managers::RaftRuntime;
+use crate::node::Node;
+use crate::util::now_ms;
+use crate::writer::update_op;
 
 /// Watches leadership (the node's "leadership" worker, one per Raft instance) and runs the
 /// leader loops as workers of a leader term while this node leads; the term's workers stop
 /// (and are waited for) as soon as it stops leading.
 pub(crate) fn spawn_supervisor(node: Node, rt: Arc<RaftRuntime>) {
-    let workers = node.inner.workers.clone();
+    let workers = node.workers.clone();
     workers.spawn("leadership", move |shutdown| async move {
         watch_leadership(node, rt, shutdown).await;
         Ok::<(), String>(())
@@ -93,9 +41,9 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
         };
         match (leading, &term) {
             (true, None) => {
-                node.inner.leader.reset();
+                node.heard.reset();
                 tracing::info!("became leader: starting leader loops");
-                let w = node.inner.workers.child("leader");
+                let w = node.workers.child("leader");
                 let (n, r) = (node.clone(), rt.clone());
                 w.spawn("liveness", move |stop| async move {
                     liveness_loop(n, r, stop).await;
@@ -112,25 +60,23 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
                     Ok::<(), String>(())
                 });
                 let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(256);
-                node.inner.leader.set_hub(Some(hub_tx));
                 let r = rt.clone();
                 w.spawn("dispatcher", move |stop| async move {
                     crate::dispatcher::run_hub(r, hub_rx, stop).await;
                     Ok::<(), String>(())
                 });
                 let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
-                node.inner.leader.set_status_batcher(Some(status_tx));
+                node.links.set(Some(hub_tx), Some(status_tx));
                 let n = node.clone();
                 w.spawn("status batcher", move |stop| async move {
-                    crate::dispatcher::run_status_batcher(n, status_rx, stop).await;
+                    crate::dispatcher::run_status_batcher(n.writer, status_rx, stop).await;
                     Ok::<(), String>(())
                 });
                 term = Some(w);
             }
             (false, Some(_)) => {
                 tracing::info!("no longer leader: stopping leader loops");
-                node.inner.leader.set_hub(None);
-                node.inner.leader.set_status_batcher(None);
+                node.links.set(None, None);
                 if let Some(w) = term.take() {
                     w.stop().await;
                 }
@@ -143,8 +89,7 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
             r = metrics.changed() => if r.is_err() { break },
         }
     }
-    node.inner.leader.set_hub(None);
-    node.inner.leader.set_status_batcher(None);
+    node.links.set(None, None);
     if let Some(w) = term {
         w.stop().await;
     }
@@ -169,16 +114,16 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(period / 4) => {}
         }
-        let since = node.inner.leader.since();
+        let since = node.heard.since();
         let ops = rt.store.read(|st| {
-            let seen = node.inner.leader.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = node.heard.seen();
             crate::liveness::decide(st.nodes(), &seen, Instant::now(), since, grace, now_ms())
         });
         // All changes in one command; if a concurrent `node update` made one stale, the store
         // refuses the command, and then each goes alone so the others still land (the stale one
         // is retried at the next tick).
         if ops.len() > 1 {
-            match propose(&node, ops.clone()).await {
+            match node.writer.propose(ops.clone()).await {
                 Err(crate::error::ApiError::Apply { .. }) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "node status updates not applied");
@@ -188,7 +133,7 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
             }
         }
         for op in ops {
-            if let Err(e) = propose(&node, vec![op]).await {
+            if let Err(e) = node.writer.propose(vec![op]).await {
                 tracing::debug!(error = %e, "node status update not applied");
             }
         }
@@ -228,7 +173,7 @@ async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) {
 const COMMANDS_IN_FLIGHT: usize = 8;
 
 async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) {
-    if let Err(e) = propose(node, ops).await {
+    if let Err(e) = node.writer.propose(ops).await {
         tracing::debug!(error = %e, what, "proposal not applied; the next pass retries");
     }
 }
@@ -291,7 +236,7 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
     let now = now_ms();
     let t0 = std::time::Instant::now();
     let units = rt.store.read(|s| {
-        let ops = shoal_orchestrator::reconcile_scope(s, now, scope, &mut crate::node::new_id);
+        let ops = shoal_orchestrator::reconcile_scope(s, now, scope, &mut crate::util::new_id);
         shoal_orchestrator::units(s, ops)
     });
     let decided = t0.elapsed();
@@ -350,7 +295,7 @@ async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
     let step = rt.store.read(|s| {
-        let seen = node.inner.leader.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = node.heard.seen();
         let nodes: Vec<&v1::Node> = s.nodes().collect();
         crate::manager_set::next_step(&voters, &learners, &nodes, &seen)
     });
@@ -359,7 +304,7 @@ async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate
         Step::Nothing => {}
         Step::RecordRole { node: mut n, role } => {
             n.role = role as i32;
-            propose(node, vec![update_op((*n).into())]).await?;
+            node.writer.propose(vec![update_op((*n).into())]).await?;
         }
         Step::AddManager { node_id, raft_id, addr } => {
             tracing::info!(%node_id, raft_id, %addr, "adding manager: learner first");
@@ -383,27 +328,4 @@ async fn reconcile_membership(node: &Node, rt: &RaftRuntime) -> Result<(), crate
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seen(at: Instant) -> Seen {
-        Seen { at, addr: String::new(), raft_running: false, description: None }
-    }
-
-    #[test]
-    fn first_contacts_keep_the_leader_from_judging_while_nodes_reconnect() {
-        let state = LeaderState::default();
-        state.reset();
-        let start = state.since();
-        let later = start + Duration::from_secs(5);
-        state.record("a", seen(later));
-        assert_eq!(state.since(), later, "a node heard for the first time this term moves the window");
-        state.record("a", seen(later + Duration::from_secs(1)));
-        assert_eq!(state.since(), later, "a node heard again does not");
-        state.reset();
-        assert!(state.since() < later, "a new term starts over");
-    }
 }

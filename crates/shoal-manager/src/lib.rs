@@ -9,12 +9,15 @@ mod agent_link;
 /// Client-side connections (moved to shoal-client; re-exported for the daemon's own callers).
 pub use shoal_client as client;
 pub mod control;
+pub mod dialer;
 pub mod dispatcher;
 pub mod error;
+pub mod identity;
 pub mod leader;
 pub mod liveness;
 pub mod local;
 pub mod manager_set;
+pub mod managers;
 pub mod membership;
 pub mod node;
 pub mod pki;
@@ -23,6 +26,7 @@ pub mod roles;
 pub mod server;
 mod session;
 pub mod tls;
+pub mod util;
 pub mod workers;
 pub mod writer;
 

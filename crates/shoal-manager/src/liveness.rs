@@ -8,6 +8,7 @@
 //! updates; the leader's liveness loop proposes them.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use shoal_api::v1::{Node, NodeDescription, NodeState, Op};
@@ -27,6 +28,46 @@ pub struct Seen {
     pub raft_running: bool,
     /// What it said about itself; `None`: unchanged since it last said.
     pub description: Option<NodeDescription>,
+}
+
+/// What the leader heard in its current term: the last heartbeat of each node, and when it
+/// last heard a node for the first time (the window [`decide`] waits out before judging).
+#[derive(Default)]
+pub struct Heard {
+    seen: Mutex<HashMap<String, Seen>>,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Heard {
+    /// Records a heartbeat; one without a description keeps the last one heard.
+    pub fn record(&self, node_id: &str, mut seen: Seen) {
+        let mut all = self.seen();
+        if !all.contains_key(node_id) {
+            // A node heard for the first time this term: the leader is still catching up with
+            // reconnecting nodes, so nobody is judged before a grace period after the last one.
+            *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen.at);
+        }
+        if seen.description.is_none() {
+            seen.description = all.get(node_id).and_then(|s| s.description.clone());
+        }
+        all.insert(node_id.to_string(), seen);
+    }
+
+    /// Starts a new term: nobody heard yet.
+    pub fn reset(&self) {
+        self.seen().clear();
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// The term's start, or its last first contact, whichever is later.
+    pub fn since(&self) -> Instant {
+        self.since.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(Instant::now)
+    }
+
+    /// The heartbeats heard, by node id.
+    pub fn seen(&self) -> MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The updates that bring `nodes` in line with what was heard (`seen`, by node id) at `now`:
@@ -169,5 +210,20 @@ mod tests {
         let quiet = HashMap::new();
         assert!(decide(nodes.iter(), &quiet, now, now - Duration::from_secs(2), grace, 1).is_empty());
         assert_eq!(summary(&decide(nodes.iter(), &quiet, now, now - grace, grace, 1)), ["n1 Down n1 v7"]);
+    }
+
+    #[test]
+    fn first_contacts_keep_the_leader_from_judging_while_nodes_reconnect() {
+        let seen = |at| Seen { at, addr: String::new(), raft_running: false, description: None };
+        let heard = Heard::default();
+        heard.reset();
+        let start = heard.since();
+        let later = start + Duration::from_secs(5);
+        heard.record("a", seen(later));
+        assert_eq!(heard.since(), later, "a node heard for the first time this term moves the window");
+        heard.record("a", seen(later + Duration::from_secs(1)));
+        assert_eq!(heard.since(), later, "a node heard again does not");
+        heard.reset();
+        assert!(heard.since() < later, "a new term starts over");
     }
 }

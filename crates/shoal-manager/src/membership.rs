@@ -14,9 +14,11 @@ use shoal_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::leader::Seen;
-use crate::node::{member_addr, now_ms, Node};
-use crate::writer::{create_op, propose_local, update_op};
+use crate::liveness::Seen;
+use crate::managers::member_addr;
+use crate::node::Node;
+use crate::util::now_ms;
+use crate::writer::{create_op, update_op};
 
 /// gRPC implementation of `Membership`.
 pub struct MembershipService {
@@ -32,7 +34,7 @@ impl MembershipService {
 
 /// The leader's address if this manager is not the leader; `None` if it is.
 fn leader_elsewhere(node: &Node) -> Result<Option<String>, ApiError> {
-    let rt = node.require_manager()?;
+    let rt = node.managers.require_manager()?;
     let m = rt.metrics();
     match m.current_leader {
         Some(l) if l == m.id => Ok(None),
@@ -43,7 +45,8 @@ fn leader_elsewhere(node: &Node) -> Result<Option<String>, ApiError> {
 
 /// The managers of the cluster as peers for a node to remember.
 pub(crate) fn manager_peers(node: &Node) -> Vec<ManagerPeer> {
-    node.manager_peers()
+    node.managers
+        .peers()
         .into_iter()
         .map(|p| ManagerPeer { node_id: p.node_id, raft_id: p.raft_id, addr: p.addr })
         .collect()
@@ -72,10 +75,10 @@ impl Membership for MembershipService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let req = req.into_inner();
         if let Some(addr) = leader_elsewhere(&self.node)? {
-            let mut c = self.node.membership_client(&addr)?;
+            let mut c = self.node.dialer.membership_client(&addr)?;
             return c.join(req).await;
         }
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         let Some(cluster) = rt.store.read(|s| s.cluster().cloned()) else {
             return Err(ApiError::Internal("cluster is not initialized yet".into()).into());
         };
@@ -131,7 +134,7 @@ impl Membership for MembershipService {
             ),
         };
         let cmd = Command { now_ms: now_ms(), ops: vec![op] };
-        propose_local(&self.node, cmd).await?;
+        self.node.writer.propose_local(cmd).await?;
         tracing::info!(node_id = %req.node_id, %hostname, role = shoal_api::names::node_role(role), "node joined");
         let cluster_id = cluster.meta.map(|m| m.id).unwrap_or_default();
         Ok(Response::new(JoinResponse {
@@ -145,7 +148,7 @@ impl Membership for MembershipService {
     }
 
     async fn propose(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {
-        let r = propose_local(&self.node, req.into_inner()).await;
+        let r = self.node.writer.propose_local(req.into_inner()).await;
         match r {
             Ok(r) => Ok(Response::new(r)),
             // Apply errors travel inside the result so the caller sees the store's verdict.
@@ -167,7 +170,7 @@ impl Membership for MembershipService {
                 )));
             }
         }
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         if let Some(addr) = leader_elsewhere(&self.node)? {
             return Ok(Response::new(HeartbeatResponse { leader_addr: addr, ..Default::default() }));
         }
@@ -186,7 +189,7 @@ impl Membership for MembershipService {
         let Some(n) = known else {
             return Ok(Response::new(HeartbeatResponse { removed: true, ..Default::default() }));
         };
-        self.node.inner.leader.record(
+        self.node.heard.record(
             &req.node_id,
             Seen {
                 at: tokio::time::Instant::now(),
@@ -213,7 +216,7 @@ impl Membership for MembershipService {
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let caller =
             crate::tls::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let rt = self.node.require_manager()?;
+        let rt = self.node.managers.require_manager()?;
         // The role comes from the cluster's view of the node, so promotion and demotion take
         // effect in the certificate; a node the cluster does not know gets nothing.
         let role = rt
@@ -228,8 +231,8 @@ impl Membership for MembershipService {
     }
 
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        let local = self.node.local();
-        let (term, leader) = match self.node.raft() {
+        let local = self.node.identity.local();
+        let (term, leader) = match self.node.managers.raft() {
             Some(rt) => {
                 let m = rt.metrics();
                 (m.current_term, m.current_leader.unwrap_or(0))

@@ -9,7 +9,8 @@ use shoal_api::v1::{self, Cluster, NodeRole};
 use shoal_pki::{NodeKey, NodeSubject, Role, RootCa};
 
 use crate::error::ApiError;
-use crate::node::{Node, RaftRuntime};
+use crate::managers::RaftRuntime;
+use crate::node::Node;
 
 /// Certificates start a little in the past, so a node whose clock lags accepts them.
 const BACKDATE: Duration = Duration::from_secs(300);
@@ -73,22 +74,22 @@ pub fn bootstrap(node: &Node, cluster: &mut Cluster, node_id: &str) -> Result<()
     let key = NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
     let csr = key.csr_pem(node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (cert, _) = issue_from(cluster, &csr, node_id, Role::Manager)?;
-    node.install_pki(ca.cert_der(), &cert, &key.key_pem())
+    node.dialer.install(ca.cert_der(), &cert, &key.key_pem())
 }
 
 /// Asks a manager for a new certificate for a new key (with the role the cluster now gives this
 /// node) and installs it.
 pub async fn renew(node: &Node) -> Result<shoal_pki::PeerIdentity, ApiError> {
-    let local = node.local();
+    let local = node.identity.local();
     let key = NodeKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
     let csr = key.csr_pem(&local.node_id).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut last = ApiError::Rejected("no manager known to renew the certificate with".into());
-    let mut addrs: Vec<String> = node.manager_peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty()).collect();
-    if let Some(l) = node.leader_hint() {
+    let mut addrs: Vec<String> = node.managers.peers().into_iter().map(|p| p.addr).filter(|a| !a.is_empty()).collect();
+    if let Some(l) = node.managers.leader_hint() {
         addrs.insert(0, l);
     }
     for addr in addrs {
-        let mut client = match node.membership_client(&addr) {
+        let mut client = match node.dialer.membership_client(&addr) {
             Ok(c) => c,
             Err(e) => {
                 last = e;
@@ -102,8 +103,11 @@ pub async fn renew(node: &Node) -> Result<shoal_pki::PeerIdentity, ApiError> {
                 let r = r.into_inner();
                 let ca_der = shoal_pki::cert_der_from_pem(&r.ca_pem)
                     .map_err(|e| ApiError::Internal(format!("the manager's CA certificate: {e}")))?;
-                node.install_pki(&ca_der, &r.cert_pem, &key.key_pem())?;
-                return node.cert_identity().ok_or_else(|| ApiError::Internal("no certificate after renewal".into()));
+                node.dialer.install(&ca_der, &r.cert_pem, &key.key_pem())?;
+                return node
+                    .dialer
+                    .cert_identity()
+                    .ok_or_else(|| ApiError::Internal("no certificate after renewal".into()));
             }
             Err(s) => last = ApiError::Rejected(format!("{addr}: {}", s.message())),
         }
@@ -115,7 +119,7 @@ pub async fn renew(node: &Node) -> Result<shoal_pki::PeerIdentity, ApiError> {
 /// `node` shuts down. An expired certificate is reported (managers refuse it; the node must be
 /// joined again).
 pub fn spawn_renewal(node: Node) {
-    let workers = node.inner.workers.clone();
+    let workers = node.workers.clone();
     workers.spawn("certificate renewal", move |stop| async move {
         renewal(node, stop).await;
         Ok::<(), String>(())
@@ -126,7 +130,7 @@ async fn renewal(node: Node, stop: tokio_util::sync::CancellationToken) {
     {
         let mut reported_expiry = false;
         loop {
-            let wait = match node.cert_identity() {
+            let wait = match node.dialer.cert_identity() {
                 None => Duration::from_secs(30),
                 Some(id) => {
                     let now = SystemTime::now();
@@ -136,7 +140,7 @@ async fn renewal(node: Node, stop: tokio_util::sync::CancellationToken) {
                                 expired = %shoal_pki::rfc3339(id.not_after),
                                 "this node's certificate has expired and managers refuse it: remove the node on a manager (`shoal node rm`) and join it again"
                             );
-                            node.set_cert_problem(Some(format!(
+                            node.dialer.set_problem(Some(format!(
                                 "certificate expired at {}: remove the node and join it again",
                                 shoal_pki::rfc3339(id.not_after)
                             )));
@@ -154,7 +158,7 @@ async fn renewal(node: Node, stop: tokio_util::sync::CancellationToken) {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let Some(id) = node.cert_identity() else { continue };
+            let Some(id) = node.dialer.cert_identity() else { continue };
             if id.not_after <= SystemTime::now()
                 || SystemTime::now() < shoal_pki::renewal_at(id.not_before, id.not_after, 0.0)
             {
@@ -163,7 +167,7 @@ async fn renewal(node: Node, stop: tokio_util::sync::CancellationToken) {
             match renew(&node).await {
                 Ok(new) => {
                     reported_expiry = false;
-                    node.set_cert_problem(None);
+                    node.dialer.set_problem(None);
                     tracing::info!(expires = %shoal_pki::rfc3339(new.not_after), "renewed this node's certificate");
                 }
                 Err(e) => {

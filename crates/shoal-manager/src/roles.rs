@@ -13,21 +13,24 @@ use shoal_api::v1::{self, *};
 use shoal_api::validate;
 
 use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::local::{Peer, Role};
-use crate::node::{new_id, new_secret, now_ms, wait_leader, Node, RaftRuntime};
-use crate::writer::{create_op, propose, update_op};
+use crate::managers::{wait_leader, RaftRuntime};
+use crate::node::Node;
+use crate::util::{new_id, new_secret, now_ms};
+use crate::writer::{create_op, update_op};
 
 /// Back to standing alone (left the cluster, or removed from it): Raft stopped and wiped, the
 /// cluster forgotten, the certificate dropped.
 pub(crate) async fn reset_to_standalone(node: &Node) -> Result<(), ApiError> {
-    let _g = node.inner.transition.lock().await;
-    node.stop_raft(true).await?;
-    node.update_local(|l| {
+    let _g = node.transition.lock().await;
+    node.managers.stop(true).await?;
+    node.identity.update_local(|l| {
         l.role = Role::Uninitialized;
         l.cluster_id.clear();
         l.managers.clear();
     })?;
-    node.clear_pki();
+    node.dialer.clear();
     Ok(())
 }
 
@@ -36,21 +39,22 @@ pub(crate) async fn reset_to_standalone(node: &Node) -> Result<(), ApiError> {
 pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClusterResponse, ApiError> {
     let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
     validate::validate_settings(&settings)?;
-    let _g = node.inner.transition.lock().await;
-    let local = node.local();
+    let _g = node.transition.lock().await;
+    let local = node.identity.local();
     if local.role != Role::Uninitialized {
         return Err(ApiError::AlreadyInCluster(local.cluster_id));
     }
-    let addr = if req.advertise_addr.is_empty() { node.config().advertise_addr.clone() } else { req.advertise_addr };
+    let addr =
+        if req.advertise_addr.is_empty() { node.identity.config().advertise_addr.clone() } else { req.advertise_addr };
     let cluster_id = new_id();
-    node.update_local(|l| {
+    node.identity.update_local(|l| {
         l.role = Role::Manager;
         l.cluster_id = cluster_id.clone();
         l.managers = vec![Peer { node_id: local.node_id.clone(), raft_id: local.raft_id, addr: addr.clone() }];
         l.settings = Some(settings);
     })?;
-    node.stop_raft(true).await?;
-    let rt = node.start_raft().await?;
+    node.managers.stop(true).await?;
+    let rt = start_raft(node).await?;
     let members = BTreeMap::from([(local.raft_id, BasicNode::new(addr.clone()))]);
     rt.raft.initialize(members).await.map_err(|e| ApiError::internal("raft initialize", e))?;
     if wait_leader(&rt, Duration::from_secs(10)).await != Some(local.raft_id) {
@@ -68,7 +72,7 @@ pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClu
     let me = v1::Node {
         meta: Some(Meta { id: local.node_id.clone(), ..Default::default() }),
         spec: Some(NodeSpec { desired_role: NodeRole::Manager as i32, ..Default::default() }),
-        description: Some(node.description()),
+        description: Some(node.identity.description()),
         status: Some(NodeStatus {
             state: NodeState::Ready as i32,
             message: String::new(),
@@ -78,9 +82,9 @@ pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClu
         role: NodeRole::Manager as i32,
         raft_id: local.raft_id,
     };
-    propose(node, vec![create_op(cluster.into()), create_op(me.into())]).await?;
-    node.ensure_session();
-    node.ensure_agent().await;
+    node.writer.propose(vec![create_op(cluster.into()), create_op(me.into())]).await?;
+    ensure_session(node);
+    ensure_agent(node).await;
     tracing::info!(%cluster_id, "cluster initialized");
     Ok(InitClusterResponse { node_id: local.node_id, cluster_id })
 }
@@ -89,13 +93,14 @@ pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClu
 /// CSR with the token, install the certificate, then start Raft (a manager, which catches up as
 /// a learner and returns once it is a voter), the session and the agent.
 pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClusterResponse, ApiError> {
-    let _g = node.inner.transition.lock().await;
-    let local = node.local();
+    let _g = node.transition.lock().await;
+    let local = node.identity.local();
     if local.role != Role::Uninitialized {
         return Err(ApiError::AlreadyInCluster(local.cluster_id));
     }
     let token = JoinToken::parse(&req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let addr = if req.advertise_addr.is_empty() { node.config().advertise_addr.clone() } else { req.advertise_addr };
+    let addr =
+        if req.advertise_addr.is_empty() { node.identity.config().advertise_addr.clone() } else { req.advertise_addr };
     // Trust nothing yet: the manager must present the CA the token pins.
     let remote: std::net::SocketAddr = tokio::net::lookup_host(&req.remote_addr)
         .await
@@ -121,7 +126,7 @@ pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClu
         node_id: local.node_id.clone(),
         raft_id: local.raft_id,
         addr,
-        description: Some(node.description()),
+        description: Some(node.identity.description()),
         csr_pem,
     });
     call.set_timeout(Duration::from_secs(15));
@@ -140,7 +145,7 @@ pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClu
     shoal_pki::cert_der_from_pem(&resp.cert_pem)
         .and_then(|leaf| shoal_pki::verify_leaf(&leaf, &ca_der, std::time::SystemTime::now()))
         .map_err(|e| ApiError::Rejected(format!("the manager returned an unusable certificate: {e}")))?;
-    node.install_pki(&ca_der, &resp.cert_pem, &key.key_pem())?;
+    node.dialer.install(&ca_der, &resp.cert_pem, &key.key_pem())?;
     let mut managers: Vec<Peer> = resp
         .managers
         .iter()
@@ -149,7 +154,7 @@ pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClu
     if managers.is_empty() {
         managers.push(Peer { node_id: String::new(), raft_id: 0, addr: req.remote_addr.clone() });
     }
-    node.update_local(|l| {
+    node.identity.update_local(|l| {
         l.role = if role == NodeRole::Manager { Role::Manager } else { Role::Worker };
         l.cluster_id = resp.cluster_id.clone();
         l.managers = managers;
@@ -157,11 +162,11 @@ pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClu
     })?;
     if role == NodeRole::Manager {
         // A fresh raft dir: this node catches up from the leader as a learner.
-        node.stop_raft(true).await?;
-        node.start_raft().await?;
+        node.managers.stop(true).await?;
+        start_raft(node).await?;
     }
-    node.ensure_session();
-    node.ensure_agent().await;
+    ensure_session(node);
+    ensure_agent(node).await;
     drop(_g);
     if role == NodeRole::Manager {
         wait_voter(node).await?;
@@ -170,7 +175,7 @@ pub(crate) async fn join(node: &Node, req: JoinClusterRequest) -> Result<JoinClu
 }
 
 async fn wait_voter(node: &Node) -> Result<(), ApiError> {
-    let rt = node.require_manager()?;
+    let rt = node.managers.require_manager()?;
     let mut rx = rt.raft.metrics();
     let deadline = tokio::time::Instant::now() + crate::membership::JOIN_VOTER_TIMEOUT;
     loop {
@@ -192,7 +197,7 @@ async fn wait_voter(node: &Node) -> Result<(), ApiError> {
 /// Leaves the cluster (a manager only with `force`: it first asks to leave the Raft membership,
 /// bounded), then stands alone.
 pub(crate) async fn leave(node: &Node, force: bool) -> Result<(), ApiError> {
-    let local = node.local();
+    let local = node.identity.local();
     match local.role {
         Role::Uninitialized => return Err(ApiError::NotInCluster),
         Role::Worker => {}
@@ -205,14 +210,14 @@ pub(crate) async fn leave(node: &Node, force: bool) -> Result<(), ApiError> {
             }
             // Ask to be removed from the membership; wait (bounded) for it to happen so the
             // remaining managers keep their quorum arithmetic right.
-            if let Some(rt) = node.raft() {
+            if let Some(rt) = node.managers.raft() {
                 let me = rt.store.read(|s| s.node(&local.node_id).cloned());
                 let voters = rt.metrics().membership_config.membership().voter_ids().count();
                 if let (Some(mut n), true) = (me, voters > 1) {
                     if let Some(s) = n.spec.as_mut() {
                         s.desired_role = NodeRole::Worker as i32;
                     }
-                    if propose(node, vec![update_op(n.into())]).await.is_ok() {
+                    if node.writer.propose(vec![update_op(n.into())]).await.is_ok() {
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                         while tokio::time::Instant::now() < deadline {
                             let m = rt.metrics();
@@ -235,28 +240,28 @@ pub(crate) async fn leave(node: &Node, force: bool) -> Result<(), ApiError> {
 /// then Raft), demotion (Raft stopped and wiped once the leader's membership no longer holds
 /// this node, then a worker certificate), or a demotion that finished while the node was away.
 pub(crate) async fn follow_desired_role(node: &Node, desired: NodeRole, raft_member: bool) -> Result<(), ApiError> {
-    let _g = node.inner.transition.lock().await;
-    match (desired, node.raft()) {
+    let _g = node.transition.lock().await;
+    match (desired, node.managers.raft()) {
         (NodeRole::Manager, None) => {
             // Other managers accept Raft traffic only from a manager certificate.
-            if node.cert_identity().map(|i| i.role) != Some(shoal_pki::Role::Manager) {
+            if node.dialer.cert_identity().map(|i| i.role) != Some(shoal_pki::Role::Manager) {
                 crate::pki::renew(node).await?;
                 tracing::info!("promoted: now holding a manager certificate");
             }
             tracing::info!("promoted: starting raft");
-            node.update_local(|l| l.role = Role::Manager)?;
-            node.start_raft().await?;
+            node.identity.update_local(|l| l.role = Role::Manager)?;
+            start_raft(node).await?;
         }
         // The leader's membership is the truth: a removed member never hears of its own
         // removal through Raft.
         (NodeRole::Worker, Some(_)) if !raft_member => {
             tracing::info!("demoted: stopping raft and removing its data");
-            node.stop_raft(true).await?;
-            node.update_local(|l| l.role = Role::Worker)?;
+            node.managers.stop(true).await?;
+            node.identity.update_local(|l| l.role = Role::Worker)?;
             crate::pki::renew(node).await?;
             tracing::info!("demoted: now holding a worker certificate");
         }
-        (NodeRole::Worker, None) if node.cert_identity().is_some_and(|i| i.role == shoal_pki::Role::Manager) => {
+        (NodeRole::Worker, None) if node.dialer.cert_identity().is_some_and(|i| i.role == shoal_pki::Role::Manager) => {
             // A demotion finished while this node was away from its certificate renewal.
             crate::pki::renew(node).await?;
         }
@@ -268,7 +273,7 @@ pub(crate) async fn follow_desired_role(node: &Node, desired: NodeRole, raft_mem
 /// After a forced new cluster, the other former managers are no longer members: record
 /// them as workers that are down so nobody counts on them.
 pub(crate) async fn after_force_new_cluster(node: &Node, rt: &Arc<RaftRuntime>) {
-    let me = node.local().node_id;
+    let me = node.identity.local().node_id;
     if wait_leader(rt, Duration::from_secs(10)).await != Some(rt.metrics().id) {
         tracing::error!("force-new-cluster: this node did not become leader");
         return;
@@ -293,8 +298,126 @@ pub(crate) async fn after_force_new_cluster(node: &Node, rt: &Arc<RaftRuntime>) 
         ops.push(crate::writer::update_op(n.into()));
     }
     if !ops.is_empty() {
-        if let Err(e) = crate::writer::propose(node, ops).await {
+        if let Err(e) = node.writer.propose(ops).await {
             tracing::warn!(error = %e, "force-new-cluster: recording the old managers failed");
         }
     }
+}
+
+/// Starts Raft (see [`crate::managers::Managers::start`]) and the leadership supervisor that
+/// runs the leader loops while this node leads.
+pub(crate) async fn start_raft(node: &Node) -> Result<Arc<RaftRuntime>, ApiError> {
+    if let Some(rt) = node.managers.raft() {
+        return Ok(rt);
+    }
+    let (rt, forced) = node.managers.start(&node.dialer).await?;
+    crate::leader::spawn_supervisor(node.clone(), rt.clone());
+    if forced {
+        after_force_new_cluster(node, &rt).await;
+    }
+    Ok(rt)
+}
+
+/// Resumes the persisted role at daemon start.
+pub async fn resume(node: &Node) -> Result<(), ApiError> {
+    let local = node.identity.local();
+    match local.role {
+        Role::Uninitialized => {
+            if node.managers.force_new_cluster_pending() {
+                return Err(ApiError::Rejected("--force-new-cluster needs a node that was a manager".into()));
+            }
+        }
+        Role::Manager => {
+            start_raft(node).await?;
+        }
+        Role::Worker => {}
+    }
+    if local.role != Role::Uninitialized {
+        ensure_session(node);
+        ensure_agent(node).await;
+    }
+    Ok(())
+}
+
+/// Starts the session with the leader unless it runs already (it ends by itself when the
+/// node leaves its cluster, and may then be started again by a later join).
+pub(crate) fn ensure_session(node: &Node) {
+    if !node.session_running.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        crate::session::spawn(node.clone(), |node, answer| Box::pin(apply_answer(node, answer)));
+    }
+}
+
+/// Acts on the leader's heartbeat answer: removal resets the node; otherwise the managers and
+/// settings it names are kept and the role it wants is followed.
+async fn apply_answer(node: Node, resp: HeartbeatResponse) -> Result<(), ApiError> {
+    if resp.removed {
+        tracing::error!("this node was removed from the cluster; it now stands alone (join again to come back)");
+        return reset_to_standalone(&node).await;
+    }
+    let managers: Vec<Peer> = resp
+        .managers
+        .iter()
+        .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
+        .filter(|p| !p.addr.is_empty())
+        .collect();
+    let settings = resp.settings;
+    node.identity.update_local(|l| {
+        if !managers.is_empty() {
+            l.managers = managers;
+        }
+        if settings.is_some() {
+            l.settings = settings;
+        }
+    })?;
+    follow_desired_role(&node, resp.desired_role(), resp.raft_member).await
+}
+
+/// Starts the agent once, if this node has a container runtime.
+pub(crate) async fn ensure_agent(node: &Node) {
+    let Some(runtime) = node.identity.config().runtime.clone() else { return };
+    {
+        let mut slot = node.agent.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.started {
+            return;
+        }
+        slot.started = true;
+    }
+    match crate::agent_link::start_agent(node, runtime) {
+        Ok((status, agent)) => {
+            node.agent.lock().unwrap_or_else(|p| p.into_inner()).status = Some(status);
+            node.workers.spawn("agent", |stop| async move {
+                agent(stop).await;
+                Ok::<(), String>(())
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the agent did not start: this node runs no tasks");
+            node.agent.lock().unwrap_or_else(|p| p.into_inner()).started = false;
+        }
+    }
+}
+
+/// How often the container runtime is probed, and how long a probe may take.
+const RUNTIME_PROBE: Duration = Duration::from_secs(2);
+
+/// Probes the container runtime until shutdown (the node's "runtime probe" worker), so the
+/// description the node reports says whether it can run tasks (the scheduler places nothing on
+/// a node whose runtime is gone).
+pub(crate) fn watch_runtime(identity: &Identity, workers: &crate::workers::Workers) {
+    let Some(runtime) = identity.config().runtime.clone() else { return };
+    let identity = identity.clone();
+    workers.spawn("runtime probe", |stop| async move {
+        loop {
+            let why = match tokio::time::timeout(RUNTIME_PROBE, runtime.ping()).await {
+                Ok(Ok(_)) => String::new(),
+                Ok(Err(e)) => format!("container runtime unavailable: {e}"),
+                Err(_) => format!("container runtime unavailable: no answer within {RUNTIME_PROBE:?}"),
+            };
+            identity.set_runtime_unavailable(why);
+            tokio::select! {
+                _ = stop.cancelled() => return Ok::<(), String>(()),
+                _ = tokio::time::sleep(RUNTIME_PROBE) => {}
+            }
+        }
+    });
 }

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::client::MAX_MESSAGE_BYTES;
 use crate::control::ControlService;
 use crate::error::ApiError;
+use crate::identity::NodeConfig;
 use crate::membership::MembershipService;
-use crate::node::{Node, NodeConfig};
+use crate::node::Node;
 
 /// What a daemon is started with.
 #[derive(Clone)]
@@ -86,7 +87,7 @@ impl Daemon {
             shutdown.clone(),
         )?;
 
-        node.watch_runtime();
+        crate::roles::watch_runtime(&node.identity, &node.workers);
         crate::pki::spawn_renewal(node.clone());
         let mut servers = JoinSet::new();
         let control = || {
@@ -95,9 +96,9 @@ impl Daemon {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         };
         let tcp = tonic::transport::Server::builder()
-            .layer(crate::tls::Authz::new(node.clone()))
+            .layer(crate::tls::Authz::new(node.identity.clone(), node.managers.clone()))
             .add_service(
-                RaftServer::new(shoal_raft::RaftService::new(node.raft_slot()))
+                RaftServer::new(shoal_raft::RaftService::new(node.managers.raft_slot()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -107,9 +108,12 @@ impl Daemon {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                DispatcherServer::new(crate::dispatcher::DispatcherService::new(node.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                DispatcherServer::new(crate::dispatcher::DispatcherService::new(
+                    node.managers.clone(),
+                    node.links.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(control())
             .add_optional_service(cfg.runtime.clone().map(|rt| {
@@ -118,7 +122,7 @@ impl Daemon {
             }));
         // Only TLS on the TCP port; the handshake needs the node's certificate, so a node that is
         // in no cluster yet accepts no connection.
-        let incoming = crate::tls::incoming(listener, node.clone(), &node.inner.workers);
+        let incoming = crate::tls::incoming(listener, node.dialer.clone(), &node.workers);
         let stop = shutdown.clone();
         servers.spawn(async move { tcp.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await });
 
@@ -147,8 +151,8 @@ impl Daemon {
             });
         }
 
-        node.resume().await?;
-        tracing::info!(%listen_addr, node_id = %node.local().node_id, role = node.local().role.as_str(), "shoald serving");
+        crate::roles::resume(&node).await?;
+        tracing::info!(%listen_addr, node_id = %node.identity.local().node_id, role = node.identity.local().role.as_str(), "shoald serving");
         Ok(Daemon { node, listen_addr, shutdown, servers, socket: cfg.control_socket })
     }
 
@@ -177,10 +181,10 @@ impl Daemon {
     /// Stops serving and shuts Raft down cleanly.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        let _ = self.node.stop_raft(false).await;
+        let _ = self.node.managers.stop(false).await;
         while self.servers.join_next().await.is_some() {}
         // Every background worker has been told by the same token; wait for them to return.
-        self.node.inner.workers.stop().await;
+        self.node.workers.stop().await;
         if let Some(p) = &self.socket {
             let _ = std::fs::remove_file(p);
         }

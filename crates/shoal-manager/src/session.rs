@@ -1,26 +1,33 @@
 //! The node's session with the leader: a heartbeat every period (also from managers, so every
 //! node's liveness is judged the same way), following redirects to the current leader, and
-//! applying the role the cluster wants this node to have (promotion starts Raft, demotion stops
-//! and wipes it, removal resets the node).
+//! handing each answer to the role transitions (promotion starts Raft, demotion stops and wipes
+//! it, removal resets the node).
 
 use std::time::Duration;
 
 use shoal_api::v1::{HeartbeatRequest, HeartbeatResponse};
 
-use crate::local::{Peer, Role};
-use crate::node::{member_addr, Node};
+use crate::error::ApiError;
+use crate::local::Role;
+use crate::managers::member_addr;
+use crate::node::Node;
 
-/// Starts the session loop as the node's "session" worker (through [`Node::ensure_session`],
+/// What the session does with each answer of the leader (the role transitions, kept out of
+/// this module so the heartbeat protocol does not depend on them).
+pub(crate) type OnAnswer =
+    fn(Node, HeartbeatResponse) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>;
+
+/// Starts the session loop as the node's "session" worker (through `roles::ensure_session`,
 /// once per cluster membership; it ends when the node leaves).
-pub(crate) fn spawn(node: Node) {
-    let workers = node.inner.workers.clone();
+pub(crate) fn spawn(node: Node, on_answer: OnAnswer) {
+    let workers = node.workers.clone();
     workers.spawn("session", move |shutdown| async move {
-        run(node, shutdown).await;
+        run(node, on_answer, shutdown).await;
         Ok::<(), String>(())
     });
 }
 
-async fn run(node: Node, shutdown: tokio_util::sync::CancellationToken) {
+async fn run(node: Node, on_answer: OnAnswer, shutdown: tokio_util::sync::CancellationToken) {
     {
         let mut period = Duration::from_millis(shoal_api::defaults::HEARTBEAT_PERIOD_MS);
         let mut next_manager = 0usize;
@@ -30,12 +37,12 @@ async fn run(node: Node, shutdown: tokio_util::sync::CancellationToken) {
         // changed (or every REFRESH beats), so thousands of nodes send small heartbeats.
         let mut described: Option<(shoal_api::v1::NodeDescription, u32)> = None;
         loop {
-            if node.local().role == Role::Uninitialized {
-                node.inner.session_running.store(false, std::sync::atomic::Ordering::SeqCst);
+            if node.identity.local().role == Role::Uninitialized {
+                node.session_running.store(false, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
             let target = redirect.take().or_else(|| pick_target(&node, &mut next_manager));
-            let desc = node.description();
+            let desc = node.identity.description();
             let send_desc = match &described {
                 Some((d, n)) => *d != desc || *n >= REFRESH,
                 None => true,
@@ -61,11 +68,11 @@ async fn run(node: Node, shutdown: tokio_util::sync::CancellationToken) {
                 }
                 Ok((addr, resp)) => {
                     last_error_logged = false;
-                    node.set_leader_hint(&addr);
+                    node.managers.set_leader_hint(&addr);
                     if resp.period_ms > 0 {
                         period = Duration::from_millis(resp.period_ms);
                     }
-                    if let Err(e) = apply_response(&node, resp).await {
+                    if let Err(e) = on_answer(node.clone(), resp).await {
                         tracing::warn!(error = %e, "applying the leader's answer");
                     }
                 }
@@ -87,13 +94,13 @@ async fn run(node: Node, shutdown: tokio_util::sync::CancellationToken) {
 }
 
 fn pick_target(node: &Node, next: &mut usize) -> Option<String> {
-    if let Some(rt) = node.raft() {
+    if let Some(rt) = node.managers.raft() {
         let m = rt.metrics();
         if let Some(addr) = m.current_leader.and_then(|l| member_addr(&m, l)) {
             return Some(addr);
         }
     }
-    let peers = node.local().managers;
+    let peers = node.identity.local().managers;
     if peers.is_empty() {
         return None;
     }
@@ -110,12 +117,12 @@ async fn beat(
     period: Duration,
     description: Option<shoal_api::v1::NodeDescription>,
 ) -> Result<HeartbeatResponse, String> {
-    let local = node.local();
-    let mut client = node.membership_client(addr).map_err(|e| e.to_string())?;
+    let local = node.identity.local();
+    let mut client = node.dialer.membership_client(addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(HeartbeatRequest {
         node_id: local.node_id,
-        addr: node.config().advertise_addr.clone(),
-        raft_running: node.raft().is_some(),
+        addr: node.identity.config().advertise_addr.clone(),
+        raft_running: node.managers.raft().is_some(),
         description,
         cluster_id: local.cluster_id,
     });
@@ -126,27 +133,4 @@ async fn beat(
         Err(s) if crate::error::is_node_removed(&s) => Ok(HeartbeatResponse { removed: true, ..Default::default() }),
         Err(s) => Err(format!("{addr}: {}", s.message())),
     }
-}
-
-async fn apply_response(node: &Node, resp: HeartbeatResponse) -> Result<(), crate::error::ApiError> {
-    if resp.removed {
-        tracing::error!("this node was removed from the cluster; it now stands alone (join again to come back)");
-        return crate::roles::reset_to_standalone(node).await;
-    }
-    let managers: Vec<Peer> = resp
-        .managers
-        .iter()
-        .map(|m| Peer { node_id: m.node_id.clone(), raft_id: m.raft_id, addr: m.addr.clone() })
-        .filter(|p| !p.addr.is_empty())
-        .collect();
-    let settings = resp.settings;
-    node.update_local(|l| {
-        if !managers.is_empty() {
-            l.managers = managers;
-        }
-        if settings.is_some() {
-            l.settings = settings;
-        }
-    })?;
-    crate::roles::follow_desired_role(node, resp.desired_role(), resp.raft_member).await
 }

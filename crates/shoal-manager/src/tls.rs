@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 
-use crate::node::Node;
+use crate::dialer::Dialer;
+use crate::identity::Identity;
+use crate::managers::Managers;
 
 /// The connection a request arrived on: the peer's address and who its certificate names.
 #[derive(Debug, Clone)]
@@ -96,7 +98,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// certificate, plaintext).
 pub fn incoming(
     listener: TcpListener,
-    node: Node,
+    dialer: Dialer,
     workers: &crate::workers::Workers,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -116,7 +118,7 @@ pub fn incoming(
                 },
             };
             while handshakes.try_join_next().is_some() {}
-            let Some(cfg) = node.tls_server_config() else {
+            let Some(cfg) = dialer.tls_server_config() else {
                 tracing::debug!(%remote, "refusing a connection: this node is not in a cluster (no certificate)");
                 continue;
             };
@@ -167,7 +169,7 @@ fn allowed(path: &str) -> Option<&'static [Role]> {
 }
 
 /// Checks a request against its caller's certificate; the identity on success.
-fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<PeerIdentity>, Status> {
+fn authorize(who: &Who, path: &str, peer: Option<&PeerInfo>) -> Result<Option<PeerIdentity>, Status> {
     let roles = allowed(path);
     let Some(id) = peer.and_then(|p| p.identity.as_ref()) else {
         return match roles {
@@ -179,14 +181,14 @@ fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<
     };
     // The handshake verified the chain and the validity; the subject says who it is.
     let id = id.clone().map_err(Status::unauthenticated)?;
-    let cluster = node.cluster_id();
+    let cluster = who.identity.cluster_id();
     if id.cluster_id != cluster {
         return Err(Status::permission_denied(format!(
             "the certificate is for cluster {}, not this one ({cluster})",
             id.cluster_id
         )));
     }
-    if node.is_removed(&id.node_id) {
+    if who.managers.is_removed(&id.node_id) {
         return Err(crate::error::node_removed(&id.node_id));
     }
     match roles {
@@ -197,23 +199,31 @@ fn authorize(node: &Node, path: &str, peer: Option<&PeerInfo>) -> Result<Option<
     }
 }
 
+/// What [`authorize`] checks a certificate against: this node's cluster, and the nodes the
+/// cluster removed.
+#[derive(Clone)]
+struct Who {
+    identity: Identity,
+    managers: Managers,
+}
+
 /// Tower layer that runs [`authorize`] before every RPC of the node's TCP port.
 #[derive(Clone)]
 pub struct Authz {
-    node: Node,
+    who: Who,
 }
 
 impl Authz {
-    /// The layer for `node`'s server.
-    pub fn new(node: Node) -> Self {
-        Self { node }
+    /// The layer for a node's server.
+    pub fn new(identity: Identity, managers: Managers) -> Self {
+        Self { who: Who { identity, managers } }
     }
 }
 
 impl<S> tower::Layer<S> for Authz {
     type Service = AuthzService<S>;
     fn layer(&self, inner: S) -> AuthzService<S> {
-        AuthzService { inner, node: self.node.clone() }
+        AuthzService { inner, who: self.who.clone() }
     }
 }
 
@@ -221,7 +231,7 @@ impl<S> tower::Layer<S> for Authz {
 #[derive(Clone)]
 pub struct AuthzService<S> {
     inner: S,
-    node: Node,
+    who: Who,
 }
 
 type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
@@ -242,7 +252,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
-        match authorize(&self.node, &path, req.extensions().get::<PeerInfo>()) {
+        match authorize(&self.who, &path, req.extensions().get::<PeerInfo>()) {
             Ok(id) => {
                 if let Some(id) = id {
                     req.extensions_mut().insert(Caller(id));

@@ -20,8 +20,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use shoal_api::v1::{op, Command, CommandResult, Object, ObjectKind, ObjectRef, Op, PingRequest, Refusal};
 use tokio::time::Instant;
 
+use crate::dialer::Dialer;
 use crate::error::{write_outcome, ApiError, WriteOutcome};
-use crate::node::{member_addr, now_ms, Node, RaftRuntime};
+use crate::managers::{member_addr, Managers, RaftRuntime};
+use crate::util::now_ms;
 
 /// Create op.
 pub fn create_op(o: Object) -> Op {
@@ -55,9 +57,45 @@ pub fn quorum_patience(rt: &RaftRuntime) -> Duration {
     (rt.election_timeout * 2).max(Duration::from_secs(1))
 }
 
-/// Proposes `ops` as one atomic command and returns the stored objects.
-pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiError> {
-    let rt = node.require_manager()?;
+/// Proposes writes: on the leader, or forwarded to it; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    managers: Managers,
+    dialer: Dialer,
+}
+
+impl Writer {
+    /// A writer through this node's Raft instance (or to the leader, through `dialer`).
+    pub fn new(managers: Managers, dialer: Dialer) -> Self {
+        Writer { managers, dialer }
+    }
+
+    /// Proposes `ops` as one atomic command and returns the stored objects.
+    pub async fn propose(&self, ops: Vec<Op>) -> Result<CommandResult, ApiError> {
+        propose(self, ops).await
+    }
+
+    /// Proposes on this node, which must be the leader (used for forwarded writes too).
+    pub async fn propose_local(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        let rt = self.managers.require_manager()?;
+        let started = Instant::now();
+        let deadline = started + write_patience(&rt);
+        propose_as_leader(self, &rt, cmd, deadline, started).await
+    }
+
+    /// Builds the no-quorum error after probing every manager.
+    pub async fn no_quorum(&self, rt: &RaftRuntime) -> ApiError {
+        no_quorum(self, rt).await
+    }
+
+    /// Raft ids among `members` that answer a ping within a short timeout (self always counts).
+    pub async fn reachable_managers(&self, members: &[(u64, String)], self_id: u64) -> Vec<u64> {
+        reachable_managers(self, members, self_id).await
+    }
+}
+
+async fn propose(w: &Writer, ops: Vec<Op>) -> Result<CommandResult, ApiError> {
+    let rt = w.managers.require_manager()?;
     let cmd = Command { now_ms: now_ms(), ops };
     let started = Instant::now();
     let deadline = started + write_patience(&rt);
@@ -65,7 +103,7 @@ pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiErro
     loop {
         let m = metrics.borrow_and_update().clone();
         match m.current_leader {
-            Some(l) if l == m.id => match propose_as_leader(node, &rt, cmd.clone(), deadline, started).await {
+            Some(l) if l == m.id => match propose_as_leader(w, &rt, cmd.clone(), deadline, started).await {
                 Err(ApiError::NotLeader) => {}
                 other => return other,
             },
@@ -73,14 +111,14 @@ pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiErro
                 let Some(addr) = member_addr(&m, l) else {
                     return Err(ApiError::Internal(format!("leader {l} has no address in the membership")));
                 };
-                let mut client = node.membership_client(&addr)?;
+                let mut client = w.dialer.membership_client(&addr)?;
                 let mut req = tonic::Request::new(cmd.clone());
                 req.set_timeout(deadline.saturating_duration_since(Instant::now()));
                 match client.propose(req).await {
                     Ok(r) => return into_result(r.into_inner()),
                     Err(s) => match write_outcome(&s) {
-                        Some(WriteOutcome::Refused) => return Err(no_quorum(node, &rt).await),
-                        Some(WriteOutcome::Unknown) => return Err(unknown_outcome(node, &rt, started).await),
+                        Some(WriteOutcome::Refused) => return Err(no_quorum(w, &rt).await),
+                        Some(WriteOutcome::Unknown) => return Err(unknown_outcome(w, &rt, started).await),
                         Some(WriteOutcome::NotLeader) => {}
                         None if never_sent(&s) => {
                             tracing::debug!(leader = l, status = %s, "could not reach the leader; retrying");
@@ -89,7 +127,7 @@ pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiErro
                         // may have been taken.
                         None => {
                             tracing::debug!(leader = l, status = %s, "forwarded write ended without an answer");
-                            return Err(unknown_outcome(node, &rt, started).await);
+                            return Err(unknown_outcome(w, &rt, started).await);
                         }
                     },
                 }
@@ -98,13 +136,13 @@ pub async fn propose(node: &Node, ops: Vec<Op>) -> Result<CommandResult, ApiErro
             }
             None => {
                 if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                    return Err(no_quorum(node, &rt).await);
+                    return Err(no_quorum(w, &rt).await);
                 }
             }
         }
         if Instant::now() >= deadline {
             // Every attempt was refused before anything was appended.
-            return Err(no_quorum(node, &rt).await);
+            return Err(no_quorum(w, &rt).await);
         }
     }
 }
@@ -124,16 +162,8 @@ fn never_sent(s: &tonic::Status) -> bool {
     false
 }
 
-/// Proposes on this node, which must be the leader (used for forwarded writes too).
-pub async fn propose_local(node: &Node, cmd: Command) -> Result<CommandResult, ApiError> {
-    let rt = node.require_manager()?;
-    let started = Instant::now();
-    let deadline = started + write_patience(&rt);
-    propose_as_leader(node, &rt, cmd, deadline, started).await
-}
-
 async fn propose_as_leader(
-    node: &Node,
+    w: &Writer,
     rt: &RaftRuntime,
     cmd: Command,
     deadline: Instant,
@@ -153,7 +183,7 @@ async fn propose_as_leader(
         if stale {
             let confirmed = tokio::time::timeout(quorum_patience(rt), rt.raft.ensure_linearizable()).await;
             if !matches!(confirmed, Ok(Ok(_))) {
-                return Err(no_quorum(node, rt).await);
+                return Err(no_quorum(w, rt).await);
             }
         }
     }
@@ -164,9 +194,9 @@ async fn propose_as_leader(
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::NotLeader),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "raft write failed after it was submitted");
-            Err(unknown_outcome(node, rt, started).await)
+            Err(unknown_outcome(w, rt, started).await)
         }
-        Err(_) => Err(unknown_outcome(node, rt, started).await),
+        Err(_) => Err(unknown_outcome(w, rt, started).await),
     }
 }
 
@@ -179,35 +209,33 @@ fn into_result(r: CommandResult) -> Result<CommandResult, ApiError> {
 }
 
 /// Builds the unknown-outcome error after probing every manager.
-async fn unknown_outcome(node: &Node, rt: &RaftRuntime, started: Instant) -> ApiError {
-    let (reachable, total) = reachability(node, rt).await;
+async fn unknown_outcome(w: &Writer, rt: &RaftRuntime, started: Instant) -> ApiError {
+    let (reachable, total) = reachability(w, rt).await;
     ApiError::UnknownOutcome { waited_ms: started.elapsed().as_millis() as u64, reachable, total }
 }
 
-async fn reachability(node: &Node, rt: &RaftRuntime) -> (usize, usize) {
+async fn reachability(w: &Writer, rt: &RaftRuntime) -> (usize, usize) {
     let m = rt.metrics();
     let members: Vec<(u64, String)> =
         m.membership_config.membership().voter_ids().filter_map(|id| member_addr(&m, id).map(|a| (id, a))).collect();
     let total = members.len().max(1);
-    (reachable_managers(node, &members, m.id).await.len(), total)
+    (reachable_managers(w, &members, m.id).await.len(), total)
 }
 
-/// Builds the no-quorum error after probing every manager.
-pub async fn no_quorum(node: &Node, rt: &RaftRuntime) -> ApiError {
-    let (reachable, total) = reachability(node, rt).await;
+async fn no_quorum(w: &Writer, rt: &RaftRuntime) -> ApiError {
+    let (reachable, total) = reachability(w, rt).await;
     ApiError::NoQuorum { reachable, total, needed: total / 2 + 1 }
 }
 
-/// Raft ids among `members` that answer a ping within a short timeout (self always counts).
-pub async fn reachable_managers(node: &Node, members: &[(u64, String)], self_id: u64) -> Vec<u64> {
+async fn reachable_managers(w: &Writer, members: &[(u64, String)], self_id: u64) -> Vec<u64> {
     let probes = members.iter().map(|(id, addr)| {
-        let node = node.clone();
+        let w = w.clone();
         let (id, addr) = (*id, addr.clone());
         async move {
             if id == self_id {
                 return Some(id);
             }
-            let mut c = node.membership_client(&addr).ok()?;
+            let mut c = w.dialer.membership_client(&addr).ok()?;
             let mut req = tonic::Request::new(PingRequest {});
             req.set_timeout(Duration::from_millis(300));
             tokio::time::timeout(Duration::from_millis(400), c.ping(req)).await.ok()?.ok().map(|_| id)

@@ -102,3 +102,114 @@ fn the_cli_links_no_daemon_code() -> Result<()> {
     }
     Ok(())
 }
+
+/// The modules of `src` (top level: `a.rs` or `a/`) and, for each, the modules of the same
+/// crate it names through `crate::` paths (comments ignored).
+fn module_imports(src: &std::path::Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                files(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut all = Vec::new();
+    files(src, &mut all)?;
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in all {
+        let rel = f.strip_prefix(src)?;
+        let top = rel.components().next().context("empty path")?.as_os_str().to_string_lossy();
+        let top = top.trim_end_matches(".rs").to_string();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f)?;
+        let deps = out.entry(top.clone()).or_default();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let name: String =
+                    code[i + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() && name != top {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    let known: BTreeSet<String> = out.keys().cloned().collect();
+    for deps in out.values_mut() {
+        deps.retain(|d| known.contains(d));
+    }
+    Ok(out)
+}
+
+/// A cycle in `graph`, if there is one (as the modules along it).
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_string());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_string());
+        for d in graph.get(m).into_iter().flatten() {
+            if let Some(c) = visit(d, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(m.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph.keys().find_map(|m| visit(m, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_cycle_finder_finds_cycles() {
+    let g = |edges: &[(&str, &str)]| {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (a, b) in edges {
+            g.entry(a.to_string()).or_default().insert(b.to_string());
+            g.entry(b.to_string()).or_default();
+        }
+        g
+    };
+    assert_eq!(find_cycle(&g(&[("a", "b"), ("b", "c"), ("a", "c")])), None);
+    let c = find_cycle(&g(&[("a", "b"), ("b", "c"), ("c", "a")])).expect("a cycle");
+    assert_eq!(c.first(), c.last());
+    assert_eq!(c.len(), 4);
+}
+
+/// Within each crate, modules import one another in one direction only: a module that needs
+/// another's internals is a sign of a part doing two jobs.
+#[test]
+fn no_import_cycle_between_modules_of_a_crate() -> Result<()> {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&crates)? {
+        let src = e?.path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let graph = module_imports(&src)?;
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!("{}: modules import each other in a circle: {}", src.display(), cycle.join(" -> "));
+        }
+        checked += graph.len();
+    }
+    assert!(checked > 30, "only {checked} modules found: the scan looks in the wrong place");
+    Ok(())
+}

@@ -246,7 +246,7 @@ impl SimNode {
                             let at = if want == TaskState::Running as i32 { Instant::now() + run_delay } else { Instant::now() };
                             due.push((at, TaskStatusUpdate {
                                 task_id: id,
-                                status: Some(TaskStatus { state: want, timestamp_ms: shoal_manager::node::now_ms(), message: "simulated".into(), ..Default::default() }),
+                                status: Some(TaskStatus { state: want, timestamp_ms: shoal_manager::util::now_ms(), message: "simulated".into(), ..Default::default() }),
                             }));
                         }
                         for id in msg.removed {
