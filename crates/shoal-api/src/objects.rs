@@ -85,3 +85,13 @@ pub fn kind_name(k: ObjectKind) -> &'static str {
         ObjectKind::Config => "config",
     }
 }
+
+impl crate::v1::Task {
+    /// Whether the task has its address on every network of its spec (the allocator gives
+    /// them before the task is placed or started).
+    pub fn networks_attached(&self) -> bool {
+        self.spec.as_ref().is_none_or(|s| {
+            s.networks.iter().all(|n| self.networks.iter().any(|a| a.network_id == n.target && !a.address.is_empty()))
+        })
+    }
+}

@@ -63,6 +63,32 @@ fn non_negative(field: &str, v: i64) -> Result {
     Ok(())
 }
 
+/// A network spec, as received by `CreateNetwork` (addresses are checked by the allocator).
+pub fn validate_network_spec(spec: &crate::v1::NetworkSpec) -> Result {
+    let ann = spec.annotations.as_ref().ok_or_else(|| err("name", "must be set"))?;
+    validate_name("name", &ann.name)?;
+    validate_labels("labels", &ann.labels)?;
+    if !spec.driver.is_empty() && spec.driver != "overlay" {
+        return Err(err("driver", format!("{:?} is not supported: use overlay", spec.driver)));
+    }
+    if spec.ingress {
+        return Err(err("ingress", "the ingress network is made by the cluster itself"));
+    }
+    if !spec.gateway.is_empty() && spec.subnet.is_empty() {
+        return Err(err("gateway", "needs --subnet"));
+    }
+    for (k, v) in &spec.options {
+        match k.as_str() {
+            "mtu" => match v.parse::<u32>() {
+                Ok(m) if (1280..=9000).contains(&m) => {}
+                _ => return Err(err("opt mtu", format!("{v:?} must be a number from 1280 to 9000"))),
+            },
+            other => return Err(err("opt", format!("unknown option {other:?} (known: mtu)"))),
+        }
+    }
+    Ok(())
+}
+
 /// A whole service spec, as received by `CreateService` / `UpdateService`.
 pub fn validate_service_spec(spec: &ServiceSpec) -> Result {
     let ann = spec.annotations.as_ref().ok_or_else(|| err("name", "must be set"))?;

@@ -46,6 +46,9 @@ enum Cmd {
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Manage secrets (their data is never shown again).
     #[command(subcommand)]
     Secret(DataCmd),
@@ -57,6 +60,57 @@ enum Cmd {
     Completion {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// Network commands.
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// Create an overlay network.
+    Create {
+        /// Name (a DNS label).
+        name: String,
+        /// Driver (only overlay).
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR notation; default: the next free one from the cluster's address pools.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address in the subnet; default: its first address.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Let standalone containers attach (kept for compose files; services always can).
+        #[arg(long)]
+        attachable: bool,
+        /// No traffic leaves the network (no egress).
+        #[arg(long)]
+        internal: bool,
+        /// Driver options (KEY=VALUE; known: mtu).
+        #[arg(short, long = "opt")]
+        opts: Vec<String>,
+        /// Labels (KEY=VALUE).
+        #[arg(short, long = "label")]
+        labels: Vec<String>,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: Format,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show networks in detail.
+    Inspect {
+        #[arg(long, default_value = "json")]
+        format: Format,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while a service uses one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -106,6 +160,15 @@ enum ClusterCmd {
         /// Address other nodes reach this one at (default: the daemon's).
         #[arg(long)]
         advertise_addr: Option<String>,
+        /// Address pool overlay subnets are taken from (CIDR; repeat for more; default 10.0.0.0/8).
+        #[arg(long = "default-addr-pool")]
+        default_addr_pool: Vec<String>,
+        /// Prefix length of each subnet taken from the pools (default 24).
+        #[arg(long = "default-addr-pool-mask-length")]
+        default_addr_pool_mask_length: Option<u32>,
+        /// UDP port of VXLAN traffic between hosts (default 4789).
+        #[arg(long = "data-path-port")]
+        data_path_port: Option<u16>,
         #[command(flatten)]
         settings: SettingsFlags,
     },
@@ -493,6 +556,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Cluster(cmd) => cluster(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Node(cmd) => node(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Service(cmd) => service(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Network(cmd) => network(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
         Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
         Cmd::Completion { .. } => Ok(()),
@@ -603,12 +667,24 @@ fn parse_role(s: &str) -> Result<NodeRole, String> {
 
 async fn cluster(c: &mut Client, cmd: ClusterCmd) -> Result<(), Fail> {
     match cmd {
-        ClusterCmd::Init { advertise_addr, settings } => {
+        ClusterCmd::Init {
+            advertise_addr,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
+            settings,
+        } => {
             let s = settings_from(&settings, ClusterSettings::default())?;
+            let network_defaults = NetworkDefaults {
+                default_addr_pool,
+                default_addr_pool_mask_length: default_addr_pool_mask_length.unwrap_or(0),
+                data_path_port: data_path_port.map_or(0, u32::from),
+            };
             let r = c
                 .init_cluster(InitClusterRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     settings: Some(s),
+                    network_defaults: Some(network_defaults),
                 })
                 .await?
                 .into_inner();
@@ -769,6 +845,69 @@ fn data_row(meta: &Option<Meta>, ann: Option<&Annotations>, size: Option<usize>)
         row["size"] = serde_json::json!(n);
     }
     row
+}
+
+/// The ids of the networks named (by name, id or id prefix), as a service's spec holds them.
+async fn network_ids(c: &mut Client, names: &[String]) -> Result<Vec<String>, Fail> {
+    let mut ids = Vec::new();
+    for n in names {
+        let net = c.get_network(GetNetworkRequest { network: n.clone() }).await?.into_inner();
+        ids.push(net.meta.map(|m| m.id).unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+async fn network(c: &mut Client, cmd: NetworkCmd) -> Result<(), Fail> {
+    match cmd {
+        NetworkCmd::Create { name, driver, subnet, gateway, attachable, internal, opts, labels } => {
+            let spec = NetworkSpec {
+                annotations: Some(Annotations { name, labels: specs::labels(&labels)? }),
+                driver,
+                internal,
+                attachable,
+                ingress: false,
+                subnet: subnet.unwrap_or_default(),
+                gateway: gateway.unwrap_or_default(),
+                options: specs::labels(&opts)?,
+            };
+            let n = c.create_network(CreateNetworkRequest { spec: Some(spec) }).await?.into_inner();
+            outln!("{}", n.meta.map(|m| m.id).unwrap_or_default());
+        }
+        NetworkCmd::Ls { format, quiet } => {
+            let mut list = c.list_networks(ListNetworksRequest {}).await?.into_inner().networks;
+            list.sort_by(|a, b| output::network_name(a).cmp(output::network_name(b)));
+            if quiet {
+                for n in &list {
+                    outln!("{}", n.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""));
+                }
+                return Ok(());
+            }
+            match format {
+                Format::Json => print_json(&serde_json::to_value(&list).unwrap_or_default()),
+                Format::Table => print_table(
+                    &["ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "VNI", "SCOPE"],
+                    list.iter().map(output::network_row).collect(),
+                ),
+            }
+        }
+        NetworkCmd::Inspect { format, names } => {
+            let mut out = Vec::new();
+            for n in names {
+                let v = c.get_network(GetNetworkRequest { network: n }).await?.into_inner();
+                out.push(serde_json::to_value(v).unwrap_or_default());
+            }
+            match format {
+                Format::Json | Format::Table => print_json(&serde_json::Value::Array(out)),
+            }
+        }
+        NetworkCmd::Rm { names } => {
+            for n in names {
+                c.remove_network(RemoveNetworkRequest { network: n.clone() }).await?;
+                outln!("{n}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn data(c: &mut Client, cmd: DataCmd, secret: bool) -> Result<(), Fail> {
@@ -1006,7 +1145,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     placement_prefs: a.placement_pref_rm.clone(),
                     mounts: a.mount_rm.clone(),
                     publish: a.publish_rm.clone(),
-                    networks: a.network_rm.clone(),
+                    networks: network_ids(c, &a.network_rm).await?,
                     secrets: a.secret_rm.clone(),
                     configs: a.config_rm.clone(),
                     groups: a.group_rm.clone(),

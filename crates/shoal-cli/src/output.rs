@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use shoal_api::names;
-use shoal_api::v1::{service_spec::Mode, Cluster, NodeRole, NodeView, Service, ServiceView, Task};
+use shoal_api::v1::{service_spec::Mode, Cluster, Network, NodeRole, NodeView, Service, ServiceView, Task};
 
 /// `--format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,4 +155,27 @@ pub fn cluster_pretty(c: &Cluster) {
         let digest = shoal_client::pki::cert_der_from_pem(&ca.cert_pem).ok().map(|d| shoal_client::pki::ca_digest(&d));
         outln!("CA digest:          {}", digest.unwrap_or_default());
     }
+}
+
+/// A network's name.
+pub fn network_name(n: &Network) -> &str {
+    n.spec.as_ref().and_then(|s| s.annotations.as_ref()).map_or("", |a| a.name.as_str())
+}
+
+/// The `network ls` columns of `n`.
+pub fn network_row(n: &Network) -> Vec<String> {
+    let spec = n.spec.clone().unwrap_or_default();
+    let mut name = network_name(n).to_string();
+    if spec.internal {
+        name.push_str(" (internal)");
+    }
+    vec![
+        n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+        name,
+        spec.driver,
+        n.subnet.clone(),
+        n.gateway.clone(),
+        n.vni.to_string(),
+        "swarm".to_string(),
+    ]
 }

@@ -551,7 +551,7 @@ pub fn add_lists(spec: &mut ServiceSpec, l: &Lists) -> Res<()> {
         }
     }
     for n in &l.networks {
-        tt.networks.push(NetworkAttachmentConfig { target: n.clone(), aliases: Vec::new() });
+        tt.networks.push(parse_network(n)?);
     }
     if !l.publish.is_empty() {
         let e = spec.endpoint_spec.get_or_insert_with(EndpointSpec::default);
@@ -560,6 +560,25 @@ pub fn add_lists(spec: &mut ServiceSpec, l: &Lists) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `--network NAME` or `--network name=NAME,alias=A[,alias=B]`.
+pub fn parse_network(s: &str) -> Res<NetworkAttachmentConfig> {
+    if !s.contains('=') {
+        return Ok(NetworkAttachmentConfig { target: s.to_string(), aliases: Vec::new() });
+    }
+    let mut n = NetworkAttachmentConfig::default();
+    for (k, v) in csv_fields(s)? {
+        match k.as_str() {
+            "name" | "target" => n.target = v,
+            "alias" => n.aliases.push(v),
+            other => return Err(format!("--network {s:?}: unknown field {other:?} (known: name, alias)")),
+        }
+    }
+    if n.target.is_empty() {
+        return Err(format!("--network {s:?}: name=NETWORK is missing"));
+    }
+    Ok(n)
 }
 
 /// Removes list values (update's `--*-rm` flags): env and labels by key, constraints by
@@ -619,6 +638,16 @@ fn bytes_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_in_both_forms() {
+        let n = parse_network("front").expect("plain");
+        assert_eq!((n.target.as_str(), n.aliases.len()), ("front", 0));
+        let n = parse_network("name=front,alias=web,alias=www").expect("long");
+        assert_eq!((n.target.as_str(), n.aliases.clone()), ("front", vec!["web".to_string(), "www".to_string()]));
+        assert!(parse_network("alias=web").expect_err("no name").contains("name=NETWORK is missing"));
+        assert!(parse_network("name=front,mtu=9").expect_err("unknown field").contains("unknown field \"mtu\""));
+    }
 
     #[test]
     fn mounts_ports_secrets_parse() {

@@ -73,7 +73,47 @@ fn resolve_refs(store: &shoal_store::Store, spec: &mut ServiceSpec) -> Result<()
         r.config_name =
             found.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
     }
+    let Some(t) = spec.task_template.as_mut() else { return Ok(()) };
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &mut t.networks {
+        let q = n.target.clone();
+        let found = store.lookup_network(&q).map_err(|_| {
+            ApiError::Rejected(format!(
+                "network {q:?} not found: create it first with `shoal network create {q}` (see `shoal network ls`)"
+            ))
+        })?;
+        if found.spec.as_ref().is_some_and(|s| s.ingress) {
+            return Err(ApiError::Rejected(format!(
+                "network {q:?} is the ingress network: services reach it by publishing ports, not with --network"
+            )));
+        }
+        n.target = id_of(&found.meta);
+        if !seen.insert(n.target.clone()) {
+            return Err(ApiError::Rejected(format!("network {q:?} is named twice")));
+        }
+    }
     Ok(())
+}
+
+/// Names of the services attached to the network `id`, and whether tasks that have not ended
+/// (still stopping) hold an address on it.
+fn network_users(store: &shoal_store::Store, id: &str) -> (Vec<String>, usize) {
+    let services = store
+        .services()
+        .filter(|svc| {
+            svc.spec
+                .as_ref()
+                .and_then(|s| s.task_template.as_ref())
+                .is_some_and(|t| t.networks.iter().any(|n| n.target == id))
+        })
+        .map(|svc| svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default())
+        .collect();
+    let tasks = store
+        .tasks()
+        .filter(|t| t.networks.iter().any(|a| a.network_id == id))
+        .filter(|t| !shoal_scheduler::task::is_terminal(t))
+        .count();
+    (services, tasks)
 }
 
 /// Names of the services whose spec refers to the secret (`secret`) or config with `id`.
@@ -406,6 +446,72 @@ impl Control for ControlService {
             crate::pki::issue(&rt, &req.csr_pem, &format!("admin-{name}"), shoal_pki::Role::Admin)?;
         tracing::info!(%name, "issued an admin certificate");
         Ok(Response::new(RenewCertificateResponse { cert_pem, ca_pem }))
+    }
+
+    async fn create_network(&self, req: Request<CreateNetworkRequest>) -> R<Network> {
+        let mut spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("network spec must be set"))?;
+        validate::validate_network_spec(&spec).map_err(ApiError::from)?;
+        if spec.driver.is_empty() {
+            spec.driver = "overlay".into();
+        }
+        let name = spec.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+        // Two creates at once may pick the same subnet or VNI; the store refuses the second,
+        // which then picks again from what the first took.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let rt = self.node.managers.require_manager()?;
+            let alloc = rt.store.read(|s| {
+                if s.network_by_name(&name).is_some() {
+                    return Err(ApiError::Rejected(format!("network {name:?} already exists")));
+                }
+                let defaults = s.cluster().and_then(|c| c.network_defaults.clone()).unwrap_or_default();
+                let pools = shoal_ipam::pools(&defaults).map_err(|e| ApiError::Rejected(e.to_string()))?;
+                shoal_ipam::allocate_network(s, &spec, &pools).map_err(|e| ApiError::Rejected(e.to_string()))
+            })?;
+            let network = Network {
+                meta: Some(Meta { id: new_id(), ..Default::default() }),
+                spec: Some(spec.clone()),
+                subnet: alloc.subnet,
+                gateway: alloc.gateway,
+                vni: alloc.vni,
+            };
+            match self.node.writer.propose(vec![create_op(network.into())]).await {
+                Ok(r) => {
+                    let object::Kind::Network(n) = first_object(&r)? else {
+                        return Err(ApiError::Internal("unexpected object".into()).into());
+                    };
+                    return Ok(Response::new(n));
+                }
+                Err(ApiError::Apply { refusal: shoal_api::v1::Refusal::Exists, .. }) if attempts < 3 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn list_networks(&self, _req: Request<ListNetworksRequest>) -> R<ListNetworksResponse> {
+        let rt = self.node.managers.require_manager()?;
+        let networks = rt.store.read(|s| s.networks().cloned().collect());
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+
+    async fn get_network(&self, req: Request<GetNetworkRequest>) -> R<Network> {
+        let rt = self.node.managers.require_manager()?;
+        let q = req.into_inner().network;
+        let n = rt.store.read(|s| s.lookup_network(&q).cloned()).map_err(ApiError::from)?;
+        Ok(Response::new(n))
+    }
+
+    async fn remove_network(&self, req: Request<RemoveNetworkRequest>) -> R<RemoveNetworkResponse> {
+        let rt = self.node.managers.require_manager()?;
+        let q = req.into_inner().network;
+        let (n, (services, tasks)) = rt
+            .store
+            .read(|st| st.lookup_network(&q).map(|n| (n.clone(), network_users(st, &id_of(&n.meta)))))
+            .map_err(ApiError::from)?;
+        crate::policy::network_removal(&q, &services, tasks).map_err(ApiError::from)?;
+        self.node.writer.propose(vec![delete_op(ObjectKind::Network, &id_of(&n.meta), 0)]).await?;
+        Ok(Response::new(RemoveNetworkResponse {}))
     }
 
     async fn create_secret(&self, req: Request<CreateSecretRequest>) -> R<Secret> {

@@ -84,7 +84,10 @@ fn assigned(t: &Task) -> bool {
     let observed = t.status.as_ref().map_or(0, |s| s.state);
     let done = observed >= shoal_api::v1::TaskState::Complete as i32;
     let wanted = t.desired_state <= shoal_api::v1::TaskState::Running as i32;
-    !done || wanted
+    // A task is started only with its addresses (a global task is created on its node before
+    // the allocator gives them).
+    let unstarted = observed <= shoal_api::v1::TaskState::Assigned as i32;
+    (!done || wanted) && (!unstarted || t.networks_attached())
 }
 
 /// The node's current assignments by id.

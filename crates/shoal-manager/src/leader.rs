@@ -231,7 +231,7 @@ fn merge(scope: &mut shoal_orchestrator::Scope, rt: &RaftRuntime, change: &shoal
     }
 }
 
-/// One orchestrator pass over `scope`, then one scheduler pass.
+/// One orchestrator pass over `scope`, then the allocator's, then one scheduler pass.
 async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Scope) {
     let now = now_ms();
     let t0 = std::time::Instant::now();
@@ -249,6 +249,13 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
             total_ms = t0.elapsed().as_millis() as u64,
             "orchestrator pass"
         );
+    }
+    // Addresses before placement: a task is placed only once it has one on each network.
+    let addresses = rt.store.read(shoal_ipam::plan_addresses);
+    if !addresses.ops.is_empty() {
+        let n = addresses.ops.len();
+        propose_units(node, addresses.ops.into_iter().map(|op| vec![op]).collect(), "allocator").await;
+        tracing::debug!(updates = n, "allocator pass");
     }
     // Nothing to place is cheap to see: unassigned tasks have an index of their own.
     if rt.store.read(|s| !s.unassigned_tasks().any(shoal_scheduler::task::is_schedulable)) {

@@ -29,11 +29,13 @@ pub struct RaftRuntime {
     _thread: RaftThread,
 }
 
-/// Raft's own runtime, on a thread of its own: openraft's core, replication and log flushing
+/// Raft's own runtime, on threads of its own: openraft's core, replication and log flushing
 /// are not queued behind thousands of heartbeats and status reports on the node's runtime, so
 /// an AppendEntries (which openraft gives one heartbeat interval) still goes out and comes back
-/// in time on a busy manager, and no election is lost to a crowded scheduler. Shut down (without
-/// blocking) when the last handle on the Raft instance goes.
+/// in time on a busy manager, and no election is lost to a crowded scheduler. Two threads: while
+/// the state machine applies a large batch or encodes a snapshot (off the core, see
+/// `shoal_raft`), the core still answers. Shut down (without blocking) when the last handle on
+/// the Raft instance goes.
 struct RaftThread(Option<tokio::runtime::Runtime>);
 
 impl Drop for RaftThread {
@@ -196,7 +198,7 @@ impl Managers {
                 .map_err(|e| ApiError::internal("force-new-cluster failed", e))?;
         }
         let thread = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("raft")
             .enable_all()
             .build()

@@ -35,6 +35,14 @@ pub enum PolicyError {
         /// The services, comma separated.
         users: String,
     },
+    /// Services are attached to the network, or tasks still stopping hold addresses on it.
+    #[error("network {name:?} is in use by {users}: remove it from them first (`shoal service update --network-rm {name} SERVICE`)")]
+    NetworkInUse {
+        /// Its name.
+        name: String,
+        /// What uses it.
+        users: String,
+    },
     /// Secret or config without data.
     #[error("{kind} {name:?} is empty: give it some data")]
     EmptyData {
@@ -97,6 +105,19 @@ pub fn data_removal(kind: &'static str, name: &str, users: &[String]) -> Result<
     } else {
         Err(PolicyError::InUse { kind, name: name.to_owned(), users: users.join(", ") })
     }
+}
+
+/// Whether a network may be removed: no service is attached to it and no task that has not
+/// ended holds an address on it.
+pub fn network_removal(name: &str, services: &[String], live_tasks: usize) -> Result<(), PolicyError> {
+    let users = if !services.is_empty() {
+        format!("service(s) {}", services.join(", "))
+    } else if live_tasks > 0 {
+        format!("{live_tasks} task(s) that are still stopping")
+    } else {
+        return Ok(());
+    };
+    Err(PolicyError::NetworkInUse { name: name.to_owned(), users })
 }
 
 /// Whether `data` may be a secret's or config's content.
@@ -178,5 +199,18 @@ mod tests {
         let big = vec![0u8; MAX_DATA_BYTES + 1];
         assert!(data_size("secret", "s", &big).expect_err("big").to_string().contains("the limit is 512000 bytes"));
         assert_eq!(data_size("secret", "s", &big[1..]), Ok(()));
+    }
+
+    #[test]
+    fn a_network_in_use_is_kept_and_the_error_names_the_users() {
+        assert_eq!(network_removal("net", &[], 0), Ok(()));
+        assert_eq!(
+            network_removal("net", &["web".into(), "api".into()], 3).map_err(|e| e.to_string()),
+            Err("network \"net\" is in use by service(s) web, api: remove it from them first (`shoal service update --network-rm net SERVICE`)".into())
+        );
+        assert!(network_removal("net", &[], 2)
+            .expect_err("in use")
+            .to_string()
+            .contains("2 task(s) that are still stopping"));
     }
 }

@@ -39,6 +39,8 @@ pub(crate) async fn reset_to_standalone(node: &Node) -> Result<(), ApiError> {
 pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClusterResponse, ApiError> {
     let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
     validate::validate_settings(&settings)?;
+    let network_defaults = req.network_defaults.unwrap_or_default();
+    shoal_ipam::pools(&network_defaults).map_err(|e| ApiError::Rejected(e.to_string()))?;
     let _g = node.transition.lock().await;
     let local = node.identity.local();
     if local.role != Role::Uninitialized {
@@ -67,6 +69,7 @@ pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClu
         join_secrets: Some(JoinSecrets { worker: new_secret(), manager: new_secret() }),
         root_ca: None,
         removed_node_ids: Vec::new(),
+        network_defaults: Some(network_defaults),
     };
     crate::pki::bootstrap(node, &mut cluster, &local.node_id)?;
     let me = v1::Node {

@@ -232,6 +232,7 @@ impl Ctx<'_> {
                 ..TaskStatus::default()
             }),
             annotations: Some(Annotations { name: format!("{name}.{suffix}"), ..Annotations::default() }),
+            networks: Vec::new(),
         }
     }
 }

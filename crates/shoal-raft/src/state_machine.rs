@@ -147,7 +147,7 @@ impl StateMachineStore {
 
     /// Writes the current state as the snapshot with `meta` (used by offline recovery).
     pub(crate) async fn persist_as(&mut self, meta: Meta) -> Result<(), StorageError> {
-        let image = self.handle.read(Store::encode_snapshot);
+        let image = off_the_core(|| self.handle.read(Store::encode_snapshot));
         let data = snapshot::encode(&meta, &image)?;
         self.snapshots.persist(&meta, data, true).await?;
         self.last_applied = meta.last_log_id;
@@ -175,13 +175,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut events = Vec::new();
         let mut last = self.last_applied;
-        {
-            let mut store = self.handle.write_guard();
+        let (handle, membership) = (&self.handle, &mut self.membership);
+        off_the_core(|| {
+            let mut store = handle.write_guard();
             for entry in entries {
                 last = Some(entry.log_id);
-                responses.push(Self::apply_one(&mut store, &mut self.membership, entry, &mut events));
+                responses.push(Self::apply_one(&mut store, membership, entry, &mut events));
             }
-        }
+        });
         if last != self.last_applied {
             self.last_applied = last;
             if !events.is_empty() {
@@ -196,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Encode now, under the read lock, so the image is exactly the state at `last_applied`
         // even though openraft builds the snapshot concurrently with later applies.
-        let image = self.handle.read(Store::encode_snapshot);
+        let image = off_the_core(|| self.handle.read(Store::encode_snapshot));
         SnapshotBuilder {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -329,5 +330,19 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(f).await {
         Ok(res) => res,
         Err(join) => Err(StorageError::Task(join)),
+    }
+}
+
+/// Runs `f`, which holds the thread for a while (a large apply batch, a snapshot of a big
+/// store), so that openraft's core keeps answering AppendEntries and votes meanwhile: on a
+/// multi-threaded runtime (Raft's own) the other tasks of this worker move to another one first.
+/// Elsewhere (a test's single-threaded runtime) it simply runs.
+fn off_the_core<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }

@@ -34,6 +34,7 @@ pub fn is_schedulable(task: &Task) -> bool {
     observed(task) == TaskState::Pending as i32
         && task.desired_state == TaskState::Running as i32
         && task.node_id.is_empty()
+        && task.networks_attached()
 }
 
 /// When the task's status last changed (0 without a status).

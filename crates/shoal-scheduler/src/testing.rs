@@ -139,6 +139,7 @@ pub fn node(id: &str) -> Node {
             resources: Some(Resources { nano_cpus: 4 * CPU, memory_bytes: 4 * GIB, pids: 0 }),
             version: String::new(),
             runtime_unavailable: String::new(),
+            host_networks: Vec::new(),
         }),
         status: Some(NodeStatus { state: NodeState::Ready as i32, ..NodeStatus::default() }),
         role: NodeRole::Worker as i32,
@@ -336,6 +337,7 @@ pub fn task(id: &str, service: &Service, slot: u64) -> Task {
         desired_state: TaskState::Running as i32,
         status: Some(TaskStatus { state: TaskState::Pending as i32, ..TaskStatus::default() }),
         annotations: Some(Annotations { name: format!("{name}.{slot}"), labels: BTreeMap::new() }),
+        networks: Vec::new(),
     }
 }
 

@@ -146,10 +146,33 @@ impl Store {
             object::Kind::Node(n) => write_in(&mut self.nodes, n.clone(), mode, stamp),
             object::Kind::Service(s) => write_in(&mut self.services, s.clone(), mode, stamp),
             object::Kind::Task(t) => write_in(&mut self.tasks, t.clone(), mode, stamp),
-            object::Kind::Network(n) => write_in(&mut self.networks, n.clone(), mode, stamp),
+            object::Kind::Network(n) => {
+                self.check_network_space(n)?;
+                write_in(&mut self.networks, n.clone(), mode, stamp)
+            }
             object::Kind::Secret(s) => write_in(&mut self.secrets, s.clone(), mode, stamp),
             object::Kind::Config(c) => write_in(&mut self.configs, c.clone(), mode, stamp),
         }
+    }
+
+    /// No two networks share a VXLAN id or an address: a network whose VNI or subnet another
+    /// one has is refused (two creates that picked the same free space at once: the second
+    /// picks again).
+    fn check_network_space(&self, n: &shoal_api::v1::Network) -> Result<(), Refusal> {
+        let id = Record::id(n);
+        let range = ipv4_range(&n.subnet);
+        for other in self.networks.items.values().filter(|o| Record::id(*o) != id) {
+            let name = other.spec.as_ref().and_then(|s| s.annotations.as_ref()).map_or("", |a| a.name.as_str());
+            if n.vni != 0 && other.vni == n.vni {
+                return Err(exists(format!("network {name:?} already has VXLAN id {}", n.vni)));
+            }
+            if let (Some((a0, a1)), Some((b0, b1))) = (range, ipv4_range(&other.subnet)) {
+                if a0 <= b1 && b0 <= a1 {
+                    return Err(exists(format!("subnet {} overlaps network {name:?} ({})", n.subnet, other.subnet)));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn delete(&mut self, r: &ObjectRef) -> Result<Done, Refusal> {
@@ -286,6 +309,15 @@ fn delete_in<T: Record>(table: &mut Table<T>, r: &ObjectRef) -> Result<Done, Ref
         deleted: true,
         undo: Undo { id: r.id.clone(), prev: T::into_prev(Some(prev)) },
     })
+}
+
+/// The first and last address of an IPv4 network in CIDR notation (`None`: not one).
+fn ipv4_range(cidr: &str) -> Option<(u32, u32)> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr = u32::from(addr.parse::<std::net::Ipv4Addr>().ok()?);
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    let host = if len == 0 { u32::MAX } else { (1u32 << (32 - len)).wrapping_sub(1) };
+    Some((addr & !host, addr | host))
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ impl InProcessNode {
 
     /// Makes this node the first manager of a new cluster.
     pub async fn init(&self, settings: Option<shoal_api::v1::ClusterSettings>) -> Result<()> {
-        let req = shoal_api::v1::InitClusterRequest { advertise_addr: String::new(), settings };
+        let req = shoal_api::v1::InitClusterRequest { advertise_addr: String::new(), settings, network_defaults: None };
         control(&self.host()).await?.init_cluster(req).await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 
-const PURE: &[&str] = &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator"];
+const PURE: &[&str] = &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator", "shoal-ipam"];
 const FORBIDDEN_IN_PURE: &[&str] =
     &["tokio", "tonic", "sled", "openraft", "nix", "rand", "hyper", "tower", "containerd-client", "rustls", "mio"];
 
@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-api", 0),
     ("shoal-store", 1),
     ("shoal-scheduler", 2),
+    ("shoal-ipam", 2),
     ("shoal-orchestrator", 3),
     ("shoal-pki", 4),
     ("shoal-raft", 4),

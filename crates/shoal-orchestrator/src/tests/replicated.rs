@@ -49,6 +49,7 @@ fn a_created_task_carries_template_version_name_and_status() {
             ..TaskStatus::default()
         }),
         annotations: Some(Annotations { name: "web.1".into(), ..Annotations::default() }),
+        networks: Vec::new(),
     };
     assert!(web.meta.as_ref().is_some_and(|m| m.version > 0));
     assert_eq!(ops, [Op { kind: Some(shoal_api::v1::op::Kind::Create(Object::from(want))) }]);

@@ -294,3 +294,40 @@ fn deleting_a_service_keeps_its_tasks() {
     apply_ok(&mut store, 12, vec![create(service("s2", "web", 0))]);
     assert_eq!(store.service_by_name("web").map(Record::id), Some("s2"));
 }
+
+#[test]
+fn networks_never_share_a_vni_or_an_address() {
+    let net = |id: &str, name: &str, subnet: &str, vni: u32| {
+        let mut o = network(id, name, 0);
+        if let Some(object::Kind::Network(n)) = o.kind.as_mut() {
+            n.subnet = subnet.into();
+            n.vni = vni;
+        }
+        o
+    };
+    let mut store = crate::Store::new();
+    apply_ok(&mut store, 1, vec![create(net("a", "a", "10.0.0.0/24", 4096))]);
+    for (what, o, wanted) in [
+        ("same subnet", net("b", "b", "10.0.0.0/24", 4097), Some("overlaps network \"a\"")),
+        ("subnet inside", net("b", "b", "10.0.0.128/25", 4097), Some("overlaps network \"a\"")),
+        ("subnet around", net("b", "b", "10.0.0.0/16", 4097), Some("overlaps network \"a\"")),
+        ("same vni", net("b", "b", "10.0.1.0/24", 4096), Some("already has VXLAN id 4096")),
+        ("neither", net("b", "b", "10.0.1.0/24", 4097), None),
+    ] {
+        let (r, _) = store.clone().apply(2, &cmd(1, vec![create(o)]));
+        match wanted {
+            Some(msg) => {
+                assert_eq!(r.refusal(), shoal_api::v1::Refusal::Exists, "{what}: {}", r.error);
+                assert!(r.error.contains(msg), "{what}: {}", r.error);
+            }
+            None => assert!(r.error.is_empty(), "{what}: {}", r.error),
+        }
+    }
+    // A network updated in place does not collide with itself.
+    let mut again = net("a", "a", "10.0.0.0/24", 4096);
+    if let Some(object::Kind::Network(n)) = again.kind.as_mut() {
+        n.meta.as_mut().expect("meta").version = 1;
+    }
+    let (r, _) = store.apply(2, &cmd(1, vec![update(again)]));
+    assert!(r.error.is_empty(), "{}", r.error);
+}

@@ -70,6 +70,7 @@ fn description(i: usize) -> NodeDescription {
         resources: Some(Resources { nano_cpus: 16_000_000_000, memory_bytes: 64 << 30, pids: 0 }),
         version: env!("CARGO_PKG_VERSION").into(),
         runtime_unavailable: String::new(),
+        host_networks: Vec::new(),
     }
 }
 
