@@ -436,3 +436,67 @@ async fn a_refused_write_never_applies_and_an_unknown_one_says_so() -> Result<()
     assert_ne!(now, 7, "the refused write took effect");
     Ok(())
 }
+
+/// Networks through the CLI against a real daemon: subnets come from the pool given at init,
+/// a `--subnet` over another network is refused naming it, an unknown network is refused at
+/// service create, a service gets a VIP and its tasks addresses until the subnet runs out, which
+/// `service ps` shows; a network in use cannot be removed, and once its service is gone it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_allocate_refuse_and_free() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let addr = format!("{}:2601", shoal_testkit::own_loopback_ip());
+    let d = DaemonProcess::spawn(root.path(), "m1", &addr, &[]).await?;
+    let h = d.host();
+    let o = shoal(&h, &["cluster", "init", "--default-addr-pool", "10.0.0.0/30"]).await?;
+    assert!(!o.ok && o.stderr.contains("smaller than one /24 subnet"), "{}", o.stderr);
+    shoal_ok(&h, &["cluster", "init", "--default-addr-pool", "10.200.0.0/16", "--default-addr-pool-mask-length", "29"])
+        .await?;
+
+    shoal_ok(&h, &["network", "create", "front"]).await?;
+    let nets = shoal_ok(&h, &["network", "ls", "--format", "json"]).await?.json()?;
+    let front = &nets[0];
+    assert_eq!((front["subnet"].as_str(), front["gateway"].as_str()), (Some("10.200.0.0/29"), Some("10.200.0.1")));
+    assert_eq!(front["vni"], 4096);
+
+    let o = shoal(&h, &["network", "create", "--subnet", "10.200.0.0/24", "back"]).await?;
+    assert!(!o.ok);
+    assert_eq!(
+        o.stderr.trim(),
+        "Error: subnet 10.200.0.0/24 overlaps network \"front\"; choose another --subnet",
+        "{}",
+        o.stderr
+    );
+    shoal_ok(&h, &["network", "create", "back"]).await?;
+    let back = shoal_ok(&h, &["network", "inspect", "back"]).await?.json()?;
+    assert_eq!((back[0]["subnet"].as_str(), back[0]["vni"].as_u64()), (Some("10.200.0.8/29"), Some(4097)));
+    let o = shoal(&h, &["network", "create", "back"]).await?;
+    assert!(!o.ok && o.stderr.contains("network \"back\" already exists"), "{}", o.stderr);
+
+    let o = shoal(&h, &["service", "create", "--detach", "--name", "bad", "--network", "nosuch", "img"]).await?;
+    assert!(!o.ok && o.stderr.contains("network \"nosuch\" not found"), "{}", o.stderr);
+
+    // 6 addresses: the gateway, the VIP, then 4 of the 6 tasks.
+    shoal_ok(&h, &["service", "create", "--detach", "--name", "web", "--replicas", "6", "--network", "front", "img"])
+        .await?;
+    let short = "no free address on network \"front\" (10.200.0.0/29)";
+    let ps = wait_until(Duration::from_secs(20), "4 tasks with addresses and 2 told why not", || async {
+        let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
+        let rows = v.as_array()?.clone();
+        (rows.len() == 6 && rows.iter().filter(|r| r["error"] == short).count() == 2).then_some(rows)
+    })
+    .await?;
+    assert_eq!(ps.len(), 6);
+    let svc = shoal_ok(&h, &["service", "inspect", "web"]).await?.json()?;
+    assert_eq!(svc[0]["virtual_ips"][0]["address"], "10.200.0.2/29", "{svc}");
+
+    let o = shoal(&h, &["network", "rm", "front"]).await?;
+    assert!(!o.ok && o.stderr.contains("in use by service(s) web"), "{}", o.stderr);
+    shoal_ok(&h, &["service", "rm", "web"]).await?;
+    wait_until(Duration::from_secs(20), "front removable once web is gone", || async {
+        shoal(&h, &["network", "rm", "front"]).await.ok()?.ok.then_some(())
+    })
+    .await?;
+    let ids = shoal_ok(&h, &["network", "ls", "-q"]).await?.stdout;
+    assert_eq!(ids.lines().count(), 1, "{ids}");
+    Ok(())
+}
