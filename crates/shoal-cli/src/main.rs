@@ -93,20 +93,9 @@ enum NetworkCmd {
         labels: Vec<String>,
     },
     /// List networks.
-    Ls {
-        #[arg(long, default_value = "table")]
-        format: Format,
-        /// Only ids.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ls(ListArgs),
     /// Show networks in detail.
-    Inspect {
-        #[arg(long, default_value = "json")]
-        format: Format,
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Inspect(InspectArgs),
     /// Remove networks (refused while a service uses one).
     Rm {
         #[arg(required = true)]
@@ -144,6 +133,28 @@ enum DataCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+/// What every `ls` takes.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    format: Format,
+    /// Only ids.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// What every `inspect` takes.
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// Output format: json (or table where there is one).
+    #[arg(long, default_value = "json")]
+    format: Format,
+    /// Names, ids or unique id prefixes.
+    #[arg(required = true)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -247,20 +258,9 @@ struct SettingsFlags {
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// List nodes.
-    Ls {
-        #[arg(long, default_value = "table")]
-        format: Format,
-        /// Only ids.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ls(ListArgs),
     /// Show nodes in detail ("self" names the local node).
-    Inspect {
-        #[arg(long, default_value = "json")]
-        format: Format,
-        #[arg(required = true)]
-        nodes: Vec<String>,
-    },
+    Inspect(InspectArgs),
     /// Change a node's availability, labels or role.
     Update {
         /// active, pause or drain.
@@ -873,7 +873,7 @@ async fn network(c: &mut Client, cmd: NetworkCmd) -> Result<(), Fail> {
             let n = c.create_network(CreateNetworkRequest { spec: Some(spec) }).await?.into_inner();
             outln!("{}", n.meta.map(|m| m.id).unwrap_or_default());
         }
-        NetworkCmd::Ls { format, quiet } => {
+        NetworkCmd::Ls(ListArgs { format, quiet }) => {
             let mut list = c.list_networks(ListNetworksRequest {}).await?.into_inner().networks;
             list.sort_by(|a, b| output::network_name(a).cmp(output::network_name(b)));
             if quiet {
@@ -890,7 +890,7 @@ async fn network(c: &mut Client, cmd: NetworkCmd) -> Result<(), Fail> {
                 ),
             }
         }
-        NetworkCmd::Inspect { format, names } => {
+        NetworkCmd::Inspect(InspectArgs { format, names }) => {
             let mut out = Vec::new();
             for n in names {
                 let v = c.get_network(GetNetworkRequest { network: n }).await?.into_inner();
@@ -985,7 +985,7 @@ async fn data(c: &mut Client, cmd: DataCmd, secret: bool) -> Result<(), Fail> {
 
 async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
     match cmd {
-        NodeCmd::Ls { format, quiet } => {
+        NodeCmd::Ls(ListArgs { format, quiet }) => {
             let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
             if quiet {
                 for v in &nodes {
@@ -1021,7 +1021,7 @@ async fn node(c: &mut Client, cmd: NodeCmd) -> Result<(), Fail> {
                 ),
             }
         }
-        NodeCmd::Inspect { format, nodes } => {
+        NodeCmd::Inspect(InspectArgs { format, names: nodes }) => {
             let mut out = Vec::new();
             for q in nodes {
                 let v = c.get_node(GetNodeRequest { node: q }).await?.into_inner();
