@@ -31,9 +31,31 @@ where
     Ok(args.next().with_context(|| format!("{name} needs a value"))?.parse()?)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
+/// Runs the benchmark the arguments name; a bad argument or a failed run ends in one line on
+/// standard error and exit status 1 (2 for usage), never a backtrace.
+fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal-bench: cannot start a runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match rt.block_on(run(args.into_iter())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal-bench: {e:#}");
+            std::process::ExitCode::from(if e.to_string().contains(USAGE) { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(mut args: impl Iterator<Item = String>) -> Result<()> {
     let Some(which) = args.next() else { bail!("{USAGE}") };
     match which.as_str() {
         "raft" => {
