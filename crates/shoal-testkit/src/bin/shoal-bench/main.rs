@@ -18,6 +18,7 @@ mod scale;
 mod schedule;
 
 use anyhow::{bail, Context, Result};
+use shoal_api::v1::{service_spec, Annotations, ContainerSpec, ReplicatedService, ServiceSpec, TaskSpec};
 
 const USAGE: &str =
     "usage: shoal-bench raft [--runs N] [--seconds S] [--stability-minutes M] | schedule [--nodes N] [--tasks T] | \
@@ -102,5 +103,18 @@ async fn run(mut args: impl Iterator<Item = String>) -> Result<()> {
             scale::run(o).await
         }
         other => bail!("unknown benchmark {other:?}; {USAGE}"),
+    }
+}
+
+/// The spec of the benchmarks' services: `replicas` tasks of the bench image named `name`.
+pub(crate) fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        annotations: Some(Annotations { name: name.into(), ..Default::default() }),
+        task_template: Some(TaskSpec {
+            container: Some(ContainerSpec { image: "bench:1".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        mode: Some(service_spec::Mode::Replicated(ReplicatedService { replicas })),
+        ..Default::default()
     }
 }

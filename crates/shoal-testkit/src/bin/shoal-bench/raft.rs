@@ -10,6 +10,8 @@ use anyhow::{bail, Result};
 use shoal_api::v1::*;
 use shoal_testkit::{control, wait_until, DaemonProcess};
 
+use crate::spec;
+
 /// Settings of the raft benchmark.
 pub struct Opts {
     /// Leader kills.
@@ -28,18 +30,6 @@ async fn term(nodes: &[DaemonProcess]) -> Result<u64> {
         best = best.max(info.raft.map_or(0, |r| r.term));
     }
     Ok(best)
-}
-
-fn spec(name: &str, replicas: u64) -> ServiceSpec {
-    ServiceSpec {
-        annotations: Some(Annotations { name: name.into(), ..Default::default() }),
-        task_template: Some(TaskSpec {
-            container: Some(ContainerSpec { image: "bench:1".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        mode: Some(service_spec::Mode::Replicated(ReplicatedService { replicas })),
-        ..Default::default()
-    }
 }
 
 async fn cluster(root: &std::path::Path) -> Result<Vec<DaemonProcess>> {

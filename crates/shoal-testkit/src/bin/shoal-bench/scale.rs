@@ -24,6 +24,8 @@ use shoal_api::v1::dispatcher_client::DispatcherClient;
 use shoal_api::v1::membership_client::MembershipClient;
 use shoal_api::v1::*;
 use shoal_testkit::{control, wait_until, DaemonProcess};
+
+use crate::spec;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -288,18 +290,6 @@ fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn spec(name: &str, replicas: u64) -> ServiceSpec {
-    ServiceSpec {
-        annotations: Some(Annotations { name: name.into(), ..Default::default() }),
-        task_template: Some(TaskSpec {
-            container: Some(ContainerSpec { image: "bench:1".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        mode: Some(service_spec::Mode::Replicated(ReplicatedService { replicas })),
-        ..Default::default()
-    }
 }
 
 /// The running tasks and the desired ones, as the manager `c` talks to sees them.
