@@ -253,6 +253,10 @@ fn update(kind: object::Kind) -> Op {
 /// addresses of tasks that have not ended), so nothing is handed out twice or kept by what is
 /// gone.
 pub fn plan_addresses(store: &Store) -> AddressPlan {
+    // Without a network there is nothing to give (and this runs after every apply).
+    if store.networks().next().is_none() {
+        return AddressPlan::default();
+    }
     let needs_work = candidates(store).next().is_some()
         || store.services().any(|s| {
             let targets = network_targets(s);

@@ -149,8 +149,8 @@ pub fn host_networks(route_table: &str) -> Vec<String> {
             let f: Vec<&str> = line.split_whitespace().collect();
             let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
             let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            // The kernel prints both in network byte order, read here as a little-endian word.
-            let (dest, mask) = (u32::from_be(dest.to_be().swap_bytes()), u32::from_be(mask.to_be().swap_bytes()));
+            // The kernel prints the bytes of each (network order) as a host-order word.
+            let (dest, mask) = (u32::from_be(dest), u32::from_be(mask));
             let len = mask.count_ones();
             (len > 0 && mask.leading_ones() == len).then(|| format!("{}/{len}", std::net::Ipv4Addr::from(dest & mask)))
         })
