@@ -1,0 +1,481 @@
+//! The executor over the kernel: rtnetlink for links, addresses, routes, forwarding and
+//! neighbour entries; `nft` (one atomic transaction) for the egress masquerade.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+
+use crate::{
+    mac_of, netns, peer_name, veth_name, vxlan_name, Executor, Fdb, Interface, Link, LinkKind, Neigh, Net, NetError,
+    Observed, Step, GATEWAY_BRIDGE,
+};
+
+/// nftables table holding shoal's egress rules.
+pub const NFT_TABLE: &str = "shoal";
+
+/// The host's kernel, through one netlink connection (and one per task namespace while a task
+/// is being plugged in).
+pub struct Netlink {
+    handle: Handle,
+    conn: tokio::task::JoinHandle<()>,
+    namespaces: PathBuf,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink").field("namespaces", &self.namespaces).finish()
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+fn nl(step: &Step, e: impl std::fmt::Display) -> NetError {
+    NetError::Step { step: describe(step), reason: e.to_string() }
+}
+
+/// A step in words, for errors and logs.
+pub fn describe(step: &Step) -> String {
+    match step {
+        Step::CreateBridge { name, .. } => format!("creating bridge {name}"),
+        Step::CreateVxlan { vni, .. } => format!("creating VXLAN device {}", vxlan_name(*vni)),
+        Step::SetMtu { name, mtu } => format!("setting the MTU of {name} to {mtu}"),
+        Step::DeleteLink { name } => format!("deleting link {name}"),
+        Step::AddFdb(f) => {
+            format!("adding forwarding entry {} -> {} on VNI {}", crate::mac_string(&f.mac), f.dst, f.vni)
+        }
+        Step::DeleteFdb(f) => format!("deleting forwarding entry {} on VNI {}", crate::mac_string(&f.mac), f.vni),
+        Step::AddNeigh(n) => format!("adding neighbour {} on VNI {}", n.ip, n.vni),
+        Step::DeleteNeigh(n) => format!("deleting neighbour {} on VNI {}", n.ip, n.vni),
+        Step::Masquerade { subnet } => format!("installing the egress masquerade for {subnet}"),
+        Step::RemoveMasquerade => "removing the egress masquerade".into(),
+        Step::CreateNamespace { task_id } => format!("creating the network namespace of task {task_id}"),
+        Step::DeleteNamespace { task_id } => format!("deleting the network namespace of task {task_id}"),
+        Step::AddInterface { task_id, index, interface } => {
+            format!("adding eth{index} ({}) on {} to task {task_id}", interface.address, interface.bridge)
+        }
+    }
+}
+
+fn ours(name: &str) -> bool {
+    name.starts_with("sh") || name == GATEWAY_BRIDGE
+}
+
+fn link_of(m: &LinkMessage, names: &HashMap<u32, String>) -> Option<Link> {
+    let mut name = None;
+    let mut mtu = 0;
+    let mut master = None;
+    let mut kind = LinkKind::Other;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::Controller(i) => master = names.get(i).cloned(),
+            LinkAttribute::LinkInfo(infos) => {
+                let mut vni = 0;
+                let mut port = 0;
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
+                        LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
+                        LinkInfo::Kind(InfoKind::Vxlan) => kind = LinkKind::Vxlan { vni: 0, port: 0 },
+                        LinkInfo::Data(InfoData::Vxlan(d)) => {
+                            for x in d {
+                                match x {
+                                    InfoVxlan::Id(v) => vni = *v,
+                                    InfoVxlan::Port(p) => port = *p,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let LinkKind::Vxlan { .. } = kind {
+                    kind = LinkKind::Vxlan { vni, port };
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Link { name: name?, kind, master, mtu, up: m.header.flags.contains(LinkFlags::Up), addresses: vec![] })
+}
+
+fn ip4(a: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some(*v),
+        // In a bridge forwarding entry the destination comes undecoded.
+        NeighbourAddress::Other(b) => <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from),
+        _ => None,
+    }
+}
+
+fn mac6(v: &[u8]) -> Option<[u8; 6]> {
+    v.try_into().ok()
+}
+
+impl Netlink {
+    /// Connects to the host's kernel; task namespaces are pinned under `namespaces`.
+    pub fn new(namespaces: PathBuf) -> Result<Self, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Observe(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        Ok(Self { handle, conn, namespaces })
+    }
+
+    async fn index(&self, h: &Handle, name: &str) -> Result<u32, String> {
+        let mut links = h.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(m)) => Ok(m.header.index),
+            Ok(None) => Err(format!("no link {name}")),
+            Err(e) => Err(format!("link {name}: {e}")),
+        }
+    }
+
+    /// The MTU of the link holding `addr` (the underlay's), if one does.
+    pub async fn mtu_of_address(&self, addr: Ipv4Addr) -> Option<u32> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Ok(Some(m)) = addrs.try_next().await {
+            if m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(v)) if *v == addr)) {
+                index = Some(m.header.index);
+                break;
+            }
+        }
+        let index = index?;
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let m = links.try_next().await.ok()??;
+        m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(v) => Some(*v),
+            _ => None,
+        })
+    }
+
+    async fn add_interface(&self, task_id: &str, index: usize, i: &Interface) -> Result<(), String> {
+        let (host, peer) = (veth_name(task_id, index), peer_name(task_id, index));
+        let h = &self.handle;
+        h.link()
+            .add(LinkVeth::new(&host, &peer).mtu(i.mtu).build())
+            .execute()
+            .await
+            .map_err(|e| format!("creating veth {host}: {e}"))?;
+        let host_index = self.index(h, &host).await?;
+        let bridge = self.index(h, &i.bridge).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
+            .execute()
+            .await
+            .map_err(|e| format!("plugging {host} into {}: {e}", i.bridge))?;
+        if i.bridge == GATEWAY_BRIDGE {
+            // Tasks on the egress bridge reach the host, never each other (Docker turns
+            // inter-container traffic off on docker_gwbridge for the same reason).
+            h.link()
+                .set_port(LinkBridgePort::new(host_index).isolated(true).build())
+                .execute()
+                .await
+                .map_err(|e| format!("isolating {host}: {e}"))?;
+        }
+        let path = self.namespace_path(task_id);
+        let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let peer_index = self.index(h, &peer).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns)).build())
+            .execute()
+            .await
+            .map_err(|e| format!("moving {peer} into the task's namespace: {e}"))?;
+        let inner = netns::connect_in(&path)?;
+        let at = self.index(&inner, &peer).await?;
+        let name = format!("eth{index}");
+        inner
+            .link()
+            .set(
+                LinkUnspec::new_with_index(at)
+                    .name(name.clone())
+                    .address(mac_of(i.address.addr).to_vec())
+                    .mtu(i.mtu)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| format!("configuring {name}: {e}"))?;
+        inner
+            .address()
+            .add(at, IpAddr::V4(i.address.addr), i.address.prefix)
+            .execute()
+            .await
+            .map_err(|e| format!("addressing {name} with {}: {e}", i.address))?;
+        if let Some(gw) = i.gateway {
+            inner
+                .route()
+                .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(at).build())
+                .execute()
+                .await
+                .map_err(|e| format!("default route via {gw}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn create_namespace(&self, task_id: &str) -> Result<(), String> {
+        let path = self.namespace_path(task_id);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || netns::create(&p)).await.map_err(|e| e.to_string())??;
+        let inner = netns::connect_in(&path)?;
+        let lo = self.index(&inner, "lo").await?;
+        inner.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(|e| format!("lo: {e}"))
+    }
+
+    async fn fdb_message(&self, f: &Fdb) -> Result<NeighbourMessage, String> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = self.index(&self.handle, &vxlan_name(f.vni)).await?;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(f.dst)));
+        Ok(m)
+    }
+
+    async fn neigh_message(&self, n: &Neigh) -> Result<NeighbourMessage, String> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = self.index(&self.handle, &vxlan_name(n.vni)).await?;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+        Ok(m)
+    }
+
+    async fn run_step(&self, step: &Step) -> Result<(), String> {
+        let h = &self.handle;
+        match step {
+            Step::CreateBridge { name, mtu, address } => {
+                h.link()
+                    .add(LinkBridge::new(name).mtu(*mtu).up().build())
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(a) = address {
+                    let i = self.index(h, name).await?;
+                    h.address().add(i, IpAddr::V4(a.addr), a.prefix).execute().await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Step::CreateVxlan { vni, port, local, mtu, bridge } => {
+                let br = self.index(h, bridge).await?;
+                let mut b = LinkVxlan::new(&vxlan_name(*vni), *vni)
+                    .port(*port)
+                    .learning(false)
+                    .proxy(true)
+                    .l2miss(false)
+                    .l3miss(false)
+                    .mtu(*mtu)
+                    .controller(br);
+                if let Some(l) = local {
+                    b = b.local(*l);
+                }
+                h.link().add(b.up().build()).execute().await.map_err(|e| e.to_string())
+            }
+            Step::SetMtu { name, mtu } => {
+                let i = self.index(h, name).await?;
+                h.link().set(LinkUnspec::new_with_index(i).mtu(*mtu).build()).execute().await.map_err(|e| e.to_string())
+            }
+            Step::DeleteLink { name } => {
+                let i = self.index(h, name).await?;
+                h.link().del(i).execute().await.map_err(|e| e.to_string())
+            }
+            Step::AddFdb(f) => {
+                let i = self.index(h, &vxlan_name(f.vni)).await?;
+                h.neighbours()
+                    .add_bridge(i, &f.mac)
+                    .flags(NeighbourFlags::Own)
+                    .destination(IpAddr::V4(f.dst))
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Step::DeleteFdb(f) => {
+                let m = self.fdb_message(f).await?;
+                h.neighbours().del(m).execute().await.map_err(|e| e.to_string())
+            }
+            Step::AddNeigh(n) => {
+                let i = self.index(h, &vxlan_name(n.vni)).await?;
+                h.neighbours()
+                    .add(i, IpAddr::V4(n.ip))
+                    .link_layer_address(&n.mac)
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Step::DeleteNeigh(n) => {
+                let m = self.neigh_message(n).await?;
+                h.neighbours().del(m).execute().await.map_err(|e| e.to_string())
+            }
+            Step::Masquerade { subnet } => {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                    .map_err(|e| format!("enabling forwarding: {e}"))?;
+                nft(&masquerade_script(subnet)).await
+            }
+            Step::RemoveMasquerade => nft(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")).await,
+            Step::CreateNamespace { task_id } => self.create_namespace(task_id).await,
+            Step::DeleteNamespace { task_id } => {
+                let p = self.namespace_path(task_id);
+                tokio::task::spawn_blocking(move || netns::remove(&p)).await.map_err(|e| e.to_string())?
+            }
+            Step::AddInterface { task_id, index, interface } => self.add_interface(task_id, *index, interface).await,
+        }
+    }
+}
+
+/// The nftables transaction for egress from the gateway bridge's `subnet`: replaces shoal's
+/// table as a whole, atomically.
+pub fn masquerade_script(subnet: &Net) -> String {
+    format!(
+        "table ip {t} {{}}\n\
+         delete table ip {t}\n\
+         table ip {t} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {subnet} oifname != \"{gw}\" masquerade\n\
+         \t}}\n\
+         }}\n",
+        t = NFT_TABLE,
+        gw = GATEWAY_BRIDGE,
+    )
+}
+
+async fn nft(script: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await.map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The subnet shoal's egress masquerade covers now, if installed.
+async fn masquerade_installed() -> Option<Net> {
+    let out = tokio::process::Command::new("nft").args(["list", "table", "ip", NFT_TABLE]).output().await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("ip saddr ")?;
+    let rest = &text[at + "ip saddr ".len()..];
+    Net::parse(rest.split_whitespace().next()?)
+}
+
+fn in_dir(dir: &Path) -> Result<Vec<String>, NetError> {
+    Ok(netns::list(dir).map_err(NetError::Observe)?.into_iter().map(|(name, _)| name).collect())
+}
+
+#[async_trait::async_trait]
+impl Executor for Netlink {
+    async fn observe(&self) -> Result<Observed, NetError> {
+        let h = &self.handle;
+        let obs = |e: rtnetlink::Error| NetError::Observe(e.to_string());
+        let messages: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(obs)?;
+        let names: HashMap<u32, String> = messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some((m.header.index, n.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        let mut links: Vec<Link> =
+            messages.iter().filter_map(|m| link_of(m, &names)).filter(|l| ours(&l.name)).collect();
+        let addrs: Vec<_> = h.address().get().execute().try_collect().await.map_err(obs)?;
+        for a in addrs {
+            let Some(name) = names.get(&a.header.index) else { continue };
+            let Some(l) = links.iter_mut().find(|l| &l.name == name) else { continue };
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v)) = attr {
+                    l.addresses.push(Net { addr: *v, prefix: a.header.prefix_len });
+                }
+            }
+        }
+        let vxlans: HashMap<u32, u32> = links
+            .iter()
+            .filter_map(|l| match l.kind {
+                LinkKind::Vxlan { vni, .. } => names.iter().find(|(_, n)| **n == l.name).map(|(i, _)| (*i, vni)),
+                _ => None,
+            })
+            .collect();
+        let mut fdb = Vec::new();
+        let mut neigh = Vec::new();
+        if !vxlans.is_empty() {
+            let mut q = h.neighbours().get();
+            q.message_mut().header.family = AddressFamily::Bridge;
+            let entries: Vec<NeighbourMessage> = q.execute().try_collect().await.map_err(obs)?;
+            for m in entries {
+                let Some(vni) = vxlans.get(&m.header.ifindex) else { continue };
+                let mac = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => mac6(v),
+                    _ => None,
+                });
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(d) => ip4(d),
+                    _ => None,
+                });
+                if let (Some(mac), Some(dst)) = (mac, dst) {
+                    fdb.push(Fdb { vni: *vni, mac, dst });
+                }
+            }
+            let mut q = h.neighbours().get();
+            q.message_mut().header.family = AddressFamily::Inet;
+            let entries: Vec<NeighbourMessage> = q.execute().try_collect().await.map_err(obs)?;
+            for m in entries {
+                let Some(vni) = vxlans.get(&m.header.ifindex) else { continue };
+                if m.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                let mac = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => mac6(v),
+                    _ => None,
+                });
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(d) => ip4(d),
+                    _ => None,
+                });
+                if let (Some(mac), Some(ip)) = (mac, ip) {
+                    neigh.push(Neigh { vni: *vni, ip, mac });
+                }
+            }
+        }
+        let dir = self.namespaces.clone();
+        let namespaces =
+            tokio::task::spawn_blocking(move || in_dir(&dir)).await.map_err(|e| NetError::Observe(e.to_string()))??;
+        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await })
+    }
+
+    async fn run(&self, step: &Step) -> Result<(), NetError> {
+        self.run_step(step).await.map_err(|e| nl(step, e))
+    }
+
+    fn namespace_path(&self, task_id: &str) -> PathBuf {
+        self.namespaces.join(task_id)
+    }
+}

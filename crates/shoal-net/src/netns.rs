@@ -1,0 +1,95 @@
+//! Named network namespaces: a file bind-mounted over a namespace so it outlives every process
+//! in it (as `ip netns add` does), and netlink sockets opened inside one.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+/// Runs `f` on a thread of its own (a thread's namespace changes must not leak into the
+/// runtime's threads) and returns what it returned.
+fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    std::thread::Builder::new()
+        .name("shoal-netns".into())
+        .spawn(f)
+        .map_err(|e| format!("cannot start a thread: {e}"))?
+        .join()
+        .map_err(|_| "the namespace thread panicked".to_string())?
+}
+
+/// Makes a new network namespace and pins it at `path` (which must not exist yet).
+pub fn create(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, "cannot create", e))?;
+    }
+    std::fs::File::create(path).map_err(|e| err(path, "cannot create", e))?;
+    let target = path.to_path_buf();
+    let made = on_own_thread(move || {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| err(&target, "cannot bind the namespace to", e))
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Unpins and forgets the namespace at `path` (it ends once no process is left in it).
+/// Removing one that is not there succeeds.
+pub fn remove(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(err(path, "cannot unmount", e)),
+    }
+    std::fs::remove_file(path).map_err(|e| err(path, "cannot remove", e))
+}
+
+/// The files under `dir` that pin a namespace now; files left from before a reboot (nothing
+/// mounted on them) are removed.
+pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(err(dir, "cannot read", e)),
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mounted: std::collections::HashSet<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if mounted.contains(path.to_string_lossy().as_ref()) {
+            out.push((name, path));
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A netlink connection inside the namespace at `path`: its socket belongs to that namespace
+/// for its whole life, wherever it is used from. The connection's task is spawned on the
+/// current runtime and ends when the handle is dropped.
+pub fn connect_in(path: &Path) -> Result<rtnetlink::Handle, String> {
+    let target = path.to_path_buf();
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no runtime: {e}"))?;
+    let spawn_on = runtime.clone();
+    let handle = on_own_thread(move || {
+        let ns = std::fs::File::open(&target).map_err(|e| err(&target, "cannot open", e))?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "cannot enter", e))?;
+        let _guard = runtime.enter();
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        spawn_on.spawn(conn);
+        Ok(handle)
+    })?;
+    Ok(handle)
+}

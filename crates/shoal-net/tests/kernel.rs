@@ -1,0 +1,189 @@
+//! The netlink executor against the real kernel: two hosts (network namespaces joined by a
+//! veth pair as the underlay), each converged to its desired state, then traffic between their
+//! tasks over VXLAN, egress through the gateway bridge, and everything gone once nothing is
+//! desired. Needs root, iproute2, nftables and busybox (CI has them; a missing one fails).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures::TryStreamExt;
+use shoal_net::{
+    bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, Interface, Net, Observed,
+    Overlay, Remote, TaskNet, GATEWAY_BRIDGE,
+};
+
+fn net(s: &str) -> Net {
+    Net::parse(s).expect("net")
+}
+
+/// Runs `f` on a thread inside the namespace at `ns`, with a runtime of its own.
+fn in_ns<T: Send + 'static, F>(ns: &Path, f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).expect("open namespace");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter namespace");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(f())
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn sh(ns: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(args)
+        .output()
+        .expect("nsenter (util-linux) must be installed");
+    out
+}
+
+fn must(ns: &Path, args: &[&str]) {
+    let out = sh(ns, args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ping(ns: &Path, to: &str) -> bool {
+    sh(ns, &["busybox", "ping", "-c", "1", "-W", "2", to]).status.success()
+}
+
+struct Host {
+    ns: PathBuf,
+    tasks: PathBuf,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for (_, p) in netns::list(&self.tasks).unwrap_or_default() {
+            let _ = netns::remove(&p);
+        }
+        let _ = netns::remove(&self.ns);
+    }
+}
+
+fn desired(me: u8, peer: u8, task: &str, with_remote: bool) -> Desired {
+    let overlay = Overlay { vni: 5000, subnet: net("10.77.0.0/24"), mtu: 1450 };
+    Desired {
+        local: Some(Ipv4Addr::new(192, 168, 77, me)),
+        port: 4789,
+        overlays: vec![overlay],
+        remotes: if with_remote {
+            vec![Remote {
+                vni: 5000,
+                address: Ipv4Addr::new(10, 77, 0, 10 + peer),
+                host: Ipv4Addr::new(192, 168, 77, peer),
+            }]
+        } else {
+            vec![]
+        },
+        gateway: Some(Gateway { address: net("172.29.0.1/16"), mtu: 1500 }),
+        tasks: vec![TaskNet {
+            task_id: task.into(),
+            interfaces: vec![
+                Interface {
+                    bridge: bridge_name(5000),
+                    address: Net { addr: Ipv4Addr::new(10, 77, 0, 10 + me), prefix: 24 },
+                    mtu: 1450,
+                    gateway: None,
+                },
+                Interface {
+                    bridge: GATEWAY_BRIDGE.into(),
+                    address: net("172.29.0.2/16"),
+                    mtu: 1500,
+                    gateway: Some(Ipv4Addr::new(172, 29, 0, 1)),
+                },
+            ],
+        }],
+    }
+}
+
+/// Converges the host to `d`; returns the steps that failed and what a second plan finds.
+fn converge_in(h: &Host, d: Desired) -> (Vec<String>, Vec<shoal_net::Step>, Observed) {
+    let dir = h.tasks.clone();
+    in_ns(&h.ns, move || async move {
+        let exec = Netlink::new(dir).expect("netlink");
+        let out = converge(&exec, &d).await.expect("observe");
+        let failed = out.failed.iter().map(|(s, e)| format!("{s:?}: {e}")).collect();
+        let observed = exec.observe().await.expect("observe");
+        (failed, plan(&d, &observed), observed)
+    })
+}
+
+#[test]
+fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mk = |n: &str| {
+        let ns = root.path().join(format!("host-{n}"));
+        netns::create(&ns).expect("host namespace (needs root)");
+        Host { ns, tasks: root.path().join(format!("tasks-{n}")) }
+    };
+    let (h1, h2) = (mk("1"), mk("2"));
+    // The underlay: one veth pair between the two hosts.
+    let (p1, p2) = (h1.ns.clone(), h2.ns.clone());
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt").block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().expect("netlink");
+        tokio::spawn(conn);
+        handle.link().add(rtnetlink::LinkVeth::new("ntu1", "ntu2").build()).execute().await.expect("veth");
+        for (name, ns) in [("ntu1", &p1), ("ntu2", &p2)] {
+            let m = handle.link().get().match_name(name).execute().try_next().await.expect("get").expect("link");
+            let f = std::fs::File::open(ns).expect("ns");
+            handle
+                .link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(m.header.index)
+                        .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&f))
+                        .build(),
+                )
+                .execute()
+                .await
+                .expect("move");
+        }
+    });
+    for (h, n, a) in [(&h1, "ntu1", "192.168.77.1/24"), (&h2, "ntu2", "192.168.77.2/24")] {
+        must(&h.ns, &["ip", "link", "set", "lo", "up"]);
+        must(&h.ns, &["ip", "addr", "add", a, "dev", n]);
+        must(&h.ns, &["ip", "link", "set", n, "up"]);
+    }
+
+    let (failed, again, observed) = converge_in(&h1, desired(1, 2, "taska", true));
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(again, vec![], "what the executor made reads back as desired: {observed:?}");
+    let (failed, again, _) = converge_in(&h2, desired(2, 1, "taskb", true));
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(again, vec![]);
+
+    let (ta, tb) = (h1.tasks.join("taska"), h2.tasks.join("taskb"));
+    let link = String::from_utf8_lossy(&sh(&h1.ns, &["ip", "-d", "link", "show", "shvx5000"]).stdout).to_string();
+    assert!(link.contains("vxlan id 5000") && link.contains("nolearning") && link.contains("proxy"), "{link}");
+    assert!(link.contains("mtu 1450"), "{link}");
+    let eth0 = String::from_utf8_lossy(&sh(&ta, &["ip", "addr", "show", "eth0"]).stdout).to_string();
+    assert!(eth0.contains("10.77.0.11/24") && eth0.contains("02:42:0a:4d:00:0b"), "{eth0}");
+
+    assert!(ping(&ta, "10.77.0.12"), "task a reaches task b across the hosts");
+    assert!(ping(&tb, "10.77.0.11"), "and back");
+    // Egress: the other host's underlay address answers only because the source is
+    // masqueraded (it has no route back to 172.29.0.0/16).
+    assert!(ping(&ta, "192.168.77.2"), "egress through the gateway bridge");
+    let nft = String::from_utf8_lossy(&sh(&h1.ns, &["nft", "list", "table", "ip", "shoal"]).stdout).to_string();
+    assert!(nft.contains("masquerade"), "{nft}");
+
+    // Host 1 forgets task b: nothing forwards to it any more.
+    let (failed, _, observed) = converge_in(&h1, desired(1, 2, "taska", false));
+    assert_eq!(failed, Vec::<String>::new());
+    assert!(observed.fdb.is_empty() && observed.neigh.is_empty(), "{observed:?}");
+    assert!(!ping(&ta, "10.77.0.12"), "a gone endpoint is not reachable");
+
+    // Nothing desired: nothing of shoal's is left on the host.
+    let (failed, again, observed) = converge_in(&h1, Desired { port: 4789, ..Default::default() });
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(again, vec![]);
+    assert_eq!(observed, Observed::default());
+    assert!(!ta.exists(), "the task's namespace file is gone");
+    let links = String::from_utf8_lossy(&sh(&h1.ns, &["ip", "-o", "link"]).stdout).to_string();
+    assert!(!links.contains("shbr") && !links.contains("shvx") && !links.contains(GATEWAY_BRIDGE), "{links}");
+    assert!(!sh(&h1.ns, &["nft", "list", "table", "ip", "shoal"]).status.success(), "the nftables table is gone");
+}
