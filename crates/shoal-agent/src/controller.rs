@@ -41,20 +41,44 @@ pub struct Controller {
     cancel: CancellationToken,
     /// Where the task's secret and config files go (or why they cannot).
     files: Result<crate::files::FileRoot, String>,
+    /// The host network loop's reports and this task's namespace file, when the node has
+    /// overlay networking.
+    net: Option<NetWait>,
+}
+
+/// What a controller needs to put its container in the namespace the network loop makes.
+pub struct NetWait {
+    /// The loop's reports.
+    pub ready: watch::Receiver<std::collections::BTreeMap<String, crate::network::Readiness>>,
+    /// The task's namespace file.
+    pub path: std::path::PathBuf,
+}
+
+/// How long a task waits for its network before it is rejected.
+const NETWORK_WAIT: Duration = Duration::from_secs(60);
+
+/// What every controller of the agent works with.
+pub struct Tools {
+    /// The container runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Where status goes.
+    pub reporter: Reporter,
+    /// Where secret and config files go (or why they cannot).
+    pub files: Result<crate::files::FileRoot, String>,
 }
 
 impl Controller {
     /// A controller for `task`; `last` is the last status this node reported for it.
     pub fn new(
         task: watch::Receiver<Task>,
-        runtime: Arc<dyn ContainerRuntime>,
-        reporter: Reporter,
+        tools: Tools,
         adopted: Option<ContainerState>,
         last: TaskStatus,
         cancel: CancellationToken,
-        files: Result<crate::files::FileRoot, String>,
+        net: Option<NetWait>,
     ) -> Self {
-        Self { task, runtime, reporter, adopted, last, cancel, files }
+        let Tools { runtime, reporter, files } = tools;
+        Self { task, runtime, reporter, adopted, last, cancel, files, net }
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -171,6 +195,19 @@ impl Controller {
         if self.stop_requested() {
             self.report(TaskState::Shutdown, "shut down before it started", "", None);
             return false;
+        }
+        if let Some(net) = self.net.as_mut() {
+            match crate::network::wait_ready(&mut net.ready, &id, NETWORK_WAIT).await {
+                Ok(()) => spec.netns = Some(net.path.clone()),
+                Err(e) => {
+                    self.report(TaskState::Rejected, "network setup failed", &e, None);
+                    return false;
+                }
+            }
+            if self.stop_requested() {
+                self.report(TaskState::Shutdown, "shut down before it started", "", None);
+                return false;
+            }
         }
         if attempted_before {
             // A container left over from an earlier attempt of this very task is replaced.

@@ -9,6 +9,7 @@
 mod controller;
 pub mod files;
 pub mod logs;
+pub mod network;
 mod reporter;
 mod spec;
 pub mod state;
@@ -41,6 +42,33 @@ pub struct AgentConfig {
     pub node_id: String,
     /// Directory of the agent's own database.
     pub data_dir: PathBuf,
+    /// Overlay networking: tasks get namespaces of their own, plugged into the overlays and
+    /// the egress bridge. `None`: each container gets a namespace with loopback only.
+    pub network: Option<NetworkConfig>,
+}
+
+/// How the agent reaches the host's network state.
+#[derive(Clone)]
+pub struct NetworkConfig {
+    /// Reads and changes the host's links, entries and namespaces.
+    pub executor: Arc<dyn shoal_net::Executor>,
+    /// The underlay address VXLAN leaves from.
+    pub local: Option<std::net::Ipv4Addr>,
+}
+
+impl std::fmt::Debug for NetworkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConfig").field("local", &self.local).finish()
+    }
+}
+
+/// The agent's handles on the network loop.
+struct NetSide {
+    inputs: Arc<watch::Sender<network::Inputs>>,
+    ready: watch::Receiver<std::collections::BTreeMap<String, network::Readiness>>,
+    executor: Arc<dyn shoal_net::Executor>,
+    /// The egress bridge's address.
+    gateway: Option<shoal_net::Net>,
 }
 
 /// The agent could not start.
@@ -85,6 +113,7 @@ struct Agent {
     cancel: CancellationToken,
     files: Result<files::FileRoot, String>,
     status: watch::Sender<AgentStatus>,
+    net: Option<NetSide>,
 }
 
 fn id_of(t: &Task) -> String {
@@ -97,17 +126,45 @@ impl Agent {
         let last = self.db.status(&id).ok().flatten().or_else(|| task.status.clone()).unwrap_or_default();
         let (tx, rx) = watch::channel(task);
         let cancel = self.cancel.child_token();
-        let c = controller::Controller::new(
-            rx,
-            self.runtime.clone(),
-            self.reporter.clone(),
-            adopted,
-            last,
-            cancel.clone(),
-            self.files.clone(),
-        );
+        let tools = controller::Tools {
+            runtime: self.runtime.clone(),
+            reporter: self.reporter.clone(),
+            files: self.files.clone(),
+        };
+        let net = self
+            .net
+            .as_ref()
+            .map(|n| controller::NetWait { ready: n.ready.clone(), path: n.executor.namespace_path(&id) });
+        let c = controller::Controller::new(rx, tools, adopted, last, cancel.clone(), net);
         self.work.spawn(c.run());
         self.controllers.insert(id, Running { tx, cancel });
+    }
+
+    /// Tells the network loop about `task`, giving it an egress address first if it has none.
+    fn track_network(&self, task: &Task) {
+        let Some(net) = &self.net else { return };
+        let id = id_of(task);
+        let known = self.db.gateway_addresses().unwrap_or_default();
+        let gateway_address = match known.get(&id) {
+            Some(a) => Some(*a),
+            None => net.gateway.and_then(|gw| {
+                let used = known.values().copied().collect();
+                let a = shoal_net::routes::next_free(gw, &used)?;
+                match self.db.put_gateway_address(&id, a) {
+                    Ok(()) => Some(a),
+                    Err(e) => {
+                        tracing::error!(task_id = %id, error = %e, "cannot record the task's egress address");
+                        None
+                    }
+                }
+            }),
+        };
+        let local = network::LocalTask { attachments: task.networks.clone(), gateway_address };
+        net.inputs.send_if_modified(|i| {
+            let changed = i.tasks.get(&id) != Some(&local);
+            i.tasks.insert(id.clone(), local);
+            changed
+        });
     }
 
     fn upsert(&mut self, task: Task) {
@@ -116,6 +173,7 @@ impl Agent {
             tracing::error!(task_id = %id, error = %e, "cannot persist assignment");
             return;
         }
+        self.track_network(&task);
         match self.controllers.get(&id) {
             Some(r) => {
                 r.tx.send_replace(task);
@@ -131,6 +189,7 @@ impl Agent {
         }
         let (runtime, db, id) = (self.runtime.clone(), self.db.clone(), id.to_string());
         let files = self.files.clone().ok();
+        let inputs = self.net.as_ref().map(|n| n.inputs.clone());
         self.work.spawn(async move {
             let _ = runtime.stop(&id, 15, Duration::from_secs(10)).await;
             if let Err(e) = runtime.remove(&id).await {
@@ -139,13 +198,33 @@ impl Agent {
             if let Some(f) = files {
                 f.remove(&id);
             }
+            // Its namespace goes once its container is gone (not before: it may still be
+            // finishing its work).
+            if let Some(inputs) = inputs {
+                inputs.send_if_modified(|i| i.tasks.remove(&id).is_some());
+            }
             if let Err(e) = db.remove(&id) {
                 tracing::warn!(task_id = %id, error = %e, "forgetting the task failed");
             }
         });
     }
 
-    fn apply(&mut self, msg: shoal_api::v1::AssignmentsMessage) {
+    fn apply(&mut self, mut msg: shoal_api::v1::AssignmentsMessage) {
+        // The network view first: the tasks in the same message use it.
+        if msg.network_view {
+            if let Some(net) = &self.net {
+                let view = network::View {
+                    networks: std::mem::take(&mut msg.networks),
+                    endpoints: std::mem::take(&mut msg.endpoints),
+                    port: msg.data_path_port,
+                };
+                net.inputs.send_if_modified(|i| {
+                    let changed = i.view.as_ref() != Some(&view);
+                    i.view = Some(view);
+                    changed
+                });
+            }
+        }
         // Secrets and configs first: the tasks in the same message may need them.
         if msg.dependencies {
             let name = |a: Option<&shoal_api::v1::Annotations>| a.map(|a| a.name.clone()).unwrap_or_default();
@@ -240,6 +319,19 @@ pub fn start(
             if let Err(e) = &files {
                 tracing::error!(error = %e, "tasks that use secrets or configs cannot run on this node");
             }
+            let net = cfg.network.map(|n| {
+                let gateway = std::fs::read_to_string("/proc/net/route")
+                    .ok()
+                    .and_then(|t| shoal_net::routes::pick_gateway(&t));
+                if gateway.is_none() {
+                    tracing::error!("no subnet in 172.18.0.0-172.31.255.255 is free for the egress bridge: tasks that need egress cannot run here");
+                }
+                let (inputs, inputs_rx) = watch::channel(network::Inputs::default());
+                let (ready_tx, ready) = watch::channel(std::collections::BTreeMap::new());
+                let host = network::Host { node_id: cfg.node_id.clone(), local: n.local, gateway, underlay_mtu: 1500 };
+                work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, host, cancel.clone()));
+                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway }
+            });
             let mut agent = Agent {
                 work,
                 runtime: runtime.clone(),
@@ -249,6 +341,7 @@ pub fn start(
                 cancel: cancel.clone(),
                 files,
                 status,
+                net,
             };
             let known = match db.tasks() {
                 Ok(t) => t,
@@ -259,6 +352,7 @@ pub fn start(
             };
             for t in known {
                 let adopted = existing.remove(&id_of(&t));
+                agent.track_network(&t);
                 agent.spawn_controller(t, adopted);
             }
             // Containers with no recorded task were created by no assignment this agent knows: remove.

@@ -59,5 +59,6 @@ pub fn runtime_spec(task: &Task) -> Result<ContainerSpec, String> {
         nano_cpus: limits.nano_cpus,
         memory_bytes: limits.memory_bytes,
         pids: limits.pids,
+        netns: None,
     })
 }

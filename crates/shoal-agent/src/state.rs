@@ -11,6 +11,8 @@ use shoal_api::v1::{Task, TaskStatus};
 pub struct TaskDb {
     tasks: sled::Tree,
     status: sled::Tree,
+    /// Task id -> its address on the host's egress bridge (4 bytes).
+    gateway: sled::Tree,
     db: sled::Db,
 }
 
@@ -29,7 +31,12 @@ impl TaskDb {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let db = sled::Config::new().path(dir).cache_capacity(8 << 20).open()?;
-        Ok(Self { tasks: db.open_tree("tasks")?, status: db.open_tree("status")?, db })
+        Ok(Self {
+            tasks: db.open_tree("tasks")?,
+            status: db.open_tree("status")?,
+            gateway: db.open_tree("gateway")?,
+            db,
+        })
     }
 
     /// Records (or replaces) an assigned task.
@@ -43,6 +50,7 @@ impl TaskDb {
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         self.tasks.remove(id)?;
         self.status.remove(id)?;
+        self.gateway.remove(id)?;
         Ok(())
     }
 
@@ -60,6 +68,25 @@ impl TaskDb {
     pub fn put_status(&self, id: &str, s: &TaskStatus) -> Result<(), StateError> {
         self.status.insert(id, s.encode_to_vec())?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every task's address on the egress bridge.
+    pub fn gateway_addresses(&self) -> Result<std::collections::BTreeMap<String, std::net::Ipv4Addr>, StateError> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.gateway.iter() {
+            let (k, v) = kv?;
+            if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
+                out.insert(String::from_utf8_lossy(&k).into_owned(), std::net::Ipv4Addr::from(b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a task's address on the egress bridge (before its namespace is made, so a
+    /// restarted agent never hands it to another task).
+    pub fn put_gateway_address(&self, id: &str, a: std::net::Ipv4Addr) -> Result<(), StateError> {
+        self.gateway.insert(id, &a.octets())?;
         Ok(())
     }
 
@@ -87,7 +114,10 @@ mod tests {
         let db = TaskDb::open(dir.path()).expect("reopen");
         assert_eq!(db.tasks().expect("tasks"), vec![t]);
         assert_eq!(db.status("t1").expect("status").map(|s| s.state()), Some(TaskState::Running));
+        db.put_gateway_address("t1", std::net::Ipv4Addr::new(172, 18, 0, 2)).expect("gateway");
+        assert_eq!(db.gateway_addresses().expect("read").get("t1"), Some(&std::net::Ipv4Addr::new(172, 18, 0, 2)));
         db.remove("t1").expect("remove");
+        assert!(db.gateway_addresses().expect("read").is_empty());
         assert!(db.tasks().expect("tasks").is_empty());
         assert_eq!(db.status("t1").expect("status"), None);
     }

@@ -101,6 +101,9 @@ pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
         "state": names::task_state(status.state()),
         // A task waiting for a node says why in its status message (as `docker service ps`).
         "error": if status.err.is_empty() && status.state() == shoal_api::v1::TaskState::Pending { status.message } else { status.err },
+        // Its address on each network, and its container's process while it runs.
+        "networks": t.networks.iter().map(|a| json!({"network_id": a.network_id, "address": a.address, "aliases": a.aliases})).collect::<Vec<_>>(),
+        "pid": status.container.as_ref().map_or(0, |c| c.pid),
     })
 }
 

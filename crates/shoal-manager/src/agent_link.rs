@@ -30,9 +30,18 @@ pub fn start_agent(
     node: &Node,
     runtime: Arc<dyn shoal_runtime::ContainerRuntime>,
 ) -> Result<(tokio::sync::watch::Receiver<shoal_agent::AgentStatus>, shoal_agent::AgentRun), String> {
+    let config = node.identity.config();
+    let data_dir = config.data_dir.join("agent");
+    let executor = shoal_net::netlink::Netlink::new(data_dir.join("netns")).map_err(|e| e.to_string())?;
+    // VXLAN leaves from the advertised address; a loopback one (a one-machine cluster) has no
+    // peers to reach, and its MTU says nothing about a real underlay.
+    let local = shoal_agent::network::Resolver::default()
+        .resolve(crate::netview::host_of(&config.advertise_addr))
+        .filter(|a| !a.is_loopback() && !a.is_unspecified());
     let cfg = shoal_agent::AgentConfig {
         node_id: node.identity.local().node_id,
-        data_dir: node.identity.config().data_dir.join("agent"),
+        data_dir,
+        network: Some(shoal_agent::NetworkConfig { executor: Arc::new(executor), local }),
     };
     let leader = NodeLeader { managers: node.managers.clone(), dialer: node.dialer.clone() };
     shoal_agent::start(cfg, runtime, Arc::new(leader)).map_err(|e| e.to_string())

@@ -168,8 +168,23 @@ struct Session {
     sent: HashMap<String, u64>,
     /// The dependency versions sent; `None` before the first message.
     sent_deps: Option<Vec<(String, u64)>>,
+    /// Digest of the network view sent.
+    sent_net: u64,
+    /// The networks of the view sent.
+    networks: BTreeSet<String>,
     /// A message could not be buffered: diff the whole set at the next chance.
     stale: bool,
+}
+
+/// The overlays a node's tasks use and every address on them.
+#[derive(Default)]
+pub struct NetView {
+    /// The networks.
+    pub networks: Vec<shoal_api::v1::Network>,
+    /// Every reachable task address on them.
+    pub endpoints: Vec<shoal_api::v1::Endpoint>,
+    /// VXLAN's UDP port.
+    pub port: u32,
 }
 
 /// The message that brings a node from `sent` to `current`: the complete set the first time
@@ -180,10 +195,15 @@ pub fn delta(
     sent: &HashMap<String, u64>,
     current: &HashMap<String, Task>,
     deps: Option<(Vec<shoal_api::v1::Secret>, Vec<shoal_api::v1::Config>)>,
+    net: Option<NetView>,
 ) -> Option<AssignmentsMessage> {
     let (dependencies, (secrets, configs)) = match deps {
         Some(d) => (true, d),
         None => (false, Default::default()),
+    };
+    let (network_view, NetView { networks, endpoints, port }) = match net {
+        Some(v) => (true, v),
+        None => (false, NetView::default()),
     };
     if first {
         let mut tasks: Vec<Task> = current.values().cloned().collect();
@@ -195,6 +215,10 @@ pub fn delta(
             dependencies: true,
             secrets,
             configs,
+            network_view: true,
+            networks,
+            endpoints,
+            data_path_port: port,
         });
     }
     let mut changed: Vec<Task> =
@@ -202,13 +226,17 @@ pub fn delta(
     changed.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
     let mut removed: Vec<String> = sent.keys().filter(|id| !current.contains_key(*id)).cloned().collect();
     removed.sort();
-    (!changed.is_empty() || !removed.is_empty() || dependencies).then_some(AssignmentsMessage {
+    (!changed.is_empty() || !removed.is_empty() || dependencies || network_view).then_some(AssignmentsMessage {
         r#type: assignments_message::Type::Incremental as i32,
         tasks: changed,
         removed,
         dependencies,
         secrets,
         configs,
+        network_view,
+        networks,
+        endpoints,
+        data_path_port: port,
     })
 }
 
@@ -250,7 +278,21 @@ impl Session {
             let d = dependencies(store, &ids);
             (d.secrets, d.configs)
         });
-        let Some(msg) = delta(first, &sent_view, &current, deps) else {
+        let net_ids = if everything {
+            crate::netview::network_ids(current.values())
+        } else {
+            crate::netview::network_ids(store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
+        };
+        let (networks, endpoints) = crate::netview::view(store, &net_ids);
+        let port = store
+            .cluster()
+            .and_then(|c| c.network_defaults.as_ref())
+            .map(|d| d.data_path_port)
+            .filter(|p| *p != 0)
+            .unwrap_or(crate::netview::DEFAULT_DATA_PATH_PORT);
+        let net_digest = crate::netview::digest(&networks, &endpoints, port);
+        let net = (first || net_digest != self.sent_net).then_some(NetView { networks, endpoints, port });
+        let Some(msg) = delta(first, &sent_view, &current, deps, net) else {
             self.stale = false;
             return true;
         };
@@ -263,6 +305,8 @@ impl Session {
                     self.sent.remove(id);
                 }
                 self.sent_deps = Some(versions);
+                self.sent_net = net_digest;
+                self.networks = net_ids;
                 self.stale = false;
                 true
             }
@@ -276,22 +320,38 @@ impl Session {
     }
 }
 
-/// What a batch of applied events touched: task ids per node, and whether secrets or configs
-/// changed (every node's dependencies are then compared).
-fn touched(events: &[shoal_api::v1::Event]) -> (HashMap<String, BTreeSet<String>>, bool) {
-    let mut per_node: HashMap<String, BTreeSet<String>> = HashMap::new();
-    let mut deps = false;
+/// What a batch of applied events touched.
+#[derive(Default)]
+struct Touched {
+    /// Task ids per node.
+    per_node: HashMap<String, BTreeSet<String>>,
+    /// Secrets or configs changed: every node's dependencies are compared.
+    deps: bool,
+    /// Networks a changed task is attached to: the views holding them are compared.
+    networks: BTreeSet<String>,
+    /// A network or node changed: every view is compared.
+    all_networks: bool,
+}
+
+fn touched(events: &[shoal_api::v1::Event]) -> Touched {
+    let mut out = Touched::default();
     for e in events {
         match e.object.as_ref().and_then(|o| o.kind.as_ref()) {
-            Some(object::Kind::Task(t)) if !t.node_id.is_empty() => {
-                let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-                per_node.entry(t.node_id.clone()).or_default().insert(id);
+            Some(object::Kind::Task(t)) => {
+                out.networks.extend(t.networks.iter().map(|a| a.network_id.clone()));
+                if !t.node_id.is_empty() {
+                    let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                    out.per_node.entry(t.node_id.clone()).or_default().insert(id);
+                }
             }
-            Some(object::Kind::Secret(_) | object::Kind::Config(_)) => deps = true,
+            Some(object::Kind::Secret(_) | object::Kind::Config(_)) => out.deps = true,
+            Some(object::Kind::Network(_) | object::Kind::Node(_) | object::Kind::Cluster(_)) => {
+                out.all_networks = true
+            }
             _ => {}
         }
     }
-    (per_node, deps)
+    out
 }
 
 /// The leader's hub: owns every node's assignment stream for this term (see the module doc).
@@ -308,7 +368,15 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
             _ = token.cancelled() => break,
             reg = regs.recv() => {
                 let Some(Register { node_id, tx }) = reg else { break };
-                let mut s = Session { node_id: node_id.clone(), tx, sent: HashMap::new(), sent_deps: None, stale: false };
+                let mut s = Session {
+                    node_id: node_id.clone(),
+                    tx,
+                    sent: HashMap::new(),
+                    sent_deps: None,
+                    sent_net: 0,
+                    networks: BTreeSet::new(),
+                    stale: false,
+                };
                 if rt.store.read(|st| s.sync(st, None)) {
                     sessions.insert(node_id, s);
                 }
@@ -317,11 +385,16 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                 let resync_all = match change {
                     Ok(c) => match &*c {
                         shoal_raft::Change::Applied(events) => {
-                            let (per_node, deps) = touched(events);
+                            let t = touched(events);
                             rt.store.read(|st| {
-                                sessions.retain(|node_id, s| match per_node.get(node_id) {
+                                sessions.retain(|node_id, s| match t.per_node.get(node_id) {
                                     Some(ids) => s.sync(st, Some(ids)),
-                                    None if deps => s.sync(st, Some(&BTreeSet::new())),
+                                    None if t.deps => s.sync(st, Some(&BTreeSet::new())),
+                                    None if !s.networks.is_empty()
+                                        && (t.all_networks || !s.networks.is_disjoint(&t.networks)) =>
+                                    {
+                                        s.sync(st, Some(&BTreeSet::new()))
+                                    }
                                     None => true,
                                 });
                             });

@@ -133,31 +133,11 @@ impl Identity {
             resources: Some(Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: *MEM_TOTAL, pids: 0 }),
             version: env!("CARGO_PKG_VERSION").to_string(),
             runtime_unavailable: self.inner.runtime_unavailable.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            host_networks: std::fs::read_to_string("/proc/net/route").map(|t| host_networks(&t)).unwrap_or_default(),
+            host_networks: std::fs::read_to_string("/proc/net/route")
+                .map(|t| shoal_net::routes::host_networks(&t))
+                .unwrap_or_default(),
         }
     }
-}
-
-/// The networks of the host's IPv4 routing table (`/proc/net/route`), as `A.B.C.D/N`, without
-/// the default route: the subnets of its own addresses (each has its prefix route) and every
-/// network it reaches through a gateway. Overlay subnets must stay clear of them.
-pub fn host_networks(route_table: &str) -> Vec<String> {
-    let mut out: Vec<String> = route_table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
-            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            // The kernel prints the bytes of each (network order) as a host-order word.
-            let (dest, mask) = (u32::from_be(dest), u32::from_be(mask));
-            let len = mask.count_ones();
-            (len > 0 && mask.leading_ones() == len).then(|| format!("{}/{len}", std::net::Ipv4Addr::from(dest & mask)))
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The machine's memory, read once.
@@ -171,21 +151,4 @@ fn mem_total_bytes() -> i64 {
         .and_then(|kb| kb.parse::<i64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_routing_table_gives_the_hosts_networks_but_not_the_default_route() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-tun0\t0000000A\t0200A8C0\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
-eth0\t0000A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(host_networks(table), ["10.0.0.0/16", "192.168.0.0/24"]);
-        assert!(host_networks("").is_empty());
-        assert!(host_networks("header\ngarbage line\n").is_empty());
-    }
 }

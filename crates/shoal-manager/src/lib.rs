@@ -19,6 +19,7 @@ pub mod local;
 pub mod manager_set;
 pub mod managers;
 pub mod membership;
+pub mod netview;
 pub mod node;
 pub mod pki;
 pub mod policy;

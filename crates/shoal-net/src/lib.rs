@@ -23,6 +23,7 @@ pub mod fake;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod routes;
 
 pub use plan::plan;
 
@@ -301,6 +302,11 @@ pub trait Executor: Send + Sync {
     async fn run(&self, step: &Step) -> Result<(), NetError>;
     /// The namespace file of a task (what the container runtime is pointed at).
     fn namespace_path(&self, task_id: &str) -> PathBuf;
+    /// The MTU of the interface holding `local` (the underlay), if known.
+    async fn underlay_mtu(&self, local: Ipv4Addr) -> Option<u32> {
+        let _ = local;
+        None
+    }
 }
 
 /// What one pass of [`converge`] did.

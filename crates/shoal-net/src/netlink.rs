@@ -284,7 +284,15 @@ impl Netlink {
                 if let Some(l) = local {
                     b = b.local(*l);
                 }
-                h.link().add(b.up().build()).execute().await.map_err(|e| e.to_string())
+                h.link().add(b.up().build()).execute().await.map_err(|e| e.to_string())?;
+                // The bridge learns nothing from the overlay either: a remote MAC is known only
+                // from the device's programmed entries, so a gone task is gone at once.
+                let i = self.index(h, &vxlan_name(*vni)).await?;
+                h.link()
+                    .set_port(LinkBridgePort::new(i).learning(false).build())
+                    .execute()
+                    .await
+                    .map_err(|e| format!("turning learning off on the bridge port: {e}"))
             }
             Step::SetMtu { name, mtu } => {
                 let i = self.index(h, name).await?;
@@ -477,5 +485,9 @@ impl Executor for Netlink {
 
     fn namespace_path(&self, task_id: &str) -> PathBuf {
         self.namespaces.join(task_id)
+    }
+
+    async fn underlay_mtu(&self, local: Ipv4Addr) -> Option<u32> {
+        self.mtu_of_address(local).await
     }
 }

@@ -160,6 +160,7 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     let link = String::from_utf8_lossy(&sh(&h1.ns, &["ip", "-d", "link", "show", "shvx5000"]).stdout).to_string();
     assert!(link.contains("vxlan id 5000") && link.contains("nolearning") && link.contains("proxy"), "{link}");
     assert!(link.contains("mtu 1450"), "{link}");
+    assert!(link.contains("learning off"), "the bridge does not learn from the overlay: {link}");
     let eth0 = String::from_utf8_lossy(&sh(&ta, &["ip", "addr", "show", "eth0"]).stdout).to_string();
     assert!(eth0.contains("10.77.0.11/24") && eth0.contains("02:42:0a:4d:00:0b"), "{eth0}");
 

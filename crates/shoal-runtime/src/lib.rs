@@ -84,6 +84,9 @@ pub struct ContainerSpec {
     pub memory_bytes: i64,
     /// Process limit (0: none).
     pub pids: i64,
+    /// The network namespace to join (a pinned namespace file); `None`: a new one with
+    /// loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 /// How a container ended.

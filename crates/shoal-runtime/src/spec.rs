@@ -257,6 +257,10 @@ pub fn oci_spec(
     if spec.pids > 0 {
         resources["pids"] = json!({"limit": spec.pids});
     }
+    let network = match &spec.netns {
+        Some(p) => json!({"type": "network", "path": p.display().to_string()}),
+        None => json!({"type": "network"}),
+    };
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -272,7 +276,7 @@ pub fn oci_spec(
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, network],
             "resources": resources,
             "cgroupsPath": format!("{cgroup_parent}/{}", spec.id),
             "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
@@ -358,6 +362,10 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 50);
         assert_eq!(v["linux"]["cgroupsPath"], "/shoal/ns/t1");
+        assert_eq!(v["linux"]["namespaces"][4], serde_json::json!({"type": "network"}));
+        let joined = ContainerSpec { netns: Some("/run/ns/t1".into()), ..spec.clone() };
+        let v2 = oci_spec(&joined, &p, "/shoal/ns", &|n| format!("/vol/{n}"));
+        assert_eq!(v2["linux"]["namespaces"][4], serde_json::json!({"type": "network", "path": "/run/ns/t1"}));
         let m = v["mounts"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
         assert_eq!((m["source"].as_str(), m["destination"].as_str()), (Some("/vol/data"), Some("/data")));
     }

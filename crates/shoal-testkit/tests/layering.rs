@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-pki", 4),
     ("shoal-raft", 4),
     ("shoal-runtime", 4),
+    ("shoal-net", 4),
     ("shoal-agent", 5),
     ("shoal-client", 5),
     ("shoal-manager", 6),
@@ -98,6 +99,8 @@ fn the_cli_links_no_daemon_code() -> Result<()> {
         "shoal-raft",
         "shoal-runtime",
         "shoal-agent",
+        "shoal-net",
+        "rtnetlink",
     ] {
         assert!(!deps.contains(daemon_only), "the CLI pulls {daemon_only}");
     }

@@ -281,7 +281,11 @@ async fn json_output_contract() -> Result<()> {
     for t in &tasks {
         let mut k = keys(t);
         k.remove("node"); // the hostname, for the table
-        assert_eq!(k, set(&["id", "name", "slot", "node_id", "desired_state", "state", "error"]), "{t}");
+        assert_eq!(
+            k,
+            set(&["id", "name", "slot", "node_id", "desired_state", "state", "error", "networks", "pid"]),
+            "{t}"
+        );
         assert_eq!(t["desired_state"], "running");
         names.insert(t["name"].as_str().unwrap_or("").to_string());
     }

@@ -1,0 +1,409 @@
+//! The agent's side of the overlays: from the dispatcher's network view and this node's tasks to
+//! the host state [`shoal_net`] converges to, and the loop that keeps the host there.
+//!
+//! One loop owns the host's network state, so two tasks never race to make one bridge. A task's
+//! controller waits for the loop to report its namespace made (or why it could not be) before
+//! it creates the container in it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::v1::{Endpoint, Network, NetworkAttachment};
+use shoal_net::{bridge_name, Desired, Executor, Gateway, Interface, Net, Overlay, Remote, TaskNet, GATEWAY_BRIDGE};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The dispatcher's network view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// The networks this node's tasks attach to.
+    pub networks: Vec<Network>,
+    /// Every reachable task address on them.
+    pub endpoints: Vec<Endpoint>,
+    /// VXLAN's UDP port.
+    pub port: u32,
+}
+
+/// A task of this node, as far as its network goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTask {
+    /// Its addresses on the overlays, in interface order.
+    pub attachments: Vec<NetworkAttachment>,
+    /// Its address on the egress bridge, when it has one.
+    pub gateway_address: Option<Ipv4Addr>,
+}
+
+/// What the loop works from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inputs {
+    /// `None` until the first complete assignment set arrived: before that nothing is known
+    /// and nothing is changed (a restarted agent must not tear down what its tasks use).
+    pub view: Option<View>,
+    /// This node's tasks that have (or are to have) a namespace.
+    pub tasks: BTreeMap<String, LocalTask>,
+}
+
+/// How a task's network stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Its namespace is made and plugged in.
+    Ready,
+    /// It cannot be, and why.
+    Failed(String),
+}
+
+/// Facts about the host the desired state depends on.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// This node's id (its own endpoints are local, not remote).
+    pub node_id: String,
+    /// The underlay address VXLAN leaves from.
+    pub local: Option<Ipv4Addr>,
+    /// The egress bridge's address (none when no subnet is free).
+    pub gateway: Option<Net>,
+    /// The underlay's MTU.
+    pub underlay_mtu: u32,
+}
+
+/// The overlay MTU of network `n`: its `mtu` option, else the underlay's minus VXLAN's overhead.
+fn mtu_of(n: &Network, underlay: u32) -> u32 {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.options.get("mtu"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(underlay.saturating_sub(shoal_net::VXLAN_OVERHEAD))
+}
+
+/// Whether a task with these attachments reaches outside the overlays: unless every one of
+/// its networks is internal (a task on no network has egress, as in Swarm).
+pub fn wants_egress(attachments: &[NetworkAttachment], networks: &HashMap<&str, &Network>) -> bool {
+    attachments.is_empty()
+        || attachments
+            .iter()
+            .any(|a| networks.get(a.network_id.as_str()).is_none_or(|n| !n.spec.as_ref().is_some_and(|s| s.internal)))
+}
+
+/// The host state `inputs` call for, and the tasks that cannot have their network, with why.
+/// Pure; `resolve` turns a node's address into an IPv4 address.
+pub fn desired(
+    view: &View,
+    tasks: &BTreeMap<String, LocalTask>,
+    host: &Host,
+    resolve: &dyn Fn(&str) -> Option<Ipv4Addr>,
+) -> (Desired, Vec<(String, String)>) {
+    let networks: HashMap<&str, &Network> =
+        view.networks.iter().filter_map(|n| n.meta.as_ref().map(|m| (m.id.as_str(), n))).collect();
+    let mut out = Desired {
+        local: host.local,
+        port: u16::try_from(view.port).ok().filter(|p| *p != 0).unwrap_or(4789),
+        ..Default::default()
+    };
+    let mut unready = Vec::new();
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    'tasks: for (id, t) in tasks {
+        let mut interfaces = Vec::new();
+        for a in &t.attachments {
+            let Some(n) = networks.get(a.network_id.as_str()) else {
+                unready.push((id.clone(), format!("network {} is not known on this node yet", a.network_id)));
+                continue 'tasks;
+            };
+            let Some(address) = Net::parse(&a.address) else {
+                unready.push((id.clone(), format!("invalid address {:?}", a.address)));
+                continue 'tasks;
+            };
+            interfaces.push(Interface {
+                bridge: bridge_name(n.vni),
+                address,
+                mtu: mtu_of(n, host.underlay_mtu),
+                gateway: None,
+            });
+            used.insert(a.network_id.as_str());
+        }
+        if wants_egress(&t.attachments, &networks) {
+            match (host.gateway, t.gateway_address) {
+                (Some(gw), Some(addr)) => interfaces.push(Interface {
+                    bridge: GATEWAY_BRIDGE.into(),
+                    address: Net { addr, prefix: gw.prefix },
+                    mtu: host.underlay_mtu,
+                    gateway: Some(gw.addr),
+                }),
+                (None, _) => {
+                    unready.push((id.clone(), "no subnet in 172.18.0.0-172.31.255.255 is free for egress".into()));
+                    continue;
+                }
+                (Some(gw), None) => {
+                    unready.push((id.clone(), format!("no free address for egress in {gw}")));
+                    continue;
+                }
+            }
+        }
+        out.tasks.push(TaskNet { task_id: id.clone(), interfaces });
+    }
+    if let (true, Some(gw)) =
+        (out.tasks.iter().any(|t| t.interfaces.iter().any(|i| i.bridge == GATEWAY_BRIDGE)), host.gateway)
+    {
+        out.gateway = Some(Gateway { address: gw, mtu: host.underlay_mtu });
+    }
+    for id in &used {
+        if let Some(n) = networks.get(id) {
+            if let Some(subnet) = Net::parse(&n.subnet) {
+                out.overlays.push(Overlay { vni: n.vni, subnet, mtu: mtu_of(n, host.underlay_mtu) });
+            }
+        }
+    }
+    let vnis: HashMap<&str, u32> = used.iter().filter_map(|id| networks.get(id).map(|n| (*id, n.vni))).collect();
+    for e in &view.endpoints {
+        let Some(vni) = vnis.get(e.network_id.as_str()) else { continue };
+        if e.node_id == host.node_id {
+            continue;
+        }
+        let (Some(address), Some(h)) = (Net::parse(&e.address), resolve(&e.node_addr)) else { continue };
+        out.remotes.push(Remote { vni: *vni, address: address.addr, host: h });
+    }
+    out.remotes.sort();
+    out.remotes.dedup_by_key(|r| (r.vni, r.address));
+    (out, unready)
+}
+
+/// Resolves node addresses, remembering the answers (an address is an IP literal in most
+/// clusters; a name is looked up once).
+#[derive(Default)]
+pub struct Resolver {
+    known: std::sync::Mutex<HashMap<String, Option<Ipv4Addr>>>,
+}
+
+impl Resolver {
+    /// The IPv4 address of `host`.
+    pub fn resolve(&self, host: &str) -> Option<Ipv4Addr> {
+        if let Ok(a) = host.parse() {
+            return Some(a);
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        *known.entry(host.to_string()).or_insert_with(|| {
+            use std::net::ToSocketAddrs;
+            (host, 0).to_socket_addrs().ok()?.find_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v) => Some(v),
+                std::net::IpAddr::V6(_) => None,
+            })
+        })
+    }
+}
+
+/// The loop that keeps the host's network state where the inputs say, until `cancel`.
+/// Failed steps are retried every second; the whole state is checked again every 30 seconds
+/// (so a hand-deleted entry comes back).
+pub async fn run(
+    exec: Arc<dyn Executor>,
+    mut inputs: watch::Receiver<Inputs>,
+    ready: watch::Sender<BTreeMap<String, Readiness>>,
+    mut host: Host,
+    cancel: CancellationToken,
+) {
+    let resolver = Resolver::default();
+    if let Some(local) = host.local {
+        if let Some(mtu) = exec.underlay_mtu(local).await {
+            host.underlay_mtu = mtu;
+        }
+    }
+    loop {
+        let current = inputs.borrow_and_update().clone();
+        let mut retry = Duration::from_secs(30);
+        if let Some(view) = &current.view {
+            let (d, unready) = desired(view, &current.tasks, &host, &|h| resolver.resolve(h));
+            match shoal_net::converge(exec.as_ref(), &d).await {
+                Ok(out) => {
+                    let mut map: BTreeMap<String, Readiness> = BTreeMap::new();
+                    for t in &d.tasks {
+                        let r = out.task_error(&t.task_id).map_or(Readiness::Ready, Readiness::Failed);
+                        map.insert(t.task_id.clone(), r);
+                    }
+                    for (id, why) in unready {
+                        map.insert(id, Readiness::Failed(why));
+                    }
+                    ready.send_if_modified(|m| {
+                        let changed = *m != map;
+                        *m = map;
+                        changed
+                    });
+                    if !out.failed.is_empty() {
+                        retry = Duration::from_secs(1);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the host's network state; retrying");
+                    retry = Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = inputs.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Waits until the loop reports task `id`'s network, for at most `limit`.
+pub async fn wait_ready(
+    ready: &mut watch::Receiver<BTreeMap<String, Readiness>>,
+    id: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let wait = async {
+        loop {
+            if let Some(r) = ready.borrow_and_update().get(id).cloned() {
+                return match r {
+                    Readiness::Ready => Ok(()),
+                    Readiness::Failed(why) => Err(why),
+                };
+            }
+            if ready.changed().await.is_err() {
+                return Err("the agent is stopping".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| Err(format!("the task's network was not ready within {}s", limit.as_secs())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::v1::{Meta, NetworkSpec};
+
+    fn network(id: &str, vni: u32, subnet: &str, internal: bool) -> Network {
+        Network {
+            meta: Some(Meta { id: id.into(), ..Default::default() }),
+            spec: Some(NetworkSpec { internal, ..Default::default() }),
+            subnet: subnet.into(),
+            vni,
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(net: &str, node: &str, addr: &str, host: &str) -> Endpoint {
+        Endpoint {
+            network_id: net.into(),
+            node_id: node.into(),
+            address: addr.into(),
+            node_addr: host.into(),
+            ..Default::default()
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            node_id: "me".into(),
+            local: Some(Ipv4Addr::new(192, 168, 1, 1)),
+            gateway: Net::parse("172.18.0.1/16"),
+            underlay_mtu: 1400,
+        }
+    }
+
+    fn attach(net: &str, addr: &str) -> NetworkAttachment {
+        NetworkAttachment { network_id: net.into(), address: addr.into(), aliases: vec![] }
+    }
+
+    #[test]
+    fn tasks_get_their_overlays_egress_and_remote_peers() {
+        let view = View {
+            networks: vec![network("n1", 4097, "10.0.1.0/24", false), network("n2", 4098, "10.0.2.0/24", true)],
+            endpoints: vec![
+                endpoint("n1", "me", "10.0.1.2/24", "192.168.1.1"),
+                endpoint("n1", "other", "10.0.1.3/24", "192.168.1.2"),
+                endpoint("n2", "other", "10.0.2.3/24", "192.168.1.2"),
+                endpoint("n2", "unresolvable", "10.0.2.4/24", "nowhere"),
+            ],
+            port: 0,
+        };
+        let tasks = BTreeMap::from([
+            (
+                "a".to_string(),
+                LocalTask {
+                    attachments: vec![attach("n1", "10.0.1.2/24")],
+                    gateway_address: Some(Ipv4Addr::new(172, 18, 0, 2)),
+                },
+            ),
+            ("b".to_string(), LocalTask { attachments: vec![attach("n2", "10.0.2.2/24")], gateway_address: None }),
+        ]);
+        let resolve = |h: &str| h.parse().ok();
+        let (d, unready) = desired(&view, &tasks, &host(), &resolve);
+        assert!(unready.is_empty(), "{unready:?}");
+        assert_eq!(d.port, 4789);
+        assert_eq!(d.overlays.iter().map(|o| (o.vni, o.mtu)).collect::<Vec<_>>(), [(4097, 1350), (4098, 1350)]);
+        assert_eq!(
+            d.remotes.iter().map(|r| (r.vni, r.address.to_string(), r.host.to_string())).collect::<Vec<_>>(),
+            [(4097, "10.0.1.3".into(), "192.168.1.2".into()), (4098, "10.0.2.3".into(), "192.168.1.2".into())],
+            "not the node's own tasks, not a host that does not resolve"
+        );
+        let a = &d.tasks[0];
+        assert_eq!(a.interfaces.len(), 2, "an overlay and egress");
+        assert_eq!(a.interfaces[1].gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
+        assert_eq!(a.interfaces[1].address.to_string(), "172.18.0.2/16");
+        assert_eq!(d.tasks[1].interfaces.len(), 1, "an internal network only: no egress");
+        assert!(d.gateway.is_some());
+    }
+
+    #[test]
+    fn a_task_whose_network_is_unknown_or_without_egress_address_waits_with_a_reason() {
+        let view = View { networks: vec![network("n1", 4097, "10.0.1.0/24", false)], ..Default::default() };
+        let tasks = BTreeMap::from([
+            ("a".to_string(), LocalTask { attachments: vec![attach("nx", "10.9.0.2/24")], gateway_address: None }),
+            ("b".to_string(), LocalTask { attachments: vec![], gateway_address: None }),
+        ]);
+        let (d, unready) = desired(&view, &tasks, &host(), &|_| None);
+        assert!(d.tasks.is_empty() && d.overlays.is_empty() && d.gateway.is_none());
+        assert!(unready[0].1.contains("network nx is not known"), "{unready:?}");
+        assert!(unready[1].1.contains("no free address for egress"), "{unready:?}");
+        let no_gw = Host { gateway: None, ..host() };
+        let (_, unready) = desired(&view, &tasks, &no_gw, &|_| None);
+        assert!(unready[1].1.contains("is free for egress"), "{unready:?}");
+    }
+
+    #[test]
+    fn the_mtu_option_wins() {
+        let mut n = network("n1", 4097, "10.0.1.0/24", false);
+        assert_eq!(mtu_of(&n, 1500), 1450);
+        if let Some(s) = n.spec.as_mut() {
+            s.options.insert("mtu".into(), "1200".into());
+        }
+        assert_eq!(mtu_of(&n, 1500), 1200);
+    }
+
+    #[tokio::test]
+    async fn the_loop_makes_namespaces_and_reports_them() {
+        let fake = Arc::new(shoal_net::fake::Fake::default());
+        fake.broken.lock().unwrap_or_else(|e| e.into_inner()).push("bad".into());
+        let (tx, rx) = watch::channel(Inputs::default());
+        let (ready_tx, mut ready) = watch::channel(BTreeMap::new());
+        let cancel = CancellationToken::new();
+        let job = tokio::spawn(run(fake.clone(), rx, ready_tx, host(), cancel.clone()));
+        let egress = |n: u8| LocalTask { attachments: vec![], gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)) };
+        tx.send_modify(|i| {
+            i.tasks.insert("good".into(), egress(2));
+            i.tasks.insert("bad".into(), egress(3));
+        });
+        assert!(fake.observed().namespaces.is_empty(), "nothing changes before the view is known");
+        tx.send_modify(|i| i.view = Some(View::default()));
+        let limit = Duration::from_secs(5);
+        assert_eq!(wait_ready(&mut ready, "good", limit).await, Ok(()));
+        let bad = wait_ready(&mut ready, "bad", limit).await;
+        assert!(bad.is_err_and(|e| e.contains("refused")));
+        assert_eq!(fake.observed().namespaces, ["good"]);
+        tx.send_modify(|i| {
+            i.tasks.clear();
+        });
+        tokio::time::timeout(limit, async {
+            while !fake.observed().namespaces.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the namespace goes with its task");
+        cancel.cancel();
+        job.await.expect("loop ends");
+    }
+}

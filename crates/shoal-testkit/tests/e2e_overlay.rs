@@ -1,0 +1,286 @@
+//! Overlay networks end to end: 3 managers + 2 workers, each a network namespace with its own
+//! address and shoald (deploy/hosts.sh, set 2: 10.232.2.0/24), real containerd + runc, real
+//! VXLAN and nftables. Tasks of two services reach each other across hosts over TCP; egress
+//! works except on an internal network; two networks cannot reach each other; a gone task's
+//! address leaves every host's forwarding entries; an agent restart keeps connectivity; nothing
+//! is left on any host once the services and networks are gone. Needs root.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until};
+
+const T: Duration = Duration::from_secs(60);
+const SET: &str = "2";
+const IMAGE: &str = "10.232.2.254:5000/busybox:1";
+const REGISTRY: &str = "10.232.2.254:5000";
+const HOSTS: usize = 5;
+
+struct Hosts {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl Hosts {
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.script)
+            .args(args)
+            .env("SHOAL_HOSTS_DIR", self.dir.path())
+            .env("SHOAL_HOSTS_SET", SET)
+            .env("SHOAL_BIN_DIR", bin_dir()?)
+            .output()?;
+        if !out.status.success() {
+            bail!("hosts.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("unix://{}/h{i}/shoal.sock", self.dir.path().display())
+    }
+
+    /// The namespace file of a task running on host `i`.
+    fn task_ns(&self, i: usize, task_id: &str) -> PathBuf {
+        self.dir.path().join(format!("h{i}/data/agent/netns/{task_id}"))
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// Runs `args` in the network namespace at `ns`; (success, stdout).
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    match Command::new("nsenter").arg(format!("--net={ns}")).args(args).output() {
+        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Err(e) => (false, format!("nsenter: {e}")),
+    }
+}
+
+fn host_ns(i: usize) -> String {
+    format!("/var/run/netns/shoal{SET}-h{i}")
+}
+
+/// An HTTP GET from a task's namespace (busybox wget, bounded to 3 s by `timeout`: busybox's
+/// own -T crashes it): the body, if it answered.
+fn get(ns: &std::path::Path, url: &str) -> Option<String> {
+    let out = Command::new("timeout")
+        .args(["3", "nsenter", &format!("--net={}", ns.display()), "busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Debug, Clone)]
+struct TaskAt {
+    id: String,
+    host: usize,
+    address: String,
+    pid: i64,
+}
+
+async fn running_tasks(h: &str, service: &str) -> Option<Vec<TaskAt>> {
+    let v = shoal(h, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?;
+    let mut out = Vec::new();
+    for t in v.as_array()? {
+        if t["desired_state"] != "running" || t["state"] != "running" {
+            continue;
+        }
+        let host = t["node"].as_str()?.strip_prefix("host")?.parse().ok()?;
+        let address = t["networks"][0]["address"].as_str()?.split('/').next()?.to_string();
+        out.push(TaskAt { id: t["id"].as_str()?.to_string(), host, address, pid: t["pid"].as_i64().unwrap_or(0) });
+    }
+    Some(out)
+}
+
+async fn wait_running(h: &str, service: &str, n: usize) -> Result<Vec<TaskAt>> {
+    wait_until(T, &format!("{n} running tasks of {service}"), || async move {
+        let ts = running_tasks(h, service).await?;
+        (ts.len() == n).then_some(ts)
+    })
+    .await
+}
+
+/// The first host that still forwards to `address` over the overlay or answers ARP for it
+/// (its MAC is 02:42 + the address), if any.
+fn anywhere_forwards(address: &str) -> Option<usize> {
+    let octets: Vec<u8> = address.split('.').filter_map(|o| o.parse().ok()).collect();
+    let mac = format!("02:42:{}", octets.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+    (1..=HOSTS).find(|i| {
+        let (_, fdb) = in_ns(&host_ns(*i), &["bridge", "fdb", "show"]);
+        let (_, neigh) = in_ns(&host_ns(*i), &["ip", "neigh", "show", "nud", "permanent"]);
+        fdb.lines().any(|l| l.contains(&mac) && l.contains(" dst "))
+            || neigh.lines().any(|l| l.split_whitespace().next() == Some(address))
+    })
+}
+
+fn serve(name: &str) -> Vec<String> {
+    vec![
+        "service".into(),
+        "create".into(),
+        "--name".into(),
+        name.into(),
+        "--replicas".into(),
+        "2".into(),
+        "--network".into(),
+        "appnet".into(),
+        IMAGE.into(),
+        "sh".into(),
+        "-c".into(),
+        "mkdir -p /www && echo \"hello from $(hostname)\" >/www/index.html && exec httpd -f -p 80 -h /www".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hosts.sh");
+    let hosts = Hosts { dir: tempfile::tempdir()?, script };
+    hosts.run(&["down"]).ok();
+    hosts.run(&["up", "3", "2"]).context("bring up 3 managers + 2 workers")?;
+    let h = hosts.host(1);
+
+    shoal_ok(&h, &["network", "create", "appnet"]).await?;
+    shoal_ok(&h, &["network", "create", "--internal", "privnet"]).await?;
+    shoal_ok(&h, &["network", "create", "othernet"]).await?;
+    let args = serve("srv");
+    shoal_ok(&h, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    shoal_ok(
+        &h,
+        &["service", "create", "--name", "cli", "--replicas", "3", "--network", "appnet", IMAGE, "sleep", "1002"],
+    )
+    .await?;
+    shoal_ok(&h, &["service", "create", "--name", "priv", "--network", "privnet", IMAGE, "sleep", "1003"]).await?;
+    shoal_ok(&h, &["service", "create", "--name", "other", "--network", "othernet", IMAGE, "sleep", "1004"]).await?;
+    let srv = wait_running(&h, "srv", 2).await?;
+    let cli = wait_running(&h, "cli", 3).await?;
+
+    // Every client reaches every server over TCP, across hosts too, and the container really
+    // is in the namespace the agent made.
+    let mut across = 0;
+    for c in &cli {
+        let ns = hosts.task_ns(c.host, &c.id);
+        let (ns_ino, pid_ino) = (
+            std::fs::metadata(&ns).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok(),
+            std::fs::metadata(format!("/proc/{}/ns/net", c.pid)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok(),
+        );
+        assert!(
+            ns_ino.is_some() && ns_ino == pid_ino,
+            "task {} runs in its namespace ({ns_ino:?} vs {pid_ino:?})",
+            c.id
+        );
+        for s in &srv {
+            let body = wait_until(Duration::from_secs(10), &format!("{} -> {}", c.address, s.address), || {
+                let url = format!("http://{}/", s.address);
+                let ns = ns.clone();
+                async move { get(&ns, &url) }
+            })
+            .await?;
+            assert!(body.starts_with("hello from srv."), "{body}");
+            across += usize::from(c.host != s.host);
+        }
+    }
+    assert!(across > 0, "some client and server are on different hosts: {cli:?} {srv:?}");
+
+    // Egress leaves through the gateway bridge; an internal network has none; another network
+    // is out of reach.
+    let c0 = hosts.task_ns(cli[0].host, &cli[0].id);
+    assert!(get(&c0, &format!("http://{REGISTRY}/v2/")).is_some(), "egress from an overlay task");
+    let p = wait_running(&h, "priv", 1).await?;
+    let pns = hosts.task_ns(p[0].host, &p[0].id);
+    assert!(get(&pns, &format!("http://{REGISTRY}/v2/")).is_none(), "no egress from an internal network");
+    let o = wait_running(&h, "other", 1).await?;
+    let ons = hosts.task_ns(o[0].host, &o[0].id);
+    assert!(get(&ons, &format!("http://{}/", srv[0].address)).is_none(), "another network cannot reach appnet");
+
+    // Scale down: the gone task's address leaves every host's forwarding entries.
+    shoal_ok(&h, &["service", "scale", "srv=1"]).await?;
+    let left = wait_running(&h, "srv", 1).await?;
+    let gone = srv.iter().find(|s| s.id != left[0].id).context("a task went")?.clone();
+    wait_until(T, &format!("no host to forward to {}", gone.address), || {
+        let a = gone.address.clone();
+        async move { anywhere_forwards(&a).is_none().then_some(()) }
+    })
+    .await?;
+
+    // A task whose process is killed: its address goes from every host, its replacement is
+    // reachable.
+    let victim = left[0].clone();
+    let st = Command::new("kill").args(["-9", &victim.pid.to_string()]).status()?;
+    assert!(st.success(), "kill the server's process");
+    let replaced = wait_until(T, "the killed server replaced", || {
+        let h = h.clone();
+        let victim = victim.id.clone();
+        async move { running_tasks(&h, "srv").await.filter(|t| t.len() == 1 && t[0].id != victim) }
+    })
+    .await?;
+    wait_until(T, &format!("no host to forward to {}", victim.address), || {
+        let (a, r) = (victim.address.clone(), replaced[0].address.clone());
+        async move { (a == r || anywhere_forwards(&a).is_none()).then_some(()) }
+    })
+    .await?;
+    let url = format!("http://{}/", replaced[0].address);
+    for c in &cli {
+        let ns = hosts.task_ns(c.host, &c.id);
+        wait_until(Duration::from_secs(10), "the replacement answers", || {
+            let (ns, url) = (ns.clone(), url.clone());
+            async move { get(&ns, &url) }
+        })
+        .await?;
+    }
+
+    // An agent restart keeps the network: same namespaces, still reachable.
+    let worker = cli.iter().map(|c| c.host).max().context("a client host")?;
+    let pid = std::fs::read_to_string(hosts.dir.path().join(format!("h{worker}/pid")))?.trim().to_string();
+    let ino = |c: &TaskAt| {
+        std::fs::metadata(hosts.task_ns(c.host, &c.id)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok()
+    };
+    let before: Vec<_> = cli.iter().filter(|c| c.host == worker).map(ino).collect();
+    assert!(Command::new("kill").args(["-9", &pid]).status()?.success());
+    hosts.run(&["start", &worker.to_string()])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for c in cli.iter().filter(|c| c.host == worker) {
+        let ns = hosts.task_ns(c.host, &c.id);
+        wait_until(T, "reachable after the agent restart", || {
+            let (ns, url) = (ns.clone(), url.clone());
+            async move { get(&ns, &url) }
+        })
+        .await?;
+    }
+    let after: Vec<_> = cli.iter().filter(|c| c.host == worker).map(ino).collect();
+    assert_eq!(before, after, "the restarted agent kept the tasks' namespaces");
+    let ids = |ts: &[TaskAt]| ts.iter().map(|t| t.id.clone()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(ids(&wait_running(&h, "cli", 3).await?), ids(&cli), "no client was replaced");
+
+    // Everything removed: nothing of shoal's is left on any host.
+    for s in ["srv", "cli", "priv", "other"] {
+        shoal_ok(&h, &["service", "rm", s]).await?;
+    }
+    for n in ["appnet", "privnet", "othernet"] {
+        wait_until(T, &format!("network rm {n}"), || {
+            let h = h.clone();
+            async move { shoal(&h, &["network", "rm", n]).await.ok().filter(|o| o.ok).map(|_| ()) }
+        })
+        .await?;
+    }
+    wait_until(T, "every host clean", || {
+        let dir = hosts.dir.path().to_path_buf();
+        async move {
+            (1..=HOSTS)
+                .all(|i| {
+                    let (_, links) = in_ns(&host_ns(i), &["ip", "-o", "link"]);
+                    let clean = !["shbr", "shvx", "shve", "shpe", "shoal_gwbridge"].iter().any(|p| links.contains(p));
+                    let ns_dir = dir.join(format!("h{i}/data/agent/netns"));
+                    let empty = std::fs::read_dir(&ns_dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+                    let (nft, _) = in_ns(&host_ns(i), &["nft", "list", "table", "ip", "shoal"]);
+                    clean && empty && !nft
+                })
+                .then_some(())
+        }
+    })
+    .await?;
+    Ok(())
+}
