@@ -52,6 +52,9 @@ pub struct NetWait {
     pub ready: watch::Receiver<std::collections::BTreeMap<String, crate::network::Readiness>>,
     /// The task's namespace file.
     pub path: std::path::PathBuf,
+    /// Where the task's `/etc/resolv.conf`, `hosts` and `hostname` are written, when the node
+    /// serves its tasks' DNS.
+    pub etc: Option<std::path::PathBuf>,
 }
 
 /// How long a task waits for its network before it is rejected.
@@ -202,6 +205,15 @@ impl Controller {
                 Err(e) => {
                     self.report(TaskState::Rejected, "network setup failed", &e, None);
                     return false;
+                }
+            }
+            if let Some(dir) = net.etc.clone() {
+                match crate::network::write_etc(&dir, &spec.hostname, task, &spec.mounts) {
+                    Ok(m) => spec.mounts.extend(m),
+                    Err(e) => {
+                        self.report(TaskState::Rejected, "network setup failed", &e, None);
+                        return false;
+                    }
                 }
             }
             if self.stop_requested() {

@@ -54,6 +54,9 @@ pub struct NetworkConfig {
     pub executor: Arc<dyn shoal_net::Executor>,
     /// The underlay address VXLAN leaves from.
     pub local: Option<std::net::Ipv4Addr>,
+    /// Serve each task's resolver at 127.0.0.11 and give it `/etc/resolv.conf`, `/etc/hosts`
+    /// and `/etc/hostname`.
+    pub dns: bool,
 }
 
 impl std::fmt::Debug for NetworkConfig {
@@ -69,6 +72,8 @@ struct NetSide {
     executor: Arc<dyn shoal_net::Executor>,
     /// The egress bridge's address.
     gateway: Option<shoal_net::Net>,
+    /// Where tasks' `/etc` files go (when the node serves their DNS).
+    etc: Option<PathBuf>,
 }
 
 /// The agent could not start.
@@ -131,10 +136,11 @@ impl Agent {
             reporter: self.reporter.clone(),
             files: self.files.clone(),
         };
-        let net = self
-            .net
-            .as_ref()
-            .map(|n| controller::NetWait { ready: n.ready.clone(), path: n.executor.namespace_path(&id) });
+        let net = self.net.as_ref().map(|n| controller::NetWait {
+            ready: n.ready.clone(),
+            path: n.executor.namespace_path(&id),
+            etc: n.etc.as_ref().map(|d| d.join(&id)),
+        });
         let c = controller::Controller::new(rx, tools, adopted, last, cancel.clone(), net);
         self.work.spawn(c.run());
         self.controllers.insert(id, Running { tx, cancel });
@@ -190,6 +196,7 @@ impl Agent {
         let (runtime, db, id) = (self.runtime.clone(), self.db.clone(), id.to_string());
         let files = self.files.clone().ok();
         let inputs = self.net.as_ref().map(|n| n.inputs.clone());
+        let etc = self.net.as_ref().and_then(|n| n.etc.as_ref()).map(|d| d.join(&id));
         self.work.spawn(async move {
             let _ = runtime.stop(&id, 15, Duration::from_secs(10)).await;
             if let Err(e) = runtime.remove(&id).await {
@@ -202,6 +209,9 @@ impl Agent {
             // finishing its work).
             if let Some(inputs) = inputs {
                 inputs.send_if_modified(|i| i.tasks.remove(&id).is_some());
+            }
+            if let Some(dir) = etc {
+                let _ = std::fs::remove_dir_all(dir);
             }
             if let Err(e) = db.remove(&id) {
                 tracing::warn!(task_id = %id, error = %e, "forgetting the task failed");
@@ -328,9 +338,16 @@ pub fn start(
                 }
                 let (inputs, inputs_rx) = watch::channel(network::Inputs::default());
                 let (ready_tx, ready) = watch::channel(std::collections::BTreeMap::new());
-                let host = network::Host { node_id: cfg.node_id.clone(), local: n.local, gateway, underlay_mtu: 1500 };
+                let host = network::Host {
+                    node_id: cfg.node_id.clone(),
+                    local: n.local,
+                    gateway,
+                    underlay_mtu: 1500,
+                    dns: n.dns,
+                };
                 work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, host, cancel.clone()));
-                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway }
+                let etc = n.dns.then(|| cfg.data_dir.join("etc"));
+                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway, etc }
             });
             let mut agent = Agent {
                 work,

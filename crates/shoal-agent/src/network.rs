@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::v1::{Endpoint, Network, NetworkAttachment};
-use shoal_net::{bridge_name, Desired, Executor, Gateway, Interface, Net, Overlay, Remote, TaskNet, GATEWAY_BRIDGE};
+use shoal_net::{
+    bridge_name, dns, Desired, Executor, Gateway, Interface, Net, Overlay, Remote, TaskNet, GATEWAY_BRIDGE,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,89 @@ pub struct Host {
     pub gateway: Option<Net>,
     /// The underlay's MTU.
     pub underlay_mtu: u32,
+    /// Serve each task's resolver at 127.0.0.11 inside its namespace.
+    pub dns: bool,
+}
+
+/// The DNS entries of a view: every serving task address, with its names.
+pub fn dns_entries(view: &View) -> Vec<dns::Entry> {
+    view.endpoints
+        .iter()
+        .filter(|e| e.serving)
+        .filter_map(|e| {
+            Some(dns::Entry {
+                network_id: e.network_id.clone(),
+                service: e.service_name.clone(),
+                task_name: e.task_name.clone(),
+                task_id: e.task_id.clone(),
+                aliases: e.aliases.clone(),
+                address: Net::parse(&e.address)?.addr,
+            })
+        })
+        .collect()
+}
+
+/// The resolvers this loop serves, one per task namespace.
+struct Resolvers {
+    table: watch::Sender<Arc<dns::Table>>,
+    upstreams: Vec<std::net::SocketAddr>,
+    /// Task id -> (its networks, what stops its resolver).
+    running: HashMap<String, (Vec<String>, CancellationToken)>,
+    set: tokio::task::JoinSet<()>,
+}
+
+impl Resolvers {
+    /// Serves a resolver for every task of `d` whose namespace is ready, stops the others;
+    /// a task whose resolver cannot be bound is not ready.
+    async fn sync(
+        &mut self,
+        exec: &Arc<dyn Executor>,
+        d: &Desired,
+        tasks: &BTreeMap<String, LocalTask>,
+        map: &mut BTreeMap<String, Readiness>,
+        cancel: &CancellationToken,
+    ) {
+        while self.set.try_join_next().is_some() {}
+        let ready: BTreeMap<&str, Vec<String>> = d
+            .tasks
+            .iter()
+            .filter(|t| map.get(&t.task_id) == Some(&Readiness::Ready))
+            .map(|t| {
+                let nets = tasks.get(&t.task_id).map(|l| l.attachments.iter().map(|a| a.network_id.clone()).collect());
+                (t.task_id.as_str(), nets.unwrap_or_default())
+            })
+            .collect();
+        self.running.retain(|id, (nets, token)| {
+            let keep = ready.get(id.as_str()) == Some(nets);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, nets) in ready {
+            if self.running.contains_key(id) {
+                continue;
+            }
+            let path = exec.namespace_path(id);
+            let bound = tokio::task::spawn_blocking(move || dns::bind_in(&path)).await.map_err(|e| e.to_string());
+            match bound.and_then(|r| r) {
+                Ok(socket) => {
+                    let token = cancel.child_token();
+                    self.set.spawn(dns::serve(
+                        socket,
+                        self.table.subscribe(),
+                        nets.clone(),
+                        self.upstreams.clone(),
+                        token.clone(),
+                    ));
+                    self.running.insert(id.to_string(), (nets, token));
+                }
+                Err(e) => {
+                    map.insert(id.to_string(), Readiness::Failed(format!("its resolver at 127.0.0.11: {e}")));
+                }
+            }
+        }
+    }
 }
 
 /// The overlay MTU of network `n`: its `mtu` option, else the underlay's minus VXLAN's overhead.
@@ -202,6 +287,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let resolver = Resolver::default();
+    let mut resolvers = Resolvers {
+        table: watch::channel(Arc::new(dns::Table::default())).0,
+        upstreams: std::fs::read_to_string("/etc/resolv.conf").map(|t| dns::upstreams(&t)).unwrap_or_default(),
+        running: HashMap::new(),
+        set: tokio::task::JoinSet::new(),
+    };
     if let Some(local) = host.local {
         if let Some(mtu) = exec.underlay_mtu(local).await {
             host.underlay_mtu = mtu;
@@ -221,6 +312,18 @@ pub async fn run(
                     }
                     for (id, why) in unready {
                         map.insert(id, Readiness::Failed(why));
+                    }
+                    if host.dns {
+                        let table = Arc::new(dns::Table::new(&dns_entries(view)));
+                        resolvers.table.send_if_modified(|t| {
+                            let changed = **t != *table;
+                            *t = table;
+                            changed
+                        });
+                        resolvers.sync(&exec, &d, &current.tasks, &mut map, &cancel).await;
+                        if map.values().any(|r| matches!(r, Readiness::Failed(_))) {
+                            retry = Duration::from_secs(1);
+                        }
                     }
                     ready.send_if_modified(|m| {
                         let changed = *m != map;
@@ -243,6 +346,49 @@ pub async fn run(
             _ = tokio::time::sleep(retry) => {}
         }
     }
+}
+
+/// The files a task's `/etc` gets (name, content): its resolver, its own name and addresses.
+/// Pure.
+pub fn etc_files(hostname: &str, addresses: &[Ipv4Addr]) -> Vec<(&'static str, String)> {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for a in addresses {
+        hosts.push_str(&format!("{a}\t{hostname}\n"));
+    }
+    vec![
+        ("resolv.conf", format!("nameserver {}\noptions ndots:0\n", dns::ADDRESS)),
+        ("hosts", hosts),
+        ("hostname", format!("{hostname}\n")),
+    ]
+}
+
+/// Writes a task's `/etc` files under `dir` and returns the bind mounts that put them in its
+/// container (leaving out a target the task mounts itself).
+pub fn write_etc(
+    dir: &std::path::Path,
+    hostname: &str,
+    task: &shoal_api::v1::Task,
+    taken: &[shoal_runtime::MountSpec],
+) -> Result<Vec<shoal_runtime::MountSpec>, String> {
+    use shoal_runtime::MountSpec;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let addresses: Vec<Ipv4Addr> =
+        task.networks.iter().filter_map(|a| Net::parse(&a.address)).map(|n| n.addr).collect();
+    let mut mounts = Vec::new();
+    for (name, content) in etc_files(hostname, &addresses) {
+        let path = dir.join(name);
+        std::fs::write(&path, content).map_err(|e| format!("{}: {e}", path.display()))?;
+        let target = format!("/etc/{name}");
+        let mounted = taken.iter().any(|m| match m {
+            MountSpec::Bind { target: t, .. }
+            | MountSpec::Volume { target: t, .. }
+            | MountSpec::Tmpfs { target: t, .. } => *t == target,
+        });
+        if !mounted {
+            mounts.push(MountSpec::Bind { source: path, target, read_only: false });
+        }
+    }
+    Ok(mounts)
 }
 
 /// Waits until the loop reports task `id`'s network, for at most `limit`.
@@ -300,6 +446,7 @@ mod tests {
             local: Some(Ipv4Addr::new(192, 168, 1, 1)),
             gateway: Net::parse("172.18.0.1/16"),
             underlay_mtu: 1400,
+            dns: false,
         }
     }
 
@@ -361,6 +508,20 @@ mod tests {
         let no_gw = Host { gateway: None, ..host() };
         let (_, unready) = desired(&view, &tasks, &no_gw, &|_| None);
         assert!(unready[1].1.contains("is free for egress"), "{unready:?}");
+    }
+
+    #[test]
+    fn etc_files_name_the_resolver_and_the_task() {
+        let f = etc_files("web.2", &[Ipv4Addr::new(10, 0, 1, 5)]);
+        assert_eq!(f[0], ("resolv.conf", "nameserver 127.0.0.11\noptions ndots:0\n".to_string()));
+        assert!(f[1].1.ends_with("10.0.1.5\tweb.2\n") && f[1].1.starts_with("127.0.0.1\tlocalhost"), "{}", f[1].1);
+        assert_eq!(f[2].1, "web.2\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let task = shoal_api::v1::Task { networks: vec![attach("n1", "10.0.1.5/24")], ..Default::default() };
+        let own = shoal_runtime::MountSpec::Bind { source: "/x".into(), target: "/etc/hosts".into(), read_only: true };
+        let m = write_etc(dir.path(), "web.2", &task, &[own]).expect("write");
+        assert_eq!(m.len(), 2, "the task's own /etc/hosts stays: {m:?}");
+        assert!(std::fs::read_to_string(dir.path().join("hosts")).is_ok_and(|h| h.contains("10.0.1.5")));
     }
 
     #[test]

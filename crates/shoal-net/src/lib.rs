@@ -19,6 +19,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+pub mod dns;
 pub mod fake;
 pub mod netlink;
 pub mod netns;

@@ -12,7 +12,9 @@ fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
 
 /// Runs `f` on a thread of its own (a thread's namespace changes must not leak into the
 /// runtime's threads) and returns what it returned.
-fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+pub(crate) fn on_own_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     std::thread::Builder::new()
         .name("shoal-netns".into())
         .spawn(f)

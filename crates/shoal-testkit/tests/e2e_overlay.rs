@@ -75,6 +75,50 @@ fn get(ns: &std::path::Path, url: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `args` inside a task's container (its network and mount namespaces, so its own
+/// `/etc/resolv.conf` and binaries), bounded to 5 s: stdout if it succeeded.
+fn in_task(pid: i64, args: &[&str]) -> Option<String> {
+    let pid = pid.to_string();
+    let mut all = vec!["5", "nsenter", "-t", pid.as_str(), "-n", "-m"];
+    all.extend_from_slice(args);
+    let out = Command::new("timeout").args(&all).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The addresses a task's resolver gives for `name` (busybox nslookup), sorted; `None` when
+/// the name does not resolve.
+fn resolve(pid: i64, name: &str) -> Option<Vec<String>> {
+    let out = in_task(pid, &["busybox", "nslookup", name])?;
+    // The server's own lines come first ("Server:" and "Address: 127.0.0.11:53").
+    let answers = out.split_once("Name:")?.1;
+    let mut v: Vec<String> = answers
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:").map(|a| a.trim().to_string()))
+        .filter(|a| !a.is_empty())
+        .collect();
+    v.sort();
+    Some(v)
+}
+
+fn sorted(addrs: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = addrs.collect();
+    v.sort();
+    v
+}
+
+/// Waits until every task in `clients` resolves `name` to exactly `want`.
+async fn wait_resolves(clients: &[TaskAt], name: &str, want: &[String]) -> Result<()> {
+    for c in clients {
+        let (pid, name2, want2) = (c.pid, name.to_string(), want.to_vec());
+        wait_until(T, &format!("{name} -> {want:?} from task {}", c.id), move || {
+            let (n, w) = (name2.clone(), want2.clone());
+            async move { (resolve(pid, &n).as_deref() == Some(w.as_slice())).then_some(()) }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct TaskAt {
     id: String,
@@ -185,6 +229,17 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     }
     assert!(across > 0, "some client and server are on different hosts: {cli:?} {srv:?}");
 
+    // By name, through each task's resolver at 127.0.0.11: the service, its tasks, a task.
+    wait_resolves(&cli, "tasks.srv", &sorted(srv.iter().map(|s| s.address.clone()))).await?;
+    wait_resolves(&cli, "srv", &sorted(srv.iter().map(|s| s.address.clone()))).await?;
+    for c in &cli {
+        let body = in_task(c.pid, &["busybox", "wget", "-q", "-O", "-", "http://srv/"]).unwrap_or_default();
+        assert!(body.starts_with("hello from srv."), "GET http://srv/ from {}: {body:?}", c.id);
+        let hosts = in_task(c.pid, &["cat", "/etc/hosts"]).unwrap_or_default();
+        assert!(hosts.contains(&c.address), "the task's /etc/hosts names it: {hosts}");
+    }
+    assert_eq!(resolve(cli[0].pid, "srv.1").map(|v| v.len()), Some(1), "a task's name resolves to its address");
+
     // Egress leaves through the gateway bridge; an internal network has none; another network
     // is out of reach.
     let c0 = hosts.task_ns(cli[0].host, &cli[0].id);
@@ -195,6 +250,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     let o = wait_running(&h, "other", 1).await?;
     let ons = hosts.task_ns(o[0].host, &o[0].id);
     assert!(get(&ons, &format!("http://{}/", srv[0].address)).is_none(), "another network cannot reach appnet");
+    assert_eq!(resolve(o[0].pid, "tasks.srv"), None, "another network's names are not answered");
 
     // Scale down: the gone task's address leaves every host's forwarding entries.
     shoal_ok(&h, &["service", "scale", "srv=1"]).await?;
@@ -205,6 +261,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
         async move { anywhere_forwards(&a).is_none().then_some(()) }
     })
     .await?;
+    wait_resolves(&cli, "tasks.srv", std::slice::from_ref(&left[0].address)).await?;
 
     // A task whose process is killed: its address goes from every host, its replacement is
     // reachable.
@@ -222,6 +279,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
         async move { (a == r || anywhere_forwards(&a).is_none()).then_some(()) }
     })
     .await?;
+    wait_resolves(&cli, "tasks.srv", std::slice::from_ref(&replaced[0].address)).await?;
     let url = format!("http://{}/", replaced[0].address);
     for c in &cli {
         let ns = hosts.task_ns(c.host, &c.id);
