@@ -113,9 +113,19 @@ pub enum Answer {
     Drop,
 }
 
+/// How a query came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A datagram: at most 512 bytes back (or the client's EDNS size), else truncated so the
+    /// client asks again over TCP.
+    Udp,
+    /// A TCP stream: any size.
+    Tcp,
+}
+
 /// The answer to `query` from a task on `networks`. Addresses are rotated by the query id so
 /// clients that take the first one spread over the tasks. Pure.
-pub fn answer(query: &[u8], table: &Table, networks: &[String]) -> Answer {
+pub fn answer(query: &[u8], table: &Table, networks: &[String], transport: Transport) -> Answer {
     let Ok(q) = Message::from_vec(query) else { return Answer::Drop };
     if q.metadata.message_type != MessageType::Query {
         return Answer::Drop;
@@ -140,7 +150,10 @@ pub fn answer(query: &[u8], table: &Table, networks: &[String]) -> Answer {
             r.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(a))));
         }
     }
-    let limit = q.edns.as_ref().map_or(512, |e| usize::from(e.max_payload()).max(512));
+    let limit = match transport {
+        Transport::Udp => q.edns.as_ref().map_or(512, |e| usize::from(e.max_payload()).max(512)),
+        Transport::Tcp => usize::from(u16::MAX),
+    };
     match r.to_vec() {
         Ok(v) if v.len() <= limit => Answer::Reply(v),
         Ok(_) => r.truncate().to_vec().map_or(Answer::Drop, Answer::Reply),
@@ -173,17 +186,65 @@ pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Binds the resolver's UDP socket inside the namespace at `ns`.
-pub fn bind_in(ns: &Path) -> Result<std::net::UdpSocket, String> {
+/// A resolver's sockets, bound inside a task's namespace.
+#[derive(Debug)]
+pub struct Sockets {
+    /// UDP 127.0.0.11:53.
+    pub udp: std::net::UdpSocket,
+    /// TCP 127.0.0.11:53 (clients retry there when an answer was truncated).
+    pub tcp: std::net::TcpListener,
+}
+
+/// Binds the resolver's sockets inside the namespace at `ns`.
+pub fn bind_in(ns: &Path) -> Result<Sockets, String> {
     let target = ns.to_path_buf();
     crate::netns::on_own_thread(move || {
         let f = std::fs::File::open(&target).map_err(|e| format!("{}: {e}", target.display()))?;
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering the namespace: {e}"))?;
-        let s = std::net::UdpSocket::bind((ADDRESS, 53)).map_err(|e| format!("binding {ADDRESS}:53: {e}"))?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        Ok(s)
+        let udp = std::net::UdpSocket::bind((ADDRESS, 53)).map_err(|e| format!("binding udp {ADDRESS}:53: {e}"))?;
+        udp.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let tcp = std::net::TcpListener::bind((ADDRESS, 53)).map_err(|e| format!("binding tcp {ADDRESS}:53: {e}"))?;
+        tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(Sockets { udp, tcp })
     })
+}
+
+/// Answers the queries of one TCP connection (length-prefixed, RFC 1035 4.2.2) until it
+/// closes or stays idle for 10 s.
+async fn serve_tcp(
+    mut conn: tokio::net::TcpStream,
+    table: Arc<Table>,
+    networks: Arc<Vec<String>>,
+    upstreams: Arc<Vec<SocketAddr>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if !matches!(tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut query)).await, Ok(Ok(_))) {
+            return;
+        }
+        let reply = match answer(&query, &table, &networks, Transport::Tcp) {
+            Answer::Reply(r) => r,
+            Answer::Forward => match forward(&query, &upstreams).await {
+                Some(r) => r,
+                None => match servfail(&query) {
+                    Some(r) => r,
+                    None => return,
+                },
+            },
+            Answer::Drop => return,
+        };
+        let Ok(n) = u16::try_from(reply.len()) else { return };
+        if conn.write_all(&n.to_be_bytes()).await.is_err() || conn.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Asks the upstreams in turn (1 s each), returns the first answer.
@@ -209,20 +270,22 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
 /// from `upstreams` (at most 64 forwarded queries at once; a query that finds no upstream gets
 /// SERVFAIL).
 pub async fn serve(
-    socket: std::net::UdpSocket,
+    sockets: Sockets,
     mut table: watch::Receiver<Arc<Table>>,
     networks: Vec<String>,
     upstreams: Vec<SocketAddr>,
     cancel: CancellationToken,
 ) {
-    let socket = match tokio::net::UdpSocket::from_std(socket) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "task resolver socket");
-            return;
-        }
-    };
+    let (socket, listener) =
+        match (tokio::net::UdpSocket::from_std(sockets.udp), tokio::net::TcpListener::from_std(sockets.tcp)) {
+            (Ok(s), Ok(l)) => (Arc::new(s), l),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "task resolver sockets");
+                return;
+            }
+        };
     let upstreams = Arc::new(upstreams);
+    let networks_shared = Arc::new(networks.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     let mut forwards = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 4096];
@@ -234,10 +297,21 @@ pub async fn serve(
                 Err(_) => continue,
             },
             Some(_) = forwards.join_next(), if !forwards.is_empty() => continue,
+            c = listener.accept() => {
+                if let (Ok((conn, _)), Ok(permit)) = (c, slots.clone().try_acquire_owned()) {
+                    let t = table.borrow_and_update().clone();
+                    let (n, u) = (networks_shared.clone(), upstreams.clone());
+                    forwards.spawn(async move {
+                        serve_tcp(conn, t, n, u).await;
+                        drop(permit);
+                    });
+                }
+                continue;
+            }
         };
         let query = buf[..n].to_vec();
         let t = table.borrow_and_update().clone();
-        match answer(&query, &t, &networks) {
+        match answer(&query, &t, &networks, Transport::Udp) {
             Answer::Reply(r) => {
                 let _ = socket.send_to(&r, from).await;
             }
@@ -285,6 +359,10 @@ mod tests {
         m.to_vec().expect("encode")
     }
 
+    fn answer_udp(q: &[u8], t: &Table, n: &[String]) -> Answer {
+        answer(q, t, n, Transport::Udp)
+    }
+
     fn reply(a: Answer) -> Message {
         match a {
             Answer::Reply(r) => Message::from_vec(&r).expect("decode"),
@@ -310,19 +388,22 @@ mod tests {
         let t =
             Table::new(&[entry("n1", "web", 1, &["www"]), entry("n1", "web", 2, &["www"]), entry("n2", "db", 3, &[])]);
         let n1 = vec!["n1".to_string()];
-        let m = reply(answer(&query("web.", RecordType::A, 7), &t, &n1));
+        let m = reply(answer_udp(&query("web.", RecordType::A, 7), &t, &n1));
         assert_eq!(addrs(&m), ["10.0.0.1", "10.0.0.2"]);
         assert_eq!(m.metadata.id, 7);
         assert!(m.answers.iter().all(|r| r.ttl == TTL));
-        assert_eq!(addrs(&reply(answer(&query("tasks.WEB.", RecordType::A, 1), &t, &n1))), ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(addrs(&reply(answer(&query("www.", RecordType::A, 1), &t, &n1))), ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(addrs(&reply(answer(&query("web.2.", RecordType::A, 1), &t, &n1))), ["10.0.0.2"]);
-        assert_eq!(addrs(&reply(answer(&query("web.2.id2.", RecordType::A, 1), &t, &n1))), ["10.0.0.2"]);
-        assert_eq!(answer(&query("db.", RecordType::A, 1), &t, &n1), Answer::Forward, "another network's name");
-        assert_eq!(answer(&query("example.org.", RecordType::A, 1), &t, &n1), Answer::Forward);
-        let aaaa = reply(answer(&query("web.", RecordType::AAAA, 1), &t, &n1));
+        assert_eq!(
+            addrs(&reply(answer_udp(&query("tasks.WEB.", RecordType::A, 1), &t, &n1))),
+            ["10.0.0.1", "10.0.0.2"]
+        );
+        assert_eq!(addrs(&reply(answer_udp(&query("www.", RecordType::A, 1), &t, &n1))), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(addrs(&reply(answer_udp(&query("web.2.", RecordType::A, 1), &t, &n1))), ["10.0.0.2"]);
+        assert_eq!(addrs(&reply(answer_udp(&query("web.2.id2.", RecordType::A, 1), &t, &n1))), ["10.0.0.2"]);
+        assert_eq!(answer_udp(&query("db.", RecordType::A, 1), &t, &n1), Answer::Forward, "another network's name");
+        assert_eq!(answer_udp(&query("example.org.", RecordType::A, 1), &t, &n1), Answer::Forward);
+        let aaaa = reply(answer_udp(&query("web.", RecordType::AAAA, 1), &t, &n1));
         assert!(aaaa.answers.is_empty() && aaaa.metadata.response_code == ResponseCode::NoError);
-        assert_eq!(answer(b"garbage", &t, &n1), Answer::Drop);
+        assert_eq!(answer_udp(b"garbage", &t, &n1), Answer::Drop);
     }
 
     #[test]
@@ -330,7 +411,7 @@ mod tests {
         let t = Table::new(&[entry("n", "web", 1, &[]), entry("n", "web", 2, &[]), entry("n", "web", 3, &[])]);
         let n = vec!["n".to_string()];
         let firsts: std::collections::BTreeSet<String> = (0..3)
-            .map(|id| match &reply(answer(&query("web.", RecordType::A, id), &t, &n)).answers[0].data {
+            .map(|id| match &reply(answer_udp(&query("web.", RecordType::A, id), &t, &n)).answers[0].data {
                 RData::A(a) => a.0.to_string(),
                 _ => String::new(),
             })
@@ -342,8 +423,10 @@ mod tests {
     fn a_large_answer_is_truncated_for_a_client_without_edns() {
         let entries: Vec<Entry> = (1..=60).map(|i| entry("n", "big", i, &[])).collect();
         let t = Table::new(&entries);
-        let m = reply(answer(&query("big.", RecordType::A, 1), &t, &["n".to_string()]));
+        let m = reply(answer_udp(&query("big.", RecordType::A, 1), &t, &["n".to_string()]));
         assert!(m.metadata.truncation, "60 addresses do not fit in 512 bytes");
+        let full = reply(answer(&query("big.", RecordType::A, 1), &t, &["n".to_string()], Transport::Tcp));
+        assert!(!full.metadata.truncation && full.answers.len() == 60, "over TCP all of them");
     }
 
     #[test]

@@ -188,3 +188,71 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     assert!(!links.contains("shbr") && !links.contains("shvx") && !links.contains(GATEWAY_BRIDGE), "{links}");
     assert!(!sh(&h1.ns, &["nft", "list", "table", "ip", "shoal"]).status.success(), "the nftables table is gone");
 }
+
+/// The task resolver in a real namespace: UDP and TCP at 127.0.0.11:53, the task's names
+/// answered, a large answer truncated over UDP and whole over TCP.
+#[test]
+fn the_resolver_answers_over_udp_and_tcp_inside_the_namespace() {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use shoal_net::dns;
+    use std::io::{Read, Write};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let ns = root.path().join("task");
+    netns::create(&ns).expect("namespace (needs root)");
+    let _guard = Host { ns: ns.clone(), tasks: root.path().join("none") };
+    must(&ns, &["ip", "link", "set", "lo", "up"]);
+    let entries: Vec<dns::Entry> = (1..=40)
+        .map(|i| dns::Entry {
+            network_id: "n".into(),
+            service: "big".into(),
+            task_name: format!("big.{i}"),
+            task_id: format!("t{i}"),
+            aliases: vec![],
+            address: Ipv4Addr::new(10, 1, 0, i),
+        })
+        .collect();
+    let sockets = dns::bind_in(&ns).expect("bind in the namespace");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (_table_tx, table) = tokio::sync::watch::channel(std::sync::Arc::new(dns::Table::new(&entries)));
+    let server = rt.spawn(dns::serve(sockets, table, vec!["n".into()], vec![], cancel.clone()));
+    let query = |name: &str| {
+        let mut m = Message::query();
+        m.metadata.id = 9;
+        m.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+        m.to_vec().expect("encode")
+    };
+    let (q1, q2, q3) = (query("big.7."), query("big."), query("nosuch.example."));
+    let (udp_one, udp_big, tcp_big, udp_unknown) = in_ns(&ns, move || async move {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3))).expect("timeout");
+        let ask = |q: &[u8]| {
+            s.send_to(q, (dns::ADDRESS, 53)).expect("send");
+            let mut buf = [0u8; 4096];
+            let n = s.recv(&mut buf).expect("an answer");
+            Message::from_vec(&buf[..n]).expect("decode")
+        };
+        let (one, big, unknown) = (ask(&q1), ask(&q2), ask(&q3));
+        let mut t = std::net::TcpStream::connect((dns::ADDRESS, 53)).expect("tcp");
+        t.set_read_timeout(Some(std::time::Duration::from_secs(3))).expect("timeout");
+        t.write_all(&(q2.len() as u16).to_be_bytes()).expect("write");
+        t.write_all(&q2).expect("write");
+        let mut len = [0u8; 2];
+        t.read_exact(&mut len).expect("length");
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        t.read_exact(&mut body).expect("body");
+        (one, big, Message::from_vec(&body).expect("decode"), unknown)
+    });
+    assert_eq!(udp_one.answers.len(), 1);
+    assert!(udp_big.metadata.truncation, "40 addresses do not fit a 512-byte datagram");
+    assert!(!tcp_big.metadata.truncation && tcp_big.answers.len() == 40, "over TCP they all come");
+    assert_eq!(
+        udp_unknown.metadata.response_code,
+        hickory_proto::op::ResponseCode::ServFail,
+        "a name of no network, with no upstream to ask"
+    );
+    cancel.cancel();
+    rt.block_on(server).expect("server ends");
+}
