@@ -7,6 +7,7 @@
 //! placement or restarts: it runs what it is given and reports what happens.
 
 mod controller;
+pub mod exec;
 pub mod files;
 pub mod logs;
 pub mod network;

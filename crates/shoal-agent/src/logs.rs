@@ -1,5 +1,6 @@
 //! The node's `Agent` service: serves what a task's container printed from its log file,
-//! optionally following it as it grows (and across the logger's rotation).
+//! optionally following it as it grows (and across the logger's rotation), and relays exec
+//! processes (`exec`).
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -126,9 +127,25 @@ async fn stream_file(
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
+type ExecStream = Pin<Box<dyn Stream<Item = Result<shoal_api::v1::ExecOutput, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Agent for AgentService {
     type TaskLogsStream = LogStream;
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<shoal_api::v1::ExecInput>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let mut input = req.into_inner();
+        let start = crate::exec::start_of(input.message().await?)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        while readers.try_join_next().is_some() {}
+        readers.spawn(crate::exec::run(self.runtime.clone(), start, input, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();

@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod out;
+mod exec;
 mod output;
 mod progress;
 mod specs;
@@ -49,6 +50,9 @@ enum Cmd {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Work with tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Manage secrets (their data is never shown again).
     #[command(subcommand)]
     Secret(DataCmd),
@@ -60,6 +64,26 @@ enum Cmd {
     Completion {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// Task commands.
+#[derive(Debug, Subcommand)]
+enum TaskCmd {
+    /// Run a command in a task's container and exit with its code (TASK: an id or id prefix,
+    /// or a name like web.3 for the running task of that name).
+    Exec {
+        /// Keep stdin open and send it to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (this one, in raw mode).
+        #[arg(short, long)]
+        tty: bool,
+        /// The task.
+        task: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
 }
 
@@ -499,7 +523,9 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(Failure { line, code }) => {
-            errln!("Error: {line}");
+            if !line.is_empty() {
+                errln!("Error: {line}");
+            }
             std::process::ExitCode::from(code)
         }
     }
@@ -557,6 +583,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Node(cmd) => node(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Service(cmd) => service(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Network(cmd) => network(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Task(TaskCmd::Exec { interactive, tty, task, command }) => {
+            match exec::exec(&mut c, task, command, interactive, tty).await.map_err(|e| e.into_line(&err))? {
+                0 => Ok(()),
+                // The command's own failure: its code, and nothing more to say.
+                code => Err(Failure { line: String::new(), code: u8::try_from(code).unwrap_or(255) }),
+            }
+        }
         Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
         Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
         Cmd::Completion { .. } => Ok(()),

@@ -276,9 +276,21 @@ async fn forward_task_logs(
     }
 }
 
+type ExecOutputs = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecOutput, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Control for ControlService {
     type ServiceLogsStream = LogLines;
+    type ExecTaskStream = ExecOutputs;
+
+    async fn exec_task(&self, req: Request<tonic::Streaming<ExecInput>>) -> R<ExecOutputs> {
+        let mut input = req.into_inner();
+        let start = shoal_agent::exec::start_of(input.message().await?)?;
+        let rt = self.node.managers.require_manager()?;
+        let target = rt.store.read(|s| crate::exec_relay::target(s, &start.task))?;
+        let out = crate::exec_relay::relay(&self.node, target, start, input).await?;
+        Ok(Response::new(Box::pin(out)))
+    }
 
     async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> R<LogLines> {
         let req = req.into_inner();

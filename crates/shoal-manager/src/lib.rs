@@ -12,6 +12,7 @@ pub mod control;
 pub mod dialer;
 pub mod dispatcher;
 pub mod error;
+pub mod exec_relay;
 pub mod identity;
 pub mod leader;
 pub mod liveness;

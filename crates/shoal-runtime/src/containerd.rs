@@ -18,9 +18,11 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     container::Runtime, containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
-    images_client::ImagesClient, tasks_client::TasksClient, ApplyRequest, Container, CreateContainerRequest,
-    CreateImageRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, Image,
-    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest, WriteAction, WriteContentRequest,
+    images_client::ImagesClient, tasks_client::TasksClient, ApplyRequest, CloseIoRequest, Container,
+    CreateContainerRequest, CreateImageRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest, Image, KillRequest,
+    ListContainersRequest, ListTasksRequest, ResizePtyRequest, StartRequest, WaitRequest, WriteAction,
+    WriteContentRequest,
 };
 use containerd_client::services::v1::{
     leases_client::LeasesClient, CreateRequest as LeaseCreateRequest, DeleteRequest,
@@ -298,6 +300,35 @@ impl Containerd {
         }
     }
 
+    fn exec_dir(&self, exec_id: &str) -> PathBuf {
+        self.state_dir.join("exec").join(exec_id)
+    }
+
+    /// The process of an exec: the container's own (user, environment, working directory),
+    /// with `spec`'s command and terminal.
+    async fn exec_process(&self, id: &str, spec: &crate::ExecSpec) -> Result<serde_json::Value, RuntimeError> {
+        let mut containers = ContainersClient::new(self.channel.clone());
+        let c = containers
+            .get(self.req(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(|e| if e.code() == Code::NotFound { RuntimeError::NotFound(id.to_string()) } else { cd(e) })?
+            .into_inner()
+            .container
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let oci: serde_json::Value = c
+            .spec
+            .as_ref()
+            .and_then(|a| serde_json::from_slice(&a.value).ok())
+            .ok_or_else(|| RuntimeError::Containerd(format!("container {id} has no runtime spec")))?;
+        let mut process = oci.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(spec.args);
+        process["terminal"] = serde_json::json!(spec.tty);
+        if spec.tty && spec.width > 0 && spec.height > 0 {
+            process["consoleSize"] = serde_json::json!({"width": spec.width, "height": spec.height});
+        }
+        Ok(process)
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.state_dir.join("logs").join(format!("{id}.log"))
     }
@@ -540,8 +571,128 @@ impl Containerd {
     }
 }
 
+fn fifo(path: &std::path::Path) -> Result<(), RuntimeError> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| io(&format!("cannot make fifo {}", path.display()), e))
+}
+
 #[async_trait::async_trait]
 impl ContainerRuntime for Containerd {
+    async fn exec(&self, id: &str, spec: &crate::ExecSpec) -> Result<crate::ExecProcess, RuntimeError> {
+        use tokio::net::unix::pipe::OpenOptions;
+        let process = self.exec_process(id, spec).await?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let exec_id = format!("exec-{}-{t}-{n}", std::process::id());
+        let dir = self.exec_dir(&exec_id);
+        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the exec directory", e))?;
+        let path = |n: &str| dir.join(n);
+        // Both ends are opened here read-write, so opening never waits for the shim.
+        fifo(&path("stdout"))?;
+        let stdout =
+            OpenOptions::new().read_write(true).open_receiver(path("stdout")).map_err(|e| io("stdout fifo", e))?;
+        let stderr = if spec.tty {
+            None
+        } else {
+            fifo(&path("stderr"))?;
+            Some(OpenOptions::new().read_write(true).open_receiver(path("stderr")).map_err(|e| io("stderr fifo", e))?)
+        };
+        let stdin = if spec.stdin {
+            fifo(&path("stdin"))?;
+            Some(OpenOptions::new().read_write(true).open_sender(path("stdin")).map_err(|e| io("stdin fifo", e))?)
+        } else {
+            None
+        };
+        let uri = |n: &str, on: bool| if on { path(n).display().to_string() } else { String::new() };
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let created = tasks
+            .exec(self.req(ExecProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.clone(),
+                stdin: uri("stdin", spec.stdin),
+                stdout: uri("stdout", true),
+                stderr: uri("stderr", !spec.tty),
+                terminal: spec.tty,
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: process.to_string().into_bytes(),
+                }),
+            }))
+            .await;
+        if let Err(e) = created {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(if e.code() == Code::NotFound { RuntimeError::NotFound(id.to_string()) } else { cd(e) });
+        }
+        if let Err(e) =
+            tasks.start(self.req(StartRequest { container_id: id.to_string(), exec_id: exec_id.clone() })).await
+        {
+            self.exec_remove(id, &exec_id).await;
+            return Err(cd(e));
+        }
+        Ok(crate::ExecProcess {
+            exec_id,
+            stdin: stdin.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+            stdout: Box::new(stdout),
+            stderr: stderr.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        })
+    }
+
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<Exit, RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let r = tasks
+            .wait(self.req(WaitRequest { container_id: id.to_string(), exec_id: exec_id.to_string() }))
+            .await
+            .map_err(cd)?
+            .into_inner();
+        Ok(Exit { code: i32::try_from(r.exit_status).unwrap_or(-1) })
+    }
+
+    async fn exec_close_stdin(&self, id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .close_io(self.req(CloseIoRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                stdin: true,
+            }))
+            .await
+            .map_err(cd)?;
+        Ok(())
+    }
+
+    async fn exec_resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .resize_pty(self.req(ResizePtyRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                width,
+                height,
+            }))
+            .await
+            .map_err(cd)?;
+        Ok(())
+    }
+
+    async fn exec_remove(&self, id: &str, exec_id: &str) {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let _ = tasks
+            .kill(self.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                signal: 9,
+                all: false,
+            }))
+            .await;
+        let _ = tasks
+            .delete_process(
+                self.req(DeleteProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string() }),
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(self.exec_dir(exec_id));
+    }
+
     async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
         let name = Self::image_name(image)?;
         // One pull per image at a time; later callers find it present.

@@ -145,6 +145,39 @@ pub enum RuntimeError {
     Io(String),
 }
 
+/// A process to run in a running container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Command and arguments.
+    pub args: Vec<String>,
+    /// Give it a terminal (stdout and stderr are one stream then).
+    pub tty: bool,
+    /// Keep its stdin open for input.
+    pub stdin: bool,
+    /// Terminal size.
+    pub width: u32,
+    /// Terminal size.
+    pub height: u32,
+}
+
+/// A started exec process and its streams.
+pub struct ExecProcess {
+    /// Its id within the container.
+    pub exec_id: String,
+    /// Its stdin, when asked for.
+    pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    /// Its stdout (and stderr, with a terminal).
+    pub stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// Its stderr, without a terminal.
+    pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+}
+
+impl std::fmt::Debug for ExecProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecProcess").field("exec_id", &self.exec_id).finish()
+    }
+}
+
 /// The operations the agent needs from a container runtime.
 #[async_trait::async_trait]
 pub trait ContainerRuntime: Send + Sync {
@@ -166,4 +199,29 @@ pub trait ContainerRuntime: Send + Sync {
     async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError>;
     /// Checks that the runtime answers; returns its name and version.
     async fn ping(&self) -> Result<String, RuntimeError>;
+    /// Starts another process in the running container `id`, with its container's user,
+    /// environment and working directory.
+    async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {
+        let _ = spec;
+        Err(RuntimeError::Containerd(format!("exec into {id} is not supported by this runtime")))
+    }
+    /// Waits until an exec process ends.
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<Exit, RuntimeError> {
+        let _ = (id, exec_id);
+        Err(RuntimeError::Containerd("exec is not supported by this runtime".into()))
+    }
+    /// Ends the exec process's stdin.
+    async fn exec_close_stdin(&self, id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        let _ = (id, exec_id);
+        Ok(())
+    }
+    /// Resizes the exec process's terminal.
+    async fn exec_resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), RuntimeError> {
+        let _ = (id, exec_id, width, height);
+        Ok(())
+    }
+    /// Forgets an ended exec process (and kills it if it still runs).
+    async fn exec_remove(&self, id: &str, exec_id: &str) {
+        let _ = (id, exec_id);
+    }
 }

@@ -308,6 +308,8 @@ pub struct CliOutput {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// Exit code (none when killed by a signal).
+    pub code: Option<i32>,
 }
 
 impl CliOutput {
@@ -325,11 +327,37 @@ pub async fn shoal(host: &str, args: &[&str]) -> Result<CliOutput> {
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .map_err(|_| anyhow!("shoal {args:?} did not finish in 60 s"))??;
-    Ok(CliOutput {
+    Ok(cli_output(&out))
+}
+
+fn cli_output(out: &std::process::Output) -> CliOutput {
+    CliOutput {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+        code: out.status.code(),
+    }
+}
+
+/// Runs the CLI with `input` on its stdin (bounded to 60 s).
+pub async fn shoal_with_stdin(host: &str, args: &[&str], input: &[u8]) -> Result<CliOutput> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(bin("shoal")?);
+    cmd.arg("--host")
+        .arg(host)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("shoal {args:?} did not finish in 60 s"))??;
+    Ok(cli_output(&out))
 }
 
 /// Runs the CLI and fails unless it succeeded.

@@ -240,6 +240,18 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     }
     assert_eq!(resolve(cli[0].pid, "srv.1").map(|v| v.len()), Some(1), "a task's name resolves to its address");
 
+    // `task exec` through a manager to the task's node: output, stderr, exit code, stdin.
+    let o = shoal(&h, &["task", "exec", "cli.2", "--", "sh", "-c", "hostname; echo oops >&2; exit 7"]).await?;
+    assert_eq!((o.code, o.stdout.as_str(), o.stderr.as_str()), (Some(7), "cli.2\n", "oops\n"), "{o:?}");
+    let o =
+        shoal(&h, &["task", "exec", &srv[0].id, "--", "busybox", "wget", "-q", "-O", "-", "http://localhost/"]).await?;
+    assert!(o.ok && o.stdout.starts_with("hello from srv."), "{o:?}");
+    let o = shoal_testkit::shoal_with_stdin(&h, &["task", "exec", "-i", "cli.1", "--", "tr", "a-z", "A-Z"], b"shout\n")
+        .await?;
+    assert_eq!((o.code, o.stdout.as_str()), (Some(0), "SHOUT\n"), "{o:?}");
+    let o = shoal(&h, &["task", "exec", "cli.9", "--", "true"]).await?;
+    assert!(!o.ok && o.stderr.contains("not found"), "{o:?}");
+
     // Egress leaves through the gateway bridge; an internal network has none; another network
     // is out of reach.
     let c0 = hosts.task_ns(cli[0].host, &cli[0].id);
