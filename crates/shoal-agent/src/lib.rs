@@ -58,6 +58,8 @@ pub struct NetworkConfig {
     /// Serve each task's resolver at 127.0.0.11 and give it `/etc/resolv.conf`, `/etc/hosts`
     /// and `/etc/hostname`.
     pub dns: bool,
+    /// TTL in seconds of the resolvers' answers for cluster names.
+    pub dns_ttl: u32,
 }
 
 impl std::fmt::Debug for NetworkConfig {
@@ -345,6 +347,7 @@ pub fn start(
                     gateway,
                     underlay_mtu: 1500,
                     dns: n.dns,
+                    dns_ttl: n.dns_ttl,
                 };
                 work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, host, cancel.clone()));
                 let etc = n.dns.then(|| cfg.data_dir.join("etc"));

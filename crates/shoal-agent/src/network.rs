@@ -69,6 +69,8 @@ pub struct Host {
     pub underlay_mtu: u32,
     /// Serve each task's resolver at 127.0.0.11 inside its namespace.
     pub dns: bool,
+    /// TTL of its answers, in seconds.
+    pub dns_ttl: u32,
 }
 
 /// The DNS entries of a view: every serving task address, with its names.
@@ -314,7 +316,7 @@ pub async fn run(
                         map.insert(id, Readiness::Failed(why));
                     }
                     if host.dns {
-                        let table = Arc::new(dns::Table::new(&dns_entries(view)));
+                        let table = Arc::new(dns::Table::new(&dns_entries(view)).with_ttl(host.dns_ttl));
                         resolvers.table.send_if_modified(|t| {
                             let changed = **t != *table;
                             *t = table;
@@ -447,6 +449,7 @@ mod tests {
             gateway: Net::parse("172.18.0.1/16"),
             underlay_mtu: 1400,
             dns: false,
+            dns_ttl: 5,
         }
     }
 

@@ -50,6 +50,8 @@ pub struct FileConfig {
     pub registry_auth_file: Option<PathBuf>,
     /// Cap of one task log file, e.g. `10MiB` (a task keeps at most two such files).
     pub task_log_max_size: Option<String>,
+    /// TTL in seconds of the tasks' resolvers' answers for cluster names.
+    pub dns_ttl: Option<u32>,
     /// Run no tasks on this node.
     pub no_runtime: Option<bool>,
     /// Recover a lone surviving manager after quorum loss (a one-time step: remove it again).
@@ -70,6 +72,7 @@ pub struct FlagValues {
     pub insecure_registries: Vec<String>,
     pub registry_auth_file: Option<PathBuf>,
     pub task_log_max_size: Option<String>,
+    pub dns_ttl: Option<u32>,
     pub no_runtime: bool,
     pub force_new_cluster: bool,
 }
@@ -88,6 +91,7 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub registry_auth_file: Option<PathBuf>,
     pub task_log_max_bytes: Option<u64>,
+    pub dns_ttl: u32,
     pub no_runtime: bool,
     pub force_new_cluster: bool,
 }
@@ -145,6 +149,13 @@ pub fn resolve(flags: FlagValues, file: FileConfig, file_path: Option<&Path>) ->
         }
         None => None,
     };
+    let dns_ttl = flags.dns_ttl.or(file.dns_ttl).unwrap_or(shoal_manager::DEFAULT_DNS_TTL);
+    if !(1..=60).contains(&dns_ttl) {
+        return Err(format!(
+            "dns-ttl {dns_ttl} must be 1..=60 seconds (short, so a gone task soon leaves every cache; {})",
+            places("dns-ttl", file_path)
+        ));
+    }
     let mut insecure_registries = flags.insecure_registries;
     insecure_registries.extend(file.insecure_registries);
     Ok(Settings {
@@ -165,6 +176,7 @@ pub fn resolve(flags: FlagValues, file: FileConfig, file_path: Option<&Path>) ->
         insecure_registries,
         registry_auth_file: flags.registry_auth_file.or(file.registry_auth_file),
         task_log_max_bytes,
+        dns_ttl,
         no_runtime: flags.no_runtime || file.no_runtime.unwrap_or(false),
         force_new_cluster: flags.force_new_cluster || file.force_new_cluster.unwrap_or(false),
     })
@@ -186,6 +198,7 @@ containerd-namespace = "ns1"
 insecure-registries = ["reg:5000"]
 registry-auth-file = "/etc/shoal/auth.json"
 task-log-max-size = "1MiB"
+dns-ttl = 10
 no-runtime = true
 force-new-cluster = false
 "#;
@@ -208,6 +221,7 @@ force-new-cluster = false
                 insecure_registries: vec!["reg:5000".into()],
                 registry_auth_file: Some("/etc/shoal/auth.json".into()),
                 task_log_max_bytes: Some(1 << 20),
+                dns_ttl: 10,
                 no_runtime: true,
                 force_new_cluster: false,
             }
@@ -242,6 +256,32 @@ force-new-cluster = false
         assert_eq!(s.containerd_namespace, DEFAULT_CONTAINERD_NAMESPACE);
         assert_eq!(s.insecure_registries, ["a:1"]);
         assert!(!s.no_runtime && !s.json_logs);
+        assert_eq!(s.dns_ttl, 5);
+    }
+
+    #[test]
+    fn a_dns_ttl_out_of_range_is_refused() {
+        let e = resolve(
+            FlagValues::default(),
+            parse(
+                "dns-ttl = 600
+",
+            )
+            .expect("parse"),
+            None,
+        )
+        .expect_err("refused");
+        assert!(e.contains("dns-ttl 600 must be 1..=60 seconds"), "{e}");
+        assert!(resolve(
+            FlagValues::default(),
+            parse(
+                "dns-ttl = 0
+"
+            )
+            .expect("parse"),
+            None
+        )
+        .is_err());
     }
 
     #[test]

@@ -51,6 +51,10 @@ struct Flags {
     /// Cap of one task log file (e.g. 10MiB); past it, the log moves to `<file>.1` [default: 10MiB].
     #[arg(long, env = "SHOALD_TASK_LOG_MAX_SIZE")]
     task_log_max_size: Option<String>,
+    /// TTL in seconds of the answers the tasks' resolvers (127.0.0.11) give for cluster names,
+    /// 1..=60 [default: 5].
+    #[arg(long, env = "SHOALD_DNS_TTL")]
+    dns_ttl: Option<u32>,
     /// Run no tasks on this node (no container runtime).
     #[arg(long, env = "SHOALD_NO_RUNTIME")]
     no_runtime: bool,
@@ -77,6 +81,7 @@ impl Flags {
             insecure_registries: self.insecure_registries,
             registry_auth_file: self.registry_auth_file,
             task_log_max_size: self.task_log_max_size,
+            dns_ttl: self.dns_ttl,
             no_runtime: self.no_runtime,
             force_new_cluster: self.force_new_cluster,
         }
@@ -171,6 +176,7 @@ async fn run(s: config::Settings) -> anyhow::Result<()> {
         hostname: s.hostname,
         force_new_cluster: s.force_new_cluster,
         runtime,
+        dns_ttl: s.dns_ttl,
     };
     let mut daemon = shoal_manager::Daemon::start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -41,7 +41,12 @@ pub fn start_agent(
     let cfg = shoal_agent::AgentConfig {
         node_id: node.identity.local().node_id,
         data_dir,
-        network: Some(shoal_agent::NetworkConfig { executor: Arc::new(executor), local, dns: true }),
+        network: Some(shoal_agent::NetworkConfig {
+            executor: Arc::new(executor),
+            local,
+            dns: true,
+            dns_ttl: config.dns_ttl,
+        }),
     };
     let leader = NodeLeader { managers: node.managers.clone(), dialer: node.dialer.clone() };
     shoal_agent::start(cfg, runtime, Arc::new(leader)).map_err(|e| e.to_string())

@@ -23,6 +23,8 @@ pub struct NodeConfig {
     pub force_new_cluster: bool,
     /// The container runtime tasks run on; none: this node runs no tasks.
     pub runtime: Option<Arc<dyn shoal_runtime::ContainerRuntime>>,
+    /// TTL of the answers of the tasks' resolvers, in seconds.
+    pub dns_ttl: u32,
 }
 
 /// The node's identity and local state; cheap to clone.

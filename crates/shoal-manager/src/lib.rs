@@ -34,3 +34,6 @@ pub mod writer;
 
 pub use error::ApiError;
 pub use server::{Daemon, DaemonConfig};
+
+/// TTL of the tasks' resolvers' answers unless set (`shoald --dns-ttl`).
+pub const DEFAULT_DNS_TTL: u32 = shoal_net::dns::TTL;

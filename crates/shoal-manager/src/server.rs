@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub force_new_cluster: bool,
     /// Container runtime for this node's tasks; none: the node runs no tasks.
     pub runtime: Option<std::sync::Arc<dyn shoal_runtime::ContainerRuntime>>,
+    /// TTL of the answers of the tasks' resolvers, in seconds.
+    pub dns_ttl: u32,
 }
 
 /// A running daemon.
@@ -83,6 +85,7 @@ impl Daemon {
                 hostname: cfg.hostname.clone().unwrap_or_else(system_hostname),
                 force_new_cluster: cfg.force_new_cluster,
                 runtime: cfg.runtime.clone(),
+                dns_ttl: cfg.dns_ttl,
             },
             shutdown.clone(),
         )?;

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 /// Where a task's resolver listens, inside its namespace (as Docker's).
 pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
-/// How long answers may be cached: short, so a gone task is soon gone from every cache too.
+/// How long answers may be cached by default: short, so a gone task is soon gone from every
+/// cache too.
 pub const TTL: u32 = 5;
 
 /// One task address, with the names it answers to.
@@ -41,6 +42,7 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     names: HashMap<String, BTreeMap<String, Vec<Ipv4Addr>>>,
+    ttl: u32,
 }
 
 fn key(name: &str) -> String {
@@ -80,7 +82,13 @@ impl Table {
                 v.sort();
             }
         }
-        Table { names }
+        Table { names, ttl: TTL }
+    }
+
+    /// The same table answering with `ttl`.
+    pub fn with_ttl(mut self, ttl: u32) -> Table {
+        self.ttl = ttl;
+        self
     }
 
     /// The addresses of `name` on any of `networks`, or `None` when none of them knows it.
@@ -147,7 +155,7 @@ pub fn answer(query: &[u8], table: &Table, networks: &[String], transport: Trans
             addrs.rotate_left(n);
         }
         for a in addrs {
-            r.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(a))));
+            r.add_answer(Record::from_rdata(question.name().clone(), table.ttl, RData::A(A(a))));
         }
     }
     let limit = match transport {
@@ -392,6 +400,8 @@ mod tests {
         assert_eq!(addrs(&m), ["10.0.0.1", "10.0.0.2"]);
         assert_eq!(m.metadata.id, 7);
         assert!(m.answers.iter().all(|r| r.ttl == TTL));
+        let slow = t.clone().with_ttl(30);
+        assert!(reply(answer_udp(&query("web.", RecordType::A, 7), &slow, &n1)).answers.iter().all(|r| r.ttl == 30));
         assert_eq!(
             addrs(&reply(answer_udp(&query("tasks.WEB.", RecordType::A, 1), &t, &n1))),
             ["10.0.0.1", "10.0.0.2"]

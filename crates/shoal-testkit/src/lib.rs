@@ -78,6 +78,7 @@ impl InProcessNode {
             hostname: Some(hostname.to_string()),
             force_new_cluster: false,
             runtime: None,
+            dns_ttl: shoal_manager::DEFAULT_DNS_TTL,
         })
         .await
         .map_err(|e| anyhow!("start {hostname}: {e}"))?;
