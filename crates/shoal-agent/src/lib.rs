@@ -230,6 +230,7 @@ impl Agent {
                     networks: std::mem::take(&mut msg.networks),
                     endpoints: std::mem::take(&mut msg.endpoints),
                     port: msg.data_path_port,
+                    vips: std::mem::take(&mut msg.vips),
                 };
                 net.inputs.send_if_modified(|i| {
                     let changed = i.view.as_ref() != Some(&view);

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api::v1::{Endpoint, Network, NetworkAttachment};
+use shoal_api::v1::{Endpoint, Network, NetworkAttachment, ServiceVip};
 use shoal_net::{
     bridge_name, dns, Desired, Executor, Gateway, Interface, Net, Overlay, Remote, TaskNet, GATEWAY_BRIDGE,
 };
@@ -26,6 +26,8 @@ pub struct View {
     pub endpoints: Vec<Endpoint>,
     /// VXLAN's UDP port.
     pub port: u32,
+    /// The services' VIPs on those networks.
+    pub vips: Vec<ServiceVip>,
 }
 
 /// A task of this node, as far as its network goes.
@@ -226,7 +228,7 @@ pub fn desired(
                 }
             }
         }
-        out.tasks.push(TaskNet { task_id: id.clone(), interfaces });
+        out.tasks.push(TaskNet { task_id: id.clone(), interfaces, vips: vips_for(view, &t.attachments) });
     }
     if let (true, Some(gw)) =
         (out.tasks.iter().any(|t| t.interfaces.iter().any(|i| i.bridge == GATEWAY_BRIDGE)), host.gateway)
@@ -252,6 +254,38 @@ pub fn desired(
     out.remotes.sort();
     out.remotes.dedup_by_key(|r| (r.vni, r.address));
     (out, unready)
+}
+
+/// The VIPs a task on `attachments` reaches, each with its service's serving tasks on that
+/// network. Pure.
+pub fn vips_for(view: &View, attachments: &[NetworkAttachment]) -> Vec<shoal_net::Vip> {
+    let mut out: Vec<shoal_net::Vip> = view
+        .vips
+        .iter()
+        .filter(|v| attachments.iter().any(|a| a.network_id == v.network_id))
+        .filter_map(|v| {
+            let vip = Net::parse(&v.address)?.addr;
+            let mut backends: Vec<Ipv4Addr> = view
+                .endpoints
+                .iter()
+                .filter(|e| e.serving && e.service_id == v.service_id && e.network_id == v.network_id)
+                .filter_map(|e| Net::parse(&e.address).map(|n| n.addr))
+                .collect();
+            backends.sort();
+            backends.dedup();
+            Some(shoal_net::Vip { vip, backends })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The VIPs of a view for DNS: (network, service, VIP).
+pub fn dns_vips(view: &View) -> Vec<(String, String, Ipv4Addr)> {
+    view.vips
+        .iter()
+        .filter_map(|v| Some((v.network_id.clone(), v.service_name.clone(), Net::parse(&v.address)?.addr)))
+        .collect()
 }
 
 /// Resolves node addresses, remembering the answers (an address is an IP literal in most
@@ -316,7 +350,8 @@ pub async fn run(
                         map.insert(id, Readiness::Failed(why));
                     }
                     if host.dns {
-                        let table = Arc::new(dns::Table::new(&dns_entries(view)).with_ttl(host.dns_ttl));
+                        let table =
+                            Arc::new(dns::Table::new(&dns_entries(view), &dns_vips(view)).with_ttl(host.dns_ttl));
                         resolvers.table.send_if_modified(|t| {
                             let changed = **t != *table;
                             *t = table;
@@ -468,7 +503,18 @@ mod tests {
                 endpoint("n2", "unresolvable", "10.0.2.4/24", "nowhere"),
             ],
             port: 0,
+            vips: vec![ServiceVip {
+                network_id: "n1".into(),
+                service_id: "s1".into(),
+                service_name: "web".into(),
+                address: "10.0.1.100/24".into(),
+            }],
         };
+        let mut view = view;
+        for e in view.endpoints.iter_mut().filter(|e| e.network_id == "n1") {
+            e.service_id = "s1".into();
+            e.serving = true;
+        }
         let tasks = BTreeMap::from([
             (
                 "a".to_string(),
@@ -494,6 +540,15 @@ mod tests {
         assert_eq!(a.interfaces[1].gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
         assert_eq!(a.interfaces[1].address.to_string(), "172.18.0.2/16");
         assert_eq!(d.tasks[1].interfaces.len(), 1, "an internal network only: no egress");
+        assert_eq!(
+            d.tasks[0].vips,
+            [shoal_net::Vip {
+                vip: Ipv4Addr::new(10, 0, 1, 100),
+                backends: vec![Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 3)]
+            }],
+            "the VIP of its network, to the service's serving tasks here and elsewhere"
+        );
+        assert!(d.tasks[1].vips.is_empty(), "no VIP on the other network");
         assert!(d.gateway.is_some());
     }
 

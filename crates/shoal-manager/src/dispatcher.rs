@@ -183,6 +183,8 @@ pub struct NetView {
     pub networks: Vec<shoal_api::v1::Network>,
     /// Every reachable task address on them.
     pub endpoints: Vec<shoal_api::v1::Endpoint>,
+    /// The services' VIPs on them.
+    pub vips: Vec<shoal_api::v1::ServiceVip>,
     /// VXLAN's UDP port.
     pub port: u32,
 }
@@ -201,7 +203,7 @@ pub fn delta(
         Some(d) => (true, d),
         None => (false, Default::default()),
     };
-    let (network_view, NetView { networks, endpoints, port }) = match net {
+    let (network_view, NetView { networks, endpoints, vips, port }) = match net {
         Some(v) => (true, v),
         None => (false, NetView::default()),
     };
@@ -219,6 +221,7 @@ pub fn delta(
             networks,
             endpoints,
             data_path_port: port,
+            vips,
         });
     }
     let mut changed: Vec<Task> =
@@ -237,6 +240,7 @@ pub fn delta(
         networks,
         endpoints,
         data_path_port: port,
+        vips,
     })
 }
 
@@ -283,15 +287,20 @@ impl Session {
         } else {
             crate::netview::network_ids(store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
         };
-        let (networks, endpoints) = crate::netview::view(store, &net_ids);
+        let view = crate::netview::view(store, &net_ids);
         let port = store
             .cluster()
             .and_then(|c| c.network_defaults.as_ref())
             .map(|d| d.data_path_port)
             .filter(|p| *p != 0)
             .unwrap_or(crate::netview::DEFAULT_DATA_PATH_PORT);
-        let net_digest = crate::netview::digest(&networks, &endpoints, port);
-        let net = (first || net_digest != self.sent_net).then_some(NetView { networks, endpoints, port });
+        let net_digest = crate::netview::digest(&view, port);
+        let net = (first || net_digest != self.sent_net).then_some(NetView {
+            networks: view.networks,
+            endpoints: view.endpoints,
+            vips: view.vips,
+            port,
+        });
         let Some(msg) = delta(first, &sent_view, &current, deps, net) else {
             self.stale = false;
             return true;
@@ -345,6 +354,10 @@ fn touched(events: &[shoal_api::v1::Event]) -> Touched {
                 }
             }
             Some(object::Kind::Secret(_) | object::Kind::Config(_)) => out.deps = true,
+            // Its VIPs are in the views of its networks.
+            Some(object::Kind::Service(svc)) => {
+                out.networks.extend(svc.virtual_ips.iter().map(|v| v.network_id.clone()));
+            }
             Some(object::Kind::Network(_) | object::Kind::Node(_) | object::Kind::Cluster(_)) => {
                 out.all_networks = true
             }

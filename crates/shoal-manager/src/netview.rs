@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shoal_api::v1::{Endpoint, Network, Task, TaskState};
+use shoal_api::v1::{Endpoint, Network, ServiceVip, Task, TaskState};
 
 /// VXLAN's port when the cluster sets none (IANA's).
 pub const DEFAULT_DATA_PATH_PORT: u32 = 4789;
@@ -32,11 +32,22 @@ fn serving(t: &Task) -> bool {
     observed == TaskState::Running as i32 && t.desired_state == TaskState::Running as i32
 }
 
-/// The networks with ids in `ids`, and every reachable task address on them, ordered by
-/// network then address so equal views compare (and hash) equal.
-pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> (Vec<Network>, Vec<Endpoint>) {
+/// What a node knows of its tasks' networks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// The networks.
+    pub networks: Vec<Network>,
+    /// Every reachable task address on them.
+    pub endpoints: Vec<Endpoint>,
+    /// The services' virtual IPs on them.
+    pub vips: Vec<ServiceVip>,
+}
+
+/// The networks with ids in `ids`, every reachable task address on them and the services'
+/// VIPs, ordered so equal views compare (and hash) equal.
+pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> View {
     if ids.is_empty() {
-        return (vec![], vec![]);
+        return View::default();
     }
     let networks: Vec<Network> = ids.iter().filter_map(|id| store.network(id).cloned()).collect();
     let names_one = |spec: Option<&shoal_api::v1::ServiceSpec>| {
@@ -46,11 +57,20 @@ pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> (Vec<Network>
     let services = store.services().filter(|s| names_one(s.spec.as_ref()) || names_one(s.previous_spec.as_ref()));
     let mut node_addrs: BTreeMap<&str, String> = BTreeMap::new();
     let mut endpoints = Vec::new();
+    let mut vips = Vec::new();
     for s in services {
         let (sid, sname) = (
             s.meta.as_ref().map(|m| m.id.as_str()).unwrap_or(""),
             s.spec.as_ref().and_then(|s| s.annotations.as_ref()).map_or("", |a| a.name.as_str()),
         );
+        for v in s.virtual_ips.iter().filter(|v| ids.contains(&v.network_id)) {
+            vips.push(ServiceVip {
+                network_id: v.network_id.clone(),
+                service_id: sid.to_string(),
+                service_name: sname.to_string(),
+                address: v.address.clone(),
+            });
+        }
         for t in store.tasks_by_service(sid).filter(|t| reachable(t)) {
             let node_addr = node_addrs
                 .entry(t.node_id.as_str())
@@ -79,20 +99,24 @@ pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> (Vec<Network>
         }
     }
     endpoints.sort_by(|a, b| (&a.network_id, &a.address, &a.task_id).cmp(&(&b.network_id, &b.address, &b.task_id)));
-    (networks, endpoints)
+    vips.sort_by(|a, b| (&a.network_id, &a.address).cmp(&(&b.network_id, &b.address)));
+    View { networks, endpoints, vips }
 }
 
 /// A digest of a view, to tell whether it changed since it was sent.
-pub fn digest(networks: &[Network], endpoints: &[Endpoint], port: u32) -> u64 {
+pub fn digest(v: &View, port: u32) -> u64 {
     use prost::Message;
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     port.hash(&mut h);
-    for n in networks {
+    for n in &v.networks {
         n.encode_to_vec().hash(&mut h);
     }
-    for e in endpoints {
+    for e in &v.endpoints {
         e.encode_to_vec().hash(&mut h);
+    }
+    for x in &v.vips {
+        x.encode_to_vec().hash(&mut h);
     }
     h.finish()
 }

@@ -52,8 +52,9 @@ fn key(name: &str) -> String {
 impl Table {
     /// The table of `entries`: `<service>` and `tasks.<service>` give every address of the
     /// service, each alias those of the service it belongs to, `<task name>` and
-    /// `<task name>.<task id>` the task's own.
-    pub fn new(entries: &[Entry]) -> Table {
+    /// `<task name>.<task id>` the task's own; but a service with a VIP on a network (`vips`:
+    /// network, service, VIP) is its VIP there by `<service>` and its aliases (`tasks.` stays).
+    pub fn new(entries: &[Entry], vips: &[(String, String, Ipv4Addr)]) -> Table {
         let mut names: HashMap<String, BTreeMap<String, Vec<Ipv4Addr>>> = HashMap::new();
         for e in entries {
             let net = names.entry(e.network_id.clone()).or_default();
@@ -80,6 +81,14 @@ impl Table {
         for net in names.values_mut() {
             for v in net.values_mut() {
                 v.sort();
+            }
+        }
+        for (network, service, vip) in vips {
+            let net = names.entry(network.clone()).or_default();
+            net.insert(key(service), vec![*vip]);
+            let aliases = entries.iter().filter(|e| &e.network_id == network && &e.service == service);
+            for a in aliases.flat_map(|e| e.aliases.iter()) {
+                net.insert(key(a), vec![*vip]);
             }
         }
         Table { names, ttl: TTL }
@@ -393,8 +402,10 @@ mod tests {
 
     #[test]
     fn names_of_the_tasks_networks_only() {
-        let t =
-            Table::new(&[entry("n1", "web", 1, &["www"]), entry("n1", "web", 2, &["www"]), entry("n2", "db", 3, &[])]);
+        let t = Table::new(
+            &[entry("n1", "web", 1, &["www"]), entry("n1", "web", 2, &["www"]), entry("n2", "db", 3, &[])],
+            &[],
+        );
         let n1 = vec!["n1".to_string()];
         let m = reply(answer_udp(&query("web.", RecordType::A, 7), &t, &n1));
         assert_eq!(addrs(&m), ["10.0.0.1", "10.0.0.2"]);
@@ -417,8 +428,31 @@ mod tests {
     }
 
     #[test]
+    fn a_service_with_a_vip_is_its_vip_by_name_and_alias() {
+        let vip = Ipv4Addr::new(10, 0, 0, 200);
+        let t = Table::new(
+            &[entry("n1", "web", 1, &["www"]), entry("n1", "web", 2, &["www"])],
+            &[("n1".into(), "web".into(), vip)],
+        );
+        let n1 = vec!["n1".to_string()];
+        assert_eq!(addrs(&reply(answer_udp(&query("web.", RecordType::A, 1), &t, &n1))), ["10.0.0.200"]);
+        assert_eq!(addrs(&reply(answer_udp(&query("www.", RecordType::A, 1), &t, &n1))), ["10.0.0.200"]);
+        assert_eq!(
+            addrs(&reply(answer_udp(&query("tasks.web.", RecordType::A, 1), &t, &n1))),
+            ["10.0.0.1", "10.0.0.2"]
+        );
+        assert_eq!(addrs(&reply(answer_udp(&query("web.1.", RecordType::A, 1), &t, &n1))), ["10.0.0.1"]);
+        let none = Table::new(&[], &[("n1".into(), "idle".into(), vip)]);
+        assert_eq!(
+            addrs(&reply(answer_udp(&query("idle.", RecordType::A, 1), &none, &n1))),
+            ["10.0.0.200"],
+            "a service without tasks still has its VIP (which refuses connections)"
+        );
+    }
+
+    #[test]
     fn the_first_address_rotates_with_the_query_id() {
-        let t = Table::new(&[entry("n", "web", 1, &[]), entry("n", "web", 2, &[]), entry("n", "web", 3, &[])]);
+        let t = Table::new(&[entry("n", "web", 1, &[]), entry("n", "web", 2, &[]), entry("n", "web", 3, &[])], &[]);
         let n = vec!["n".to_string()];
         let firsts: std::collections::BTreeSet<String> = (0..3)
             .map(|id| match &reply(answer_udp(&query("web.", RecordType::A, id), &t, &n)).answers[0].data {
@@ -432,7 +466,7 @@ mod tests {
     #[test]
     fn a_large_answer_is_truncated_for_a_client_without_edns() {
         let entries: Vec<Entry> = (1..=60).map(|i| entry("n", "big", i, &[])).collect();
-        let t = Table::new(&entries);
+        let t = Table::new(&entries, &[]);
         let m = reply(answer_udp(&query("big.", RecordType::A, 1), &t, &["n".to_string()]));
         assert!(m.metadata.truncation, "60 addresses do not fit in 512 bytes");
         let full = reply(answer(&query("big.", RecordType::A, 1), &t, &["n".to_string()], Transport::Tcp));

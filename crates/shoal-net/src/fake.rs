@@ -133,12 +133,20 @@ impl Fake {
                     return Err(refuse(step, "File exists"));
                 }
                 o.namespaces.push(task_id.clone());
+                o.lb.insert(task_id.clone(), vec![]);
             }
             Step::DeleteNamespace { task_id } => {
                 if !o.namespaces.contains(task_id) {
                     return Err(refuse(step, "No such file or directory"));
                 }
                 o.namespaces.retain(|t| t != task_id);
+                o.lb.remove(task_id);
+            }
+            Step::SetVips { task_id, vips } => {
+                if !o.namespaces.contains(task_id) {
+                    return Err(refuse(step, "no namespace"));
+                }
+                o.lb.insert(task_id.clone(), vips.clone());
             }
             Step::AddInterface { task_id, index, interface } => {
                 if !o.namespaces.contains(task_id) {

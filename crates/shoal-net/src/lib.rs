@@ -141,6 +141,16 @@ pub struct Interface {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// A service's virtual IP as a task sees it: connections to `vip` go to one of `backends`,
+/// picked at random per connection (none: refused at once).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vip {
+    /// The virtual IP.
+    pub vip: Ipv4Addr,
+    /// The service's serving task addresses.
+    pub backends: Vec<Ipv4Addr>,
+}
+
 /// One task's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskNet {
@@ -148,6 +158,8 @@ pub struct TaskNet {
     pub task_id: String,
     /// `eth0, eth1, ...` in order.
     pub interfaces: Vec<Interface>,
+    /// The VIPs of the services on its networks.
+    pub vips: Vec<Vip>,
 }
 
 /// The host's egress bridge.
@@ -246,6 +258,9 @@ pub struct Observed {
     pub namespaces: Vec<String>,
     /// The egress masquerade is installed for this subnet.
     pub masquerade: Option<Net>,
+    /// The VIP rules installed in each task's namespace (as last installed by this executor;
+    /// a task missing here gets its rules again).
+    pub lb: std::collections::BTreeMap<String, Vec<Vip>>,
 }
 
 /// One change to the host.
@@ -278,6 +293,8 @@ pub enum Step {
     /// Plug interface `index` of a task in: a veth pair with the host end in `bridge`, the other
     /// end in the task's namespace as `eth<index>`, configured.
     AddInterface { task_id: String, index: usize, interface: Interface },
+    /// Replace the VIP rules in the task's namespace (one atomic nftables transaction).
+    SetVips { task_id: String, vips: Vec<Vip> },
 }
 
 /// Host networking failed.
@@ -323,7 +340,11 @@ impl Outcome {
     /// Why task `task_id` could not be given its network, if it could not.
     pub fn task_error(&self, task_id: &str) -> Option<String> {
         self.failed.iter().find_map(|(s, e)| match s {
-            Step::CreateNamespace { task_id: t } | Step::AddInterface { task_id: t, .. } if t == task_id => {
+            Step::CreateNamespace { task_id: t }
+            | Step::AddInterface { task_id: t, .. }
+            | Step::SetVips { task_id: t, .. }
+                if t == task_id =>
+            {
                 Some(e.to_string())
             }
             _ => None,
@@ -340,8 +361,8 @@ pub async fn converge(exec: &dyn Executor, desired: &Desired) -> Result<Outcome,
     let mut out = Outcome::default();
     let mut broken_tasks: Vec<String> = Vec::new();
     for step in steps {
-        // The interfaces of a task whose namespace failed cannot be added.
-        if let Step::AddInterface { task_id, .. } = &step {
+        // The interfaces and rules of a task whose namespace failed cannot be added.
+        if let Step::AddInterface { task_id, .. } | Step::SetVips { task_id, .. } = &step {
             if broken_tasks.contains(task_id) {
                 continue;
             }

@@ -16,7 +16,7 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVx
 
 use crate::{
     mac_of, netns, peer_name, veth_name, vxlan_name, Executor, Fdb, Interface, Link, LinkKind, Neigh, Net, NetError,
-    Observed, Step, GATEWAY_BRIDGE,
+    Observed, Step, Vip, GATEWAY_BRIDGE,
 };
 
 /// nftables table holding shoal's egress rules.
@@ -28,6 +28,8 @@ pub struct Netlink {
     handle: Handle,
     conn: tokio::task::JoinHandle<()>,
     namespaces: PathBuf,
+    /// The VIP rules installed in each task namespace by this executor.
+    lb: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vip>>>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -66,6 +68,7 @@ pub fn describe(step: &Step) -> String {
         Step::AddInterface { task_id, index, interface } => {
             format!("adding eth{index} ({}) on {} to task {task_id}", interface.address, interface.bridge)
         }
+        Step::SetVips { task_id, vips } => format!("installing {} VIP rule(s) in task {task_id}", vips.len()),
     }
 }
 
@@ -131,7 +134,7 @@ impl Netlink {
     pub fn new(namespaces: PathBuf) -> Result<Self, NetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Observe(e.to_string()))?;
         let conn = tokio::spawn(conn);
-        Ok(Self { handle, conn, namespaces })
+        Ok(Self { handle, conn, namespaces, lb: Default::default() })
     }
 
     async fn index(&self, h: &Handle, name: &str) -> Result<u32, String> {
@@ -141,6 +144,10 @@ impl Netlink {
             Ok(None) => Err(format!("no link {name}")),
             Err(e) => Err(format!("link {name}: {e}")),
         }
+    }
+
+    fn lb_memory(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Vec<Vip>>> {
+        self.lb.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The MTU of the link holding `addr` (the underlay's), if one does.
@@ -335,14 +342,65 @@ impl Netlink {
                 nft(&masquerade_script(subnet)).await
             }
             Step::RemoveMasquerade => nft(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")).await,
-            Step::CreateNamespace { task_id } => self.create_namespace(task_id).await,
+            Step::CreateNamespace { task_id } => {
+                self.create_namespace(task_id).await?;
+                self.lb_memory().insert(task_id.clone(), vec![]);
+                Ok(())
+            }
             Step::DeleteNamespace { task_id } => {
+                self.lb_memory().remove(task_id);
                 let p = self.namespace_path(task_id);
                 tokio::task::spawn_blocking(move || netns::remove(&p)).await.map_err(|e| e.to_string())?
+            }
+            Step::SetVips { task_id, vips } => {
+                let (p, script) = (self.namespace_path(task_id), vip_script(vips));
+                tokio::task::spawn_blocking(move || netns::nft_in(&p, &script)).await.map_err(|e| e.to_string())??;
+                self.lb_memory().insert(task_id.clone(), vips.clone());
+                Ok(())
             }
             Step::AddInterface { task_id, index, interface } => self.add_interface(task_id, *index, interface).await,
         }
     }
+}
+
+/// nftables table holding a task's VIP rules (in the task's namespace).
+pub const VIP_TABLE: &str = "shoal_vip";
+
+/// The nftables transaction that replaces a task namespace's VIP rules with `vips`: a
+/// connection to a VIP is DNATed to one of its backends at random (the port kept, so every
+/// port of the service works, as with Swarm's VIPs); a VIP without backends is refused at once
+/// (TCP reset, ICMP unreachable) instead of timing out.
+pub fn vip_script(vips: &[Vip]) -> String {
+    let mut s = format!("table ip {t} {{}}\ndelete table ip {t}\n", t = VIP_TABLE);
+    if vips.is_empty() {
+        return s;
+    }
+    s.push_str(&format!("table ip {VIP_TABLE} {{\n"));
+    let live: Vec<(usize, &Vip)> = vips.iter().enumerate().filter(|(_, v)| !v.backends.is_empty()).collect();
+    let dead: Vec<&Vip> = vips.iter().filter(|v| v.backends.is_empty()).collect();
+    for (i, v) in &live {
+        let map: Vec<String> = v.backends.iter().enumerate().map(|(k, b)| format!("{k} : {b}")).collect();
+        s.push_str(&format!(
+            "\tchain vip{i} {{\n\t\tdnat to numgen random mod {} map {{ {} }}\n\t}}\n",
+            v.backends.len(),
+            map.join(", ")
+        ));
+    }
+    s.push_str("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n");
+    if !live.is_empty() {
+        let vmap: Vec<String> = live.iter().map(|(i, v)| format!("{} : jump vip{i}", v.vip)).collect();
+        s.push_str(&format!("\t\tip daddr vmap {{ {} }}\n", vmap.join(", ")));
+    }
+    s.push_str("\t}\n");
+    if !dead.is_empty() {
+        let set: Vec<String> = dead.iter().map(|v| v.vip.to_string()).collect();
+        let set = set.join(", ");
+        s.push_str(&format!(
+            "\tchain refuse {{\n\t\ttype filter hook output priority filter; policy accept;\n             \t\tip daddr {{ {set} }} meta l4proto tcp reject with tcp reset\n             \t\tip daddr {{ {set} }} reject with icmp type port-unreachable\n\t}}\n"
+        ));
+    }
+    s.push_str("}\n");
+    s
 }
 
 /// The nftables transaction for egress from the gateway bridge's `subnet`: replaces shoal's
@@ -476,7 +534,13 @@ impl Executor for Netlink {
         let dir = self.namespaces.clone();
         let namespaces =
             tokio::task::spawn_blocking(move || in_dir(&dir)).await.map_err(|e| NetError::Observe(e.to_string()))??;
-        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await })
+        let lb = self
+            .lb_memory()
+            .iter()
+            .filter(|(t, _)| namespaces.contains(t))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await, lb })
     }
 
     async fn run(&self, step: &Step) -> Result<(), NetError> {

@@ -78,6 +78,33 @@ pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     Ok(out)
 }
 
+/// Runs one `nft -f -` transaction inside the namespace at `path` (the process starts on a
+/// thread that entered it, so it is in it too).
+pub fn nft_in(path: &Path, script: &str) -> Result<(), String> {
+    let (target, script) = (path.to_path_buf(), script.to_string());
+    on_own_thread(move || {
+        use std::io::Write;
+        let ns = std::fs::File::open(&target).map_err(|e| err(&target, "cannot open", e))?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "cannot enter", e))?;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    })
+}
+
 /// A netlink connection inside the namespace at `path`: its socket belongs to that namespace
 /// for its whole life, wherever it is used from. The connection's task is spawned on the
 /// current runtime and ends when the handle is dropped.

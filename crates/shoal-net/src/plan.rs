@@ -170,10 +170,19 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     steps.extend(
         want_neigh.iter().filter(|n| fresh_vxlan(n.vni) || !have_neigh.contains(n)).map(|n| Step::AddNeigh(*n)),
     );
-    for t in remake {
+    for t in &remake {
         steps.push(Step::CreateNamespace { task_id: t.task_id.clone() });
         for (index, interface) in t.interfaces.iter().enumerate() {
             steps.push(Step::AddInterface { task_id: t.task_id.clone(), index, interface: interface.clone() });
+        }
+    }
+    // VIP rules: a new namespace has none; another gets them when they differ from what was
+    // installed, or when nobody knows what was (a restarted agent installs them again).
+    let none = Vec::new();
+    for t in &d.tasks {
+        let have = if remade.contains(t.task_id.as_str()) { Some(&none) } else { o.lb.get(&t.task_id) };
+        if have != Some(&t.vips) {
+            steps.push(Step::SetVips { task_id: t.task_id.clone(), vips: t.vips.clone() });
         }
     }
     steps
@@ -203,6 +212,10 @@ mod tests {
             gateway: Some(Gateway { address: net("172.18.0.1/16"), mtu: 1500 }),
             tasks: vec![TaskNet {
                 task_id: "task1abcdefgh".into(),
+                vips: vec![crate::Vip {
+                    vip: Ipv4Addr::new(10, 0, 1, 2),
+                    backends: vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 7)],
+                }],
                 interfaces: vec![
                     Interface { bridge: "shbr4097".into(), address: net("10.0.1.3/24"), mtu: 1450, gateway: None },
                     Interface {
@@ -233,7 +246,8 @@ mod tests {
                 _ => "other",
             })
             .collect();
-        assert_eq!(kinds, ["bridge", "vxlan", "gwbridge", "masquerade", "fdb", "neigh", "netns", "if", "if"]);
+        assert_eq!(kinds, ["bridge", "vxlan", "gwbridge", "masquerade", "fdb", "neigh", "netns", "if", "if", "other"]);
+        assert!(matches!(steps.last(), Some(Step::SetVips { vips, .. }) if vips.len() == 1), "the VIP rules last");
         assert!(steps.contains(&Step::Masquerade { subnet: net("172.18.0.0/16") }));
         assert!(steps.contains(&Step::AddFdb(Fdb {
             vni: 4097,
@@ -351,8 +365,25 @@ mod tests {
                     index: 1,
                     interface: desired().tasks[0].interfaces[1].clone()
                 },
+                Step::SetVips { task_id: "task1abcdefgh".into(), vips: desired().tasks[0].vips.clone() },
             ]
         );
+    }
+
+    #[test]
+    fn vip_rules_follow_their_backends_and_come_back_after_a_restart() {
+        let fake = crate::fake::Fake::default();
+        for s in plan(&desired(), &Observed::default()) {
+            fake.apply(&s).expect("step");
+        }
+        let mut d = desired();
+        d.tasks[0].vips[0].backends.pop();
+        let steps = plan(&d, &fake.observed());
+        assert_eq!(steps, vec![Step::SetVips { task_id: "task1abcdefgh".into(), vips: d.tasks[0].vips.clone() }]);
+        // A restarted agent does not know what it installed: it installs the rules again.
+        let mut o = fake.observed();
+        o.lb.clear();
+        assert_eq!(plan(&desired(), &o).len(), 1);
     }
 
     #[test]
@@ -407,6 +438,14 @@ mod tests {
                     let tasks = (0..ntasks)
                         .map(|i| TaskNet {
                             task_id: format!("t{i}xxxxxxxxxx"),
+                            vips: if i % 2 == 0 {
+                                vec![]
+                            } else {
+                                vec![crate::Vip {
+                                    vip: Ipv4Addr::new(10, 0, 0, 2),
+                                    backends: vec![Ipv4Addr::new(10, 0, 9, 10)],
+                                }]
+                            },
                             interfaces: vnis
                                 .iter()
                                 .take(i)

@@ -10,7 +10,7 @@ use std::process::Command;
 use futures::TryStreamExt;
 use shoal_net::{
     bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, Interface, Net, Observed,
-    Overlay, Remote, TaskNet, GATEWAY_BRIDGE,
+    Overlay, Remote, TaskNet, Vip, GATEWAY_BRIDGE,
 };
 
 fn net(s: &str) -> Net {
@@ -83,6 +83,11 @@ fn desired(me: u8, peer: u8, task: &str, with_remote: bool) -> Desired {
         gateway: Some(Gateway { address: net("172.29.0.1/16"), mtu: 1500 }),
         tasks: vec![TaskNet {
             task_id: task.into(),
+            // A VIP whose one backend is the peer task, and one with no backend.
+            vips: vec![
+                Vip { vip: Ipv4Addr::new(10, 77, 0, 100), backends: vec![Ipv4Addr::new(10, 77, 0, 10 + peer)] },
+                Vip { vip: Ipv4Addr::new(10, 77, 0, 101), backends: vec![] },
+            ],
             interfaces: vec![
                 Interface {
                     bridge: bridge_name(5000),
@@ -172,6 +177,12 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     let nft = String::from_utf8_lossy(&sh(&h1.ns, &["nft", "list", "table", "ip", "shoal"]).stdout).to_string();
     assert!(nft.contains("masquerade"), "{nft}");
 
+    // The VIP leads to its backend on the other host; a VIP without backends refuses at once.
+    assert!(ping(&ta, "10.77.0.100"), "the VIP reaches its backend");
+    let refused = sh(&ta, &["busybox", "nc", "10.77.0.101", "80"]);
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && why.contains("refused"), "{why}");
+
     // Host 1 forgets task b: nothing forwards to it any more.
     let (failed, _, observed) = converge_in(&h1, desired(1, 2, "taska", false));
     assert_eq!(failed, Vec::<String>::new());
@@ -216,7 +227,7 @@ fn the_resolver_answers_over_udp_and_tcp_inside_the_namespace() {
     let sockets = dns::bind_in(&ns).expect("bind in the namespace");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (_table_tx, table) = tokio::sync::watch::channel(std::sync::Arc::new(dns::Table::new(&entries)));
+    let (_table_tx, table) = tokio::sync::watch::channel(std::sync::Arc::new(dns::Table::new(&entries, &[])));
     let server = rt.spawn(dns::serve(sockets, table, vec!["n".into()], vec![], cancel.clone()));
     let query = |name: &str| {
         let mut m = Message::query();

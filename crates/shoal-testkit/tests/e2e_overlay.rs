@@ -229,12 +229,21 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     }
     assert!(across > 0, "some client and server are on different hosts: {cli:?} {srv:?}");
 
-    // By name, through each task's resolver at 127.0.0.11: the service, its tasks, a task.
+    // By name, through each task's resolver at 127.0.0.11: the service is its VIP, `tasks.`
+    // its tasks; connections to the VIP spread over the tasks, from every host.
+    let svc = shoal_ok(&h, &["service", "inspect", "srv", "--format", "json"]).await?.json()?;
+    let vip =
+        svc[0]["virtual_ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).context("a VIP")?.to_string();
     wait_resolves(&cli, "tasks.srv", &sorted(srv.iter().map(|s| s.address.clone()))).await?;
-    wait_resolves(&cli, "srv", &sorted(srv.iter().map(|s| s.address.clone()))).await?;
+    wait_resolves(&cli, "srv", std::slice::from_ref(&vip)).await?;
     for c in &cli {
-        let body = in_task(c.pid, &["busybox", "wget", "-q", "-O", "-", "http://srv/"]).unwrap_or_default();
-        assert!(body.starts_with("hello from srv."), "GET http://srv/ from {}: {body:?}", c.id);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let body = in_task(c.pid, &["busybox", "wget", "-q", "-O", "-", "http://srv/"]).unwrap_or_default();
+            assert!(body.starts_with("hello from srv."), "GET http://srv/ from {}: {body:?}", c.id);
+            seen.insert(body);
+        }
+        assert_eq!(seen.len(), 2, "20 connections through the VIP from {} reach both tasks: {seen:?}", c.id);
         let hosts = in_task(c.pid, &["cat", "/etc/hosts"]).unwrap_or_default();
         assert!(hosts.contains(&c.address), "the task's /etc/hosts names it: {hosts}");
     }
@@ -259,6 +268,18 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     let p = wait_running(&h, "priv", 1).await?;
     let pns = hosts.task_ns(p[0].host, &p[0].id);
     assert!(get(&pns, &format!("http://{REGISTRY}/v2/")).is_none(), "no egress from an internal network");
+    // A service with no task: its VIP refuses at once instead of timing out.
+    shoal_ok(&h, &["service", "create", "--detach", "--name", "idle", "--replicas", "0", "--network", "appnet", IMAGE])
+        .await?;
+    let idle = shoal_ok(&h, &["service", "inspect", "idle", "--format", "json"]).await?.json()?;
+    let idle_vip =
+        idle[0]["virtual_ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).context("a VIP")?.to_string();
+    wait_resolves(&cli, "idle", std::slice::from_ref(&idle_vip)).await?;
+    let refused = Command::new("timeout")
+        .args(["5", "nsenter", "-t", &cli[0].pid.to_string(), "-n", "-m", "busybox", "nc", &idle_vip, "80"])
+        .output()?;
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && why.contains("refused"), "{why}");
     let o = wait_running(&h, "other", 1).await?;
     let ons = hosts.task_ns(o[0].host, &o[0].id);
     assert!(get(&ons, &format!("http://{}/", srv[0].address)).is_none(), "another network cannot reach appnet");
@@ -326,7 +347,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     assert_eq!(ids(&wait_running(&h, "cli", 3).await?), ids(&cli), "no client was replaced");
 
     // Everything removed: nothing of shoal's is left on any host.
-    for s in ["srv", "cli", "priv", "other"] {
+    for s in ["srv", "cli", "priv", "other", "idle"] {
         shoal_ok(&h, &["service", "rm", s]).await?;
     }
     for n in ["appnet", "privnet", "othernet"] {
