@@ -55,7 +55,12 @@ pub struct NetWait {
     /// Where the task's `/etc/resolv.conf`, `hosts` and `hostname` are written, when the node
     /// serves its tasks' DNS.
     pub etc: Option<std::path::PathBuf>,
+    /// The node's stopping tasks that no node sends traffic to any more.
+    pub drained: watch::Receiver<std::collections::BTreeSet<String>>,
 }
+
+/// How long a stopping task waits for every node to take it out of its VIPs and DNS.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a task waits for its network before it is rejected.
 const NETWORK_WAIT: Duration = Duration::from_secs(60);
@@ -276,6 +281,14 @@ impl Controller {
         loop {
             if self.stop_requested() {
                 let t = self.task.borrow().clone();
+                // Out of every VIP and name first, then the signal: no new connection reaches a
+                // process that is going away.
+                if let Some(net) = self.net.as_mut().filter(|_| !t.networks.is_empty()) {
+                    let wait = net.drained.wait_for(|d| d.contains(id));
+                    if tokio::time::timeout(DRAIN_WAIT, wait).await.is_err() {
+                        tracing::warn!(task_id = %id, "not every node confirmed the task out of its VIPs in time; stopping it");
+                    }
+                }
                 let c = t.spec.as_ref().and_then(|s| s.container.as_ref());
                 let grace = c
                     .and_then(|c| c.stop_grace_period_ms)

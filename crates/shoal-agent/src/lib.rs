@@ -77,6 +77,8 @@ struct NetSide {
     gateway: Option<shoal_net::Net>,
     /// Where tasks' `/etc` files go (when the node serves their DNS).
     etc: Option<PathBuf>,
+    /// This node's stopping tasks that no node sends traffic to any more.
+    drained: Arc<watch::Sender<std::collections::BTreeSet<String>>>,
 }
 
 /// The agent could not start.
@@ -143,6 +145,7 @@ impl Agent {
             ready: n.ready.clone(),
             path: n.executor.namespace_path(&id),
             etc: n.etc.as_ref().map(|d| d.join(&id)),
+            drained: n.drained.subscribe(),
         });
         let c = controller::Controller::new(rx, tools, adopted, last, cancel.clone(), net);
         self.work.spawn(c.run());
@@ -223,6 +226,11 @@ impl Agent {
     }
 
     fn apply(&mut self, mut msg: shoal_api::v1::AssignmentsMessage) {
+        if msg.drain_update {
+            if let Some(net) = &self.net {
+                net.drained.send_replace(msg.drained.iter().cloned().collect());
+            }
+        }
         // The network view first: the tasks in the same message use it.
         if msg.network_view {
             if let Some(net) = &self.net {
@@ -232,9 +240,11 @@ impl Agent {
                     port: msg.data_path_port,
                     vips: std::mem::take(&mut msg.vips),
                 };
+                let seq = msg.view_seq;
                 net.inputs.send_if_modified(|i| {
-                    let changed = i.view.as_ref() != Some(&view);
+                    let changed = i.view.as_ref() != Some(&view) || i.view_seq != seq;
                     i.view = Some(view);
+                    i.view_seq = seq;
                     changed
                 });
             }
@@ -350,9 +360,12 @@ pub fn start(
                     dns: n.dns,
                     dns_ttl: n.dns_ttl,
                 };
-                work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, host, cancel.clone()));
+                let (acks, acked) = watch::channel(0u64);
+                work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, acks, host, cancel.clone()));
+                work.spawn(acknowledge(cfg.node_id.clone(), leader.clone(), acked, cancel.clone()));
                 let etc = n.dns.then(|| cfg.data_dir.join("etc"));
-                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway, etc }
+                let drained = Arc::new(watch::channel(std::collections::BTreeSet::new()).0);
+                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway, etc, drained }
             });
             let mut agent = Agent {
                 work,
@@ -387,6 +400,35 @@ pub fn start(
         })
     });
     Ok((status_rx, run))
+}
+
+/// Tells the leader which network view this node installed (the latest, as they come).
+async fn acknowledge(
+    node_id: String,
+    leader: Arc<dyn Leader>,
+    mut acked: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = acked.changed() => if r.is_err() { return },
+        }
+        let seq = *acked.borrow_and_update();
+        for attempt in 0..3u32 {
+            let sent = match leader.channel().await {
+                Ok(ch) => DispatcherClient::new(ch)
+                    .ack_network_view(shoal_api::v1::AckNetworkViewRequest { node_id: node_id.clone(), view_seq: seq })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if sent || acked.has_changed().unwrap_or(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+    }
 }
 
 async fn session(node_id: String, mut agent: Agent, leader: Arc<dyn Leader>, cancel: CancellationToken) {

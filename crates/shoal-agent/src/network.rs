@@ -47,6 +47,8 @@ pub struct Inputs {
     pub view: Option<View>,
     /// This node's tasks that have (or are to have) a namespace.
     pub tasks: BTreeMap<String, LocalTask>,
+    /// Number of the view in its stream (acknowledged once installed).
+    pub view_seq: u64,
 }
 
 /// How a task's network stands.
@@ -319,6 +321,7 @@ pub async fn run(
     exec: Arc<dyn Executor>,
     mut inputs: watch::Receiver<Inputs>,
     ready: watch::Sender<BTreeMap<String, Readiness>>,
+    acks: watch::Sender<u64>,
     mut host: Host,
     cancel: CancellationToken,
 ) {
@@ -369,6 +372,15 @@ pub async fn run(
                     });
                     if !out.failed.is_empty() {
                         retry = Duration::from_secs(1);
+                    } else {
+                        // Installed everywhere on this host: the leader may let stopping tasks go.
+                        acks.send_if_modified(|a| {
+                            let newer = current.view_seq > *a;
+                            if newer {
+                                *a = current.view_seq;
+                            }
+                            newer
+                        });
                     }
                 }
                 Err(e) => {
@@ -598,20 +610,25 @@ mod tests {
         fake.broken.lock().unwrap_or_else(|e| e.into_inner()).push("bad".into());
         let (tx, rx) = watch::channel(Inputs::default());
         let (ready_tx, mut ready) = watch::channel(BTreeMap::new());
+        let (acks, mut acked) = watch::channel(0);
         let cancel = CancellationToken::new();
-        let job = tokio::spawn(run(fake.clone(), rx, ready_tx, host(), cancel.clone()));
+        let job = tokio::spawn(run(fake.clone(), rx, ready_tx, acks, host(), cancel.clone()));
         let egress = |n: u8| LocalTask { attachments: vec![], gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)) };
         tx.send_modify(|i| {
             i.tasks.insert("good".into(), egress(2));
             i.tasks.insert("bad".into(), egress(3));
         });
         assert!(fake.observed().namespaces.is_empty(), "nothing changes before the view is known");
-        tx.send_modify(|i| i.view = Some(View::default()));
+        tx.send_modify(|i| {
+            i.view = Some(View::default());
+            i.view_seq = 3;
+        });
         let limit = Duration::from_secs(5);
         assert_eq!(wait_ready(&mut ready, "good", limit).await, Ok(()));
         let bad = wait_ready(&mut ready, "bad", limit).await;
         assert!(bad.is_err_and(|e| e.contains("refused")));
         assert_eq!(fake.observed().namespaces, ["good"]);
+        assert_eq!(*acked.borrow_and_update(), 0, "a pass with a failed step acknowledges nothing");
         tx.send_modify(|i| {
             i.tasks.clear();
         });
@@ -622,6 +639,7 @@ mod tests {
         })
         .await
         .expect("the namespace goes with its task");
+        tokio::time::timeout(limit, acked.wait_for(|a| *a == 3)).await.expect("acknowledged").expect("ack");
         cancel.cancel();
         job.await.expect("loop ends");
     }

@@ -12,7 +12,7 @@
 //!
 //! Decisions are pure functions ([`delta`]: sent vs current -> message); the hub executes them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -151,10 +151,98 @@ type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentsMessage, Sta
 /// The sender half of one node's assignment stream.
 type StreamTx = mpsc::Sender<Result<AssignmentsMessage, Status>>;
 
-/// A request to the hub: serve `node_id` on `tx` (replacing an older stream of the node).
-pub(crate) struct Register {
-    node_id: String,
-    tx: StreamTx,
+/// A request to the hub.
+pub(crate) enum Register {
+    /// Serve `node_id` on `tx` (replacing an older stream of the node).
+    Stream { node_id: String, tx: StreamTx },
+    /// `node_id` installed network view `seq` of its stream.
+    Ack { node_id: String, seq: u64 },
+}
+
+/// A stopping task: its id and networks.
+pub type Stopping = (String, BTreeSet<String>);
+
+/// What a node was sent and acknowledged of its network view.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeViews<'a> {
+    /// The networks of the view sent.
+    pub networks: &'a BTreeSet<String>,
+    /// Serving tasks of the last view it acknowledged.
+    pub acked: Option<&'a HashSet<String>>,
+    /// Serving tasks of the last view sent.
+    pub latest: Option<&'a HashSet<String>>,
+}
+
+/// The stopping tasks that no node may still send traffic to: every node whose view shares a
+/// network with the task has acknowledged a view without it serving, and the last view sent to
+/// it does not list it either. Pure.
+pub fn drained(stopping: &[Stopping], nodes: &[NodeViews<'_>]) -> BTreeSet<String> {
+    stopping
+        .iter()
+        .filter(|(task, nets)| {
+            nodes
+                .iter()
+                .filter(|n| !n.networks.is_disjoint(nets))
+                .all(|n| n.acked.is_some_and(|a| !a.contains(task)) && n.latest.is_none_or(|l| !l.contains(task)))
+        })
+        .map(|(t, _)| t.clone())
+        .collect()
+}
+
+/// A node's tasks that are being stopped while their address may still be in use: desired
+/// past running, not ended, on a network.
+fn stopping_tasks(store: &shoal_store::Store, node_id: &str) -> Vec<Stopping> {
+    store
+        .tasks_by_node(node_id)
+        .filter(|t| {
+            let observed = t.status.as_ref().map_or(0, |s| s.state);
+            t.desired_state > shoal_api::v1::TaskState::Running as i32
+                && observed < shoal_api::v1::TaskState::Complete as i32
+                && !t.networks.is_empty()
+        })
+        .map(|t| {
+            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            (id, t.networks.iter().map(|a| a.network_id.clone()).collect())
+        })
+        .collect()
+}
+
+/// Tells every node with networks which of its stopping tasks are out of every node's VIPs and
+/// DNS now (only when that changed).
+fn update_drains(store: &shoal_store::Store, sessions: &mut HashMap<String, Session>) {
+    let views: Vec<(String, Vec<Stopping>)> = sessions
+        .values()
+        .filter(|s| !s.networks.is_empty() || !s.drained.is_empty())
+        .map(|s| (s.node_id.clone(), stopping_tasks(store, &s.node_id)))
+        .collect();
+    if views.iter().all(|(_, st)| st.is_empty()) && sessions.values().all(|s| s.drained.is_empty()) {
+        return;
+    }
+    let nodes: Vec<_> = sessions
+        .values()
+        .map(|s| NodeViews {
+            networks: &s.networks,
+            acked: s.acked.as_ref(),
+            latest: s.views.back().map(|(_, serving)| serving),
+        })
+        .collect();
+    let sets: Vec<(String, BTreeSet<String>)> =
+        views.into_iter().map(|(node, stopping)| (node, drained(&stopping, &nodes))).collect();
+    for (node, set) in sets {
+        let Some(s) = sessions.get_mut(&node) else { continue };
+        if s.drained == set {
+            continue;
+        }
+        let msg = AssignmentsMessage {
+            r#type: assignments_message::Type::Incremental as i32,
+            drain_update: true,
+            drained: set.iter().cloned().collect(),
+            ..Default::default()
+        };
+        if s.tx.try_send(Ok(msg)).is_ok() {
+            s.drained = set;
+        }
+    }
 }
 
 /// Messages a node's stream buffers before the hub stops sending and diffs later instead.
@@ -172,6 +260,14 @@ struct Session {
     sent_net: u64,
     /// The networks of the view sent.
     networks: BTreeSet<String>,
+    /// Number of the last network view sent.
+    view_seq: u64,
+    /// Views sent and not yet acknowledged: (number, serving task ids).
+    views: std::collections::VecDeque<(u64, HashSet<String>)>,
+    /// Serving task ids of the last view the node acknowledged.
+    acked: Option<HashSet<String>>,
+    /// The drained list last sent.
+    drained: BTreeSet<String>,
     /// A message could not be buffered: diff the whole set at the next chance.
     stale: bool,
 }
@@ -222,6 +318,7 @@ pub fn delta(
             endpoints,
             data_path_port: port,
             vips,
+            ..Default::default()
         });
     }
     let mut changed: Vec<Task> =
@@ -241,6 +338,7 @@ pub fn delta(
         endpoints,
         data_path_port: port,
         vips,
+        ..Default::default()
     })
 }
 
@@ -295,16 +393,22 @@ impl Session {
             .filter(|p| *p != 0)
             .unwrap_or(crate::netview::DEFAULT_DATA_PATH_PORT);
         let net_digest = crate::netview::digest(&view, port);
+        let serving: HashSet<String> = view.endpoints.iter().filter(|e| e.serving).map(|e| e.task_id.clone()).collect();
         let net = (first || net_digest != self.sent_net).then_some(NetView {
             networks: view.networks,
             endpoints: view.endpoints,
             vips: view.vips,
             port,
         });
-        let Some(msg) = delta(first, &sent_view, &current, deps, net) else {
+        let Some(mut msg) = delta(first, &sent_view, &current, deps, net) else {
             self.stale = false;
             return true;
         };
+        let seq = self.view_seq + 1;
+        if msg.network_view {
+            msg.view_seq = seq;
+        }
+        let sent_view_now = msg.network_view;
         match self.tx.try_send(Ok(msg)) {
             Ok(()) => {
                 for (id, t) in &current {
@@ -316,6 +420,14 @@ impl Session {
                 self.sent_deps = Some(versions);
                 self.sent_net = net_digest;
                 self.networks = net_ids;
+                if sent_view_now {
+                    self.view_seq = seq;
+                    self.views.push_back((seq, serving));
+                    // A node that never acknowledges must not grow this without bound.
+                    while self.views.len() > 64 {
+                        self.views.pop_front();
+                    }
+                }
                 self.stale = false;
                 true
             }
@@ -379,21 +491,38 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
-            reg = regs.recv() => {
-                let Some(Register { node_id, tx }) = reg else { break };
-                let mut s = Session {
-                    node_id: node_id.clone(),
-                    tx,
-                    sent: HashMap::new(),
-                    sent_deps: None,
-                    sent_net: 0,
-                    networks: BTreeSet::new(),
-                    stale: false,
-                };
-                if rt.store.read(|st| s.sync(st, None)) {
-                    sessions.insert(node_id, s);
+            reg = regs.recv() => match reg {
+                None => break,
+                Some(Register::Stream { node_id, tx }) => {
+                    let mut s = Session {
+                        node_id: node_id.clone(),
+                        tx,
+                        sent: HashMap::new(),
+                        sent_deps: None,
+                        sent_net: 0,
+                        networks: BTreeSet::new(),
+                        view_seq: 0,
+                        views: Default::default(),
+                        acked: None,
+                        drained: BTreeSet::new(),
+                        stale: false,
+                    };
+                    if rt.store.read(|st| s.sync(st, None)) {
+                        sessions.insert(node_id, s);
+                    }
                 }
-            }
+                Some(Register::Ack { node_id, seq }) => {
+                    if let Some(s) = sessions.get_mut(&node_id) {
+                        while s.views.front().is_some_and(|(n, _)| *n < seq) {
+                            s.views.pop_front();
+                        }
+                        if let Some((_, serving)) = s.views.front().filter(|(n, _)| *n == seq) {
+                            s.acked = Some(serving.clone());
+                        }
+                        rt.store.read(|st| update_drains(st, &mut sessions));
+                    }
+                }
+            },
             change = changes.recv() => {
                 let resync_all = match change {
                     Ok(c) => match &*c {
@@ -421,6 +550,7 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                 if resync_all {
                     rt.store.read(|st| sessions.retain(|_, s| s.sync(st, None)));
                 }
+                rt.store.read(|st| update_drains(st, &mut sessions));
             }
             _ = tick.tick() => {
                 // Retry the streams whose buffer was full, and forget the ones that closed.
@@ -450,10 +580,25 @@ impl Dispatcher for DispatcherService {
             .hub()
             .ok_or_else(|| Status::unavailable("the leader is starting its dispatcher; retry in a moment"))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        hub.send(Register { node_id, tx })
+        hub.send(Register::Stream { node_id, tx })
             .await
             .map_err(|_| Status::unavailable("leadership changed: reconnect to the new leader"))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack_network_view(
+        &self,
+        req: Request<shoal_api::v1::AckNetworkViewRequest>,
+    ) -> Result<Response<shoal_api::v1::AckNetworkViewResponse>, Status> {
+        let caller = crate::tls::caller(&req).map(|c| c.node_id.clone());
+        let req = req.into_inner();
+        same_node(caller.as_deref(), &req.node_id)?;
+        self.require_leader()?;
+        let hub = self.links.hub().ok_or_else(|| Status::unavailable("no dispatcher hub on this manager now"))?;
+        hub.send(Register::Ack { node_id: req.node_id, seq: req.view_seq })
+            .await
+            .map_err(|_| Status::unavailable("leadership changed"))?;
+        Ok(Response::new(shoal_api::v1::AckNetworkViewResponse {}))
     }
 
     async fn update_task_status(
@@ -564,5 +709,35 @@ pub(crate) async fn run_status_batcher(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    fn set(xs: &[&str]) -> BTreeSet<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn hset(xs: &[&str]) -> HashSet<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_task_is_drained_once_every_node_on_its_networks_acknowledged_it_gone() {
+        let stopping = vec![("t1".to_string(), set(&["n1"]))];
+        let (n1, n2) = (set(&["n1"]), set(&["n2"]));
+        let (with, without) = (hset(&["t1", "t2"]), hset(&["t2"]));
+        // A node on another network does not matter, even if it never acknowledged.
+        let node = |networks, acked, latest| NodeViews { networks, acked, latest };
+        let other = node(&n2, None, Some(&with));
+        assert_eq!(drained(&stopping, &[node(&n1, Some(&without), Some(&without)), other]), set(&["t1"]));
+        // Acknowledged a view that still had it: not yet.
+        assert!(drained(&stopping, &[node(&n1, Some(&with), Some(&without))]).is_empty());
+        // Acknowledged without it, but a later view (not yet acknowledged) has it again.
+        assert!(drained(&stopping, &[node(&n1, Some(&without), Some(&with))]).is_empty());
+        // Never acknowledged anything: not yet.
+        assert!(drained(&stopping, &[node(&n1, None, Some(&without))]).is_empty());
     }
 }
