@@ -354,13 +354,62 @@ impl Netlink {
             }
             Step::SetVips { task_id, vips } => {
                 let (p, script) = (self.namespace_path(task_id), vip_script(vips));
-                tokio::task::spawn_blocking(move || netns::nft_in(&p, &script)).await.map_err(|e| e.to_string())??;
+                let gone = {
+                    let before = self.lb_memory().get(task_id).cloned().unwrap_or_default();
+                    removed_backends(&before, vips)
+                };
+                let now = vips.clone();
+                tokio::task::spawn_blocking(move || -> Result<(), String> {
+                    netns::nft_in(&p, &script)?;
+                    // Flows of this namespace that go to a backend no longer behind their VIP
+                    // (found in the kernel, so a restarted agent finds them too).
+                    let mut gone = gone;
+                    for v in &now {
+                        match netns::udp_flow_backends(&p, v.vip) {
+                            Ok(list) => gone.extend(
+                                list.into_iter().filter(|b| !v.backends.contains(b)).map(|b| (v.vip, b)),
+                            ),
+                            Err(e) => tracing::debug!(error = %e, "cannot list UDP flows"),
+                        }
+                    }
+                    gone.sort();
+                    gone.dedup();
+                    for (vip, backend) in gone {
+                        if let Err(e) = netns::flush_udp_flows(&p, vip, backend) {
+                            tracing::warn!(error = %e, %vip, %backend, "UDP flows of a removed backend stay until they time out");
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 self.lb_memory().insert(task_id.clone(), vips.clone());
                 Ok(())
             }
             Step::AddInterface { task_id, index, interface } => self.add_interface(task_id, *index, interface).await,
         }
     }
+}
+
+/// The reply sources (the backends) of `conntrack -L` lines. Pure.
+pub fn reply_sources(listing: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().filter_map(|f| f.strip_prefix("src=")).nth(1)?.parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// (VIP, backend) pairs in `before` that `after` no longer has. Pure.
+pub fn removed_backends(before: &[Vip], after: &[Vip]) -> Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    let mut out = Vec::new();
+    for b in before {
+        let kept = after.iter().find(|a| a.vip == b.vip).map(|a| a.backends.as_slice()).unwrap_or(&[]);
+        out.extend(b.backends.iter().filter(|x| !kept.contains(x)).map(|x| (b.vip, *x)));
+    }
+    out
 }
 
 /// nftables table holding a task's VIP rules (in the task's namespace).
@@ -553,5 +602,44 @@ impl Executor for Netlink {
 
     async fn underlay_mtu(&self, local: Ipv4Addr) -> Option<u32> {
         self.mtu_of_address(local).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(v: u8, backends: &[u8]) -> Vip {
+        Vip {
+            vip: std::net::Ipv4Addr::new(10, 0, 0, v),
+            backends: backends.iter().map(|b| std::net::Ipv4Addr::new(10, 0, 1, *b)).collect(),
+        }
+    }
+
+    #[test]
+    fn reply_sources_come_from_the_second_src() {
+        let l = "udp      17 29 src=10.77.0.11 dst=10.77.0.100 sport=39492 dport=9999 src=10.77.0.12 dst=10.77.0.11 sport=9999 dport=39492 mark=0 use=1\n\
+                 conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n";
+        assert_eq!(reply_sources(l), [std::net::Ipv4Addr::new(10, 77, 0, 12)]);
+        assert!(reply_sources("").is_empty());
+    }
+
+    #[test]
+    fn removed_backends_are_the_pairs_that_went() {
+        let before = [vip(1, &[1, 2]), vip(2, &[3])];
+        let after = [vip(1, &[2, 4])];
+        let gone: Vec<String> = removed_backends(&before, &after).iter().map(|(v, b)| format!("{v}>{b}")).collect();
+        assert_eq!(gone, ["10.0.0.1>10.0.1.1", "10.0.0.2>10.0.1.3"]);
+        assert!(removed_backends(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn the_vip_script_balances_refuses_and_replaces_atomically() {
+        let s = vip_script(&[vip(1, &[1, 2]), vip(2, &[])]);
+        assert!(s.starts_with("table ip shoal_vip {}\ndelete table ip shoal_vip\n"), "{s}");
+        assert!(s.contains("dnat to numgen random mod 2 map { 0 : 10.0.1.1, 1 : 10.0.1.2 }"), "{s}");
+        assert!(s.contains("ip daddr vmap { 10.0.0.1 : jump vip0 }"), "{s}");
+        assert!(s.contains("ip daddr { 10.0.0.2 } meta l4proto tcp reject with tcp reset"), "{s}");
+        assert_eq!(vip_script(&[]), "table ip shoal_vip {}\ndelete table ip shoal_vip\n");
     }
 }

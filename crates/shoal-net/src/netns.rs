@@ -78,31 +78,80 @@ pub fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     Ok(out)
 }
 
-/// Runs one `nft -f -` transaction inside the namespace at `path` (the process starts on a
-/// thread that entered it, so it is in it too).
-pub fn nft_in(path: &Path, script: &str) -> Result<(), String> {
-    let (target, script) = (path.to_path_buf(), script.to_string());
+/// Runs `program args` inside the namespace at `path` with `input` on its stdin (the process
+/// starts on a thread that entered it, so it is in it too); its exit code, or why it could not
+/// run, with its stderr.
+pub fn run_in(path: &Path, program: &str, args: &[&str], input: &str) -> Result<(i32, String), String> {
+    let (target, input) = (path.to_path_buf(), input.to_string());
+    let (program, args): (String, Vec<String>) = (program.to_string(), args.iter().map(|a| a.to_string()).collect());
+    run_in_owned(target, program, args, input).map(|(code, _, stderr)| (code, stderr))
+}
+
+/// Like [`run_in`], with the process's stdout too.
+pub fn output_in(path: &Path, program: &str, args: &[&str]) -> Result<(i32, String, String), String> {
+    run_in_owned(path.to_path_buf(), program.to_string(), args.iter().map(|a| a.to_string()).collect(), String::new())
+}
+
+fn run_in_owned(
+    target: PathBuf,
+    program: String,
+    args: Vec<String>,
+    input: String,
+) -> Result<(i32, String, String), String> {
     on_own_thread(move || {
         use std::io::Write;
         let ns = std::fs::File::open(&target).map_err(|e| err(&target, "cannot open", e))?;
         setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "cannot enter", e))?;
-        let mut child = std::process::Command::new("nft")
-            .args(["-f", "-"])
+        let mut child = std::process::Command::new(&program)
+            .args(&args)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+            stdin.write_all(input.as_bytes()).map_err(|e| format!("{program}: {e}"))?;
         }
-        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
-        }
+        let out = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     })
+}
+
+/// Runs one `nft -f -` transaction inside the namespace at `path`.
+pub fn nft_in(path: &Path, script: &str) -> Result<(), String> {
+    match run_in(path, "nft", &["-f", "-"], script) {
+        Ok((0, _)) => Ok(()),
+        Ok((_, stderr)) => Err(format!("nft: {stderr}")),
+        Err(e) => Err(format!("{e} (install nftables)")),
+    }
+}
+
+/// The backends the namespace's UDP flows to `vip` go to now (from `conntrack -L`).
+pub fn udp_flow_backends(path: &Path, vip: std::net::Ipv4Addr) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    let vip = vip.to_string();
+    match output_in(path, "conntrack", &["-L", "-p", "udp", "--orig-dst", vip.as_str()]) {
+        Ok((0, out, _)) => Ok(crate::netlink::reply_sources(&out)),
+        Ok((_, _, stderr)) => Err(format!("conntrack: {stderr}")),
+        Err(e) => Err(format!("{e} (install conntrack)")),
+    }
+}
+
+/// Forgets the UDP flows to `vip` that went to `backend` in the namespace at `path`, so they
+/// are balanced afresh instead of going to a backend that is no more (TCP connections are left
+/// to end by themselves: a stopping task may still be finishing them).
+pub fn flush_udp_flows(path: &Path, vip: std::net::Ipv4Addr, backend: std::net::Ipv4Addr) -> Result<(), String> {
+    let (vip, backend) = (vip.to_string(), backend.to_string());
+    let args = ["-D", "-p", "udp", "--orig-dst", vip.as_str(), "--reply-src", backend.as_str()];
+    match run_in(path, "conntrack", &args, "") {
+        // 1: no flow matched.
+        Ok((0 | 1, _)) => Ok(()),
+        Ok((_, stderr)) => Err(format!("conntrack: {stderr}")),
+        Err(e) => Err(format!("{e} (install conntrack)")),
+    }
 }
 
 /// A netlink connection inside the namespace at `path`: its socket belongs to that namespace

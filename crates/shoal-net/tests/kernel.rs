@@ -183,6 +183,29 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     let why = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && why.contains("refused"), "{why}");
 
+    // UDP through the VIP too; once the backend leaves the VIP, its flow is forgotten.
+    let server = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n\
+                  s.settimeout(20)\nwhile True:\n    d, a = s.recvfrom(100)\n    s.sendto(d, a)\n";
+    let mut echo = Command::new("nsenter")
+        .arg(format!("--net={}", tb.display()))
+        .args(["python3", "-c", server])
+        .spawn()
+        .expect("python3");
+    let client = "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1)\n\
+                  for _ in range(10):\n    s.sendto(b'ping', ('10.77.0.100', 9999))\n    try:\n        print(s.recv(100).decode()); break\n\
+                  \x20   except socket.timeout:\n        time.sleep(0.2)\n";
+    let answer = String::from_utf8_lossy(&sh(&ta, &["python3", "-c", client]).stdout).to_string();
+    assert_eq!(answer.trim(), "ping", "a UDP datagram to the VIP is answered by its backend");
+    let flows = |ns: &Path| String::from_utf8_lossy(&sh(ns, &["conntrack", "-L", "-p", "udp"]).stdout).to_string();
+    assert!(flows(&ta).contains("dst=10.77.0.100"), "{}", flows(&ta));
+    let mut gone = desired(1, 2, "taska", true);
+    gone.tasks[0].vips[0].backends.clear();
+    let (failed, _, _) = converge_in(&h1, gone);
+    assert_eq!(failed, Vec::<String>::new());
+    assert!(!flows(&ta).contains("dst=10.77.0.100"), "the removed backend's UDP flow is flushed: {}", flows(&ta));
+    let _ = echo.kill();
+    let _ = echo.wait();
+
     // Host 1 forgets task b: nothing forwards to it any more.
     let (failed, _, observed) = converge_in(&h1, desired(1, 2, "taska", false));
     assert_eq!(failed, Vec::<String>::new());
