@@ -171,7 +171,11 @@ impl Agent {
                 }
             }),
         };
-        let local = network::LocalTask { attachments: task.networks.clone(), gateway_address };
+        let local = network::LocalTask {
+            attachments: task.networks.clone(),
+            gateway_address,
+            host_ports: task.host_ports.clone(),
+        };
         net.inputs.send_if_modified(|i| {
             let changed = i.tasks.get(&id) != Some(&local);
             i.tasks.insert(id.clone(), local);

@@ -37,6 +37,8 @@ pub struct LocalTask {
     pub attachments: Vec<NetworkAttachment>,
     /// Its address on the egress bridge, when it has one.
     pub gateway_address: Option<Ipv4Addr>,
+    /// Its host-mode published ports.
+    pub host_ports: Vec<shoal_api::v1::PortConfig>,
 }
 
 /// What the loop works from.
@@ -214,12 +216,27 @@ pub fn desired(
         }
         if wants_egress(&t.attachments, &networks) {
             match (host.gateway, t.gateway_address) {
-                (Some(gw), Some(addr)) => interfaces.push(Interface {
-                    bridge: GATEWAY_BRIDGE.into(),
-                    address: Net { addr, prefix: gw.prefix },
-                    mtu: host.underlay_mtu,
-                    gateway: Some(gw.addr),
-                }),
+                (Some(gw), Some(addr)) => {
+                    interfaces.push(Interface {
+                        bridge: GATEWAY_BRIDGE.into(),
+                        address: Net { addr, prefix: gw.prefix },
+                        mtu: host.underlay_mtu,
+                        gateway: Some(gw.addr),
+                    });
+                    for p in &t.host_ports {
+                        let udp = match p.protocol() {
+                            shoal_api::v1::port_config::Protocol::Tcp => false,
+                            shoal_api::v1::port_config::Protocol::Udp => true,
+                            shoal_api::v1::port_config::Protocol::Sctp => continue,
+                        };
+                        let (Ok(published), Ok(target)) =
+                            (u16::try_from(p.published_port), u16::try_from(p.target_port))
+                        else {
+                            continue;
+                        };
+                        out.ports.push(shoal_net::HostPort { udp, published, address: addr, target });
+                    }
+                }
                 (None, _) => {
                     unready.push((id.clone(), "no subnet in 172.18.0.0-172.31.255.255 is free for egress".into()));
                     continue;
@@ -255,6 +272,7 @@ pub fn desired(
     }
     out.remotes.sort();
     out.remotes.dedup_by_key(|r| (r.vni, r.address));
+    out.ports.sort();
     (out, unready)
 }
 
@@ -533,9 +551,21 @@ mod tests {
                 LocalTask {
                     attachments: vec![attach("n1", "10.0.1.2/24")],
                     gateway_address: Some(Ipv4Addr::new(172, 18, 0, 2)),
+                    host_ports: vec![
+                        shoal_api::v1::PortConfig { target_port: 80, published_port: 8080, ..Default::default() },
+                        shoal_api::v1::PortConfig {
+                            target_port: 53,
+                            published_port: 5353,
+                            protocol: shoal_api::v1::port_config::Protocol::Udp as i32,
+                            ..Default::default()
+                        },
+                    ],
                 },
             ),
-            ("b".to_string(), LocalTask { attachments: vec![attach("n2", "10.0.2.2/24")], gateway_address: None }),
+            (
+                "b".to_string(),
+                LocalTask { attachments: vec![attach("n2", "10.0.2.2/24")], gateway_address: None, host_ports: vec![] },
+            ),
         ]);
         let resolve = |h: &str| h.parse().ok();
         let (d, unready) = desired(&view, &tasks, &host(), &resolve);
@@ -561,6 +591,15 @@ mod tests {
             "the VIP of its network, to the service's serving tasks here and elsewhere"
         );
         assert!(d.tasks[1].vips.is_empty(), "no VIP on the other network");
+        let gw = Ipv4Addr::new(172, 18, 0, 2);
+        assert_eq!(
+            d.ports,
+            [
+                shoal_net::HostPort { udp: false, published: 8080, address: gw, target: 80 },
+                shoal_net::HostPort { udp: true, published: 5353, address: gw, target: 53 },
+            ],
+            "host-mode ports lead to the task's egress address"
+        );
         assert!(d.gateway.is_some());
     }
 
@@ -568,8 +607,11 @@ mod tests {
     fn a_task_whose_network_is_unknown_or_without_egress_address_waits_with_a_reason() {
         let view = View { networks: vec![network("n1", 4097, "10.0.1.0/24", false)], ..Default::default() };
         let tasks = BTreeMap::from([
-            ("a".to_string(), LocalTask { attachments: vec![attach("nx", "10.9.0.2/24")], gateway_address: None }),
-            ("b".to_string(), LocalTask { attachments: vec![], gateway_address: None }),
+            (
+                "a".to_string(),
+                LocalTask { attachments: vec![attach("nx", "10.9.0.2/24")], gateway_address: None, host_ports: vec![] },
+            ),
+            ("b".to_string(), LocalTask { attachments: vec![], gateway_address: None, host_ports: vec![] }),
         ]);
         let (d, unready) = desired(&view, &tasks, &host(), &|_| None);
         assert!(d.tasks.is_empty() && d.overlays.is_empty() && d.gateway.is_none());
@@ -613,7 +655,11 @@ mod tests {
         let (acks, mut acked) = watch::channel(0);
         let cancel = CancellationToken::new();
         let job = tokio::spawn(run(fake.clone(), rx, ready_tx, acks, host(), cancel.clone()));
-        let egress = |n: u8| LocalTask { attachments: vec![], gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)) };
+        let egress = |n: u8| LocalTask {
+            attachments: vec![],
+            gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)),
+            host_ports: vec![],
+        };
         tx.send_modify(|i| {
             i.tasks.insert("good".into(), egress(2));
             i.tasks.insert("bad".into(), egress(3));

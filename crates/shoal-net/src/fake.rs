@@ -142,6 +142,9 @@ impl Fake {
                 o.namespaces.retain(|t| t != task_id);
                 o.lb.remove(task_id);
             }
+            Step::SetPorts(ports) => {
+                o.ports = if ports.is_empty() { None } else { Some(ports.clone()) };
+            }
             Step::SetVips { task_id, vips } => {
                 if !o.namespaces.contains(task_id) {
                     return Err(refuse(step, "no namespace"));

@@ -151,6 +151,20 @@ pub struct Vip {
     pub backends: Vec<Ipv4Addr>,
 }
 
+/// A port the host publishes for one of its tasks (host mode): connections to any of the
+/// host's addresses on `published` go to the task's egress address on `target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostPort {
+    /// `tcp` or `udp`.
+    pub udp: bool,
+    /// The host's port.
+    pub published: u16,
+    /// The task's address (on the egress bridge).
+    pub address: Ipv4Addr,
+    /// The task's port.
+    pub target: u16,
+}
+
 /// One task's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskNet {
@@ -186,6 +200,8 @@ pub struct Desired {
     pub gateway: Option<Gateway>,
     /// This host's tasks.
     pub tasks: Vec<TaskNet>,
+    /// The ports this host publishes for its tasks, sorted.
+    pub ports: Vec<HostPort>,
 }
 
 /// The kind of a link the planner cares about.
@@ -261,6 +277,8 @@ pub struct Observed {
     /// The VIP rules installed in each task's namespace (as last installed by this executor;
     /// a task missing here gets its rules again).
     pub lb: std::collections::BTreeMap<String, Vec<Vip>>,
+    /// The published ports installed (`None`: none; empty: some, but not known which).
+    pub ports: Option<Vec<HostPort>>,
 }
 
 /// One change to the host.
@@ -295,6 +313,8 @@ pub enum Step {
     AddInterface { task_id: String, index: usize, interface: Interface },
     /// Replace the VIP rules in the task's namespace (one atomic nftables transaction).
     SetVips { task_id: String, vips: Vec<Vip> },
+    /// Replace the host's published ports (one atomic nftables transaction).
+    SetPorts(Vec<HostPort>),
 }
 
 /// Host networking failed.

@@ -30,6 +30,8 @@ pub struct Netlink {
     namespaces: PathBuf,
     /// The VIP rules installed in each task namespace by this executor.
     lb: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vip>>>,
+    /// The published ports this executor installed.
+    ports: std::sync::Mutex<Option<Vec<crate::HostPort>>>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -69,6 +71,7 @@ pub fn describe(step: &Step) -> String {
             format!("adding eth{index} ({}) on {} to task {task_id}", interface.address, interface.bridge)
         }
         Step::SetVips { task_id, vips } => format!("installing {} VIP rule(s) in task {task_id}", vips.len()),
+        Step::SetPorts(p) => format!("publishing {} port(s)", p.len()),
     }
 }
 
@@ -134,7 +137,7 @@ impl Netlink {
     pub fn new(namespaces: PathBuf) -> Result<Self, NetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Observe(e.to_string()))?;
         let conn = tokio::spawn(conn);
-        Ok(Self { handle, conn, namespaces, lb: Default::default() })
+        Ok(Self { handle, conn, namespaces, lb: Default::default(), ports: Default::default() })
     }
 
     async fn index(&self, h: &Handle, name: &str) -> Result<u32, String> {
@@ -352,6 +355,12 @@ impl Netlink {
                 let p = self.namespace_path(task_id);
                 tokio::task::spawn_blocking(move || netns::remove(&p)).await.map_err(|e| e.to_string())?
             }
+            Step::SetPorts(ports) => {
+                nft(&ports_script(ports)).await?;
+                *self.ports.lock().unwrap_or_else(|e| e.into_inner()) =
+                    if ports.is_empty() { None } else { Some(ports.clone()) };
+                Ok(())
+            }
             Step::SetVips { task_id, vips } => {
                 let (p, script) = (self.namespace_path(task_id), vip_script(vips));
                 let gone = {
@@ -400,6 +409,31 @@ pub fn reply_sources(listing: &str) -> Vec<std::net::Ipv4Addr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// nftables table holding the host's published ports.
+pub const PORTS_TABLE: &str = "shoal_ports";
+
+/// The nftables transaction that replaces the host's published ports: a connection to any
+/// local address on a published port (from outside, or from the host itself) is DNATed to its
+/// task's egress address and target port.
+pub fn ports_script(ports: &[crate::HostPort]) -> String {
+    let mut s = format!("table ip {t} {{}}\ndelete table ip {t}\n", t = PORTS_TABLE);
+    if ports.is_empty() {
+        return s;
+    }
+    let rules: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let proto = if p.udp { "udp" } else { "tcp" };
+            format!("\t\tfib daddr type local {proto} dport {} dnat to {}:{}\n", p.published, p.address, p.target)
+        })
+        .collect();
+    let rules = rules.concat();
+    s.push_str(&format!(
+        "table ip {PORTS_TABLE} {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;\n{rules}\t}}\n         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{rules}\t}}\n}}\n"
+    ));
+    s
 }
 
 /// (VIP, backend) pairs in `before` that `after` no longer has. Pure.
@@ -487,6 +521,16 @@ async fn nft(script: &str) -> Result<(), String> {
     } else {
         Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+async fn table_exists(table: &str) -> bool {
+    tokio::process::Command::new("nft")
+        .args(["list", "table", "ip", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 /// The subnet shoal's egress masquerade covers now, if installed.
@@ -589,7 +633,13 @@ impl Executor for Netlink {
             .filter(|(t, _)| namespaces.contains(t))
             .map(|(t, v)| (t.clone(), v.clone()))
             .collect();
-        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await, lb })
+        let known = self.ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Unknown to this executor (a restarted agent): present or not, from the kernel.
+        let ports = match known {
+            Some(p) => Some(p),
+            None => table_exists(PORTS_TABLE).await.then(Vec::new),
+        };
+        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await, lb, ports })
     }
 
     async fn run(&self, step: &Step) -> Result<(), NetError> {

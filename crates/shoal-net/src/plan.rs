@@ -176,6 +176,11 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
             steps.push(Step::AddInterface { task_id: t.task_id.clone(), index, interface: interface.clone() });
         }
     }
+    // Published ports, after the interfaces they lead to.
+    let ports_differ = if d.ports.is_empty() { o.ports.is_some() } else { o.ports.as_ref() != Some(&d.ports) };
+    if ports_differ {
+        steps.push(Step::SetPorts(d.ports.clone()));
+    }
     // VIP rules: a new namespace has none; another gets them when they differ from what was
     // installed, or when nobody knows what was (a restarted agent installs them again).
     let none = Vec::new();
@@ -201,6 +206,12 @@ mod tests {
 
     fn desired() -> Desired {
         Desired {
+            ports: vec![crate::HostPort {
+                udp: false,
+                published: 8080,
+                address: Ipv4Addr::new(172, 18, 0, 2),
+                target: 80,
+            }],
             local: Some(Ipv4Addr::new(192, 168, 50, 2)),
             port: 4789,
             overlays: vec![Overlay { vni: 4097, subnet: net("10.0.1.0/24"), mtu: 1450 }],
@@ -243,10 +254,15 @@ mod tests {
                 Step::AddNeigh(_) => "neigh",
                 Step::CreateNamespace { .. } => "netns",
                 Step::AddInterface { .. } => "if",
+                Step::SetPorts(_) => "ports",
+                Step::SetVips { .. } => "vips",
                 _ => "other",
             })
             .collect();
-        assert_eq!(kinds, ["bridge", "vxlan", "gwbridge", "masquerade", "fdb", "neigh", "netns", "if", "if", "other"]);
+        assert_eq!(
+            kinds,
+            ["bridge", "vxlan", "gwbridge", "masquerade", "fdb", "neigh", "netns", "if", "if", "ports", "vips"]
+        );
         assert!(matches!(steps.last(), Some(Step::SetVips { vips, .. }) if vips.len() == 1), "the VIP rules last");
         assert!(steps.contains(&Step::Masquerade { subnet: net("172.18.0.0/16") }));
         assert!(steps.contains(&Step::AddFdb(Fdb {
@@ -310,6 +326,7 @@ mod tests {
                 Step::DeleteLink { name } => name.clone(),
                 Step::DeleteNamespace { task_id } => format!("netns {task_id}"),
                 Step::RemoveMasquerade => "masquerade".into(),
+                Step::SetPorts(p) if p.is_empty() => "no ports".into(),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -322,7 +339,8 @@ mod tests {
                 "shbr4097",
                 GATEWAY_BRIDGE,
                 "netns task1abcdefgh",
-                "masquerade"
+                "masquerade",
+                "no ports"
             ]
         );
         for s in &steps {
@@ -459,7 +477,17 @@ mod tests {
                                 .collect(),
                         })
                         .collect();
-                    Desired { local: None, port: 4789, overlays, remotes, gateway, tasks }
+                    let ports = if gw {
+                        vec![crate::HostPort {
+                            udp: false,
+                            published: 8080,
+                            address: Ipv4Addr::new(172, 18, 0, 2),
+                            target: 80,
+                        }]
+                    } else {
+                        vec![]
+                    };
+                    Desired { local: None, port: 4789, overlays, remotes, gateway, tasks, ports }
                 },
             )
         }

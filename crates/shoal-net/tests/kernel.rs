@@ -9,8 +9,8 @@ use std::process::Command;
 
 use futures::TryStreamExt;
 use shoal_net::{
-    bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, Interface, Net, Observed,
-    Overlay, Remote, TaskNet, Vip, GATEWAY_BRIDGE,
+    bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, HostPort, Interface, Net,
+    Observed, Overlay, Remote, TaskNet, Vip, GATEWAY_BRIDGE,
 };
 
 fn net(s: &str) -> Net {
@@ -68,6 +68,8 @@ impl Drop for Host {
 fn desired(me: u8, peer: u8, task: &str, with_remote: bool) -> Desired {
     let overlay = Overlay { vni: 5000, subnet: net("10.77.0.0/24"), mtu: 1450 };
     Desired {
+        // The host publishes port 8080 for its task's port 9000.
+        ports: vec![HostPort { udp: false, published: 8080, address: Ipv4Addr::new(172, 29, 0, 2), target: 9000 }],
         local: Some(Ipv4Addr::new(192, 168, 77, me)),
         port: 4789,
         overlays: vec![overlay],
@@ -183,6 +185,21 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     let why = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && why.contains("refused"), "{why}");
 
+    // A published port: host 2 reaches task a's port 9000 at host 1's address, port 8080.
+    let tcp_server = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                      s.bind(('0.0.0.0', 9000))\ns.listen(1)\ns.settimeout(20)\nc, _ = s.accept()\nc.sendall(b'pong')\nc.close()\n";
+    let mut pong = Command::new("nsenter")
+        .arg(format!("--net={}", ta.display()))
+        .args(["python3", "-c", tcp_server])
+        .spawn()
+        .expect("python3");
+    let tcp_client = "import socket, time\nfor _ in range(20):\n    try:\n        s = socket.create_connection(('192.168.77.1', 8080), 2)\n\
+                      \x20       print(s.recv(10).decode()); break\n    except OSError:\n        time.sleep(0.2)\n";
+    let got = String::from_utf8_lossy(&sh(&h2.ns, &["python3", "-c", tcp_client]).stdout).to_string();
+    assert_eq!(got.trim(), "pong", "the published port leads to the task");
+    let _ = pong.kill();
+    let _ = pong.wait();
+
     // UDP through the VIP too; once the backend leaves the VIP, its flow is forgotten.
     let server = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n\
                   s.settimeout(20)\nwhile True:\n    d, a = s.recvfrom(100)\n    s.sendto(d, a)\n";
@@ -221,6 +238,7 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     let links = String::from_utf8_lossy(&sh(&h1.ns, &["ip", "-o", "link"]).stdout).to_string();
     assert!(!links.contains("shbr") && !links.contains("shvx") && !links.contains(GATEWAY_BRIDGE), "{links}");
     assert!(!sh(&h1.ns, &["nft", "list", "table", "ip", "shoal"]).status.success(), "the nftables table is gone");
+    assert!(!sh(&h1.ns, &["nft", "list", "table", "ip", "shoal_ports"]).status.success(), "no port is published");
 }
 
 /// The task resolver in a real namespace: UDP and TCP at 127.0.0.11:53, the task's names

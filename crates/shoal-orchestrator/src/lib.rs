@@ -233,6 +233,18 @@ impl Ctx<'_> {
             }),
             annotations: Some(Annotations { name: format!("{name}.{suffix}"), ..Annotations::default() }),
             networks: Vec::new(),
+            host_ports: spec
+                .and_then(|s| s.endpoint_spec.as_ref())
+                .map(|e| {
+                    e.ports
+                        .iter()
+                        .filter(|p| {
+                            p.publish_mode() == shoal_api::v1::port_config::PublishMode::Host && p.published_port > 0
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

@@ -338,6 +338,7 @@ pub fn task(id: &str, service: &Service, slot: u64) -> Task {
         status: Some(TaskStatus { state: TaskState::Pending as i32, ..TaskStatus::default() }),
         annotations: Some(Annotations { name: format!("{name}.{slot}"), labels: BTreeMap::new() }),
         networks: Vec::new(),
+        host_ports: Vec::new(),
     }
 }
 

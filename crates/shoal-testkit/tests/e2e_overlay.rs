@@ -135,7 +135,8 @@ async fn running_tasks(h: &str, service: &str) -> Option<Vec<TaskAt>> {
             continue;
         }
         let host = t["node"].as_str()?.strip_prefix("host")?.parse().ok()?;
-        let address = t["networks"][0]["address"].as_str()?.split('/').next()?.to_string();
+        // A task on no network has no overlay address.
+        let address = t["networks"][0]["address"].as_str().and_then(|a| a.split('/').next()).unwrap_or("").to_string();
         out.push(TaskAt { id: t["id"].as_str()?.to_string(), host, address, pid: t["pid"].as_i64().unwrap_or(0) });
     }
     Some(out)
@@ -268,6 +269,35 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     let p = wait_running(&h, "priv", 1).await?;
     let pns = hosts.task_ns(p[0].host, &p[0].id);
     assert!(get(&pns, &format!("http://{REGISTRY}/v2/")).is_none(), "no egress from an internal network");
+    // A host-mode published port answers on its task's node, and only there.
+    shoal_ok(
+        &h,
+        &[
+            "service",
+            "create",
+            "--name",
+            "pub",
+            "--publish",
+            "published=8088,target=80,mode=host",
+            IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /www && echo published >/www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )
+    .await?;
+    let p1 = wait_running(&h, "pub", 1).await?;
+    let (on, off) = (p1[0].host, if p1[0].host == 1 { 2 } else { 1 });
+    let from = if on == HOSTS { HOSTS - 1 } else { HOSTS };
+    let url = |i: usize| format!("http://10.232.{SET}.{i}:8088/");
+    let body = wait_until(Duration::from_secs(20), "the published port answers", || {
+        let u = url(on);
+        async move { get(std::path::Path::new(&host_ns(from)), &u) }
+    })
+    .await?;
+    assert_eq!(body.trim(), "published");
+    assert!(get(std::path::Path::new(&host_ns(from)), &url(off)).is_none(), "not on another node");
+
     // A service with no task: its VIP refuses at once instead of timing out.
     shoal_ok(&h, &["service", "create", "--detach", "--name", "idle", "--replicas", "0", "--network", "appnet", IMAGE])
         .await?;
@@ -347,7 +377,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     assert_eq!(ids(&wait_running(&h, "cli", 3).await?), ids(&cli), "no client was replaced");
 
     // Everything removed: nothing of shoal's is left on any host.
-    for s in ["srv", "cli", "priv", "other", "idle"] {
+    for s in ["srv", "cli", "priv", "other", "idle", "pub"] {
         shoal_ok(&h, &["service", "rm", s]).await?;
     }
     for n in ["appnet", "privnet", "othernet"] {
@@ -367,7 +397,8 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
                     let ns_dir = dir.join(format!("h{i}/data/agent/netns"));
                     let empty = std::fs::read_dir(&ns_dir).map(|mut d| d.next().is_none()).unwrap_or(true);
                     let (nft, _) = in_ns(&host_ns(i), &["nft", "list", "table", "ip", "shoal"]);
-                    clean && empty && !nft
+                    let (ports, _) = in_ns(&host_ns(i), &["nft", "list", "table", "ip", "shoal_ports"]);
+                    clean && empty && !nft && !ports
                 })
                 .then_some(())
         }

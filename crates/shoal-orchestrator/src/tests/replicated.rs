@@ -50,9 +50,48 @@ fn a_created_task_carries_template_version_name_and_status() {
         }),
         annotations: Some(Annotations { name: "web.1".into(), ..Annotations::default() }),
         networks: Vec::new(),
+        host_ports: Vec::new(),
     };
     assert!(web.meta.as_ref().is_some_and(|m| m.version > 0));
     assert_eq!(ops, [Op { kind: Some(shoal_api::v1::op::Kind::Create(Object::from(want))) }]);
+}
+
+#[test]
+fn a_new_task_carries_the_host_mode_ports_only() {
+    use shoal_api::v1::{port_config::PublishMode, EndpointSpec, PortConfig};
+    let mut svc = replicated("web", 1);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.endpoint_spec = Some(EndpointSpec {
+            ports: vec![
+                PortConfig {
+                    target_port: 80,
+                    published_port: 8080,
+                    publish_mode: PublishMode::Host as i32,
+                    ..Default::default()
+                },
+                PortConfig {
+                    target_port: 81,
+                    published_port: 8081,
+                    publish_mode: PublishMode::Ingress as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+    }
+    let w = world(vec![svc]);
+    let ops = reconcile(&w.store, NOW, &mut new_ids());
+    let created: Vec<&Task> = ops
+        .iter()
+        .filter_map(|o| match o.kind.as_ref() {
+            Some(shoal_api::v1::op::Kind::Create(Object { kind: Some(shoal_api::v1::object::Kind::Task(t)) })) => {
+                Some(t)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].host_ports.iter().map(|p| p.published_port).collect::<Vec<_>>(), [8080]);
 }
 
 #[test]
