@@ -1236,7 +1236,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             match format {
                 Format::Json => print_json(&serde_json::Value::Array(rows)),
                 Format::Table => print_table(
-                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE"],
+                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
                     rows.iter()
                         .map(|r| {
                             vec![
@@ -1245,6 +1245,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                                 r["mode"].as_str().unwrap_or("").to_string(),
                                 format!("{}/{}", r["running"], r["replicas"]),
                                 r["image"].as_str().unwrap_or("").to_string(),
+                                r["ports"].as_str().unwrap_or("").to_string(),
                             ]
                         })
                         .collect(),

@@ -73,6 +73,25 @@ fn mode_name(s: &Service) -> &'static str {
     }
 }
 
+/// A service's published ports as `docker service ls` shows them: `*:8080->80/tcp`.
+pub fn ports_column(spec: &shoal_api::v1::ServiceSpec) -> String {
+    use shoal_api::v1::port_config::Protocol;
+    let ports = spec.endpoint_spec.as_ref().map(|e| e.ports.as_slice()).unwrap_or_default();
+    ports
+        .iter()
+        .filter(|p| p.published_port > 0)
+        .map(|p| {
+            let proto = match p.protocol() {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Sctp => "sctp",
+            };
+            format!("*:{}->{}/{proto}", p.published_port, p.target_port)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `service ls --format json` row.
 pub fn service_row(v: &ServiceView) -> Value {
     let s = v.service.clone().unwrap_or_default();
@@ -84,6 +103,7 @@ pub fn service_row(v: &ServiceView) -> Value {
         "replicas": v.desired_tasks,
         "running": v.running_tasks,
         "image": spec.task_template.as_ref().and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
+        "ports": ports_column(&spec),
     })
 }
 
@@ -124,6 +144,13 @@ pub fn service_pretty(s: &Service) {
         if !c.env.is_empty() {
             outln!("Env:      {}", c.env.join(" "));
         }
+    }
+    let ports = s.spec.as_ref().map(ports_column).unwrap_or_default();
+    if !ports.is_empty() {
+        outln!("Ports:    {ports}");
+    }
+    for v in &s.virtual_ips {
+        outln!("VIP:      {} (network {})", v.address, v.network_id);
     }
     outln!("Version:  {}", s.meta.as_ref().map(|m| m.version).unwrap_or(0));
     outln!();
@@ -181,4 +208,32 @@ pub fn network_row(n: &Network) -> Vec<String> {
         n.vni.to_string(),
         "swarm".to_string(),
     ]
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn ports_show_as_docker_shows_them() {
+        use shoal_api::v1::{port_config::Protocol, EndpointSpec, PortConfig, ServiceSpec};
+        let spec = ServiceSpec {
+            endpoint_spec: Some(EndpointSpec {
+                ports: vec![
+                    PortConfig { published_port: 8080, target_port: 80, ..Default::default() },
+                    PortConfig {
+                        published_port: 53,
+                        target_port: 5353,
+                        protocol: Protocol::Udp as i32,
+                        ..Default::default()
+                    },
+                    PortConfig { published_port: 0, target_port: 9, ..Default::default() },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(ports_column(&spec), "*:8080->80/tcp, *:53->5353/udp");
+        assert_eq!(ports_column(&ServiceSpec::default()), "");
+    }
 }
