@@ -333,6 +333,21 @@ fn validate_endpoint(e: &EndpointSpec) -> Result {
     {
         return Err(err("endpoint_mode", "dnsrr cannot publish ports in ingress mode; use mode=host"));
     }
+    // Refused rather than accepted and ignored until the ingress network carries them.
+    if let Some(p) = e
+        .ports
+        .iter()
+        .find(|p| p.published_port != 0 && p.publish_mode() == crate::v1::port_config::PublishMode::Ingress)
+    {
+        return Err(err(
+            "ports",
+            format!(
+                "publishing in ingress mode is not available yet; publish on the task's node with \
+                 --publish published={},target={},mode=host",
+                p.published_port, p.target_port
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -517,6 +532,30 @@ mod tests {
             let e = validate_service_spec(&s).expect_err(field);
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn ports_publish_in_host_mode_and_ingress_is_refused_with_the_way_out() {
+        use crate::v1::{port_config::PublishMode, EndpointSpec, PortConfig};
+        let with = |mode: PublishMode| {
+            let mut s = spec("web", "img");
+            s.endpoint_spec = Some(EndpointSpec {
+                ports: vec![PortConfig {
+                    published_port: 8080,
+                    target_port: 80,
+                    publish_mode: mode as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            s
+        };
+        assert!(validate_service_spec(&with(PublishMode::Host)).is_ok());
+        let e = validate_service_spec(&with(PublishMode::Ingress)).expect_err("refused").to_string();
+        assert!(
+            e.contains("ingress mode is not available yet") && e.contains("published=8080,target=80,mode=host"),
+            "{e}"
+        );
     }
 
     #[test]
