@@ -119,6 +119,15 @@ async fn wait_resolves(clients: &[TaskAt], name: &str, want: &[String]) -> Resul
     Ok(())
 }
 
+/// The service's VIP, once the allocator gave it (it runs after the create is committed).
+async fn vip_of(h: &str, service: &str) -> Result<String> {
+    wait_until(T, &format!("the VIP of {service}"), || async move {
+        let v = shoal(h, &["service", "inspect", service, "--format", "json"]).await.ok()?.json().ok()?;
+        Some(v[0]["virtual_ips"][0]["address"].as_str()?.split('/').next()?.to_string())
+    })
+    .await
+}
+
 #[derive(Debug, Clone)]
 struct TaskAt {
     id: String,
@@ -301,9 +310,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     // A service with no task: its VIP refuses at once instead of timing out.
     shoal_ok(&h, &["service", "create", "--detach", "--name", "idle", "--replicas", "0", "--network", "appnet", IMAGE])
         .await?;
-    let idle = shoal_ok(&h, &["service", "inspect", "idle", "--format", "json"]).await?.json()?;
-    let idle_vip =
-        idle[0]["virtual_ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).context("a VIP")?.to_string();
+    let idle_vip = vip_of(&h, "idle").await?;
     wait_resolves(&cli, "idle", std::slice::from_ref(&idle_vip)).await?;
     let refused = Command::new("timeout")
         .args(["5", "nsenter", "-t", &cli[0].pid.to_string(), "-n", "-m", "busybox", "nc", &idle_vip, "80"])
