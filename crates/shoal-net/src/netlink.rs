@@ -26,7 +26,8 @@ pub const NFT_TABLE: &str = "shoal";
 /// is being plugged in).
 pub struct Netlink {
     handle: Handle,
-    conn: tokio::task::JoinHandle<()>,
+    /// Drives the connection; dropping the executor stops it.
+    _conn: tokio::task::JoinSet<()>,
     namespaces: PathBuf,
     /// The VIP rules installed in each task namespace by this executor.
     lb: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vip>>>,
@@ -37,12 +38,6 @@ pub struct Netlink {
 impl std::fmt::Debug for Netlink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Netlink").field("namespaces", &self.namespaces).finish()
-    }
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        self.conn.abort();
     }
 }
 
@@ -132,12 +127,40 @@ fn mac6(v: &[u8]) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
+/// The neighbour table entries of `family` on the VXLAN devices (`vxlans`: ifindex -> VNI) that
+/// carry a MAC and an IPv4 address: (VNI, MAC, address, state).
+async fn entries_of(
+    h: &Handle,
+    family: AddressFamily,
+    vxlans: &HashMap<u32, u32>,
+) -> Result<Vec<(u32, [u8; 6], Ipv4Addr, NeighbourState)>, rtnetlink::Error> {
+    let mut q = h.neighbours().get();
+    q.message_mut().header.family = family;
+    let messages: Vec<NeighbourMessage> = q.execute().try_collect().await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| {
+            let vni = *vxlans.get(&m.header.ifindex)?;
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(v) => mac6(v),
+                _ => None,
+            })?;
+            let ip = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(d) => ip4(d),
+                _ => None,
+            })?;
+            Some((vni, mac, ip, m.header.state))
+        })
+        .collect())
+}
+
 impl Netlink {
     /// Connects to the host's kernel; task namespaces are pinned under `namespaces`.
     pub fn new(namespaces: PathBuf) -> Result<Self, NetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Observe(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        Ok(Self { handle, conn, namespaces, lb: Default::default(), ports: Default::default() })
+        let mut driver = tokio::task::JoinSet::new();
+        driver.spawn(conn);
+        Ok(Self { handle, _conn: driver, namespaces, lb: Default::default(), ports: Default::default() })
     }
 
     async fn index(&self, h: &Handle, name: &str) -> Result<u32, String> {
@@ -204,8 +227,14 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| format!("moving {peer} into the task's namespace: {e}"))?;
-        let inner = netns::connect_in(&path)?;
-        let at = self.index(&inner, &peer).await?;
+        let (inner, conn) = netns::connect_in(&path)?;
+        netns::driven(conn, self.configure_inside(&inner, &peer, index, i)).await
+    }
+
+    /// Names, addresses and routes interface `index` of a task (`peer` before it is renamed),
+    /// through a connection inside its namespace.
+    async fn configure_inside(&self, inner: &Handle, peer: &str, index: usize, i: &Interface) -> Result<(), String> {
+        let at = self.index(inner, peer).await?;
         let name = format!("eth{index}");
         inner
             .link()
@@ -241,9 +270,17 @@ impl Netlink {
         let path = self.namespace_path(task_id);
         let p = path.clone();
         tokio::task::spawn_blocking(move || netns::create(&p)).await.map_err(|e| e.to_string())??;
-        let inner = netns::connect_in(&path)?;
-        let lo = self.index(&inner, "lo").await?;
-        inner.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(|e| format!("lo: {e}"))
+        let (inner, conn) = netns::connect_in(&path)?;
+        netns::driven(conn, async {
+            let lo = self.index(&inner, "lo").await?;
+            inner
+                .link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(|e| format!("lo: {e}"))
+        })
+        .await
     }
 
     async fn fdb_message(&self, f: &Fdb) -> Result<NeighbourMessage, String> {
@@ -586,41 +623,14 @@ impl Executor for Netlink {
         let mut fdb = Vec::new();
         let mut neigh = Vec::new();
         if !vxlans.is_empty() {
-            let mut q = h.neighbours().get();
-            q.message_mut().header.family = AddressFamily::Bridge;
-            let entries: Vec<NeighbourMessage> = q.execute().try_collect().await.map_err(obs)?;
-            for m in entries {
-                let Some(vni) = vxlans.get(&m.header.ifindex) else { continue };
-                let mac = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => mac6(v),
-                    _ => None,
-                });
-                let dst = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(d) => ip4(d),
-                    _ => None,
-                });
-                if let (Some(mac), Some(dst)) = (mac, dst) {
-                    fdb.push(Fdb { vni: *vni, mac, dst });
-                }
+            // Forwarding entries: bridge family, MAC -> underlay destination.
+            for (vni, mac, dst, _) in entries_of(h, AddressFamily::Bridge, &vxlans).await.map_err(obs)? {
+                fdb.push(Fdb { vni, mac, dst });
             }
-            let mut q = h.neighbours().get();
-            q.message_mut().header.family = AddressFamily::Inet;
-            let entries: Vec<NeighbourMessage> = q.execute().try_collect().await.map_err(obs)?;
-            for m in entries {
-                let Some(vni) = vxlans.get(&m.header.ifindex) else { continue };
-                if m.header.state != NeighbourState::Permanent {
-                    continue;
-                }
-                let mac = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => mac6(v),
-                    _ => None,
-                });
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(d) => ip4(d),
-                    _ => None,
-                });
-                if let (Some(mac), Some(ip)) = (mac, ip) {
-                    neigh.push(Neigh { vni: *vni, ip, mac });
+            // Neighbour entries: IPv4 family, address -> MAC; only the permanent ones are ours.
+            for (vni, mac, ip, state) in entries_of(h, AddressFamily::Inet, &vxlans).await.map_err(obs)? {
+                if state == NeighbourState::Permanent {
+                    neigh.push(Neigh { vni, ip, mac });
                 }
             }
         }

@@ -154,20 +154,31 @@ pub fn flush_udp_flows(path: &Path, vip: std::net::Ipv4Addr, backend: std::net::
     }
 }
 
+/// A netlink connection: the future that must be polled for its handle's requests to move.
+pub type Connection = rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>;
+
 /// A netlink connection inside the namespace at `path`: its socket belongs to that namespace
-/// for its whole life, wherever it is used from. The connection's task is spawned on the
-/// current runtime and ends when the handle is dropped.
-pub fn connect_in(path: &Path) -> Result<rtnetlink::Handle, String> {
+/// for its whole life, wherever it is used from. Use the handle inside [`driven`].
+pub fn connect_in(path: &Path) -> Result<(rtnetlink::Handle, Connection), String> {
     let target = path.to_path_buf();
     let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("no runtime: {e}"))?;
-    let spawn_on = runtime.clone();
-    let handle = on_own_thread(move || {
+    on_own_thread(move || {
         let ns = std::fs::File::open(&target).map_err(|e| err(&target, "cannot open", e))?;
         setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(&target, "cannot enter", e))?;
+        // The socket registers with the runtime's reactor.
         let _guard = runtime.enter();
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
-        spawn_on.spawn(conn);
-        Ok(handle)
-    })?;
-    Ok(handle)
+        Ok((handle, conn))
+    })
+}
+
+/// Runs `work` while polling `conn`, so the connection lives exactly as long as the work.
+pub async fn driven<T>(
+    conn: Connection,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = work => r,
+        () = conn => Err("the netlink connection in the namespace ended".to_string()),
+    }
 }

@@ -15,6 +15,56 @@ use shoal_client::{connect, Host};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+/// A set of network-namespace hosts made by `deploy/hosts.sh` (its own address range and
+/// directory, so several sets run at once), taken down when dropped.
+pub struct HostSet {
+    dir: tempfile::TempDir,
+    set: String,
+}
+
+impl HostSet {
+    /// A set numbered `set` (`SHOAL_HOSTS_SET`), nothing started yet.
+    pub fn new(set: &str) -> Result<Self> {
+        Ok(Self { dir: tempfile::tempdir()?, set: set.to_string() })
+    }
+
+    /// Where the hosts keep their state (`h<I>/...`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `deploy/hosts.sh ARGS` for this set; its stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hosts.sh");
+        let out = std::process::Command::new(script)
+            .args(args)
+            .env("SHOAL_HOSTS_DIR", self.dir.path())
+            .env("SHOAL_HOSTS_SET", &self.set)
+            .env("SHOAL_BIN_DIR", bin_dir()?)
+            .output()?;
+        if !out.status.success() {
+            bail!("hosts.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The `--host` value of host `i`.
+    pub fn host(&self, i: usize) -> String {
+        format!("unix://{}/h{i}/shoal.sock", self.dir.path().display())
+    }
+
+    /// The pid of host `i`'s shoald.
+    pub fn pid(&self, i: usize) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.path().join(format!("h{i}/pid")))?.trim().to_string())
+    }
+}
+
+impl Drop for HostSet {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
 /// Polls `pred` until it returns `Some`, or fails after `timeout` with `what` in the error.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut pred: F) -> Result<T>
 where

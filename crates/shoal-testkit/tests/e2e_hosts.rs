@@ -5,51 +5,16 @@
 //! set 0; another test function running at once would need its own set.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until};
+use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(60);
 /// The host set this file uses (`SHOAL_HOSTS_SET`).
 const SET: &str = "1";
 const IMAGE: &str = "10.232.1.254:5000/busybox:1";
-
-struct Hosts {
-    dir: tempfile::TempDir,
-    script: PathBuf,
-}
-
-impl Hosts {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(&self.script)
-            .args(args)
-            .env("SHOAL_HOSTS_DIR", self.dir.path())
-            .env("SHOAL_HOSTS_SET", SET)
-            .env("SHOAL_BIN_DIR", bin_dir()?)
-            .output()?;
-        if !out.status.success() {
-            bail!("hosts.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn host(&self, i: usize) -> String {
-        format!("unix://{}/h{i}/shoal.sock", self.dir.path().display())
-    }
-
-    fn pid(&self, i: usize) -> Result<String> {
-        Ok(std::fs::read_to_string(self.dir.path().join(format!("h{i}/pid")))?.trim().to_string())
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
 
 fn pids_of(marker: &str) -> BTreeSet<String> {
     let out = std::process::Command::new("pgrep").args(["-f", marker]).output().map(|o| o.stdout).unwrap_or_default();
@@ -134,8 +99,7 @@ async fn wait_running(h: &str, service: &str, n: usize) -> Result<Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_run_heal_and_move_across_hosts() -> Result<()> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hosts.sh");
-    let hosts = Hosts { dir: tempfile::tempdir()?, script };
+    let hosts = HostSet::new(SET)?;
     hosts.run(&["down"]).ok();
     hosts.run(&["up", "3", "2"]).context("bring up 3 managers + 2 workers")?;
     let h = hosts.host(1);
@@ -149,7 +113,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     assert!(r.is_err(), "plaintext gRPC must be refused: {r:?}");
     let o = shoal(remote, &["node", "ls"]).await?;
     assert!(!o.ok && o.stderr.contains("takes only mTLS"), "{}", o.stderr);
-    let tls_dir = hosts.dir.path().join("admin");
+    let tls_dir = hosts.dir().join("admin");
     let tls = tls_dir.to_str().context("path")?;
     shoal_ok(&h, &["cluster", "admin-cert", "--name", "e2e", "--out", tls]).await?;
     let nodes = shoal_ok(remote, &["--tls-dir", tls, "node", "ls", "--format", "json"]).await?.json()?;
@@ -363,9 +327,9 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     .await?;
     // Secrets and configs: mounted read-only in the containers that use them, kept in a tmpfs
     // only on the nodes that run such tasks, never shown by inspect, not removable while used.
-    let secret_file = hosts.dir.path().join("db-pass.txt");
+    let secret_file = hosts.dir().join("db-pass.txt");
     std::fs::write(&secret_file, "s3cr3t-value-42\n")?;
-    let config_file = hosts.dir.path().join("app.conf");
+    let config_file = hosts.dir().join("app.conf");
     std::fs::write(&config_file, "mode=fast\n")?;
     shoal_ok(&h, &["secret", "create", "db-pass", secret_file.to_str().context("path")?]).await?;
     shoal_ok(&h, &["config", "create", "app-cfg", config_file.to_str().context("path")?]).await?;
@@ -400,7 +364,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     })
     .await?;
     let holds_secret = |i: usize| -> bool {
-        let dir = hosts.dir.path().join(format!("h{i}/data/agent/files"));
+        let dir = hosts.dir().join(format!("h{i}/data/agent/files"));
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -426,7 +390,7 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
         assert_eq!(holds_secret(i), i == on, "host{i} holds the secret only if it runs the task (it is on host{on})");
     }
     let mounts = std::fs::read_to_string("/proc/mounts")?;
-    let files_dir = hosts.dir.path().join(format!("h{on}/data/agent/files"));
+    let files_dir = hosts.dir().join(format!("h{on}/data/agent/files"));
     assert!(
         mounts.lines().any(|l| l.contains(&format!(" {} tmpfs ", files_dir.display()))),
         "the files live on a tmpfs"

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use shoal_testkit::{bin_dir, shoal, shoal_ok, wait_until};
+use anyhow::{Context, Result};
+use shoal_testkit::{shoal, shoal_ok, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "2";
@@ -18,39 +18,9 @@ const IMAGE: &str = "10.232.2.254:5000/busybox:1";
 const REGISTRY: &str = "10.232.2.254:5000";
 const HOSTS: usize = 5;
 
-struct Hosts {
-    dir: tempfile::TempDir,
-    script: PathBuf,
-}
-
-impl Hosts {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.script)
-            .args(args)
-            .env("SHOAL_HOSTS_DIR", self.dir.path())
-            .env("SHOAL_HOSTS_SET", SET)
-            .env("SHOAL_BIN_DIR", bin_dir()?)
-            .output()?;
-        if !out.status.success() {
-            bail!("hosts.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn host(&self, i: usize) -> String {
-        format!("unix://{}/h{i}/shoal.sock", self.dir.path().display())
-    }
-
-    /// The namespace file of a task running on host `i`.
-    fn task_ns(&self, i: usize, task_id: &str) -> PathBuf {
-        self.dir.path().join(format!("h{i}/data/agent/netns/{task_id}"))
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
+/// The namespace file of a task running on host `i`.
+fn task_ns(hosts: &HostSet, i: usize, task_id: &str) -> PathBuf {
+    hosts.dir().join(format!("h{i}/data/agent/netns/{task_id}"))
 }
 
 /// Runs `args` in the network namespace at `ns`; (success, stdout).
@@ -191,8 +161,7 @@ fn serve(name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Result<()> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hosts.sh");
-    let hosts = Hosts { dir: tempfile::tempdir()?, script };
+    let hosts = HostSet::new(SET)?;
     hosts.run(&["down"]).ok();
     hosts.run(&["up", "3", "2"]).context("bring up 3 managers + 2 workers")?;
     let h = hosts.host(1);
@@ -216,7 +185,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     // is in the namespace the agent made.
     let mut across = 0;
     for c in &cli {
-        let ns = hosts.task_ns(c.host, &c.id);
+        let ns = task_ns(&hosts, c.host, &c.id);
         let (ns_ino, pid_ino) = (
             std::fs::metadata(&ns).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok(),
             std::fs::metadata(format!("/proc/{}/ns/net", c.pid)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok(),
@@ -273,10 +242,10 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
 
     // Egress leaves through the gateway bridge; an internal network has none; another network
     // is out of reach.
-    let c0 = hosts.task_ns(cli[0].host, &cli[0].id);
+    let c0 = task_ns(&hosts, cli[0].host, &cli[0].id);
     assert!(get(&c0, &format!("http://{REGISTRY}/v2/")).is_some(), "egress from an overlay task");
     let p = wait_running(&h, "priv", 1).await?;
-    let pns = hosts.task_ns(p[0].host, &p[0].id);
+    let pns = task_ns(&hosts, p[0].host, &p[0].id);
     assert!(get(&pns, &format!("http://{REGISTRY}/v2/")).is_none(), "no egress from an internal network");
     // A host-mode published port answers on its task's node, and only there.
     shoal_ok(
@@ -318,7 +287,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     let why = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && why.contains("refused"), "{why}");
     let o = wait_running(&h, "other", 1).await?;
-    let ons = hosts.task_ns(o[0].host, &o[0].id);
+    let ons = task_ns(&hosts, o[0].host, &o[0].id);
     assert!(get(&ons, &format!("http://{}/", srv[0].address)).is_none(), "another network cannot reach appnet");
     assert_eq!(resolve(o[0].pid, "tasks.srv"), None, "another network's names are not answered");
 
@@ -352,7 +321,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     wait_resolves(&cli, "tasks.srv", std::slice::from_ref(&replaced[0].address)).await?;
     let url = format!("http://{}/", replaced[0].address);
     for c in &cli {
-        let ns = hosts.task_ns(c.host, &c.id);
+        let ns = task_ns(&hosts, c.host, &c.id);
         wait_until(Duration::from_secs(10), "the replacement answers", || {
             let (ns, url) = (ns.clone(), url.clone());
             async move { get(&ns, &url) }
@@ -362,16 +331,16 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
 
     // An agent restart keeps the network: same namespaces, still reachable.
     let worker = cli.iter().map(|c| c.host).max().context("a client host")?;
-    let pid = std::fs::read_to_string(hosts.dir.path().join(format!("h{worker}/pid")))?.trim().to_string();
+    let pid = hosts.pid(worker)?;
     let ino = |c: &TaskAt| {
-        std::fs::metadata(hosts.task_ns(c.host, &c.id)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok()
+        std::fs::metadata(task_ns(&hosts, c.host, &c.id)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok()
     };
     let before: Vec<_> = cli.iter().filter(|c| c.host == worker).map(ino).collect();
     assert!(Command::new("kill").args(["-9", &pid]).status()?.success());
     hosts.run(&["start", &worker.to_string()])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for c in cli.iter().filter(|c| c.host == worker) {
-        let ns = hosts.task_ns(c.host, &c.id);
+        let ns = task_ns(&hosts, c.host, &c.id);
         wait_until(T, "reachable after the agent restart", || {
             let (ns, url) = (ns.clone(), url.clone());
             async move { get(&ns, &url) }
@@ -395,7 +364,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
         .await?;
     }
     wait_until(T, "every host clean", || {
-        let dir = hosts.dir.path().to_path_buf();
+        let dir = hosts.dir().to_path_buf();
         async move {
             (1..=HOSTS)
                 .all(|i| {
