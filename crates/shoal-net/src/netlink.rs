@@ -31,8 +31,10 @@ pub struct Netlink {
     namespaces: PathBuf,
     /// The VIP rules installed in each task namespace by this executor.
     lb: std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vip>>>,
-    /// The published ports this executor installed.
-    ports: std::sync::Mutex<Option<Vec<crate::HostPort>>>,
+    /// The host's nftables state as this executor left it, and when it was last read from the
+    /// kernel: kept as each step changes it, so a burst of passes does not run `nft` to look,
+    /// and read again after [`TABLES_REREAD`] so a hand-made change is still repaired.
+    tables: std::sync::Mutex<Option<(Tables, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -160,7 +162,7 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::Observe(e.to_string()))?;
         let mut driver = tokio::task::JoinSet::new();
         driver.spawn(conn);
-        Ok(Self { handle, _conn: driver, namespaces, lb: Default::default(), ports: Default::default() })
+        Ok(Self { handle, _conn: driver, namespaces, lb: Default::default(), tables: Default::default() })
     }
 
     async fn index(&self, h: &Handle, name: &str) -> Result<u32, String> {
@@ -169,6 +171,13 @@ impl Netlink {
             Ok(Some(m)) => Ok(m.header.index),
             Ok(None) => Err(format!("no link {name}")),
             Err(e) => Err(format!("link {name}: {e}")),
+        }
+    }
+
+    /// Records a change of the host's nftables state (when it is known at all).
+    fn tables_set(&self, f: impl FnOnce(&mut Tables)) {
+        if let Some((t, _)) = self.tables.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(t);
         }
     }
 
@@ -379,9 +388,15 @@ impl Netlink {
             Step::Masquerade { subnet } => {
                 std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                     .map_err(|e| format!("enabling forwarding: {e}"))?;
-                nft(&masquerade_script(subnet)).await
+                nft(&masquerade_script(subnet)).await?;
+                self.tables_set(|t| t.masquerade = Some(*subnet));
+                Ok(())
             }
-            Step::RemoveMasquerade => nft(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")).await,
+            Step::RemoveMasquerade => {
+                nft(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")).await?;
+                self.tables_set(|t| t.masquerade = None);
+                Ok(())
+            }
             Step::CreateNamespace { task_id } => {
                 self.create_namespace(task_id).await?;
                 self.lb_memory().insert(task_id.clone(), vec![]);
@@ -394,8 +409,7 @@ impl Netlink {
             }
             Step::SetPorts(ports) => {
                 nft(&ports_script(ports)).await?;
-                *self.ports.lock().unwrap_or_else(|e| e.into_inner()) =
-                    if ports.is_empty() { None } else { Some(ports.clone()) };
+                self.tables_set(|t| t.ports = if ports.is_empty() { None } else { Some(ports.clone()) });
                 Ok(())
             }
             Step::SetVips { task_id, vips } => {
@@ -446,6 +460,18 @@ pub fn reply_sources(listing: &str) -> Vec<std::net::Ipv4Addr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// How long the host's nftables state is trusted without reading it again.
+const TABLES_REREAD: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// The host-level nftables state shoal keeps.
+#[derive(Debug, Clone, Default)]
+struct Tables {
+    /// The egress masquerade's subnet.
+    masquerade: Option<Net>,
+    /// The published ports (empty: some, not known which).
+    ports: Option<Vec<crate::HostPort>>,
 }
 
 /// nftables table holding the host's published ports.
@@ -643,13 +669,24 @@ impl Executor for Netlink {
             .filter(|(t, _)| namespaces.contains(t))
             .map(|(t, v)| (t.clone(), v.clone()))
             .collect();
-        let known = self.ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        // Unknown to this executor (a restarted agent): present or not, from the kernel.
-        let ports = match known {
-            Some(p) => Some(p),
-            None => table_exists(PORTS_TABLE).await.then(Vec::new),
+        let known = self.tables.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let tables = match known {
+            Some((t, read)) if read.elapsed() < TABLES_REREAD => t,
+            // From the kernel (first look, or a while since): published ports present but not
+            // known which, unless they are as this executor left them.
+            stale => {
+                let masquerade = masquerade_installed().await;
+                let present = table_exists(PORTS_TABLE).await;
+                let ports = match stale.and_then(|(t, _)| t.ports) {
+                    Some(p) if present => Some(p),
+                    _ => present.then(Vec::new),
+                };
+                let t = Tables { masquerade, ports };
+                *self.tables.lock().unwrap_or_else(|e| e.into_inner()) = Some((t.clone(), std::time::Instant::now()));
+                t
+            }
         };
-        Ok(Observed { links, fdb, neigh, namespaces, masquerade: masquerade_installed().await, lb, ports })
+        Ok(Observed { links, fdb, neigh, namespaces, masquerade: tables.masquerade, lb, ports: tables.ports })
     }
 
     async fn run(&self, step: &Step) -> Result<(), NetError> {
