@@ -156,9 +156,12 @@ impl Agent {
     fn track_network(&self, task: &Task) {
         let Some(net) = &self.net else { return };
         let id = id_of(task);
-        let known = self.db.gateway_addresses().unwrap_or_default();
-        let gateway_address = match known.get(&id) {
-            Some(a) => Some(*a),
+        // A task already tracked keeps its address; only a new one reads what is taken.
+        let tracked = net.inputs.borrow().tasks.get(&id).and_then(|t| t.gateway_address);
+        let known =
+            if tracked.is_some() { Default::default() } else { self.db.gateway_addresses().unwrap_or_default() };
+        let gateway_address = match tracked.or_else(|| known.get(&id).copied()) {
+            Some(a) => Some(a),
             None => net.gateway.and_then(|gw| {
                 let used = known.values().copied().collect();
                 let a = shoal_net::routes::next_free(gw, &used)?;
