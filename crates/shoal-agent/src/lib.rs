@@ -178,6 +178,9 @@ impl Agent {
             attachments: task.networks.clone(),
             gateway_address,
             host_ports: task.host_ports.clone(),
+            service_id: task.service_id.clone(),
+            serving: task.desired_state == shoal_api::v1::TaskState::Running as i32
+                && task.status.as_ref().is_some_and(|s| s.state == shoal_api::v1::TaskState::Running as i32),
         };
         net.inputs.send_if_modified(|i| {
             let changed = i.tasks.get(&id) != Some(&local);
@@ -246,6 +249,7 @@ impl Agent {
                     endpoints: std::mem::take(&mut msg.endpoints),
                     port: msg.data_path_port,
                     vips: std::mem::take(&mut msg.vips),
+                    ingress_ports: std::mem::take(&mut msg.ingress_ports),
                 };
                 let seq = msg.view_seq;
                 net.inputs.send_if_modified(|i| {

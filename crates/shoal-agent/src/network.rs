@@ -28,10 +28,19 @@ pub struct View {
     pub port: u32,
     /// The services' VIPs on those networks.
     pub vips: Vec<ServiceVip>,
+    /// Every port published in ingress mode in the cluster.
+    pub ingress_ports: Vec<shoal_api::v1::IngressPort>,
+}
+
+impl View {
+    /// The ingress network, when the view holds it.
+    pub fn ingress(&self) -> Option<&Network> {
+        self.networks.iter().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+    }
 }
 
 /// A task of this node, as far as its network goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalTask {
     /// Its addresses on the overlays, in interface order.
     pub attachments: Vec<NetworkAttachment>,
@@ -39,6 +48,10 @@ pub struct LocalTask {
     pub gateway_address: Option<Ipv4Addr>,
     /// Its host-mode published ports.
     pub host_ports: Vec<shoal_api::v1::PortConfig>,
+    /// Its service.
+    pub service_id: String,
+    /// It runs and is meant to: the node's own ingress ports with `traffic=local` lead to it.
+    pub serving: bool,
 }
 
 /// What the loop works from.
@@ -81,9 +94,11 @@ pub struct Host {
 
 /// The DNS entries of a view: every serving task address, with its names.
 pub fn dns_entries(view: &View) -> Vec<dns::Entry> {
+    // Nothing is looked up on the ingress network (as in Swarm).
+    let ingress = view.ingress().and_then(|n| n.meta.as_ref()).map(|m| m.id.as_str());
     view.endpoints
         .iter()
-        .filter(|e| e.serving)
+        .filter(|e| e.serving && Some(e.network_id.as_str()) != ingress)
         .filter_map(|e| {
             Some(dns::Entry {
                 network_id: e.network_id.clone(),
@@ -224,17 +239,17 @@ pub fn desired(
                         gateway: Some(gw.addr),
                     });
                     for p in &t.host_ports {
-                        let udp = match p.protocol() {
-                            shoal_api::v1::port_config::Protocol::Tcp => false,
-                            shoal_api::v1::port_config::Protocol::Udp => true,
-                            shoal_api::v1::port_config::Protocol::Sctp => continue,
-                        };
-                        let (Ok(published), Ok(target)) =
-                            (u16::try_from(p.published_port), u16::try_from(p.target_port))
-                        else {
-                            continue;
-                        };
-                        out.ports.push(shoal_net::HostPort { udp, published, address: addr, target });
+                        if let Some((udp, published, target)) =
+                            port_numbers(p.protocol, p.published_port, p.target_port)
+                        {
+                            out.ports.push(shoal_net::PublishedPort {
+                                udp,
+                                published,
+                                target,
+                                backends: vec![addr],
+                                masquerade: false,
+                            });
+                        }
                     }
                 }
                 (None, _) => {
@@ -254,10 +269,24 @@ pub fn desired(
     {
         out.gateway = Some(Gateway { address: gw, mtu: host.underlay_mtu });
     }
+    // Every node forwards the ingress ports: it is on the ingress network with an address of
+    // its own, whether or not a task of its own is.
+    let ingress = view.ingress().and_then(|n| Some((n.meta.as_ref()?.id.as_str(), n)));
+    let own_ingress = ingress.and_then(|(id, _)| {
+        view.endpoints
+            .iter()
+            .find(|e| e.network_id == id && e.task_id.is_empty() && e.node_id == host.node_id)
+            .and_then(|e| Net::parse(&e.address))
+    });
+    if let (Some((id, _)), Some(_)) = (ingress, own_ingress) {
+        used.insert(id);
+    }
+    out.ports.extend(ingress_ports(view, tasks, ingress.map(|(id, _)| id), own_ingress.is_some()));
     for id in &used {
         if let Some(n) = networks.get(id) {
             if let Some(subnet) = Net::parse(&n.subnet) {
-                out.overlays.push(Overlay { vni: n.vni, subnet, mtu: mtu_of(n, host.underlay_mtu) });
+                let address = own_ingress.filter(|_| ingress.is_some_and(|(i, _)| i == *id));
+                out.overlays.push(Overlay { vni: n.vni, subnet, mtu: mtu_of(n, host.underlay_mtu), address });
             }
         }
     }
@@ -273,7 +302,67 @@ pub fn desired(
     out.remotes.sort();
     out.remotes.dedup_by_key(|r| (r.vni, r.address));
     out.ports.sort();
+    // One entry per protocol and port (two tasks of one service never share a host port on a
+    // node, but a stopping one may still be listed for a moment): their backends together.
+    out.ports.dedup_by(|later, first| {
+        let same = (later.udp, later.published) == (first.udp, first.published);
+        if same {
+            first.backends.append(&mut later.backends);
+            first.backends.sort();
+            first.backends.dedup();
+            first.masquerade |= later.masquerade;
+        }
+        same
+    });
     (out, unready)
+}
+
+/// (udp, published, target) of a port, when it can be published (tcp or udp, in range).
+fn port_numbers(protocol: i32, published: u32, target: u32) -> Option<(bool, u16, u16)> {
+    use shoal_api::v1::port_config::Protocol;
+    let udp = match Protocol::try_from(protocol).ok()? {
+        Protocol::Tcp => false,
+        Protocol::Udp => true,
+        Protocol::Sctp => return None,
+    };
+    Some((udp, u16::try_from(published).ok().filter(|p| *p != 0)?, u16::try_from(target).ok()?))
+}
+
+/// The ports this node forwards for the ingress network: with `traffic=cluster`, to the
+/// serving tasks of the service on the ingress network wherever they run (only once the node
+/// has its own address there, which replies come back to); with `traffic=local`, to its own
+/// serving tasks at their egress addresses. Pure.
+fn ingress_ports(
+    view: &View,
+    tasks: &BTreeMap<String, LocalTask>,
+    ingress_id: Option<&str>,
+    have_address: bool,
+) -> Vec<shoal_net::PublishedPort> {
+    let mut out = Vec::new();
+    for p in &view.ingress_ports {
+        let Some((udp, published, target)) = port_numbers(p.protocol, p.published_port, p.target_port) else {
+            continue;
+        };
+        let mut backends: Vec<Ipv4Addr> = if p.local {
+            tasks
+                .values()
+                .filter(|t| t.serving && t.service_id == p.service_id)
+                .filter_map(|t| t.gateway_address)
+                .collect()
+        } else if have_address {
+            view.endpoints
+                .iter()
+                .filter(|e| e.serving && e.service_id == p.service_id && Some(e.network_id.as_str()) == ingress_id)
+                .filter_map(|e| Net::parse(&e.address).map(|n| n.addr))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        backends.sort();
+        backends.dedup();
+        out.push(shoal_net::PublishedPort { udp, published, target, backends, masquerade: !p.local });
+    }
+    out
 }
 
 /// The VIPs a task on `attachments` reaches, each with its service's serving tasks on that
@@ -539,6 +628,7 @@ mod tests {
                 service_name: "web".into(),
                 address: "10.0.1.100/24".into(),
             }],
+            ingress_ports: vec![],
         };
         let mut view = view;
         for e in view.endpoints.iter_mut().filter(|e| e.network_id == "n1") {
@@ -560,11 +650,17 @@ mod tests {
                             ..Default::default()
                         },
                     ],
+                    ..Default::default()
                 },
             ),
             (
                 "b".to_string(),
-                LocalTask { attachments: vec![attach("n2", "10.0.2.2/24")], gateway_address: None, host_ports: vec![] },
+                LocalTask {
+                    attachments: vec![attach("n2", "10.0.2.2/24")],
+                    gateway_address: None,
+                    host_ports: vec![],
+                    ..Default::default()
+                },
             ),
         ]);
         let resolve = |h: &str| h.parse().ok();
@@ -595,12 +691,110 @@ mod tests {
         assert_eq!(
             d.ports,
             [
-                shoal_net::HostPort { udp: false, published: 8080, address: gw, target: 80 },
-                shoal_net::HostPort { udp: true, published: 5353, address: gw, target: 53 },
+                shoal_net::PublishedPort {
+                    udp: false,
+                    published: 8080,
+                    target: 80,
+                    backends: vec![gw],
+                    masquerade: false
+                },
+                shoal_net::PublishedPort {
+                    udp: true,
+                    published: 5353,
+                    target: 53,
+                    backends: vec![gw],
+                    masquerade: false
+                },
             ],
             "host-mode ports lead to the task's egress address"
         );
         assert!(d.gateway.is_some());
+    }
+
+    #[test]
+    fn every_node_forwards_ingress_ports_from_its_own_address_on_the_ingress_network() {
+        use shoal_api::v1::{port_config::Protocol, IngressPort};
+        let mut ingress = network("ing", 4096, "10.255.0.0/16", false);
+        if let Some(s) = ingress.spec.as_mut() {
+            s.ingress = true;
+        }
+        let serving = |mut e: Endpoint, task: &str| {
+            e.task_id = task.into();
+            e.service_id = "web".into();
+            e.serving = true;
+            e
+        };
+        let view = View {
+            networks: vec![ingress],
+            endpoints: vec![
+                // Nodes' own addresses (no task), this one's included.
+                endpoint("ing", "me", "10.255.0.2/16", "192.168.1.1"),
+                endpoint("ing", "other", "10.255.0.3/16", "192.168.1.2"),
+                serving(endpoint("ing", "other", "10.255.0.9/16", "192.168.1.2"), "t9"),
+                Endpoint { serving: false, ..serving(endpoint("ing", "other", "10.255.0.8/16", "192.168.1.2"), "t8") },
+            ],
+            ingress_ports: vec![
+                IngressPort {
+                    service_id: "web".into(),
+                    protocol: Protocol::Tcp as i32,
+                    published_port: 8080,
+                    target_port: 80,
+                    local: false,
+                },
+                IngressPort {
+                    service_id: "web".into(),
+                    protocol: Protocol::Udp as i32,
+                    published_port: 5353,
+                    target_port: 53,
+                    local: true,
+                },
+            ],
+            ..Default::default()
+        };
+        let local = |serving: bool, n: u8| LocalTask {
+            gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)),
+            service_id: "web".into(),
+            serving,
+            ..Default::default()
+        };
+        let tasks = BTreeMap::from([("l1".to_string(), local(true, 2)), ("l2".to_string(), local(false, 3))]);
+        let (d, unready) = desired(&view, &tasks, &host(), &|h| h.parse().ok());
+        assert!(unready.is_empty(), "{unready:?}");
+        assert_eq!(d.overlays.len(), 1, "on the ingress network without a task of its own on it");
+        assert_eq!(d.overlays[0].address, Net::parse("10.255.0.2/16"), "with its own address there");
+        assert_eq!(
+            d.remotes.iter().map(|r| r.address.to_string()).collect::<Vec<_>>(),
+            ["10.255.0.3", "10.255.0.8", "10.255.0.9"],
+            "every other node and task on it"
+        );
+        assert_eq!(
+            d.ports,
+            [
+                shoal_net::PublishedPort {
+                    udp: false,
+                    published: 8080,
+                    target: 80,
+                    backends: vec![Ipv4Addr::new(10, 255, 0, 9)],
+                    masquerade: true
+                },
+                shoal_net::PublishedPort {
+                    udp: true,
+                    published: 5353,
+                    target: 53,
+                    backends: vec![Ipv4Addr::new(172, 18, 0, 2)],
+                    masquerade: false
+                },
+            ],
+            "traffic=cluster: serving tasks anywhere; traffic=local: the node's own serving tasks"
+        );
+        assert!(dns_entries(&view).is_empty(), "nothing is looked up on the ingress network");
+
+        // Without its own address yet, the node forwards nothing over the ingress network.
+        let mut early = view.clone();
+        early.endpoints.retain(|e| e.node_id != "me");
+        let (d, _) = desired(&early, &tasks, &host(), &|h| h.parse().ok());
+        assert!(d.overlays.is_empty());
+        assert!(d.ports[0].backends.is_empty(), "refused rather than sent where replies cannot return");
     }
 
     #[test]
@@ -609,9 +803,17 @@ mod tests {
         let tasks = BTreeMap::from([
             (
                 "a".to_string(),
-                LocalTask { attachments: vec![attach("nx", "10.9.0.2/24")], gateway_address: None, host_ports: vec![] },
+                LocalTask {
+                    attachments: vec![attach("nx", "10.9.0.2/24")],
+                    gateway_address: None,
+                    host_ports: vec![],
+                    ..Default::default()
+                },
             ),
-            ("b".to_string(), LocalTask { attachments: vec![], gateway_address: None, host_ports: vec![] }),
+            (
+                "b".to_string(),
+                LocalTask { attachments: vec![], gateway_address: None, host_ports: vec![], ..Default::default() },
+            ),
         ]);
         let (d, unready) = desired(&view, &tasks, &host(), &|_| None);
         assert!(d.tasks.is_empty() && d.overlays.is_empty() && d.gateway.is_none());
@@ -658,7 +860,7 @@ mod tests {
         let egress = |n: u8| LocalTask {
             attachments: vec![],
             gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)),
-            host_ports: vec![],
+            ..Default::default()
         };
         tx.send_modify(|i| {
             i.tasks.insert("good".into(), egress(2));

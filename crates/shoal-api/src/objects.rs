@@ -90,8 +90,29 @@ impl crate::v1::Task {
     /// Whether the task has its address on every network of its spec (the allocator gives
     /// them before the task is placed or started).
     pub fn networks_attached(&self) -> bool {
-        self.spec.as_ref().is_none_or(|s| {
-            s.networks.iter().all(|n| self.networks.iter().any(|a| a.network_id == n.target && !a.address.is_empty()))
-        })
+        // An attachment without an address (the ingress network's, asked for by the
+        // orchestrator) waits for the allocator too.
+        self.networks.iter().all(|a| !a.address.is_empty())
+            && self.spec.as_ref().is_none_or(|s| {
+                s.networks
+                    .iter()
+                    .all(|n| self.networks.iter().any(|a| a.network_id == n.target && !a.address.is_empty()))
+            })
+    }
+}
+
+impl crate::v1::ServiceSpec {
+    /// The ports the service publishes in ingress mode (every node accepts on them).
+    pub fn ingress_ports(&self) -> impl Iterator<Item = &crate::v1::PortConfig> {
+        self.endpoint_spec
+            .iter()
+            .flat_map(|e| e.ports.iter())
+            .filter(|p| p.publish_mode() == crate::v1::port_config::PublishMode::Ingress)
+    }
+
+    /// Whether the service's tasks join the ingress network: it publishes a port in ingress
+    /// mode that any node forwards to any of its tasks (`traffic=cluster`).
+    pub fn joins_ingress(&self) -> bool {
+        self.ingress_ports().any(|p| p.traffic() == crate::v1::port_config::Traffic::Cluster)
     }
 }

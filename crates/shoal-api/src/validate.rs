@@ -71,8 +71,11 @@ pub fn validate_network_spec(spec: &crate::v1::NetworkSpec) -> Result {
     if !spec.driver.is_empty() && spec.driver != "overlay" {
         return Err(err("driver", format!("{:?} is not supported: use overlay", spec.driver)));
     }
-    if spec.ingress {
-        return Err(err("ingress", "the ingress network is made by the cluster itself"));
+    if spec.ingress && (spec.internal || spec.attachable) {
+        return Err(err(
+            "ingress",
+            "the ingress network carries published ports only: it cannot be --internal or --attachable",
+        ));
     }
     if !spec.gateway.is_empty() && spec.subnet.is_empty() {
         return Err(err("gateway", "needs --subnet"));
@@ -333,20 +336,21 @@ fn validate_endpoint(e: &EndpointSpec) -> Result {
     {
         return Err(err("endpoint_mode", "dnsrr cannot publish ports in ingress mode; use mode=host"));
     }
-    // Refused rather than accepted and ignored until the ingress network carries them.
-    if let Some(p) = e
-        .ports
-        .iter()
-        .find(|p| p.published_port != 0 && p.publish_mode() == crate::v1::port_config::PublishMode::Ingress)
-    {
+    if let Some(p) = e.ports.iter().find(|p| {
+        p.publish_mode() == crate::v1::port_config::PublishMode::Host
+            && p.traffic() == crate::v1::port_config::Traffic::Local
+    }) {
         return Err(err(
             "ports",
             format!(
-                "publishing in ingress mode is not available yet; publish on the task's node with \
-                 --publish published={},target={},mode=host",
+                "traffic=local applies to ingress mode (a host-mode port only ever reaches its own node's task); \
+                 drop it from --publish published={},target={},mode=host",
                 p.published_port, p.target_port
             ),
         ));
+    }
+    if let Some(p) = e.ports.iter().find(|p| p.protocol() == crate::v1::port_config::Protocol::Sctp) {
+        return Err(err("ports", format!("port {}: only tcp and udp can be published", p.target_port)));
     }
     Ok(())
 }
@@ -535,7 +539,7 @@ mod tests {
     }
 
     #[test]
-    fn ports_publish_in_host_mode_and_ingress_is_refused_with_the_way_out() {
+    fn ports_publish_in_both_modes_and_local_traffic_only_in_ingress_mode() {
         use crate::v1::{port_config::PublishMode, EndpointSpec, PortConfig};
         let with = |mode: PublishMode| {
             let mut s = spec("web", "img");
@@ -551,11 +555,17 @@ mod tests {
             s
         };
         assert!(validate_service_spec(&with(PublishMode::Host)).is_ok());
-        let e = validate_service_spec(&with(PublishMode::Ingress)).expect_err("refused").to_string();
-        assert!(
-            e.contains("ingress mode is not available yet") && e.contains("published=8080,target=80,mode=host"),
-            "{e}"
-        );
+        assert!(validate_service_spec(&with(PublishMode::Ingress)).is_ok());
+        let local = |mode| {
+            let mut s = with(mode);
+            if let Some(p) = s.endpoint_spec.as_mut().and_then(|e| e.ports.first_mut()) {
+                p.traffic = crate::v1::port_config::Traffic::Local as i32;
+            }
+            s
+        };
+        assert!(validate_service_spec(&local(PublishMode::Ingress)).is_ok());
+        let e = validate_service_spec(&local(PublishMode::Host)).expect_err("refused").to_string();
+        assert!(e.contains("traffic=local applies to ingress mode"), "{e}");
     }
 
     #[test]

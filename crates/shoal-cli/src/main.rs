@@ -109,6 +109,10 @@ enum NetworkCmd {
         /// No traffic leaves the network (no egress).
         #[arg(long)]
         internal: bool,
+        /// The cluster's ingress network, over which every node forwards ports published in
+        /// ingress mode (there is one; `cluster init` makes it).
+        #[arg(long)]
+        ingress: bool,
         /// Driver options (KEY=VALUE; known: mtu).
         #[arg(short, long = "opt")]
         opts: Vec<String>,
@@ -892,13 +896,13 @@ async fn network_ids(c: &mut Client, names: &[String]) -> Result<Vec<String>, Fa
 
 async fn network(c: &mut Client, cmd: NetworkCmd) -> Result<(), Fail> {
     match cmd {
-        NetworkCmd::Create { name, driver, subnet, gateway, attachable, internal, opts, labels } => {
+        NetworkCmd::Create { name, driver, subnet, gateway, attachable, internal, ingress, opts, labels } => {
             let spec = NetworkSpec {
                 annotations: Some(Annotations { name, labels: specs::labels(&labels)? }),
                 driver,
                 internal,
                 attachable,
-                ingress: false,
+                ingress,
                 subnet: subnet.unwrap_or_default(),
                 gateway: gateway.unwrap_or_default(),
                 options: specs::labels(&opts)?,

@@ -192,7 +192,8 @@ pub fn parse_mount(s: &str) -> Res<Mount> {
     Ok(m)
 }
 
-/// Parses `--publish 8080:80[/udp]` or `published=8080,target=80,protocol=udp,mode=host`.
+/// Parses `--publish 8080:80[/udp]` or
+/// `published=8080,target=80,protocol=udp,mode=ingress|host,traffic=cluster|local`.
 pub fn parse_port(s: &str) -> Res<PortConfig> {
     let bad = || {
         format!(
@@ -211,6 +212,13 @@ pub fn parse_port(s: &str) -> Res<PortConfig> {
                         "ingress" => port_config::PublishMode::Ingress,
                         "host" => port_config::PublishMode::Host,
                         _ => return Err(bad()),
+                    } as i32
+                }
+                "traffic" => {
+                    p.traffic = match v.as_str() {
+                        "cluster" => port_config::Traffic::Cluster,
+                        "local" => port_config::Traffic::Local,
+                        _ => return Err(format!("invalid port {s:?}: traffic must be cluster or local")),
                     } as i32
                 }
                 _ => return Err(bad()),

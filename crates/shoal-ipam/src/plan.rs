@@ -114,9 +114,45 @@ fn host_networks(store: &Store) -> Vec<(Cidr, String)> {
     out
 }
 
+/// The ingress network's subnet when it overlaps nothing: a /16, so every node and every task
+/// publishing a port has room on it in a large cluster.
+pub const INGRESS_SUBNET: &str = "10.255.0.0/16";
+
+/// Subnet, gateway and VNI of the ingress network `cluster init` makes: [`INGRESS_SUBNET`]
+/// unless it overlaps a network or one of `host_networks` (the first node's, not in the store
+/// yet), else the next free subnet of the pools.
+pub fn allocate_ingress(
+    store: &Store,
+    host_networks: &[String],
+    pools: &Pools,
+) -> Result<NetworkAllocation, AllocError> {
+    let extra: Vec<(Cidr, String)> = host_networks
+        .iter()
+        .filter_map(|h| Cidr::parse_interface(h).ok().map(|(_, c)| c))
+        .filter(|c| c.prefix_len() > 0)
+        .map(|c| (c, format!("{c}, a network of this node")))
+        .collect();
+    let fixed = NetworkSpec { subnet: INGRESS_SUBNET.into(), ingress: true, ..Default::default() };
+    match allocate_with(store, &fixed, pools, &extra) {
+        Err(AllocError::Overlaps { .. }) => {
+            allocate_with(store, &NetworkSpec { ingress: true, ..Default::default() }, pools, &extra)
+        }
+        other => other,
+    }
+}
+
 /// Subnet, gateway and VNI for a new network with `spec`, given every network in `store`:
 /// the requested subnet when it overlaps nothing, else the next free one from `pools`.
 pub fn allocate_network(store: &Store, spec: &NetworkSpec, pools: &Pools) -> Result<NetworkAllocation, AllocError> {
+    allocate_with(store, spec, pools, &[])
+}
+
+fn allocate_with(
+    store: &Store,
+    spec: &NetworkSpec,
+    pools: &Pools,
+    extra: &[(Cidr, String)],
+) -> Result<NetworkAllocation, AllocError> {
     let mut taken: Vec<(Cidr, String)> = Vec::new();
     let mut vnis = BTreeSet::new();
     for n in store.networks() {
@@ -131,6 +167,7 @@ pub fn allocate_network(store: &Store, spec: &NetworkSpec, pools: &Pools) -> Res
     let hosts: Vec<(Cidr, String)> = host_networks(store)
         .into_iter()
         .map(|(c, host)| (c, format!("{c}, a network of node {host} (its addresses or routes)")))
+        .chain(extra.iter().cloned())
         .collect();
     let subnet = if spec.subnet.is_empty() {
         let all: Vec<Cidr> = taken.iter().chain(hosts.iter()).map(|(c, _)| *c).collect();
@@ -183,7 +220,7 @@ fn awaits_placement(t: &Task) -> bool {
 fn candidates(store: &Store) -> impl Iterator<Item = &Task> {
     let globals: Vec<&str> = store
         .services()
-        .filter(|s| !network_targets(s).is_empty())
+        .filter(|s| !network_targets(s).is_empty() || joins_ingress(s))
         .filter(|s| {
             matches!(
                 s.spec.as_ref().and_then(|sp| sp.mode.as_ref()),
@@ -204,6 +241,21 @@ fn attached(t: &Task) -> bool {
 
 fn uses_vip(s: &Service) -> bool {
     s.spec.as_ref().and_then(|s| s.endpoint_spec.as_ref()).is_none_or(|e| e.mode() == endpoint_spec::Mode::Vip)
+}
+
+fn joins_ingress(s: &Service) -> bool {
+    s.spec.as_ref().is_some_and(shoal_api::v1::ServiceSpec::joins_ingress)
+}
+
+/// The ingress network, when the cluster has one.
+pub fn ingress_network(store: &Store) -> Option<&shoal_api::v1::Network> {
+    store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+}
+
+/// Whether nodes need their address on the ingress network: some service publishes a port
+/// through it.
+fn ingress_in_use(store: &Store) -> bool {
+    store.services().any(joins_ingress)
 }
 
 fn network_targets(s: &Service) -> Vec<String> {
@@ -257,7 +309,10 @@ pub fn plan_addresses(store: &Store) -> AddressPlan {
     if store.networks().next().is_none() {
         return AddressPlan::default();
     }
+    let ingress = ingress_network(store).filter(|_| ingress_in_use(store));
+    let ingress_id = ingress.and_then(|n| n.meta.as_ref()).map(|m| m.id.clone());
     let needs_work = candidates(store).next().is_some()
+        || (ingress_id.is_some() && store.nodes().any(|n| n.ingress_address.is_empty()))
         || store.services().any(|s| {
             let targets = network_targets(s);
             let vip = uses_vip(s);
@@ -294,6 +349,22 @@ pub fn plan_addresses(store: &Store) -> AddressPlan {
         }
     }
     let mut ops = Vec::new();
+    if let Some(ingress_id) = &ingress_id {
+        for n in store.nodes() {
+            if !n.ingress_address.is_empty() {
+                record(ingress_id, &n.ingress_address);
+            }
+        }
+        for n in store.nodes().filter(|n| n.ingress_address.is_empty()) {
+            // An exhausted ingress network leaves the node without one: it then forwards no
+            // ingress port (its agent says so), and gets one as soon as an address is free.
+            if let Some(address) = spaces.get_mut(ingress_id).and_then(Space::take) {
+                let mut next = n.clone();
+                next.ingress_address = address;
+                ops.push(update(object::Kind::Node(next)));
+            }
+        }
+    }
     for s in store.services() {
         let targets = network_targets(s);
         let vip = uses_vip(s);
@@ -319,7 +390,24 @@ pub fn plan_addresses(store: &Store) -> AddressPlan {
     for t in waiting {
         let mut next = t.clone();
         let mut short = None;
+        // Attachments asked for without an address (the ingress network's).
+        for a in next.networks.iter_mut().filter(|a| a.address.is_empty()) {
+            let Some(space) = spaces.get_mut(&a.network_id) else {
+                short = Some(format!("network {} does not exist", a.network_id));
+                break;
+            };
+            match space.take() {
+                Some(address) => a.address = address,
+                None => {
+                    short = Some(space.exhausted());
+                    break;
+                }
+            }
+        }
         for want in t.spec.as_ref().map(|s| s.networks.as_slice()).unwrap_or_default() {
+            if short.is_some() {
+                break;
+            }
             if next.networks.iter().any(|a| a.network_id == want.target && !a.address.is_empty()) {
                 continue;
             }
@@ -481,6 +569,56 @@ mod tests {
         assert_eq!(addrs, ["10.0.5.2/24", "10.0.5.3/24", "10.0.5.4/24"], "{got:?}");
         assert_eq!(settle(&mut w), 0, "nothing more to do");
         assert!(w.store.tasks().all(attached));
+    }
+
+    #[test]
+    fn publishing_through_ingress_gives_every_node_and_the_tasks_an_address_there() {
+        use shoal_api::v1::{port_config::PublishMode, EndpointSpec, PortConfig};
+        let mut w = World::new();
+        let mut ingress = network("ing", "10.255.0.0/29");
+        if let Some(s) = ingress.spec.as_mut() {
+            s.ingress = true;
+        }
+        w.add(ingress);
+        w.add_all([node("n1"), node("n2")]);
+        let mut svc = replicated("web", 2);
+        assert_eq!(settle(&mut w), 0, "nodes get no address while nothing publishes through ingress");
+        if let Some(s) = svc.spec.as_mut() {
+            s.endpoint_spec = Some(EndpointSpec {
+                ports: vec![PortConfig {
+                    target_port: 80,
+                    published_port: 8080,
+                    publish_mode: PublishMode::Ingress as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        w.add(svc.clone());
+        let mut t = task("t1", &svc, 1);
+        t.networks = vec![NetworkAttachment { network_id: "ing".into(), ..Default::default() }];
+        let mut t2 = t.clone();
+        t2.meta = Some(Meta { id: "t2".into(), ..Default::default() });
+        w.add(t);
+        assert!(!w.store.task("t1").is_some_and(attached), "an attachment without address waits");
+        assert_eq!(settle(&mut w), 3, "two nodes and the task");
+        let nodes: Vec<String> = w.store.nodes().map(|n| n.ingress_address.clone()).collect();
+        assert_eq!(nodes, ["10.255.0.2/29", "10.255.0.3/29"]);
+        assert_eq!(w.store.task("t1").map(|t| t.networks[0].address.clone()), Some("10.255.0.4/29".into()));
+        assert!(w.store.task("t1").is_some_and(attached));
+        assert_eq!(settle(&mut w), 0);
+        // The network is full (.1 gateway, .2-.6 hosts): a node beyond waits, with the task's reason.
+        w.add(node("n3"));
+        w.add(t2);
+        w.add(node("n4"));
+        settle(&mut w);
+        let given = w.store.nodes().filter(|n| !n.ingress_address.is_empty()).count();
+        assert_eq!(given, 4, "{:?}", w.store.nodes().map(|n| &n.ingress_address).collect::<Vec<_>>());
+        let t2 = w.store.task("t2").cloned().unwrap_or_default();
+        assert!(
+            !attached(&t2) && t2.status.as_ref().is_some_and(|s| s.message.contains("no free address on network")),
+            "{t2:?}"
+        );
     }
 
     #[test]

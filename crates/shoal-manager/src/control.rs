@@ -95,16 +95,73 @@ fn resolve_refs(store: &shoal_store::Store, spec: &mut ServiceSpec) -> Result<()
     Ok(())
 }
 
+/// The first port of the dynamic range a port published in ingress mode without a number gets
+/// (Swarm's range).
+const DYNAMIC_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+/// Gives every port the spec publishes in ingress mode without a number the lowest free one of
+/// [`DYNAMIC_PORTS`] (free of every other service's published ports), and refuses ingress
+/// publishing when the cluster has no ingress network.
+fn fill_published_ports(store: &shoal_store::Store, spec: &mut ServiceSpec, own_id: &str) -> Result<(), ApiError> {
+    use shoal_api::v1::port_config::PublishMode;
+    if spec.ingress_ports().next().is_some() && shoal_ipam::ingress_network(store).is_none() {
+        return Err(ApiError::Rejected(
+            "the cluster has no ingress network to publish on: create it with `shoal network create --ingress ingress`, \
+             or publish with mode=host"
+                .into(),
+        ));
+    }
+    let Some(e) = spec.endpoint_spec.as_mut() else { return Ok(()) };
+    if !e.ports.iter().any(|p| p.published_port == 0 && p.publish_mode() == PublishMode::Ingress) {
+        return Ok(());
+    }
+    let mut taken: BTreeSet<(i32, u32)> = store
+        .services()
+        .filter(|s| s.meta.as_ref().is_none_or(|m| m.id != own_id))
+        .filter_map(|s| s.spec.as_ref()?.endpoint_spec.as_ref())
+        .flat_map(|e| e.ports.iter().map(|p| (p.protocol, p.published_port)))
+        .collect();
+    taken.extend(e.ports.iter().map(|p| (p.protocol, p.published_port)));
+    for p in e.ports.iter_mut().filter(|p| p.published_port == 0 && p.publish_mode() == PublishMode::Ingress) {
+        let free = DYNAMIC_PORTS.clone().find(|n| !taken.contains(&(p.protocol, *n))).ok_or_else(|| {
+            ApiError::Rejected(format!(
+                "no free port in {}-{} to publish target port {}: give one with published=",
+                DYNAMIC_PORTS.start(),
+                DYNAMIC_PORTS.end(),
+                p.target_port
+            ))
+        })?;
+        taken.insert((p.protocol, free));
+        p.published_port = free;
+    }
+    Ok(())
+}
+
+/// Ports of `new` published in ingress mode without a number take the number `old` gave the
+/// same target and protocol.
+fn keep_published_ports(old: &ServiceSpec, new: &mut ServiceSpec) {
+    let Some(e) = new.endpoint_spec.as_mut() else { return };
+    for p in e.ports.iter_mut().filter(|p| p.published_port == 0) {
+        if let Some(o) = old
+            .ingress_ports()
+            .find(|o| o.target_port == p.target_port && o.protocol == p.protocol && o.publish_mode == p.publish_mode)
+        {
+            p.published_port = o.published_port;
+        }
+    }
+}
+
 /// Names of the services attached to the network `id`, and whether tasks that have not ended
 /// (still stopping) hold an address on it.
 fn network_users(store: &shoal_store::Store, id: &str) -> (Vec<String>, usize) {
+    let ingress = store.network(id).and_then(|n| n.spec.as_ref()).is_some_and(|s| s.ingress);
     let services = store
         .services()
         .filter(|svc| {
-            svc.spec
-                .as_ref()
-                .and_then(|s| s.task_template.as_ref())
-                .is_some_and(|t| t.networks.iter().any(|n| n.target == id))
+            svc.spec.as_ref().is_some_and(|s| {
+                (ingress && s.joins_ingress())
+                    || s.task_template.as_ref().is_some_and(|t| t.networks.iter().any(|n| n.target == id))
+            })
         })
         .map(|svc| svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default())
         .collect();
@@ -679,10 +736,13 @@ impl Control for ControlService {
         let mut spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?;
         validate::validate_service_spec(&spec).map_err(ApiError::from)?;
         let rt = self.node.managers.require_manager()?;
-        rt.store.read(|s| resolve_refs(s, &mut spec))?;
+        let id = new_id();
+        rt.store.read(|s| {
+            resolve_refs(s, &mut spec)?;
+            fill_published_ports(s, &mut spec, &id)
+        })?;
         self.node.managers.require_manager()?;
-        let svc =
-            Service { meta: Some(Meta { id: new_id(), ..Default::default() }), spec: Some(spec), ..Default::default() };
+        let svc = Service { meta: Some(Meta { id, ..Default::default() }), spec: Some(spec), ..Default::default() };
         let r = self.node.writer.propose(vec![create_op(svc.into())]).await?;
         let object::Kind::Service(s) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
@@ -705,7 +765,13 @@ impl Control for ControlService {
         };
         validate::validate_service_spec(&new_spec).map_err(ApiError::from)?;
         let mut new_spec = new_spec;
-        rt.store.read(|s| resolve_refs(s, &mut new_spec))?;
+        let own_id = id_of(&current.meta);
+        rt.store.read(|s| {
+            resolve_refs(s, &mut new_spec)?;
+            // A port published without a number keeps the one it was given.
+            keep_published_ports(&old_spec, &mut new_spec);
+            fill_published_ports(s, &mut new_spec, &own_id)
+        })?;
         let old_name = old_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         let new_name = new_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         if old_name != new_name {

@@ -281,6 +281,8 @@ pub struct NetView {
     pub endpoints: Vec<shoal_api::v1::Endpoint>,
     /// The services' VIPs on them.
     pub vips: Vec<shoal_api::v1::ServiceVip>,
+    /// Every port published in ingress mode.
+    pub ingress_ports: Vec<shoal_api::v1::IngressPort>,
     /// VXLAN's UDP port.
     pub port: u32,
 }
@@ -299,7 +301,7 @@ pub fn delta(
         Some(d) => (true, d),
         None => (false, Default::default()),
     };
-    let (network_view, NetView { networks, endpoints, vips, port }) = match net {
+    let (network_view, NetView { networks, endpoints, vips, ingress_ports, port }) = match net {
         Some(v) => (true, v),
         None => (false, NetView::default()),
     };
@@ -318,6 +320,7 @@ pub fn delta(
             endpoints,
             data_path_port: port,
             vips,
+            ingress_ports,
             ..Default::default()
         });
     }
@@ -338,6 +341,7 @@ pub fn delta(
         endpoints,
         data_path_port: port,
         vips,
+        ingress_ports,
         ..Default::default()
     })
 }
@@ -381,9 +385,9 @@ impl Session {
             (d.secrets, d.configs)
         });
         let net_ids = if everything {
-            crate::netview::network_ids(current.values())
+            crate::netview::network_ids(store, current.values())
         } else {
-            crate::netview::network_ids(store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
+            crate::netview::network_ids(store, store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
         };
         let view = crate::netview::view(store, &net_ids);
         let port = store
@@ -398,6 +402,7 @@ impl Session {
             networks: view.networks,
             endpoints: view.endpoints,
             vips: view.vips,
+            ingress_ports: view.ingress_ports,
             port,
         });
         let Some(mut msg) = delta(first, &sent_view, &current, deps, net) else {
@@ -469,6 +474,12 @@ fn touched(events: &[shoal_api::v1::Event]) -> Touched {
             // Its VIPs are in the views of its networks.
             Some(object::Kind::Service(svc)) => {
                 out.networks.extend(svc.virtual_ips.iter().map(|v| v.network_id.clone()));
+                // Ports published in ingress mode are in every node's view.
+                let publishes =
+                    |s: Option<&shoal_api::v1::ServiceSpec>| s.is_some_and(|s| s.ingress_ports().next().is_some());
+                if publishes(svc.spec.as_ref()) || publishes(svc.previous_spec.as_ref()) {
+                    out.all_networks = true;
+                }
             }
             Some(object::Kind::Network(_) | object::Kind::Node(_) | object::Kind::Cluster(_)) => {
                 out.all_networks = true

@@ -129,6 +129,7 @@ impl Membership for MembershipService {
                     }),
                     role: NodeRole::Worker as i32,
                     raft_id: req.raft_id,
+                    ingress_address: String::new(),
                 }
                 .into(),
             ),

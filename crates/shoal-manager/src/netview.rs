@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shoal_api::v1::{Endpoint, Network, ServiceVip, Task, TaskState};
+use shoal_api::v1::{Endpoint, IngressPort, Network, ServiceVip, Task, TaskState};
 
 /// VXLAN's port when the cluster sets none (IANA's).
 pub const DEFAULT_DATA_PATH_PORT: u32 = 4789;
@@ -14,9 +14,43 @@ pub fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Networks `tasks` attach to, by id.
-pub fn network_ids<'a>(tasks: impl Iterator<Item = &'a Task>) -> BTreeSet<String> {
-    tasks.flat_map(|t| t.networks.iter().map(|a| a.network_id.clone())).collect()
+/// Networks `tasks` attach to, by id, and the ingress network when a service publishes
+/// through it (every node forwards its ports).
+pub fn network_ids<'a>(store: &shoal_store::Store, tasks: impl Iterator<Item = &'a Task>) -> BTreeSet<String> {
+    let mut ids: BTreeSet<String> = tasks.flat_map(|t| t.networks.iter().map(|a| a.network_id.clone())).collect();
+    if let Some(id) = ingress_in_use(store) {
+        ids.insert(id);
+    }
+    ids
+}
+
+/// The ingress network's id, when a service publishes a port through it.
+fn ingress_in_use(store: &shoal_store::Store) -> Option<String> {
+    let n = shoal_ipam::ingress_network(store)?;
+    store.services().any(|s| s.spec.as_ref().is_some_and(|s| s.joins_ingress())).then(|| n.meta.clone())?.map(|m| m.id)
+}
+
+/// Every port published in ingress mode, in order.
+fn ingress_ports(store: &shoal_store::Store) -> Vec<IngressPort> {
+    let mut out: Vec<IngressPort> = store
+        .services()
+        .flat_map(|s| {
+            let id = s.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            s.spec.iter().flat_map(|sp| sp.ingress_ports()).filter(|p| p.published_port != 0).map(move |p| {
+                IngressPort {
+                    service_id: id.clone(),
+                    protocol: p.protocol,
+                    published_port: p.published_port,
+                    target_port: p.target_port,
+                    local: p.traffic() == shoal_api::v1::port_config::Traffic::Local,
+                }
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.protocol, a.published_port, &a.service_id).cmp(&(b.protocol, b.published_port, &b.service_id))
+    });
+    out
 }
 
 /// Whether a task's address belongs in the forwarding entries: it is on a node and its
@@ -41,17 +75,28 @@ pub struct View {
     pub endpoints: Vec<Endpoint>,
     /// The services' virtual IPs on them.
     pub vips: Vec<ServiceVip>,
+    /// Every port published in ingress mode.
+    pub ingress_ports: Vec<IngressPort>,
 }
 
 /// The networks with ids in `ids`, every reachable task address on them and the services'
 /// VIPs, ordered so equal views compare (and hash) equal.
 pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> View {
+    let ingress_ports = ingress_ports(store);
     if ids.is_empty() {
-        return View::default();
+        return View { ingress_ports, ..View::default() };
     }
     let networks: Vec<Network> = ids.iter().filter_map(|id| store.network(id).cloned()).collect();
+    let ingress = networks
+        .iter()
+        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+        .and_then(|n| n.meta.as_ref())
+        .map(|m| m.id.clone());
     let names_one = |spec: Option<&shoal_api::v1::ServiceSpec>| {
-        spec.and_then(|s| s.task_template.as_ref()).is_some_and(|t| t.networks.iter().any(|n| ids.contains(&n.target)))
+        spec.is_some_and(|s| {
+            (ingress.is_some() && s.joins_ingress())
+                || s.task_template.as_ref().is_some_and(|t| t.networks.iter().any(|n| ids.contains(&n.target)))
+        })
     };
     // The previous spec too: its tasks may still run with their addresses.
     let services = store.services().filter(|s| names_one(s.spec.as_ref()) || names_one(s.previous_spec.as_ref()));
@@ -98,9 +143,21 @@ pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> View {
             }
         }
     }
+    // Each node's own address on the ingress network: where the ports it forwards reply to.
+    if let Some(ingress) = &ingress {
+        for n in store.nodes().filter(|n| !n.ingress_address.is_empty()) {
+            endpoints.push(Endpoint {
+                network_id: ingress.clone(),
+                node_id: n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+                node_addr: n.status.as_ref().map(|s| host_of(&s.addr).to_string()).unwrap_or_default(),
+                address: n.ingress_address.clone(),
+                ..Default::default()
+            });
+        }
+    }
     endpoints.sort_by(|a, b| (&a.network_id, &a.address, &a.task_id).cmp(&(&b.network_id, &b.address, &b.task_id)));
     vips.sort_by(|a, b| (&a.network_id, &a.address).cmp(&(&b.network_id, &b.address)));
-    View { networks, endpoints, vips }
+    View { networks, endpoints, vips, ingress_ports }
 }
 
 /// A digest of a view, to tell whether it changed since it was sent.
@@ -116,6 +173,9 @@ pub fn digest(v: &View, port: u32) -> u64 {
         e.encode_to_vec().hash(&mut h);
     }
     for x in &v.vips {
+        x.encode_to_vec().hash(&mut h);
+    }
+    for x in &v.ingress_ports {
         x.encode_to_vec().hash(&mut h);
     }
     h.finish()

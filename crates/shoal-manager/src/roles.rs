@@ -36,11 +36,14 @@ pub(crate) async fn reset_to_standalone(node: &Node) -> Result<(), ApiError> {
 
 /// Makes this node the first manager of a new cluster: its Raft, the cluster object with the
 /// CA and join secrets, and its own node object.
+/// The name of the ingress network `cluster init` makes.
+pub const INGRESS_NAME: &str = "ingress";
+
 pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClusterResponse, ApiError> {
     let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
     validate::validate_settings(&settings)?;
     let network_defaults = req.network_defaults.unwrap_or_default();
-    shoal_ipam::pools(&network_defaults).map_err(|e| ApiError::Rejected(e.to_string()))?;
+    let pools = shoal_ipam::pools(&network_defaults).map_err(|e| ApiError::Rejected(e.to_string()))?;
     let _g = node.transition.lock().await;
     let local = node.identity.local();
     if local.role != Role::Uninitialized {
@@ -84,8 +87,26 @@ pub(crate) async fn init(node: &Node, req: InitClusterRequest) -> Result<InitClu
         }),
         role: NodeRole::Manager as i32,
         raft_id: local.raft_id,
+        ingress_address: String::new(),
     };
-    node.writer.propose(vec![create_op(cluster.into()), create_op(me.into())]).await?;
+    // The ingress network every node forwards published ports over, as `docker swarm init`
+    // makes it.
+    let host_networks = me.description.as_ref().map(|d| d.host_networks.clone()).unwrap_or_default();
+    let alloc = shoal_ipam::allocate_ingress(&shoal_store::Store::new(), &host_networks, &pools)
+        .map_err(|e| ApiError::Rejected(format!("the ingress network: {e}")))?;
+    let ingress = v1::Network {
+        meta: Some(Meta { id: new_id(), ..Default::default() }),
+        spec: Some(v1::NetworkSpec {
+            annotations: Some(v1::Annotations { name: INGRESS_NAME.into(), ..Default::default() }),
+            driver: "overlay".into(),
+            ingress: true,
+            ..Default::default()
+        }),
+        subnet: alloc.subnet,
+        gateway: alloc.gateway,
+        vni: alloc.vni,
+    };
+    node.writer.propose(vec![create_op(cluster.into()), create_op(me.into()), create_op(ingress.into())]).await?;
     ensure_session(node);
     ensure_agent(node).await;
     tracing::info!(%cluster_id, "cluster initialized");

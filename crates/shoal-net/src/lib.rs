@@ -115,6 +115,8 @@ pub struct Overlay {
     pub subnet: Net,
     /// MTU of its devices.
     pub mtu: u32,
+    /// This host's own address on it, on its bridge (the ingress network's).
+    pub address: Option<Net>,
 }
 
 /// A task on another host: where frames for its address go.
@@ -151,18 +153,24 @@ pub struct Vip {
     pub backends: Vec<Ipv4Addr>,
 }
 
-/// A port the host publishes for one of its tasks (host mode): connections to any of the
-/// host's addresses on `published` go to the task's egress address on `target`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HostPort {
+/// A port the host publishes: connections to any of the host's addresses on `published` go
+/// to one of `backends` on `target`, picked at random per connection (none: refused, as
+/// nothing listens there). Host mode and `traffic=local`: the host's own tasks at their egress
+/// addresses, the client's address kept. Ingress mode: tasks on the ingress overlay, on any
+/// host, the source rewritten to this host's ingress address (`masquerade`) so replies come
+/// back through it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
     /// `tcp` or `udp`.
     pub udp: bool,
     /// The host's port.
     pub published: u16,
-    /// The task's address (on the egress bridge).
-    pub address: Ipv4Addr,
-    /// The task's port.
+    /// The tasks' port.
     pub target: u16,
+    /// The tasks' addresses, sorted.
+    pub backends: Vec<Ipv4Addr>,
+    /// Connections leave over an overlay with this host's address as their source.
+    pub masquerade: bool,
 }
 
 /// One task's network namespace.
@@ -200,8 +208,8 @@ pub struct Desired {
     pub gateway: Option<Gateway>,
     /// This host's tasks.
     pub tasks: Vec<TaskNet>,
-    /// The ports this host publishes for its tasks, sorted.
-    pub ports: Vec<HostPort>,
+    /// The ports this host publishes, sorted, one per protocol and port.
+    pub ports: Vec<PublishedPort>,
 }
 
 /// The kind of a link the planner cares about.
@@ -278,7 +286,7 @@ pub struct Observed {
     /// a task missing here gets its rules again).
     pub lb: std::collections::BTreeMap<String, Vec<Vip>>,
     /// The published ports installed (`None`: none; empty: some, but not known which).
-    pub ports: Option<Vec<HostPort>>,
+    pub ports: Option<Vec<PublishedPort>>,
 }
 
 /// One change to the host.
@@ -314,7 +322,7 @@ pub enum Step {
     /// Replace the VIP rules in the task's namespace (one atomic nftables transaction).
     SetVips { task_id: String, vips: Vec<Vip> },
     /// Replace the host's published ports (one atomic nftables transaction).
-    SetPorts(Vec<HostPort>),
+    SetPorts(Vec<PublishedPort>),
 }
 
 /// Host networking failed.

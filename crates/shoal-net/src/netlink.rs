@@ -471,31 +471,56 @@ struct Tables {
     /// The egress masquerade's subnet.
     masquerade: Option<Net>,
     /// The published ports (empty: some, not known which).
-    ports: Option<Vec<crate::HostPort>>,
+    ports: Option<Vec<crate::PublishedPort>>,
 }
 
 /// nftables table holding the host's published ports.
 pub const PORTS_TABLE: &str = "shoal_ports";
 
 /// The nftables transaction that replaces the host's published ports: a connection to any
-/// local address on a published port (from outside, or from the host itself) is DNATed to its
-/// task's egress address and target port.
-pub fn ports_script(ports: &[crate::HostPort]) -> String {
+/// local address but loopback on a published port (from outside, or from the host itself) is
+/// found in one verdict map keyed by protocol and port, and DNATed to one of the port's
+/// backends at random; a port without backends is left out, so the host refuses it (TCP reset,
+/// ICMP unreachable) as nothing listens there. Connections forwarded over an overlay leave with
+/// the host's address on it (the bridge's), so the replies come back here to be translated.
+pub fn ports_script(ports: &[crate::PublishedPort]) -> String {
     let mut s = format!("table ip {t} {{}}\ndelete table ip {t}\n", t = PORTS_TABLE);
     if ports.is_empty() {
         return s;
     }
-    let rules: Vec<String> = ports
-        .iter()
-        .map(|p| {
-            let proto = if p.udp { "udp" } else { "tcp" };
-            format!("\t\tfib daddr type local {proto} dport {} dnat to {}:{}\n", p.published, p.address, p.target)
-        })
-        .collect();
-    let rules = rules.concat();
-    s.push_str(&format!(
-        "table ip {PORTS_TABLE} {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;\n{rules}\t}}\n         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{rules}\t}}\n}}\n"
-    ));
+    s.push_str(&format!("table ip {PORTS_TABLE} {{\n"));
+    let mut vmap = Vec::new();
+    for (i, p) in ports.iter().enumerate().filter(|(_, p)| !p.backends.is_empty()) {
+        let proto = if p.udp { "udp" } else { "tcp" };
+        let to = match p.backends.as_slice() {
+            [one] => format!("{one}"),
+            many => {
+                let map: Vec<String> = many.iter().enumerate().map(|(k, b)| format!("{k} : {b}")).collect();
+                format!("numgen random mod {} map {{ {} }}", many.len(), map.join(", "))
+            }
+        };
+        s.push_str(&format!("\tchain port{i} {{\n\t\tmeta l4proto {proto} dnat to {to} : {}\n\t}}\n", p.target));
+        vmap.push(format!("{proto} . {} : jump port{i}", p.published));
+    }
+    let lookup = if vmap.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap {{ {} }}\n",
+            vmap.join(", ")
+        )
+    };
+    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+        s.push_str(&format!(
+            "\tchain {chain} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n{lookup}\t}}\n"
+        ));
+    }
+    if ports.iter().any(|p| p.masquerade) {
+        s.push_str(
+            "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"shbr*\" ct status dnat masquerade\n\t}\n",
+        );
+    }
+    s.push_str("}\n");
     s
 }
 

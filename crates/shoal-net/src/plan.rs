@@ -59,21 +59,31 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     let mut mtus = Vec::new();
     for (vni, n) in &wanted_overlays {
         let (br, vx) = (bridge_name(*vni), vxlan_name(*vni));
+        let addressed = |l: &Link| match n.address {
+            Some(a) => l.addresses == [a],
+            None => l.addresses.is_empty(),
+        };
+        let mut bridge_remade = false;
         match links.get(br.as_str()) {
-            Some(l) if l.kind == LinkKind::Bridge => {
+            Some(l) if l.kind == LinkKind::Bridge && addressed(l) => {
                 if l.mtu != n.mtu {
                     mtus.push(Step::SetMtu { name: br.clone(), mtu: n.mtu });
                 }
             }
             Some(_) => {
                 dead_links.insert(br.clone());
-                create_bridges.push(Step::CreateBridge { name: br.clone(), mtu: n.mtu, address: None });
+                bridge_remade = true;
+                create_bridges.push(Step::CreateBridge { name: br.clone(), mtu: n.mtu, address: n.address });
             }
-            None => create_bridges.push(Step::CreateBridge { name: br.clone(), mtu: n.mtu, address: None }),
+            None => {
+                bridge_remade = true;
+                create_bridges.push(Step::CreateBridge { name: br.clone(), mtu: n.mtu, address: n.address })
+            }
         }
-        let vx_ok = links.get(vx.as_str()).is_some_and(|l| {
-            l.kind == LinkKind::Vxlan { vni: *vni, port: d.port } && l.master.as_deref() == Some(br.as_str())
-        });
+        let vx_ok = !bridge_remade
+            && links.get(vx.as_str()).is_some_and(|l| {
+                l.kind == LinkKind::Vxlan { vni: *vni, port: d.port } && l.master.as_deref() == Some(br.as_str())
+            });
         if vx_ok {
             if links.get(vx.as_str()).is_some_and(|l| l.mtu != n.mtu) {
                 mtus.push(Step::SetMtu { name: vx.clone(), mtu: n.mtu });
@@ -206,15 +216,16 @@ mod tests {
 
     fn desired() -> Desired {
         Desired {
-            ports: vec![crate::HostPort {
+            ports: vec![crate::PublishedPort {
                 udp: false,
                 published: 8080,
-                address: Ipv4Addr::new(172, 18, 0, 2),
                 target: 80,
+                backends: vec![Ipv4Addr::new(172, 18, 0, 2)],
+                masquerade: false,
             }],
             local: Some(Ipv4Addr::new(192, 168, 50, 2)),
             port: 4789,
-            overlays: vec![Overlay { vni: 4097, subnet: net("10.0.1.0/24"), mtu: 1450 }],
+            overlays: vec![Overlay { vni: 4097, subnet: net("10.0.1.0/24"), mtu: 1450, address: None }],
             remotes: vec![Remote {
                 vni: 4097,
                 address: Ipv4Addr::new(10, 0, 1, 7),
@@ -435,7 +446,13 @@ mod tests {
                     let vnis: Vec<u32> = vnis.into_iter().collect();
                     let overlays: Vec<Overlay> = vnis
                         .iter()
-                        .map(|v| Overlay { vni: *v, subnet: net(&format!("10.0.{}.0/24", v - 4096)), mtu: 1450 })
+                        .map(|v| Overlay {
+                            vni: *v,
+                            subnet: net(&format!("10.0.{}.0/24", v - 4096)),
+                            mtu: 1450,
+                            // The first one carries an address of the host's, as ingress does.
+                            address: (*v == 4096).then(|| net("10.0.0.250/24")),
+                        })
                         .collect();
                     let mut remotes: Vec<Remote> = if vnis.is_empty() {
                         vec![]
@@ -478,12 +495,22 @@ mod tests {
                         })
                         .collect();
                     let ports = if gw {
-                        vec![crate::HostPort {
-                            udp: false,
-                            published: 8080,
-                            address: Ipv4Addr::new(172, 18, 0, 2),
-                            target: 80,
-                        }]
+                        vec![
+                            crate::PublishedPort {
+                                udp: false,
+                                published: 8080,
+                                target: 80,
+                                backends: vec![Ipv4Addr::new(172, 18, 0, 2)],
+                                masquerade: false,
+                            },
+                            crate::PublishedPort {
+                                udp: true,
+                                published: 8080,
+                                target: 53,
+                                backends: vec![Ipv4Addr::new(10, 0, 9, 10), Ipv4Addr::new(10, 0, 9, 11)],
+                                masquerade: true,
+                            },
+                        ]
                     } else {
                         vec![]
                     };

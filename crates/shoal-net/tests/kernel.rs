@@ -9,8 +9,8 @@ use std::process::Command;
 
 use futures::TryStreamExt;
 use shoal_net::{
-    bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, HostPort, Interface, Net,
-    Observed, Overlay, Remote, TaskNet, Vip, GATEWAY_BRIDGE,
+    bridge_name, converge, netlink::Netlink, netns, plan, Desired, Executor, Gateway, Interface, Net, Observed,
+    Overlay, PublishedPort, Remote, TaskNet, Vip, GATEWAY_BRIDGE,
 };
 
 fn net(s: &str) -> Net {
@@ -66,19 +66,50 @@ impl Drop for Host {
 }
 
 fn desired(me: u8, peer: u8, task: &str, with_remote: bool) -> Desired {
-    let overlay = Overlay { vni: 5000, subnet: net("10.77.0.0/24"), mtu: 1450 };
+    // The host's own address on the overlay, as on the ingress network.
+    let overlay = Overlay {
+        vni: 5000,
+        subnet: net("10.77.0.0/24"),
+        mtu: 1450,
+        address: Some(net(&format!("10.77.0.{}/24", 200 + me))),
+    };
     Desired {
-        // The host publishes port 8080 for its task's port 9000.
-        ports: vec![HostPort { udp: false, published: 8080, address: Ipv4Addr::new(172, 29, 0, 2), target: 9000 }],
+        ports: vec![
+            // Host mode: port 8080 leads to its own task's port 9000.
+            PublishedPort {
+                udp: false,
+                published: 8080,
+                target: 9000,
+                backends: vec![Ipv4Addr::new(172, 29, 0, 2)],
+                masquerade: false,
+            },
+            // Ingress: port 8081 leads to the other host's task over the overlay.
+            PublishedPort {
+                udp: false,
+                published: 8081,
+                target: 9000,
+                backends: vec![Ipv4Addr::new(10, 77, 0, 10 + peer)],
+                masquerade: true,
+            },
+            // No backend: refused.
+            PublishedPort { udp: false, published: 8082, target: 9000, backends: vec![], masquerade: true },
+        ],
         local: Some(Ipv4Addr::new(192, 168, 77, me)),
         port: 4789,
         overlays: vec![overlay],
         remotes: if with_remote {
-            vec![Remote {
-                vni: 5000,
-                address: Ipv4Addr::new(10, 77, 0, 10 + peer),
-                host: Ipv4Addr::new(192, 168, 77, peer),
-            }]
+            vec![
+                Remote {
+                    vni: 5000,
+                    address: Ipv4Addr::new(10, 77, 0, 10 + peer),
+                    host: Ipv4Addr::new(192, 168, 77, peer),
+                },
+                Remote {
+                    vni: 5000,
+                    address: Ipv4Addr::new(10, 77, 0, 200 + peer),
+                    host: Ipv4Addr::new(192, 168, 77, peer),
+                },
+            ]
         } else {
             vec![]
         },
@@ -199,6 +230,26 @@ fn two_hosts_reach_each_others_tasks_over_vxlan_and_leave_nothing_behind() {
     assert_eq!(got.trim(), "pong", "the published port leads to the task");
     let _ = pong.kill();
     let _ = pong.wait();
+
+    // An ingress port: host 1 forwards port 8081 to task b on host 2 over the overlay, from its
+    // own address there, and the reply comes back through it.
+    let peer_server = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                       s.bind(('0.0.0.0', 9000))\ns.listen(1)\ns.settimeout(20)\nc, a = s.accept()\nc.sendall(a[0].encode())\nc.close()\n";
+    let mut seen = Command::new("nsenter")
+        .arg(format!("--net={}", tb.display()))
+        .args(["python3", "-c", peer_server])
+        .spawn()
+        .expect("python3");
+    let got = String::from_utf8_lossy(
+        &sh(&h2.ns, &["python3", "-c", &tcp_client.replace("8080", "8081").replace("recv(10)", "recv(100)")]).stdout,
+    )
+    .to_string();
+    assert_eq!(got.trim(), "10.77.0.201", "task b saw host 1's ingress address as the source");
+    let _ = seen.kill();
+    let _ = seen.wait();
+    let refused = sh(&h2.ns, &["busybox", "nc", "192.168.77.1", "8082"]);
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && why.contains("refused"), "a port without backends refuses: {why}");
 
     // UDP through the VIP too; once the backend leaves the VIP, its flow is forgotten.
     let server = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n\

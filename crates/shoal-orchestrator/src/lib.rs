@@ -232,7 +232,14 @@ impl Ctx<'_> {
                 ..TaskStatus::default()
             }),
             annotations: Some(Annotations { name: format!("{name}.{suffix}"), ..Annotations::default() }),
-            networks: Vec::new(),
+            // A service publishing through the ingress network joins it; the allocator gives
+            // the address.
+            networks: spec
+                .filter(|s| s.joins_ingress())
+                .and_then(|_| self.store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress)))
+                .and_then(|n| n.meta.as_ref())
+                .map(|m| vec![shoal_api::v1::NetworkAttachment { network_id: m.id.clone(), ..Default::default() }])
+                .unwrap_or_default(),
             host_ports: spec
                 .and_then(|s| s.endpoint_spec.as_ref())
                 .map(|e| {

@@ -144,6 +144,7 @@ pub fn node(id: &str) -> Node {
         status: Some(NodeStatus { state: NodeState::Ready as i32, ..NodeStatus::default() }),
         role: NodeRole::Worker as i32,
         raft_id: 0,
+        ingress_address: String::new(),
     }
 }
 
@@ -307,6 +308,7 @@ impl ServiceExt for Service {
             target_port: port,
             published_port: port,
             publish_mode: port_config::PublishMode::Host as i32,
+            traffic: port_config::Traffic::Cluster as i32,
         });
         self
     }

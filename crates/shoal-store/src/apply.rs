@@ -144,7 +144,10 @@ impl Store {
                 write_in(&mut self.clusters, c.clone(), mode, stamp)
             }
             object::Kind::Node(n) => write_in(&mut self.nodes, n.clone(), mode, stamp),
-            object::Kind::Service(s) => write_in(&mut self.services, s.clone(), mode, stamp),
+            object::Kind::Service(s) => {
+                self.check_published_ports(s)?;
+                write_in(&mut self.services, s.clone(), mode, stamp)
+            }
             object::Kind::Task(t) => write_in(&mut self.tasks, t.clone(), mode, stamp),
             object::Kind::Network(n) => {
                 self.check_network_space(n)?;
@@ -161,14 +164,65 @@ impl Store {
     fn check_network_space(&self, n: &shoal_api::v1::Network) -> Result<(), Refusal> {
         let id = Record::id(n);
         let range = ipv4_range(&n.subnet);
+        let ingress = n.spec.as_ref().is_some_and(|s| s.ingress);
         for other in self.networks.items.values().filter(|o| Record::id(*o) != id) {
             let name = other.spec.as_ref().and_then(|s| s.annotations.as_ref()).map_or("", |a| a.name.as_str());
+            if ingress && other.spec.as_ref().is_some_and(|s| s.ingress) {
+                return Err(exists(format!("network {name:?} is already the cluster's ingress network: there is one")));
+            }
             if n.vni != 0 && other.vni == n.vni {
                 return Err(exists(format!("network {name:?} already has VXLAN id {}", n.vni)));
             }
             if let (Some((a0, a1)), Some((b0, b1))) = (range, ipv4_range(&other.subnet)) {
                 if a0 <= b1 && b0 <= a1 {
                     return Err(exists(format!("subnet {} overlaps network {name:?} ({})", n.subnet, other.subnet)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No port is published twice where one would hide the other: a port published in ingress
+    /// mode is taken on every node, so no other service may publish it in either mode (two
+    /// host-mode ports may share a number: the scheduler keeps them on different nodes).
+    /// Checked here, where two creates at once are ordered, as well as by the control API.
+    fn check_published_ports(&self, s: &shoal_api::v1::Service) -> Result<(), Refusal> {
+        use shoal_api::v1::port_config::PublishMode;
+        let ports = |s: &shoal_api::v1::Service| -> Vec<(i32, u32, bool)> {
+            s.spec
+                .as_ref()
+                .and_then(|sp| sp.endpoint_spec.as_ref())
+                .map(|e| {
+                    e.ports
+                        .iter()
+                        .filter(|p| p.published_port != 0)
+                        .map(|p| (p.protocol, p.published_port, p.publish_mode() == PublishMode::Ingress))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mine = ports(s);
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let id = Record::id(s);
+        for other in self.services.items.values().filter(|o| Record::id(*o) != id) {
+            for (proto, port, ingress) in ports(other) {
+                if let Some(&(_, _, my_ingress)) = mine.iter().find(|(p, n, _)| *p == proto && *n == port) {
+                    if ingress || my_ingress {
+                        let name = Record::name(other);
+                        let proto = shoal_api::v1::port_config::Protocol::try_from(proto).map_or("tcp", |p| {
+                            if p == shoal_api::v1::port_config::Protocol::Udp {
+                                "udp"
+                            } else {
+                                "tcp"
+                            }
+                        });
+                        let how = if ingress { "on every node (ingress mode)" } else { "in host mode" };
+                        return Err(exists(format!(
+                            "port {port}/{proto} is already published {how} by service \"{name}\": choose another published port, or remove it from that service first"
+                        )));
+                    }
                 }
             }
         }
@@ -398,5 +452,67 @@ mod status_tests {
             },
         );
         assert_eq!(r.refusal(), shoal_api::v1::Refusal::NotFound);
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use shoal_api::v1::port_config::{Protocol, PublishMode};
+    use shoal_api::v1::{
+        op, Annotations, Command, EndpointSpec, Meta, Object, Op, PortConfig, Refusal, Service, ServiceSpec,
+    };
+
+    use crate::Store;
+
+    fn svc(id: &str, ports: &[(u32, Protocol, PublishMode)]) -> Op {
+        let s = Service {
+            meta: Some(Meta { id: id.into(), ..Default::default() }),
+            spec: Some(ServiceSpec {
+                annotations: Some(Annotations { name: format!("{id}-name"), ..Default::default() }),
+                endpoint_spec: Some(EndpointSpec {
+                    ports: ports
+                        .iter()
+                        .map(|(n, p, m)| PortConfig {
+                            protocol: *p as i32,
+                            target_port: 80,
+                            published_port: *n,
+                            publish_mode: *m as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Op { kind: Some(op::Kind::Upsert(Object::from(s))) }
+    }
+
+    #[test]
+    fn a_port_published_in_ingress_mode_is_taken_on_every_node() {
+        use {Protocol::*, PublishMode::*};
+        let mut s = Store::new();
+        let mut version = 0;
+        let mut apply = |op: Op| {
+            version += 1;
+            s.apply(version, &Command { now_ms: 1, ops: vec![op] }).0
+        };
+        assert!(apply(svc("a", &[(8080, Tcp, Ingress)])).error.is_empty());
+        let r = apply(svc("b", &[(8080, Tcp, Ingress)]));
+        assert_eq!(r.refusal(), Refusal::Exists);
+        assert!(
+            r.error.contains("port 8080/tcp is already published on every node (ingress mode) by service \"a-name\""),
+            "{}",
+            r.error
+        );
+        let r = apply(svc("b", &[(8080, Tcp, Host)]));
+        assert_eq!(r.refusal(), Refusal::Exists, "a host-mode port is hidden by an ingress one: {}", r.error);
+        assert!(apply(svc("b", &[(8080, Udp, Ingress)])).error.is_empty(), "another protocol is another port");
+        assert!(apply(svc("c", &[(9090, Tcp, Host)])).error.is_empty());
+        assert!(apply(svc("d", &[(9090, Tcp, Host)])).error.is_empty(), "host-mode ports may share a number");
+        let r = apply(svc("e", &[(9090, Tcp, Ingress)]));
+        assert!(r.error.contains("already published in host mode by service"), "{}", r.error);
+        assert!(apply(svc("a", &[(8080, Tcp, Ingress), (8081, Tcp, Ingress)])).error.is_empty(), "its own port");
     }
 }

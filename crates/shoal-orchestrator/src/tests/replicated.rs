@@ -57,7 +57,7 @@ fn a_created_task_carries_template_version_name_and_status() {
 }
 
 #[test]
-fn a_new_task_carries_the_host_mode_ports_only() {
+fn a_new_task_carries_the_host_mode_ports_and_joins_ingress_for_the_others() {
     use shoal_api::v1::{port_config::PublishMode, EndpointSpec, PortConfig};
     let mut svc = replicated("web", 1);
     if let Some(spec) = svc.spec.as_mut() {
@@ -79,7 +79,22 @@ fn a_new_task_carries_the_host_mode_ports_only() {
             ..Default::default()
         });
     }
-    let w = world(vec![svc]);
+    let mut local = svc.clone();
+    if let Some(p) = local.spec.as_mut().and_then(|s| s.endpoint_spec.as_mut()).and_then(|e| e.ports.get_mut(1)) {
+        p.traffic = shoal_api::v1::port_config::Traffic::Local as i32;
+    }
+    let mut w = world(vec![svc]);
+    w.add(shoal_api::v1::Network {
+        meta: Some(shoal_api::v1::Meta { id: "ing".into(), ..Default::default() }),
+        spec: Some(shoal_api::v1::NetworkSpec {
+            annotations: Some(Annotations { name: "ingress".into(), ..Default::default() }),
+            ingress: true,
+            ..Default::default()
+        }),
+        subnet: "10.255.0.0/16".into(),
+        gateway: "10.255.0.1".into(),
+        vni: 4096,
+    });
     let ops = reconcile(&w.store, NOW, &mut new_ids());
     let created: Vec<&Task> = ops
         .iter()
@@ -92,6 +107,28 @@ fn a_new_task_carries_the_host_mode_ports_only() {
         .collect();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].host_ports.iter().map(|p| p.published_port).collect::<Vec<_>>(), [8080]);
+    assert_eq!(
+        created[0].networks,
+        [shoal_api::v1::NetworkAttachment { network_id: "ing".into(), ..Default::default() }],
+        "the ingress network without an address (the allocator's to give)"
+    );
+    assert!(!created[0].networks_attached(), "the scheduler waits for it");
+
+    let mut w = world(vec![local]);
+    w.add(shoal_api::v1::Network {
+        meta: Some(shoal_api::v1::Meta { id: "ing".into(), ..Default::default() }),
+        spec: Some(shoal_api::v1::NetworkSpec {
+            annotations: Some(Annotations { name: "ingress".into(), ..Default::default() }),
+            ingress: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ops = reconcile(&w.store, NOW, &mut new_ids());
+    let joined = ops.iter().any(|o| {
+        matches!(o.kind.as_ref(), Some(shoal_api::v1::op::Kind::Create(Object { kind: Some(shoal_api::v1::object::Kind::Task(t)) })) if !t.networks.is_empty())
+    });
+    assert!(!joined, "traffic=local reaches the node's own tasks through the host, not the ingress network");
 }
 
 #[test]

@@ -38,6 +38,7 @@ fn node(i: usize) -> Node {
         status: Some(NodeStatus { state: NodeState::Ready as i32, ..NodeStatus::default() }),
         role: NodeRole::Worker as i32,
         raft_id: 0,
+        ingress_address: String::new(),
     }
 }
 
