@@ -407,7 +407,9 @@ struct CreateArgs {
     /// Mount (type=bind|volume|tmpfs,source=..,target=..[,readonly]).
     #[arg(long)]
     mount: Vec<String>,
-    /// Publish a port (PUBLISHED:TARGET[/PROTO] or published=..,target=..,mode=host).
+    /// Publish a port (PUBLISHED:TARGET[/PROTO], or published=..,target=..,protocol=tcp|udp,
+    /// mode=ingress|host,traffic=cluster|local). Ingress (the default): every node accepts on
+    /// it; traffic=local keeps the client address, sending only to the receiving node's tasks.
     #[arg(long, short = 'p')]
     publish: Vec<String>,
     /// Attach to a network.

@@ -457,6 +457,9 @@ struct Touched {
     networks: BTreeSet<String>,
     /// A network or node changed: every view is compared.
     all_networks: bool,
+    /// A service publishing in ingress mode changed: every node's view is compared, those of
+    /// nodes on no network included (each forwards the ingress ports).
+    ingress: bool,
 }
 
 fn touched(events: &[shoal_api::v1::Event]) -> Touched {
@@ -478,7 +481,7 @@ fn touched(events: &[shoal_api::v1::Event]) -> Touched {
                 let publishes =
                     |s: Option<&shoal_api::v1::ServiceSpec>| s.is_some_and(|s| s.ingress_ports().next().is_some());
                 if publishes(svc.spec.as_ref()) || publishes(svc.previous_spec.as_ref()) {
-                    out.all_networks = true;
+                    out.ingress = true;
                 }
             }
             Some(object::Kind::Network(_) | object::Kind::Node(_) | object::Kind::Cluster(_)) => {
@@ -543,8 +546,9 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                                 sessions.retain(|node_id, s| match t.per_node.get(node_id) {
                                     Some(ids) => s.sync(st, Some(ids)),
                                     None if t.deps => s.sync(st, Some(&BTreeSet::new())),
-                                    None if !s.networks.is_empty()
-                                        && (t.all_networks || !s.networks.is_disjoint(&t.networks)) =>
+                                    None if t.ingress
+                                        || (!s.networks.is_empty()
+                                            && (t.all_networks || !s.networks.is_disjoint(&t.networks))) =>
                                     {
                                         s.sync(st, Some(&BTreeSet::new()))
                                     }

@@ -408,6 +408,11 @@ impl Netlink {
                 tokio::task::spawn_blocking(move || netns::remove(&p)).await.map_err(|e| e.to_string())?
             }
             Step::SetPorts(ports) => {
+                // Ingress ports are forwarded to other hosts' tasks.
+                if ports.iter().any(|p| p.masquerade) {
+                    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                        .map_err(|e| format!("enabling forwarding: {e}"))?;
+                }
                 nft(&ports_script(ports)).await?;
                 self.tables_set(|t| t.ports = if ports.is_empty() { None } else { Some(ports.clone()) });
                 Ok(())
