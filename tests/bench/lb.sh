@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Load balancing through a service VIP: on 3 hosts, `web` (busybox httpd) behind its VIP and a
-# client task on the same overlay. Prints requests/s and p99 latency through the VIP and straight
-# to one task's address (their ratio is the VIP's overhead), then the failed requests of a
-# client sending continuously while `web` scales 10 -> 2. Asserts nothing.
+# Load balancing through a service VIP and an ingress port: on 3 hosts, `web` (busybox httpd)
+# behind its VIP and published on port 8080 of every node, and a client task on the same overlay.
+# Prints requests/s and p99 latency through the VIP and straight to one task's address (their
+# ratio is the VIP's overhead), through the ingress port of a node (from outside the cluster:
+# the hosts' bridge; its ratio to the direct figure is the ingress overhead), then the failed
+# requests of clients sending continuously through both while `web` scales 10 -> 2. Asserts
+# nothing.
 #   tests/bench/lb.sh [REQUESTS]   (default 5000; release binaries in SHOAL_BIN_DIR)
 # The client is ab (apache2-utils) run in the client task's network namespace; every wait is
 # bounded.
@@ -40,7 +43,7 @@ trap '"$HOSTS" down >/dev/null 2>&1 || true' EXIT
 "$HOSTS" up 3 0 >/dev/null
 image=$("$HOSTS" registry)/busybox:1
 S network create net >/dev/null
-S service create --name web --replicas 3 --network net "$image" \
+S service create --name web --replicas 3 --network net -p 8080:80 "$image" \
   sh -c 'mkdir -p /www && echo "hello from $(hostname)" >/www/index.html && exec httpd -f -p 80 -h /www' >/dev/null
 S service create --name client --network net "$image" sleep 3600 >/dev/null
 wait_running web 3
@@ -58,17 +61,29 @@ echo "lb_vip_p99: $(echo "$vip" | p99) ms"
 echo "lb_direct_requests_per_second: $(echo "$direct" | rps) req/s"
 echo "lb_direct_p99: $(echo "$direct" | p99) ms"
 echo "lb_vip_overhead: $(python3 -c "print(round($(echo "$direct" | rps) / $(echo "$vip" | rps), 3))") x"
+NODE="10.232.$SHOAL_HOSTS_SET.1"  # host 1 (deploy/hosts.sh: host I of set K is 10.232.K.I)
+for _ in $(seq 1 100); do timeout 2 busybox wget -q -O /dev/null "http://$NODE:8080/" 2>/dev/null && break; sleep 0.1; done
+ingress=$(timeout 300 ab -q -n "$N" -c 8 "http://$NODE:8080/" 2>&1)
+echo "lb_ingress_requests_per_second: $(echo "$ingress" | rps) req/s"
+echo "lb_ingress_p99: $(echo "$ingress" | p99) ms"
+echo "lb_ingress_overhead: $(python3 -c "print(round($(echo "$direct" | rps) / $(echo "$ingress" | rps), 3))") x"
 
 # Failed requests while scaling 10 -> 2 under a continuous load.
 S service scale web=10 >/dev/null
 wait_running web 10
 ab_in -q -r -s 5 -t 30 -n 1000000 -c 4 "http://$VIP/" >/tmp/shoal-lb-scale.$$ &
 abpid=$!
+timeout 300 ab -q -r -s 5 -t 30 -n 1000000 -c 4 "http://$NODE:8080/" >/tmp/shoal-lb-scale-ingress.$$ 2>&1 &
+abpid2=$!
 sleep 3
 S service scale --detach web=2 >/dev/null
 wait_running web 2
 wait "$abpid" || true
+wait "$abpid2" || true
 scale=$(cat /tmp/shoal-lb-scale.$$)
-rm -f /tmp/shoal-lb-scale.$$
+scale_ingress=$(cat /tmp/shoal-lb-scale-ingress.$$)
+rm -f /tmp/shoal-lb-scale.$$ /tmp/shoal-lb-scale-ingress.$$
 echo "lb_requests_while_scaling_10_to_2: $(echo "$scale" | awk '/^Complete requests:/ {print $3}') requests"
 echo "lb_failed_while_scaling_10_to_2: $(echo "$scale" | failed) requests"
+echo "lb_ingress_requests_while_scaling_10_to_2: $(echo "$scale_ingress" | awk '/^Complete requests:/ {print $3}') requests"
+echo "lb_ingress_failed_while_scaling_10_to_2: $(echo "$scale_ingress" | failed) requests"

@@ -57,6 +57,8 @@ pub struct NetWait {
     pub etc: Option<std::path::PathBuf>,
     /// The node's stopping tasks that no node sends traffic to any more.
     pub drained: watch::Receiver<std::collections::BTreeSet<String>>,
+    /// Tasks a published port of the node leads to straight (host mode, `traffic=local`).
+    pub published: watch::Receiver<std::collections::BTreeSet<String>>,
 }
 
 /// How long a stopping task waits for every node to take it out of its VIPs and DNS.
@@ -287,6 +289,14 @@ impl Controller {
                     let wait = net.drained.wait_for(|d| d.contains(id));
                     if tokio::time::timeout(DRAIN_WAIT, wait).await.is_err() {
                         tracing::warn!(task_id = %id, "not every node confirmed the task out of its VIPs in time; stopping it");
+                    }
+                }
+                // And out of this node's own published ports (its network loop takes a task
+                // that is to stop out of them at once).
+                if let Some(net) = self.net.as_mut() {
+                    let wait = net.published.wait_for(|p| !p.contains(id));
+                    if tokio::time::timeout(DRAIN_WAIT, wait).await.is_err() {
+                        tracing::warn!(task_id = %id, "the task's published ports were not withdrawn in time; stopping it");
                     }
                 }
                 let c = t.spec.as_ref().and_then(|s| s.container.as_ref());

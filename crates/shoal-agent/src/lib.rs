@@ -79,6 +79,8 @@ struct NetSide {
     etc: Option<PathBuf>,
     /// This node's stopping tasks that no node sends traffic to any more.
     drained: Arc<watch::Sender<std::collections::BTreeSet<String>>>,
+    /// Tasks a published port of this node leads to straight (host mode, `traffic=local`).
+    published: watch::Receiver<std::collections::BTreeSet<String>>,
 }
 
 /// The agent could not start.
@@ -146,6 +148,7 @@ impl Agent {
             path: n.executor.namespace_path(&id),
             etc: n.etc.as_ref().map(|d| d.join(&id)),
             drained: n.drained.subscribe(),
+            published: n.published.clone(),
         });
         let c = controller::Controller::new(rx, tools, adopted, last, cancel.clone(), net);
         self.work.spawn(c.run());
@@ -372,11 +375,13 @@ pub fn start(
                     dns_ttl: n.dns_ttl,
                 };
                 let (acks, acked) = watch::channel(0u64);
-                work.spawn(network::run(n.executor.clone(), inputs_rx, ready_tx, acks, host, cancel.clone()));
+                let (published_tx, published) = watch::channel(std::collections::BTreeSet::new());
+                let reports = network::Reports { ready: ready_tx, acks, published: published_tx };
+                work.spawn(network::run(n.executor.clone(), inputs_rx, reports, host, cancel.clone()));
                 work.spawn(acknowledge(cfg.node_id.clone(), leader.clone(), acked, cancel.clone()));
                 let etc = n.dns.then(|| cfg.data_dir.join("etc"));
                 let drained = Arc::new(watch::channel(std::collections::BTreeSet::new()).0);
-                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway, etc, drained }
+                NetSide { inputs: Arc::new(inputs), ready, executor: n.executor, gateway, etc, drained, published }
             });
             let mut agent = Agent {
                 work,

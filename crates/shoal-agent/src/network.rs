@@ -238,7 +238,8 @@ pub fn desired(
                         mtu: host.underlay_mtu,
                         gateway: Some(gw.addr),
                     });
-                    for p in &t.host_ports {
+                    // A task that is not running, or is to stop, takes no connection.
+                    for p in t.host_ports.iter().filter(|_| t.serving) {
                         if let Some((udp, published, target)) =
                             port_numbers(p.protocol, p.published_port, p.target_port)
                         {
@@ -421,14 +422,35 @@ impl Resolver {
     }
 }
 
+/// What the network loop reports.
+pub struct Reports {
+    /// Each task's namespace: ready, or why not.
+    pub ready: watch::Sender<BTreeMap<String, Readiness>>,
+    /// The last view installed on the whole host (the leader lets stopping tasks go on it).
+    pub acks: watch::Sender<u64>,
+    /// Tasks a published port of the host leads to straight (host mode, `traffic=local`), as
+    /// installed.
+    pub published: watch::Sender<BTreeSet<String>>,
+}
+
+/// The tasks of `tasks` that the host-side ports of `d` lead to. Pure.
+pub fn published_tasks(d: &Desired, tasks: &BTreeMap<String, LocalTask>) -> BTreeSet<String> {
+    let backends: BTreeSet<Ipv4Addr> =
+        d.ports.iter().filter(|p| !p.masquerade).flat_map(|p| p.backends.iter().copied()).collect();
+    tasks
+        .iter()
+        .filter(|(_, t)| t.gateway_address.is_some_and(|a| backends.contains(&a)))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 /// The loop that keeps the host's network state where the inputs say, until `cancel`.
 /// Failed steps are retried every second; the whole state is checked again every 30 seconds
 /// (so a hand-deleted entry comes back).
 pub async fn run(
     exec: Arc<dyn Executor>,
     mut inputs: watch::Receiver<Inputs>,
-    ready: watch::Sender<BTreeMap<String, Readiness>>,
-    acks: watch::Sender<u64>,
+    reports: Reports,
     mut host: Host,
     cancel: CancellationToken,
 ) {
@@ -451,6 +473,16 @@ pub async fn run(
             let (d, unready) = desired(view, &current.tasks, &host, &|h| resolver.resolve(h));
             match shoal_net::converge(exec.as_ref(), &d).await {
                 Ok(out) => {
+                    // What the ports now lead to (a failed ports step keeps the old set: the
+                    // next pass tries again).
+                    if !out.failed.iter().any(|(s, _)| matches!(s, shoal_net::Step::SetPorts(_))) {
+                        let now = published_tasks(&d, &current.tasks);
+                        reports.published.send_if_modified(|p| {
+                            let changed = *p != now;
+                            *p = now;
+                            changed
+                        });
+                    }
                     let mut map: BTreeMap<String, Readiness> = BTreeMap::new();
                     for t in &d.tasks {
                         let r = out.task_error(&t.task_id).map_or(Readiness::Ready, Readiness::Failed);
@@ -472,7 +504,7 @@ pub async fn run(
                             retry = Duration::from_secs(1);
                         }
                     }
-                    ready.send_if_modified(|m| {
+                    reports.ready.send_if_modified(|m| {
                         let changed = *m != map;
                         *m = map;
                         changed
@@ -481,7 +513,7 @@ pub async fn run(
                         retry = Duration::from_secs(1);
                     } else {
                         // Installed everywhere on this host: the leader may let stopping tasks go.
-                        acks.send_if_modified(|a| {
+                        reports.acks.send_if_modified(|a| {
                             let newer = current.view_seq > *a;
                             if newer {
                                 *a = current.view_seq;
@@ -650,6 +682,7 @@ mod tests {
                             ..Default::default()
                         },
                     ],
+                    serving: true,
                     ..Default::default()
                 },
             ),
@@ -709,6 +742,13 @@ mod tests {
             "host-mode ports lead to the task's egress address"
         );
         assert!(d.gateway.is_some());
+        let mut stopping = tasks.clone();
+        if let Some(t) = stopping.get_mut("a") {
+            t.serving = false;
+        }
+        let (d, _) = desired(&view, &stopping, &host(), &resolve);
+        assert!(d.ports.is_empty(), "a task that is to stop takes no new connection");
+        assert_eq!(d.tasks.len(), 2, "but keeps its network until it is gone");
     }
 
     #[test]
@@ -855,8 +895,10 @@ mod tests {
         let (tx, rx) = watch::channel(Inputs::default());
         let (ready_tx, mut ready) = watch::channel(BTreeMap::new());
         let (acks, mut acked) = watch::channel(0);
+        let (published_tx, mut published) = watch::channel(BTreeSet::new());
         let cancel = CancellationToken::new();
-        let job = tokio::spawn(run(fake.clone(), rx, ready_tx, acks, host(), cancel.clone()));
+        let reports = Reports { ready: ready_tx, acks, published: published_tx };
+        let job = tokio::spawn(run(fake.clone(), rx, reports, host(), cancel.clone()));
         let egress = |n: u8| LocalTask {
             attachments: vec![],
             gateway_address: Some(Ipv4Addr::new(172, 18, 0, n)),
@@ -876,6 +918,23 @@ mod tests {
         let bad = wait_ready(&mut ready, "bad", limit).await;
         assert!(bad.is_err_and(|e| e.contains("refused")));
         assert_eq!(fake.observed().namespaces, ["good"]);
+
+        // A running task with a host-mode port is what the port leads to, until it is to stop.
+        let port = shoal_api::v1::PortConfig { target_port: 80, published_port: 8080, ..Default::default() };
+        tx.send_modify(|i| {
+            if let Some(t) = i.tasks.get_mut("good") {
+                t.host_ports = vec![port.clone()];
+                t.serving = true;
+            }
+        });
+        tokio::time::timeout(limit, published.wait_for(|p| p.contains("good"))).await.expect("published").expect("p");
+        tx.send_modify(|i| {
+            if let Some(t) = i.tasks.get_mut("good") {
+                t.serving = false;
+            }
+        });
+        tokio::time::timeout(limit, published.wait_for(|p| p.is_empty())).await.expect("withdrawn").expect("p");
+        assert_eq!(fake.observed().ports, None, "the port is gone before the task is stopped");
         assert_eq!(*acked.borrow_and_update(), 0, "a pass with a failed step acknowledges nothing");
         tx.send_modify(|i| {
             i.tasks.clear();

@@ -413,8 +413,16 @@ impl Netlink {
                     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                         .map_err(|e| format!("enabling forwarding: {e}"))?;
                 }
+                let before =
+                    self.tables.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|(t, _)| t.ports.clone());
                 nft(&ports_script(ports)).await?;
                 self.tables_set(|t| t.ports = if ports.is_empty() { None } else { Some(ports.clone()) });
+                // UDP flows of a backend that left a port are balanced afresh.
+                for (port, backend) in removed_udp_backends(before.as_deref().unwrap_or_default(), ports) {
+                    if let Err(e) = flush_host_udp(port, backend).await {
+                        tracing::warn!(error = %e, port, %backend, "UDP flows of a removed backend stay until they time out");
+                    }
+                }
                 Ok(())
             }
             Step::SetVips { task_id, vips } => {
@@ -527,6 +535,31 @@ pub fn ports_script(ports: &[crate::PublishedPort]) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// (published UDP port, backend) pairs of `before` that `after` no longer has. Pure.
+pub fn removed_udp_backends(before: &[crate::PublishedPort], after: &[crate::PublishedPort]) -> Vec<(u16, Ipv4Addr)> {
+    let mut out = Vec::new();
+    for b in before.iter().filter(|p| p.udp) {
+        let kept =
+            after.iter().find(|a| a.udp && a.published == b.published).map(|a| a.backends.as_slice()).unwrap_or(&[]);
+        out.extend(b.backends.iter().filter(|x| !kept.contains(x)).map(|x| (b.published, *x)));
+    }
+    out
+}
+
+/// Forgets the host's UDP flows to published `port` that went to `backend`.
+async fn flush_host_udp(port: u16, backend: Ipv4Addr) -> Result<(), String> {
+    let out = tokio::process::Command::new("conntrack")
+        .args(["-D", "-p", "udp", "--orig-port-dst", &port.to_string(), "--reply-src", &backend.to_string()])
+        .output()
+        .await
+        .map_err(|e| format!("conntrack: {e} (install conntrack)"))?;
+    match out.status.code() {
+        // 1: no flow matched.
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!("conntrack: {}", String::from_utf8_lossy(&out.stderr).trim())),
+    }
 }
 
 /// (VIP, backend) pairs in `before` that `after` no longer has. Pure.
@@ -758,6 +791,50 @@ mod tests {
         let gone: Vec<String> = removed_backends(&before, &after).iter().map(|(v, b)| format!("{v}>{b}")).collect();
         assert_eq!(gone, ["10.0.0.1>10.0.1.1", "10.0.0.2>10.0.1.3"]);
         assert!(removed_backends(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn removed_udp_backends_are_those_a_udp_port_lost() {
+        let port = |udp: bool, published: u16, backends: &[u8]| crate::PublishedPort {
+            udp,
+            published,
+            target: 53,
+            backends: backends.iter().map(|b| Ipv4Addr::new(10, 0, 1, *b)).collect(),
+            masquerade: true,
+        };
+        let before = [port(false, 80, &[1]), port(true, 53, &[1, 2]), port(true, 54, &[3])];
+        let after = [port(true, 53, &[2, 5])];
+        let gone: Vec<String> = removed_udp_backends(&before, &after).iter().map(|(p, b)| format!("{p}>{b}")).collect();
+        assert_eq!(gone, ["53>10.0.1.1", "54>10.0.1.3"], "TCP connections are left to end by themselves");
+    }
+
+    #[test]
+    fn the_ports_script_looks_ports_up_in_one_map_and_leaves_out_those_without_backends() {
+        let p = |udp: bool, published: u16, backends: Vec<Ipv4Addr>, masquerade: bool| crate::PublishedPort {
+            udp,
+            published,
+            target: 80,
+            backends,
+            masquerade,
+        };
+        let a = Ipv4Addr::new(10, 255, 0, 5);
+        let b = Ipv4Addr::new(10, 255, 0, 6);
+        let s = ports_script(&[
+            p(false, 8080, vec![a, b], true),
+            p(true, 5353, vec![a], false),
+            p(false, 9090, vec![], true),
+        ]);
+        assert!(s.starts_with("table ip shoal_ports {}\ndelete table ip shoal_ports\n"), "{s}");
+        assert!(
+            s.contains("meta l4proto tcp dnat to numgen random mod 2 map { 0 : 10.255.0.5, 1 : 10.255.0.6 } : 80"),
+            "{s}"
+        );
+        assert!(s.contains("meta l4proto udp dnat to 10.255.0.5 : 80"), "{s}");
+        assert!(s.contains("vmap { tcp . 8080 : jump port0, udp . 5353 : jump port1 }"), "{s}");
+        assert!(!s.contains("9090"), "no backend: nothing listens, so the host refuses: {s}");
+        assert!(s.contains("oifname \"shbr*\" ct status dnat masquerade"), "{s}");
+        assert!(!ports_script(&[p(true, 53, vec![a], false)]).contains("masquerade"), "host mode keeps the source");
+        assert_eq!(ports_script(&[]), "table ip shoal_ports {}\ndelete table ip shoal_ports\n");
     }
 
     #[test]

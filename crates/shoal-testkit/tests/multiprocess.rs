@@ -458,9 +458,13 @@ async fn networks_allocate_refuse_and_free() -> Result<()> {
 
     shoal_ok(&h, &["network", "create", "front"]).await?;
     let nets = shoal_ok(&h, &["network", "ls", "--format", "json"]).await?.json()?;
-    let front = &nets[0];
+    let named =
+        |name: &str| nets.as_array().and_then(|a| a.iter().find(|n| n["spec"]["annotations"]["name"] == name)).cloned();
+    let ingress = named("ingress").context("cluster init made the ingress network")?;
+    assert_eq!((ingress["subnet"].as_str(), ingress["vni"].as_u64()), (Some("10.255.0.0/16"), Some(4096)));
+    let front = named("front").context("front")?;
     assert_eq!((front["subnet"].as_str(), front["gateway"].as_str()), (Some("10.200.0.0/29"), Some("10.200.0.1")));
-    assert_eq!(front["vni"], 4096);
+    assert_eq!(front["vni"], 4097);
 
     let o = shoal(&h, &["network", "create", "--subnet", "10.200.0.0/24", "back"]).await?;
     assert!(!o.ok);
@@ -472,7 +476,7 @@ async fn networks_allocate_refuse_and_free() -> Result<()> {
     );
     shoal_ok(&h, &["network", "create", "back"]).await?;
     let back = shoal_ok(&h, &["network", "inspect", "back"]).await?.json()?;
-    assert_eq!((back[0]["subnet"].as_str(), back[0]["vni"].as_u64()), (Some("10.200.0.8/29"), Some(4097)));
+    assert_eq!((back[0]["subnet"].as_str(), back[0]["vni"].as_u64()), (Some("10.200.0.8/29"), Some(4098)));
     let o = shoal(&h, &["network", "create", "back"]).await?;
     assert!(!o.ok && o.stderr.contains("network \"back\" already exists"), "{}", o.stderr);
 
@@ -501,6 +505,6 @@ async fn networks_allocate_refuse_and_free() -> Result<()> {
     })
     .await?;
     let ids = shoal_ok(&h, &["network", "ls", "-q"]).await?.stdout;
-    assert_eq!(ids.lines().count(), 1, "{ids}");
+    assert_eq!(ids.lines().count(), 2, "back and ingress are left: {ids}");
     Ok(())
 }
