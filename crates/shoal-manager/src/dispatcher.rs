@@ -353,7 +353,12 @@ fn version_key(t: &Task) -> (u64, &str) {
 impl Session {
     /// Brings the node up to date with `store`: all of its tasks when `all` (or when stale),
     /// else only `touched` (task ids that changed; others are as sent).
-    fn sync(&mut self, store: &shoal_store::Store, touched: Option<&BTreeSet<String>>) -> bool {
+    fn sync(
+        &mut self,
+        store: &shoal_store::Store,
+        ingress: &crate::netview::Ingress,
+        touched: Option<&BTreeSet<String>>,
+    ) -> bool {
         let first = self.sent_deps.is_none();
         let everything = first || self.stale || touched.is_none();
         // Start from what was sent, and look again at what may differ from it.
@@ -385,11 +390,11 @@ impl Session {
             (d.secrets, d.configs)
         });
         let net_ids = if everything {
-            crate::netview::network_ids(store, current.values())
+            crate::netview::network_ids(ingress, current.values())
         } else {
-            crate::netview::network_ids(store, store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
+            crate::netview::network_ids(ingress, store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
         };
-        let view = crate::netview::view(store, &net_ids);
+        let view = crate::netview::view(store, &net_ids, ingress);
         let port = store
             .cluster()
             .and_then(|c| c.network_defaults.as_ref())
@@ -521,7 +526,7 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                         drained: BTreeSet::new(),
                         stale: false,
                     };
-                    if rt.store.read(|st| s.sync(st, None)) {
+                    if rt.store.read(|st| s.sync(st, &crate::netview::ingress(st), None)) {
                         sessions.insert(node_id, s);
                     }
                 }
@@ -543,14 +548,15 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                         shoal_raft::Change::Applied(events) => {
                             let t = touched(events);
                             rt.store.read(|st| {
+                                let ing = crate::netview::ingress(st);
                                 sessions.retain(|node_id, s| match t.per_node.get(node_id) {
-                                    Some(ids) => s.sync(st, Some(ids)),
-                                    None if t.deps => s.sync(st, Some(&BTreeSet::new())),
+                                    Some(ids) => s.sync(st, &ing, Some(ids)),
+                                    None if t.deps => s.sync(st, &ing, Some(&BTreeSet::new())),
                                     None if t.ingress
                                         || (!s.networks.is_empty()
                                             && (t.all_networks || !s.networks.is_disjoint(&t.networks))) =>
                                     {
-                                        s.sync(st, Some(&BTreeSet::new()))
+                                        s.sync(st, &ing, Some(&BTreeSet::new()))
                                     }
                                     None => true,
                                 });
@@ -563,13 +569,22 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
                 if resync_all {
-                    rt.store.read(|st| sessions.retain(|_, s| s.sync(st, None)));
+                    rt.store.read(|st| {
+                        let ing = crate::netview::ingress(st);
+                        sessions.retain(|_, s| s.sync(st, &ing, None))
+                    });
                 }
                 rt.store.read(|st| update_drains(st, &mut sessions));
             }
             _ = tick.tick() => {
                 // Retry the streams whose buffer was full, and forget the ones that closed.
-                rt.store.read(|st| sessions.retain(|_, s| if s.stale { s.sync(st, None) } else { !s.tx.is_closed() }));
+                rt.store.read(|st| {
+                    let ing = sessions.values().any(|s| s.stale).then(|| crate::netview::ingress(st));
+                    sessions.retain(|_, s| match (&ing, s.stale) {
+                        (Some(ing), true) => s.sync(st, ing, None),
+                        _ => !s.tx.is_closed(),
+                    })
+                });
             }
         }
     }

@@ -14,20 +14,51 @@ pub fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Networks `tasks` attach to, by id, and the ingress network when a service publishes
-/// through it (every node forwards its ports).
-pub fn network_ids<'a>(store: &shoal_store::Store, tasks: impl Iterator<Item = &'a Task>) -> BTreeSet<String> {
-    let mut ids: BTreeSet<String> = tasks.flat_map(|t| t.networks.iter().map(|a| a.network_id.clone())).collect();
-    if let Some(id) = ingress_in_use(store) {
-        ids.insert(id);
-    }
-    ids
+/// What every node's view holds of ingress publishing: the same for all, so read once per
+/// batch of changes, not once per node.
+#[derive(Debug, Clone, Default)]
+pub struct Ingress {
+    /// The ingress network's id, while a service publishes a port through it.
+    pub network_id: Option<String>,
+    /// Every port published in ingress mode.
+    pub ports: Vec<IngressPort>,
+    /// Each node's own address on the ingress network (while it is in use): where the ports it
+    /// forwards reply to.
+    pub nodes: Vec<Endpoint>,
 }
 
-/// The ingress network's id, when a service publishes a port through it.
-fn ingress_in_use(store: &shoal_store::Store) -> Option<String> {
-    let n = shoal_ipam::ingress_network(store)?;
-    store.services().any(|s| s.spec.as_ref().is_some_and(|s| s.joins_ingress())).then(|| n.meta.clone())?.map(|m| m.id)
+/// Reads [`Ingress`] from the store.
+pub fn ingress(store: &shoal_store::Store) -> Ingress {
+    let ports = ingress_ports(store);
+    let network_id = shoal_ipam::ingress_network(store)
+        .filter(|_| store.services().any(|s| s.spec.as_ref().is_some_and(|s| s.joins_ingress())))
+        .and_then(|n| n.meta.as_ref())
+        .map(|m| m.id.clone());
+    let nodes = match &network_id {
+        Some(ingress) => store
+            .nodes()
+            .filter(|n| !n.ingress_address.is_empty())
+            .map(|n| Endpoint {
+                network_id: ingress.clone(),
+                node_id: n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+                node_addr: n.status.as_ref().map(|s| host_of(&s.addr).to_string()).unwrap_or_default(),
+                address: n.ingress_address.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ingress { network_id, ports, nodes }
+}
+
+/// Networks `tasks` attach to, by id, and the ingress network when a service publishes
+/// through it (every node forwards its ports).
+pub fn network_ids<'a>(ingress: &Ingress, tasks: impl Iterator<Item = &'a Task>) -> BTreeSet<String> {
+    let mut ids: BTreeSet<String> = tasks.flat_map(|t| t.networks.iter().map(|a| a.network_id.clone())).collect();
+    if let Some(id) = &ingress.network_id {
+        ids.insert(id.clone());
+    }
+    ids
 }
 
 /// Every port published in ingress mode, in order.
@@ -81,20 +112,16 @@ pub struct View {
 
 /// The networks with ids in `ids`, every reachable task address on them and the services'
 /// VIPs, ordered so equal views compare (and hash) equal.
-pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> View {
-    let ingress_ports = ingress_ports(store);
+pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>, ingress: &Ingress) -> View {
+    let ingress_ports = ingress.ports.clone();
     if ids.is_empty() {
         return View { ingress_ports, ..View::default() };
     }
     let networks: Vec<Network> = ids.iter().filter_map(|id| store.network(id).cloned()).collect();
-    let ingress = networks
-        .iter()
-        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-        .and_then(|n| n.meta.as_ref())
-        .map(|m| m.id.clone());
+    let ingress_id = ingress.network_id.as_ref().filter(|id| ids.contains(*id));
     let names_one = |spec: Option<&shoal_api::v1::ServiceSpec>| {
         spec.is_some_and(|s| {
-            (ingress.is_some() && s.joins_ingress())
+            (ingress_id.is_some() && s.joins_ingress())
                 || s.task_template.as_ref().is_some_and(|t| t.networks.iter().any(|n| ids.contains(&n.target)))
         })
     };
@@ -143,17 +170,8 @@ pub fn view(store: &shoal_store::Store, ids: &BTreeSet<String>) -> View {
             }
         }
     }
-    // Each node's own address on the ingress network: where the ports it forwards reply to.
-    if let Some(ingress) = &ingress {
-        for n in store.nodes().filter(|n| !n.ingress_address.is_empty()) {
-            endpoints.push(Endpoint {
-                network_id: ingress.clone(),
-                node_id: n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
-                node_addr: n.status.as_ref().map(|s| host_of(&s.addr).to_string()).unwrap_or_default(),
-                address: n.ingress_address.clone(),
-                ..Default::default()
-            });
-        }
+    if ingress_id.is_some() {
+        endpoints.extend(ingress.nodes.iter().cloned());
     }
     endpoints.sort_by(|a, b| (&a.network_id, &a.address, &a.task_id).cmp(&(&b.network_id, &b.address, &b.task_id)));
     vips.sort_by(|a, b| (&a.network_id, &a.address).cmp(&(&b.network_id, &b.address)));
@@ -184,6 +202,90 @@ pub fn digest(v: &View, port: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_node_sees_the_ingress_network_its_ports_and_every_node_on_it_while_a_service_publishes() {
+        use shoal_api::v1::{
+            port_config::{PublishMode, Traffic},
+            EndpointSpec, Meta, NetworkAttachment, NetworkSpec, NodeStatus, PortConfig, TaskState,
+        };
+        use shoal_scheduler::testing::{node, replicated, task, TaskExt, World};
+        let mut w = World::new();
+        w.add(Network {
+            meta: Some(Meta { id: "ing".into(), ..Default::default() }),
+            spec: Some(NetworkSpec {
+                annotations: Some(shoal_api::v1::Annotations { name: "ingress".into(), ..Default::default() }),
+                ingress: true,
+                ..Default::default()
+            }),
+            subnet: "10.255.0.0/16".into(),
+            gateway: "10.255.0.1".into(),
+            vni: 4096,
+        });
+        for (id, a) in [("n1", "10.255.0.2/16"), ("n2", "10.255.0.3/16")] {
+            let mut n = node(id);
+            n.ingress_address = a.into();
+            n.status =
+                Some(NodeStatus { addr: format!("192.168.0.{}:4242", &id[1..]), ..n.status.unwrap_or_default() });
+            w.add(n);
+        }
+        let idle = w.store.clone();
+        assert!(ingress(&idle).network_id.is_none(), "nothing publishes yet");
+        let mut web = replicated("web", 1);
+        if let Some(s) = web.spec.as_mut() {
+            s.endpoint_spec = Some(EndpointSpec {
+                ports: vec![
+                    PortConfig {
+                        target_port: 80,
+                        published_port: 8080,
+                        publish_mode: PublishMode::Ingress as i32,
+                        ..Default::default()
+                    },
+                    PortConfig {
+                        target_port: 81,
+                        published_port: 8081,
+                        publish_mode: PublishMode::Ingress as i32,
+                        traffic: Traffic::Local as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            });
+        }
+        w.add(web.clone());
+        let mut t = task("t1", &web, 1).on("n2").state(TaskState::Running, 0);
+        t.networks =
+            vec![NetworkAttachment { network_id: "ing".into(), address: "10.255.0.4/16".into(), aliases: vec![] }];
+        w.add(t);
+        let ing = ingress(&w.store);
+        assert_eq!(ing.network_id.as_deref(), Some("ing"));
+        assert_eq!(
+            ing.ports.iter().map(|p| (p.published_port, p.local)).collect::<Vec<_>>(),
+            [(8080, false), (8081, true)]
+        );
+        // n1 runs nothing, yet it forwards the ports.
+        let ids = network_ids(&ing, std::iter::empty());
+        let v = view(&w.store, &ids, &ing);
+        assert_eq!(v.networks.len(), 1);
+        let eps: Vec<(&str, &str, &str, bool)> = v
+            .endpoints
+            .iter()
+            .map(|e| (e.node_id.as_str(), e.task_id.as_str(), e.address.as_str(), e.serving))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("n1", "", "10.255.0.2/16", false),
+                ("n2", "", "10.255.0.3/16", false),
+                ("n2", "t1", "10.255.0.4/16", true)
+            ]
+        );
+        assert_eq!(v.endpoints[0].node_addr, "192.168.0.1");
+        assert_ne!(
+            digest(&v, 4789),
+            digest(&view(&idle, &network_ids(&ingress(&idle), std::iter::empty()), &ingress(&idle)), 4789)
+        );
+    }
 
     #[test]
     fn hosts_come_out_of_addresses() {
