@@ -151,6 +151,20 @@ pub fn protocol(p: port_config::Protocol) -> &'static str {
     }
 }
 
+/// Name of an update state, as `service ls` and `service inspect` show it ("" when none).
+pub fn update_state(s: crate::v1::update_status::State) -> &'static str {
+    use crate::v1::update_status::State;
+    match s {
+        State::Unknown => "",
+        State::Updating => "updating",
+        State::Paused => "paused",
+        State::Completed => "completed",
+        State::RollbackStarted => "rollback_started",
+        State::RollbackPaused => "rollback_paused",
+        State::RollbackCompleted => "rollback_completed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1229,7 +1229,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
             outln!("{name}");
             if !a.detach && !a.quiet {
-                progress::wait_converged(c, &name).await?;
+                progress::wait_updated(c, &name).await?;
             }
         }
         ServiceCmd::Ls { format, quiet } => {
@@ -1249,7 +1249,11 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                                 r["id"].as_str().unwrap_or("").chars().take(12).collect(),
                                 r["name"].as_str().unwrap_or("").to_string(),
                                 r["mode"].as_str().unwrap_or("").to_string(),
-                                format!("{}/{}", r["running"], r["replicas"]),
+                                // As Docker: the update state beside the counts while it matters.
+                                match r["update_state"].as_str().unwrap_or("") {
+                                    "" | "completed" => format!("{}/{}", r["running"], r["replicas"]),
+                                    state => format!("{}/{} ({state})", r["running"], r["replicas"]),
+                                },
                                 r["image"].as_str().unwrap_or("").to_string(),
                                 r["ports"].as_str().unwrap_or("").to_string(),
                             ]

@@ -104,6 +104,8 @@ pub fn service_row(v: &ServiceView) -> Value {
         "running": v.running_tasks,
         "image": spec.task_template.as_ref().and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
         "ports": ports_column(&spec),
+        "update_state": s.update_status.as_ref().map_or("", |u| names::update_state(u.state())),
+        "update_message": s.update_status.as_ref().map(|u| u.message.clone()).unwrap_or_default(),
     })
 }
 
@@ -151,6 +153,9 @@ pub fn service_pretty(s: &Service) {
     }
     for v in &s.virtual_ips {
         outln!("VIP:      {} (network {})", v.address, v.network_id);
+    }
+    if let Some(u) = &s.update_status {
+        outln!("Update:   {} ({})", names::update_state(u.state()), u.message);
     }
     outln!("Version:  {}", s.meta.as_ref().map(|m| m.version).unwrap_or(0));
     outln!();

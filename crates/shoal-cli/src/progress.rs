@@ -68,3 +68,63 @@ pub async fn wait_converged(c: &mut ControlClient<Channel>, service: &str) -> Re
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Follows a rolling update (or rollback) of `service` until it completed, paused or rolled
+/// back, showing how many tasks run the new spec; a service whose change started no update is
+/// waited for as after `create`. A pause or an automatic rollback is an error with the reason.
+pub async fn wait_updated(c: &mut ControlClient<Channel>, service: &str) -> Result<(), tonic::Status> {
+    use shoal_api::v1::update_status::State;
+    let first = c.get_service(GetServiceRequest { service: service.to_string() }).await?.into_inner();
+    let started = first.service.as_ref().and_then(|s| s.update_status.as_ref()).map(|u| u.state());
+    let manual_rollback = started == Some(State::RollbackStarted);
+    if !matches!(started, Some(State::Updating | State::RollbackStarted)) {
+        return wait_converged(c, service).await;
+    }
+    let mut last = String::new();
+    loop {
+        let view = c.get_service(GetServiceRequest { service: service.to_string() }).await?.into_inner();
+        let svc = view.service.unwrap_or_default();
+        let status = svc.update_status.clone().unwrap_or_default();
+        let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let tasks = c.list_tasks(ListTasksRequest { service: id, node: String::new() }).await?.into_inner().tasks;
+        let template = svc.spec.as_ref().and_then(|s| s.task_template.as_ref());
+        let desired = view.desired_tasks as usize;
+        let updated = tasks
+            .iter()
+            .filter(|t| t.desired_state() == TaskState::Running && t.spec.as_ref() == template)
+            .filter(|t| t.status.as_ref().is_some_and(|s| s.state() == TaskState::Running))
+            .count();
+        let verb =
+            if matches!(status.state(), State::RollbackStarted | State::RollbackPaused | State::RollbackCompleted) {
+                "rolled back"
+            } else {
+                "updated"
+            };
+        let picture = format!("overall progress: {updated} out of {desired} tasks {verb} ({})", status.message);
+        if picture != last {
+            outln!("{picture}");
+            last = picture;
+        }
+        match status.state() {
+            State::Completed => {
+                outln!("verify: Service converged");
+                return Ok(());
+            }
+            State::RollbackCompleted if manual_rollback => {
+                outln!("verify: Service rolled back");
+                return Ok(());
+            }
+            State::RollbackCompleted => {
+                return Err(tonic::Status::aborted(format!("{} (see `shoal service ps {service}`)", status.message)));
+            }
+            State::Paused | State::RollbackPaused => {
+                return Err(tonic::Status::aborted(format!(
+                    "{} (see `shoal service ps {service}`; the next `shoal service update {service}` resumes it)",
+                    status.message
+                )));
+            }
+            State::Updating | State::RollbackStarted | State::Unknown => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

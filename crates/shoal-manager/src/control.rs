@@ -781,6 +781,13 @@ impl Control for ControlService {
             .into());
         }
         let mut next = current.clone();
+        next.update_status = crate::policy::update_status(
+            &old_spec,
+            &new_spec,
+            current.update_status.as_ref(),
+            req.rollback,
+            crate::util::now_ms(),
+        );
         next.previous_spec = Some(old_spec);
         next.spec = Some(new_spec);
         if let Some(m) = next.meta.as_mut() {

@@ -5,7 +5,7 @@
 //!
 //! Pure: each check reads the objects it is given and answers; the handlers execute.
 
-use shoal_api::v1::{Node, NodeRole, NodeSpec, NodeState};
+use shoal_api::v1::{Node, NodeRole, NodeSpec, NodeState, ServiceSpec, UpdateStatus};
 
 /// Largest secret or config (as Docker).
 pub const MAX_DATA_BYTES: usize = 500 * 1024;
@@ -120,6 +120,42 @@ pub fn network_removal(name: &str, services: &[String], live_tasks: usize) -> Re
     Err(PolicyError::NetworkInUse { name: name.to_owned(), users })
 }
 
+/// The update status a service gets when its spec goes from `old` to `new`: a rollback asked
+/// for starts one; a change that reaches the tasks (their spec, host-mode ports, whether they
+/// join the ingress network) starts an update, as does any update of a paused one (it resumes);
+/// anything else (a scale, a new update config) leaves the status as it is.
+pub fn update_status(
+    old: &ServiceSpec,
+    new: &ServiceSpec,
+    current: Option<&UpdateStatus>,
+    rollback: bool,
+    now_ms: i64,
+) -> Option<UpdateStatus> {
+    use shoal_api::v1::{port_config::PublishMode, update_status::State};
+    let start = |state: State, message: &str| {
+        Some(UpdateStatus { state: state as i32, started_at_ms: now_ms, completed_at_ms: 0, message: message.into() })
+    };
+    if rollback {
+        return start(State::RollbackStarted, "manually requested rollback");
+    }
+    let host_ports = |s: &ServiceSpec| -> Vec<shoal_api::v1::PortConfig> {
+        s.endpoint_spec
+            .iter()
+            .flat_map(|e| e.ports.iter())
+            .filter(|p| p.publish_mode() == PublishMode::Host)
+            .cloned()
+            .collect()
+    };
+    let reaches_tasks = old.task_template != new.task_template
+        || host_ports(old) != host_ports(new)
+        || old.joins_ingress() != new.joins_ingress();
+    let paused = current.is_some_and(|s| matches!(s.state(), State::Paused | State::RollbackPaused));
+    if reaches_tasks || paused {
+        return start(State::Updating, "update in progress");
+    }
+    current.cloned()
+}
+
 /// Whether `data` may be a secret's or config's content.
 pub fn data_size(kind: &'static str, name: &str, data: &[u8]) -> Result<(), PolicyError> {
     if data.is_empty() {
@@ -212,5 +248,36 @@ mod tests {
             .expect_err("in use")
             .to_string()
             .contains("2 task(s) that are still stopping"));
+    }
+
+    #[test]
+    fn an_update_starts_when_the_change_reaches_the_tasks_or_resumes_a_paused_one() {
+        use shoal_api::v1::{update_status::State, ContainerSpec, ReplicatedService, TaskSpec};
+        let spec = |image: &str, replicas: u64| ServiceSpec {
+            task_template: Some(TaskSpec {
+                container: Some(ContainerSpec { image: image.into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            mode: Some(shoal_api::v1::service_spec::Mode::Replicated(ReplicatedService { replicas })),
+            ..Default::default()
+        };
+        let state = |s: Option<UpdateStatus>| s.map(|s| (s.state(), s.started_at_ms));
+        assert_eq!(state(update_status(&spec("a", 1), &spec("b", 1), None, false, 7)), Some((State::Updating, 7)));
+        assert_eq!(state(update_status(&spec("a", 1), &spec("a", 5), None, false, 7)), None, "a scale is no update");
+        let done = UpdateStatus { state: State::Completed as i32, started_at_ms: 1, ..Default::default() };
+        assert_eq!(
+            state(update_status(&spec("a", 1), &spec("a", 5), Some(&done), false, 7)),
+            Some((State::Completed, 1))
+        );
+        let paused = UpdateStatus { state: State::Paused as i32, started_at_ms: 1, ..Default::default() };
+        assert_eq!(
+            state(update_status(&spec("a", 1), &spec("a", 1), Some(&paused), false, 7)),
+            Some((State::Updating, 7)),
+            "any update resumes a paused one"
+        );
+        assert_eq!(
+            state(update_status(&spec("a", 1), &spec("z", 1), Some(&paused), true, 9)),
+            Some((State::RollbackStarted, 9))
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! are shut down (orphaned when the node is lost).
 //!
 //! Global tasks have slot 0 and are keyed by node: per node the same rules as a replicated slot
-//! apply (one runnable task, restart policy for an ended one, history). They are created
+//! apply (one runnable task, restart policy for an ended one, history, rolling updates node by
+//! node; a paused node keeps its task as it is). They are created
 //! `ASSIGNED` to their node; they do not go through the scheduler's resource and port filters.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +19,7 @@ use shoal_scheduler::placement::{node_accepts_new_tasks, Placement};
 use shoal_scheduler::task;
 
 use crate::restart;
+use crate::update::{self, Round, Want};
 use crate::work::{id, Tasks};
 use crate::{history, nodes, Ctx};
 
@@ -48,6 +50,8 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
     let node_ids: BTreeSet<String> =
         store.nodes().filter_map(|n| n.meta.as_ref().map(|m| m.id.clone())).chain(by_node.keys().cloned()).collect();
 
+    let want = Want::of(store, service);
+    let mut round: Round<String> = Round::new(service);
     for node_id in &node_ids {
         let node = store.node(node_id);
         let keeps = node.is_some_and(|n| !nodes::is_down(n) && !nodes::is_drained(n) && admits(n));
@@ -60,9 +64,18 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
         }
         let (runnable, ended): (Vec<String>, Vec<String>) =
             wanted.iter().cloned().partition(|i| tasks.get(i).is_some_and(task::is_runnable));
-        if let Some(keep) = tasks.best(&runnable) {
-            tasks.shut_down_all(&wanted, Some(&keep));
+        if !runnable.is_empty() {
+            tasks.shut_down_all(&ended, None);
+            // A node that takes no new task (paused) keeps its task as it is.
+            match update::settle(&mut tasks, &want, &runnable) {
+                Some(update::Group::Outdated { .. }) if !takes_new => round.keep(),
+                Some(g) => round.group(node_id.clone(), g, now),
+                None => {}
+            }
             continue;
+        }
+        if takes_new {
+            round.idle();
         }
         match tasks.latest(&ended) {
             Some(last) => {
@@ -83,6 +96,7 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
         }
     }
 
+    round.finish(service, &want, &mut tasks, now, out, |node| ctx.new_task(service, 0, node));
     for ids in by_node.values() {
         history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), now);
     }

@@ -27,10 +27,11 @@
 //! - Tasks of a removed service get desired `SHUTDOWN` (not `REMOVE`: the agent contract stays
 //!   "stop what is not wanted") and are deleted once terminal; tasks that never reached a node,
 //!   or whose node is lost, are deleted at once since no agent will report on them.
+//! - Rolling updates and rollbacks of replicated services (module `update`): only slots whose
+//!   task differs from what the service would create now are replaced, a batch at a time.
 //! - Out of scope for now, deliberately: jobs (replicated-job and global-job services are left
-//!   untouched, tasks included); rolling updates (a task whose `spec_version` is older than the
-//!   service is *not* replaced: that is the update supervisor's job, future work); global tasks
-//!   are created `ASSIGNED` to their node without the scheduler's resource and host-port checks.
+//!   untouched, tasks included); rolling updates of global services; global tasks are created
+//!   `ASSIGNED` to their node without the scheduler's resource and host-port checks.
 //!
 //! Architecture Invariant: pure and deterministic. No I/O, no clock, no randomness, no async
 //! runtime: time comes in as `now_ms` and ids from `new_id`, and the same store, time and ids
@@ -43,6 +44,7 @@ mod nodes;
 mod removed;
 mod replicated;
 mod restart;
+mod update;
 mod work;
 
 #[cfg(test)]
@@ -58,6 +60,7 @@ use shoal_store::Store;
 
 pub use nodes::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
 pub use restart::DEFAULT_RESTART_DELAY_MS;
+pub use update::DEFAULT_MONITOR_MS;
 pub use work::NEVER_SCHEDULED_MESSAGE;
 
 /// Status message of a replicated task the orchestrator created (it waits for the scheduler).
@@ -125,7 +128,7 @@ pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut d
 /// The services a batch of applied changes (`events`, as the store returned them) may have
 /// given the orchestrator work on, judged against `store` after the changes: the service of
 /// every task that is terminal after the change (task states only move forward, so no other
-/// task change can), every changed service, and for a changed node every service with a task
+/// task change can, but for a service in a rolling update: any change of its tasks), every changed service, and for a changed node every service with a task
 /// on it plus every global service. A change of the cluster object (settings such as the
 /// history limit) touches everything: [`Scope::All`].
 pub fn affected(store: &Store, events: &[Event]) -> Scope {
@@ -136,6 +139,10 @@ pub fn affected(store: &Store, events: &[Event]) -> Scope {
             // Only a task that ended gives the orchestrator work (restart policy, history);
             // its other changes are its own writes, assignments and progress reports.
             Some(object::Kind::Task(t)) if shoal_scheduler::task::is_terminal(t) => {
+                ids.insert(t.service_id.clone());
+            }
+            // A rolling update moves on as its new tasks start running.
+            Some(object::Kind::Task(t)) if store.service(&t.service_id).and_then(update::Rolling::of).is_some() => {
                 ids.insert(t.service_id.clone());
             }
             Some(object::Kind::Service(s)) => {
@@ -234,24 +241,10 @@ impl Ctx<'_> {
             annotations: Some(Annotations { name: format!("{name}.{suffix}"), ..Annotations::default() }),
             // A service publishing through the ingress network joins it; the allocator gives
             // the address.
-            networks: spec
-                .filter(|s| s.joins_ingress())
-                .and_then(|_| self.store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress)))
-                .and_then(|n| n.meta.as_ref())
-                .map(|m| vec![shoal_api::v1::NetworkAttachment { network_id: m.id.clone(), ..Default::default() }])
+            networks: update::ingress_of(self.store, spec)
+                .map(|id| vec![shoal_api::v1::NetworkAttachment { network_id: id.to_owned(), ..Default::default() }])
                 .unwrap_or_default(),
-            host_ports: spec
-                .and_then(|s| s.endpoint_spec.as_ref())
-                .map(|e| {
-                    e.ports
-                        .iter()
-                        .filter(|p| {
-                            p.publish_mode() == shoal_api::v1::port_config::PublishMode::Host && p.published_port > 0
-                        })
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
+            host_ports: update::host_ports(spec),
         }
     }
 }

@@ -12,8 +12,10 @@
 //! - each live slot keeps one runnable task (extras are shut down), replaces a task taken away
 //!   at once, and applies the restart policy to a task that ended.
 //!
-//! It never assigns nodes (the scheduler does) and never replaces a task because the service
-//! spec changed (the update supervisor will).
+//! A slot whose task is not up to date with the service is replaced only by a rolling update
+//! (module `update`), a batch at a time; a slot holding both an up-to-date task and an old one
+//! (start-first) keeps the old one until the new one runs. It never assigns nodes (the
+//! scheduler does).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +25,7 @@ use shoal_scheduler::placement::Placement;
 use shoal_scheduler::task;
 
 use crate::restart;
+use crate::update::{self, Round, Want};
 use crate::work::{id, Tasks};
 use crate::{history, nodes, Ctx};
 
@@ -110,19 +113,25 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
         next += 1;
     }
 
+    let want = Want::of(store, service);
+    let mut round = Round::new(service);
     for n in &live {
         let Some(slot) = slots.get(n) else {
+            round.idle();
             continue; // created in this pass
         };
         if !slot.runnable.is_empty() {
-            let keep = tasks.best(&slot.runnable);
-            tasks.shut_down_all(&slot.runnable, keep.as_deref());
+            if let Some(g) = update::settle(&mut tasks, &want, &slot.runnable) {
+                round.group(*n, g, now);
+            }
             tasks.shut_down_all(&slot.ended, None);
         } else if slot.evicted {
+            round.idle();
             tasks.shut_down_all(&slot.ended, None);
             let t = ctx.new_task(service, *n, "");
             tasks.create(t);
         } else if let Some(last) = tasks.latest(&slot.ended) {
+            round.idle();
             tasks.shut_down_all(&slot.ended, Some(&last));
             if restart::replace_now(&mut tasks, &policy, &last, &slot.ids, now) {
                 let t = ctx.new_task(service, *n, "");
@@ -130,6 +139,7 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
             }
         }
     }
+    round.finish(service, &want, &mut tasks, now, out, |n| ctx.new_task(service, *n, ""));
 
     for slot in slots.values() {
         history::prune(&mut tasks, &slot.ids, ctx.history_limit, Some(&policy), now);

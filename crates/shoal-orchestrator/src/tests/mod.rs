@@ -10,6 +10,7 @@ mod props;
 mod removed;
 mod replicated;
 mod restart;
+mod update;
 
 use shoal_api::v1::Service;
 use shoal_scheduler::testing::{describe, World};

@@ -1,0 +1,330 @@
+//! Rolling updates and rollbacks, run forward in time: each step is an orchestrator pass, the
+//! scheduler, and agents that start what they are given (or fail it, for a broken image) and stop
+//! what they are told to. Every step is sampled: how many tasks of each image run, and the
+//! update's state.
+
+use proptest::prelude::*;
+use shoal_api::v1::{
+    update_config::{FailureAction, Order},
+    update_status::State,
+    Service, TaskState, TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateStatus,
+};
+use shoal_scheduler::testing::*;
+use shoal_scheduler::{schedule, task as task_state};
+
+use super::new_ids_for;
+use crate::reconcile;
+
+const BROKEN: &str = "broken";
+
+fn image(t: &shoal_api::v1::Task) -> &str {
+    t.spec.as_ref().and_then(|s| s.container.as_ref()).map_or("", |c| c.image.as_str())
+}
+
+fn set_image(s: &mut Service, img: &str) {
+    if let Some(c) = s.spec.as_mut().and_then(|s| s.task_template.as_mut()).and_then(|t| t.container.as_mut()) {
+        c.image = img.into();
+    }
+}
+
+/// A 6-replica service on 4 nodes, all tasks running `v1` since time 0.
+fn cluster(config: UpdateConfig) -> World {
+    let mut w = World::new();
+    w.add_all([node("n1"), node("n2"), node("n3"), node("n4")]);
+    let mut web = replicated("web", 6);
+    set_image(&mut web, "v1");
+    if let Some(s) = web.spec.as_mut() {
+        s.update_config = Some(config);
+        s.rollback_config = Some(UpdateConfig { parallelism: 2, ..Default::default() });
+    }
+    w.add(web);
+    let mut t = 0;
+    while t < 20 {
+        step(&mut w, t);
+        t += 100;
+    }
+    w
+}
+
+/// What the control API does on `service update`: the new spec, the old one kept, the update
+/// started.
+fn update_to(w: &mut World, img: &str, now: i64) {
+    w.edit_service("web", |s| {
+        s.previous_spec = s.spec.clone();
+        set_image(s, img);
+        s.update_status = Some(UpdateStatus {
+            state: State::Updating as i32,
+            started_at_ms: now,
+            completed_at_ms: 0,
+            message: "update in progress".into(),
+        });
+    });
+}
+
+/// One step at `now`: orchestrator, scheduler, agents.
+fn step(w: &mut World, now: i64) {
+    w.now_ms = now;
+    let ops = reconcile(&w.store, now, &mut new_ids_for(w));
+    w.apply(ops);
+    let plan = schedule(&w.store, now);
+    if !plan.assignments.is_empty() {
+        w.apply(plan.assignments);
+    }
+    let mut reports = Vec::new();
+    for t in w.store.tasks() {
+        let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let observed = task_state::observed(t);
+        let to = if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+            Some(TaskState::Shutdown)
+        } else if t.desired_state == TaskState::Running as i32
+            && !t.node_id.is_empty()
+            && observed < TaskState::Running as i32
+            // A task assigned in this step starts in the next one.
+            && task_state::status_timestamp(t) < now
+        {
+            Some(if image(t) == BROKEN { TaskState::Failed } else { TaskState::Running })
+        } else {
+            None
+        };
+        if let Some(state) = to {
+            reports.push(shoal_api::v1::Op {
+                kind: Some(shoal_api::v1::op::Kind::SetTaskStatus(TaskStatusUpdate {
+                    task_id: id,
+                    status: Some(TaskStatus {
+                        state: state as i32,
+                        timestamp_ms: now,
+                        message: "agent".into(),
+                        ..Default::default()
+                    }),
+                })),
+            });
+        }
+    }
+    if !reports.is_empty() {
+        w.apply(reports);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    at: i64,
+    running: std::collections::BTreeMap<String, usize>,
+    state: State,
+}
+
+fn sample(w: &World, at: i64) -> Sample {
+    let mut running = std::collections::BTreeMap::new();
+    for t in w.store.tasks_by_service("web") {
+        if task_state::observed(t) == TaskState::Running as i32 && t.desired_state == TaskState::Running as i32 {
+            *running.entry(image(t).to_string()).or_insert(0) += 1;
+        }
+    }
+    let state = w.store.service("web").and_then(|s| s.update_status.as_ref()).map_or(State::Unknown, |u| u.state());
+    Sample { at, running, state }
+}
+
+/// Runs from `from` in steps of `step_ms` until the update is done (or `limit`), sampling.
+fn run(w: &mut World, from: i64, step_ms: i64, limit: i64) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut now = from;
+    while now <= limit {
+        step(w, now);
+        let s = sample(w, now);
+        let done = !matches!(s.state, State::Updating | State::RollbackStarted);
+        out.push(s);
+        if done {
+            break;
+        }
+        now += step_ms;
+    }
+    out
+}
+
+fn total(s: &Sample) -> usize {
+    s.running.values().sum()
+}
+
+fn config(parallelism: u64, order: Order, failure: FailureAction) -> UpdateConfig {
+    UpdateConfig {
+        parallelism,
+        delay_ms: 1_000,
+        failure_action: failure as i32,
+        monitor_ms: Some(2_000),
+        max_failure_ratio: 0.0,
+        order: order as i32,
+    }
+}
+
+#[test]
+fn stop_first_replaces_two_at_a_time_and_never_drops_below_four() {
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Pause));
+    let before: Vec<String> =
+        w.store.tasks_by_service("web").filter_map(|t| t.meta.as_ref().map(|m| m.id.clone())).collect();
+    update_to(&mut w, "v2", 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!(last.state, State::Completed, "{samples:#?}");
+    assert_eq!(last.running.get("v2"), Some(&6));
+    assert!(samples.iter().all(|s| total(s) >= 4), "never fewer than 6 - 2 running: {samples:#?}");
+    assert!(samples.iter().any(|s| total(s) == 4), "two at a time");
+    // 3 batches, each waiting for the delay after its tasks run; then the monitor.
+    assert!((4_000..=6_000).contains(&(last.at - 1_000)), "took {} ms", last.at - 1_000);
+    // Every old task is shut down, and nothing else changed: 6 old + 6 new.
+    let tasks: Vec<_> = w.store.tasks_by_service("web").collect();
+    assert_eq!(tasks.len(), 12);
+    assert!(before.iter().all(|id| w.store.task(id).is_some_and(|t| t.desired_state == TaskState::Shutdown as i32)));
+    let status = w.store.service("web").and_then(|s| s.update_status.clone()).unwrap_or_default();
+    assert_eq!((status.message.as_str(), status.completed_at_ms), ("update completed", last.at));
+    // Done: quiet.
+    assert_eq!(super::pass(&w, last.at + 10_000), Vec::<String>::new());
+}
+
+#[test]
+fn start_first_keeps_every_replica_running_throughout() {
+    let mut w = cluster(config(2, Order::StartFirst, FailureAction::Pause));
+    update_to(&mut w, "v2", 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!((last.state, last.running.get("v2")), (State::Completed, Some(&6)), "{samples:#?}");
+    assert!(samples.iter().all(|s| total(s) >= 6), "never fewer than 6 running: {samples:#?}");
+    assert!(samples.iter().all(|s| total(s) <= 8), "never more than 6 + 2 running");
+}
+
+#[test]
+fn parallelism_zero_replaces_everything_at_once() {
+    let mut w = cluster(config(0, Order::StopFirst, FailureAction::Pause));
+    update_to(&mut w, "v2", 1_000);
+    let ops = super::pass(&w, 1_000);
+    assert_eq!(ops.iter().filter(|o| o.starts_with("create")).count(), 6, "{ops:#?}");
+}
+
+#[test]
+fn a_failing_image_pauses_the_update_after_the_first_batch() {
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Pause));
+    update_to(&mut w, BROKEN, 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!(last.state, State::Paused, "{samples:#?}");
+    assert_eq!(last.running.get("v1"), Some(&4), "the other 4 were never touched");
+    let status = w.store.service("web").and_then(|s| s.update_status.clone()).unwrap_or_default();
+    assert!(status.message.starts_with("update paused: task web.") && status.message.contains("failed"), "{status:?}");
+    // Paused: no further batch, however long it waits.
+    let later = run(&mut w, last.at + 100, 1_000, last.at + 30_000);
+    assert!(later.iter().all(|s| s.running.get("v1") == Some(&4)), "{later:#?}");
+}
+
+#[test]
+fn a_failing_image_with_rollback_goes_back_to_the_previous_spec() {
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Rollback));
+    update_to(&mut w, BROKEN, 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    assert!(samples.iter().any(|s| s.state == State::RollbackStarted), "{samples:#?}");
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!((last.state, last.running.get("v1")), (State::RollbackCompleted, Some(&6)), "{samples:#?}");
+    let web = w.store.service("web").cloned().unwrap_or_default();
+    let img = |s: Option<&shoal_api::v1::ServiceSpec>| {
+        s.and_then(|s| s.task_template.as_ref()).and_then(|t| t.container.as_ref()).map(|c| c.image.clone())
+    };
+    assert_eq!(img(web.spec.as_ref()).as_deref(), Some("v1"), "the spec is the previous one again");
+    assert_eq!(img(web.previous_spec.as_ref()).as_deref(), Some(BROKEN));
+    let message = web.update_status.map(|u| u.message).unwrap_or_default();
+    assert!(message.starts_with("rollback completed (update rolled back: task web."), "{message}");
+}
+
+fn failed_new_tasks(w: &World) -> usize {
+    w.store
+        .tasks_by_service("web")
+        .filter(|t| image(t) == BROKEN && task_state::observed(t) == TaskState::Failed as i32)
+        .count()
+}
+
+#[test]
+fn a_tolerated_failure_ratio_pauses_only_beyond_it_and_continue_never_does() {
+    let mut w = cluster(UpdateConfig { max_failure_ratio: 0.5, ..config(1, Order::StopFirst, FailureAction::Pause) });
+    update_to(&mut w, BROKEN, 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    assert_eq!(samples.last().map(|s| s.state), Some(State::Paused));
+    assert_eq!(failed_new_tasks(&w), 4, "3 of 6 failing is within 0.5, the 4th is not");
+
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Continue));
+    update_to(&mut w, BROKEN, 1_000);
+    let samples = run(&mut w, 1_000, 100, 10_000);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!(last.state, State::Updating, "continue: never paused");
+    assert_eq!(last.running.get("v1"), None, "every slot was tried: {last:?}");
+}
+
+#[test]
+fn a_spec_that_does_not_reach_the_tasks_replaces_nothing() {
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Pause));
+    w.edit_service("web", |s| {
+        s.update_status =
+            Some(UpdateStatus { state: State::Updating as i32, started_at_ms: 1_000, ..Default::default() });
+        if let Some(c) = s.spec.as_mut().and_then(|s| s.update_config.as_mut()) {
+            c.delay_ms = 7;
+        }
+    });
+    let ops = super::pass(&w, 1_000);
+    assert!(ops.iter().all(|o| !o.starts_with("create")), "{ops:#?}");
+    let samples = run(&mut w, 1_000, 100, 10_000);
+    assert_eq!(samples.last().map(|s| s.state), Some(State::Completed));
+}
+
+#[test]
+fn without_an_update_in_progress_an_old_task_stays() {
+    let mut w = cluster(config(2, Order::StopFirst, FailureAction::Pause));
+    w.edit_service("web", |s| set_image(s, "v2"));
+    assert_eq!(super::pass(&w, 1_000), Vec::<String>::new(), "a spec change alone is not an update");
+}
+
+#[test]
+fn a_global_service_is_updated_node_by_node_and_a_paused_node_keeps_its_task() {
+    let mut w = World::new();
+    w.add_all([node("n1"), node("n2"), node("n3"), node("n4")]);
+    w.edit_node("n4", |n| {
+        if let Some(s) = n.spec.as_mut() {
+            s.availability = shoal_api::v1::NodeAvailability::Pause as i32;
+        }
+    });
+    let mut web = global("web");
+    set_image(&mut web, "v1");
+    if let Some(s) = web.spec.as_mut() {
+        s.update_config = Some(config(1, Order::StopFirst, FailureAction::Pause));
+    }
+    w.add(web);
+    step(&mut w, 0);
+    step(&mut w, 10);
+    w.add(task("old4", &stored_web(&w), 0).on("n4").state(TaskState::Running, 0));
+    assert_eq!(sample(&w, 10).running.get("v1"), Some(&4));
+    update_to(&mut w, "v2", 1_000);
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!(last.state, State::Completed, "{samples:#?}");
+    assert_eq!((last.running.get("v2"), last.running.get("v1")), (Some(&3), Some(&1)), "{last:?}");
+    assert!(samples.iter().all(|s| total(s) >= 3), "one node at a time: {samples:#?}");
+}
+
+fn stored_web(w: &World) -> Service {
+    w.store.service("web").cloned().unwrap_or_default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Any parallelism and order: the update completes, never has more than `parallelism`
+    /// replicas down (stop-first) or fewer than all running (start-first), and ends with
+    /// every replica on the new image.
+    #[test]
+    fn updates_complete_within_their_bounds(parallelism in 0u64..8, start_first in any::<bool>(), delay in 0i64..1_500) {
+        let order = if start_first { Order::StartFirst } else { Order::StopFirst };
+        let mut w = cluster(UpdateConfig { delay_ms: delay, ..config(parallelism, order, FailureAction::Pause) });
+        update_to(&mut w, "v2", 1_000);
+        let samples = run(&mut w, 1_000, 100, 120_000);
+        let last = samples.last().cloned().expect("samples");
+        prop_assert_eq!(last.state, State::Completed);
+        prop_assert_eq!(last.running.get("v2"), Some(&6));
+        let down = if parallelism == 0 { 6 } else { parallelism.min(6) as usize };
+        let floor = if start_first { 6 } else { 6 - down };
+        prop_assert!(samples.iter().all(|s| total(s) >= floor), "floor {}: {:?}", floor, samples);
+    }
+}

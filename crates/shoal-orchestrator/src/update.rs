@@ -1,0 +1,379 @@
+//! Rolling updates and rollbacks of replicated services, level-triggered like the rest: every
+//! decision is read from the store and the time, nothing is remembered between passes.
+//!
+//! A task is *up to date* when it is what the service would create now (its task spec, its
+//! host-mode ports, whether it joins the ingress network); only slots whose task is not are
+//! replaced, so an update changes nothing else. The control API starts an update (state
+//! `UPDATING`) when a spec change reaches the tasks, and a rollback (`ROLLBACK_STARTED`, the
+//! previous spec back in place) when asked; this module moves it on:
+//! - at most `parallelism` slots are in flight at once (0: all): a slot is in flight from the
+//!   moment its new task is created until it has been running for `delay`;
+//! - `stop-first` retires the old task as the new one is created (the old one leaves every VIP
+//!   before it is signalled); `start-first` keeps the old one until the new one runs;
+//! - a new task that ends (other than being shut down, or its node lost) during the update is a
+//!   failure; more failures than `max_failure_ratio` of the replicas trigger the failure action:
+//!   `pause` (`PAUSED`, resumed by the next `service update`), `rollback` (the previous spec back,
+//!   `ROLLBACK_STARTED`, then moved on with the rollback config), or `continue`. A failing
+//!   rollback pauses (`ROLLBACK_PAUSED`);
+//! - the update is `COMPLETED` (`ROLLBACK_COMPLETED`) once every slot runs an up-to-date task and
+//!   the last one has been running for `monitor` (5 s unless set).
+//!
+//! Failures are counted over the whole update, not per task's own monitor window as Swarm does:
+//! a new task that fails at any time before the update completes counts.
+
+use shoal_api::v1::{
+    port_config::PublishMode, update_config::FailureAction, update_status::State, PortConfig, Service, Task, TaskSpec,
+    TaskState, UpdateConfig, UpdateStatus,
+};
+use shoal_scheduler::task;
+use shoal_store::Store;
+
+/// How long a new task must run before an update counts it done, unless the config says.
+pub const DEFAULT_MONITOR_MS: i64 = 5_000;
+
+/// The host-mode ports a task of a service with `spec` publishes.
+pub(crate) fn host_ports(spec: Option<&shoal_api::v1::ServiceSpec>) -> Vec<PortConfig> {
+    spec.and_then(|s| s.endpoint_spec.as_ref())
+        .map(|e| {
+            e.ports.iter().filter(|p| p.publish_mode() == PublishMode::Host && p.published_port > 0).cloned().collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ingress network's id, when a task of a service with `spec` joins it.
+pub(crate) fn ingress_of<'s>(store: &'s Store, spec: Option<&shoal_api::v1::ServiceSpec>) -> Option<&'s str> {
+    spec.filter(|s| s.joins_ingress())?;
+    store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))?.meta.as_ref().map(|m| m.id.as_str())
+}
+
+/// What a task of the service would be made of now.
+pub(crate) struct Want<'a> {
+    template: Option<&'a TaskSpec>,
+    host_ports: Vec<PortConfig>,
+    ingress: Option<&'a str>,
+}
+
+impl<'a> Want<'a> {
+    pub(crate) fn of(store: &'a Store, service: &'a Service) -> Want<'a> {
+        let spec = service.spec.as_ref();
+        Want {
+            template: spec.and_then(|s| s.task_template.as_ref()),
+            host_ports: host_ports(spec),
+            ingress: ingress_of(store, spec),
+        }
+    }
+
+    /// Whether `t` is as the service would create it now.
+    pub(crate) fn up_to_date(&self, t: &Task) -> bool {
+        let joined = self.ingress.is_some_and(|id| t.networks.iter().any(|a| a.network_id == id));
+        t.spec.as_ref() == self.template && t.host_ports == self.host_ports && joined == self.ingress.is_some()
+    }
+}
+
+/// A rolling update (or rollback) in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct Rolling {
+    pub(crate) rollback: bool,
+    pub(crate) config: UpdateConfig,
+    pub(crate) started_at_ms: i64,
+}
+
+impl Rolling {
+    /// The update the service is in, if it is moving (not paused, not done).
+    pub(crate) fn of(service: &Service) -> Option<Rolling> {
+        let status = service.update_status.as_ref()?;
+        let spec = service.spec.as_ref();
+        let (rollback, config) = match status.state() {
+            State::Updating => (false, spec.and_then(|s| s.update_config)),
+            State::RollbackStarted => (true, spec.and_then(|s| s.rollback_config)),
+            _ => return None,
+        };
+        Some(Rolling {
+            rollback,
+            config: config.unwrap_or(UpdateConfig { parallelism: 1, ..Default::default() }),
+            started_at_ms: status.started_at_ms,
+        })
+    }
+
+    pub(crate) fn monitor_ms(&self) -> i64 {
+        self.config.monitor_ms.unwrap_or(DEFAULT_MONITOR_MS).max(0)
+    }
+
+    /// How many more slots may start now, with `in_flight` under way.
+    pub(crate) fn budget(&self, in_flight: usize) -> usize {
+        match usize::try_from(self.config.parallelism).unwrap_or(usize::MAX) {
+            0 => usize::MAX,
+            p => p.saturating_sub(in_flight),
+        }
+    }
+
+    pub(crate) fn start_first(&self) -> bool {
+        self.config.order() == shoal_api::v1::update_config::Order::StartFirst
+    }
+}
+
+/// Whether `t`, an up-to-date task of the update, ended in a way that counts against it: it
+/// stopped on its own or could not start (not shut down by the cluster, not lost with its node).
+pub(crate) fn failed(t: &Task, rolling: &Rolling) -> bool {
+    let state = task::observed(t);
+    let created = t.meta.as_ref().map_or(0, |m| m.created_at_ms);
+    created >= rolling.started_at_ms
+        && state > TaskState::Running as i32
+        && state != TaskState::Shutdown as i32
+        && state != TaskState::Orphaned as i32
+        && state != TaskState::Remove as i32
+}
+
+/// What a failed task tells: `task web.3 failed: exit status 1`.
+pub(crate) fn describe_failure(t: &Task) -> String {
+    let name = t.annotations.as_ref().map_or("", |a| a.name.as_str());
+    let state = shoal_api::names::task_state(TaskState::try_from(task::observed(t)).unwrap_or(TaskState::Failed));
+    let why =
+        t.status.as_ref().map(|s| if s.err.is_empty() { s.message.as_str() } else { s.err.as_str() }).unwrap_or("");
+    if why.is_empty() {
+        format!("task {name} {state}")
+    } else {
+        format!("task {name} {state}: {why}")
+    }
+}
+
+/// The op writing the service (its update status), with the version read.
+pub(crate) fn service_op(s: Service) -> shoal_api::v1::Op {
+    shoal_api::v1::Op {
+        kind: Some(shoal_api::v1::op::Kind::Update(shoal_api::v1::Object {
+            kind: Some(shoal_api::v1::object::Kind::Service(s)),
+        })),
+    }
+}
+
+/// When the running task `t` started running (its status time while it runs).
+pub(crate) fn running_since(t: &Task) -> Option<i64> {
+    (task::observed(t) == TaskState::Running as i32).then(|| task::status_timestamp(t))
+}
+
+/// What became of an update after a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    /// Nothing to write.
+    Same,
+    /// The update's new status (and, for a rollback, the specs swapped).
+    Status { status: UpdateStatus, swap_specs: bool },
+}
+
+/// Where an update stands after a pass's own changes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Progress {
+    /// New tasks that failed (see [`failed`]), and why the first did.
+    pub(crate) failures: usize,
+    pub(crate) first_failure: Option<String>,
+    /// The slots the service wants.
+    pub(crate) replicas: usize,
+    /// Every slot runs an up-to-date task and nothing else.
+    pub(crate) converged: bool,
+    /// When the last of them started running.
+    pub(crate) last_started_ms: i64,
+}
+
+/// The transition an update makes at `now_ms`, given its progress.
+pub(crate) fn judge(service: &Service, rolling: &Rolling, p: &Progress, now_ms: i64) -> Outcome {
+    let ratio = if p.replicas == 0 { 1.0 } else { p.failures as f64 / p.replicas as f64 };
+    if p.failures > 0 && ratio > f64::from(rolling.config.max_failure_ratio) {
+        let why = p.first_failure.as_deref().unwrap_or("a new task failed");
+        let status = |state: State, message: String| UpdateStatus {
+            state: state as i32,
+            started_at_ms: if state == State::RollbackStarted { now_ms } else { rolling.started_at_ms },
+            completed_at_ms: 0,
+            message,
+        };
+        if rolling.rollback {
+            return Outcome::Status {
+                status: status(State::RollbackPaused, format!("rollback paused: {why}")),
+                swap_specs: false,
+            };
+        }
+        match rolling.config.failure_action() {
+            FailureAction::Continue => {}
+            FailureAction::Pause => {
+                return Outcome::Status {
+                    status: status(State::Paused, format!("update paused: {why}")),
+                    swap_specs: false,
+                };
+            }
+            FailureAction::Rollback if service.previous_spec.is_some() => {
+                return Outcome::Status {
+                    status: status(State::RollbackStarted, format!("update rolled back: {why}")),
+                    swap_specs: true,
+                };
+            }
+            FailureAction::Rollback => {
+                return Outcome::Status {
+                    status: status(State::Paused, format!("update paused (no previous spec to roll back to): {why}")),
+                    swap_specs: false,
+                };
+            }
+        }
+    }
+    if p.converged && now_ms >= p.last_started_ms.saturating_add(rolling.monitor_ms()) {
+        // An automatic rollback keeps saying why it happened.
+        let cause =
+            service.update_status.as_ref().map(|s| s.message.as_str()).filter(|m| m.starts_with("update rolled back"));
+        let (state, message) = match (rolling.rollback, cause) {
+            (true, Some(cause)) => (State::RollbackCompleted, format!("rollback completed ({cause})")),
+            (true, None) => (State::RollbackCompleted, "rollback completed".to_string()),
+            (false, _) => (State::Completed, "update completed".to_string()),
+        };
+        return Outcome::Status {
+            status: UpdateStatus {
+                state: state as i32,
+                started_at_ms: rolling.started_at_ms,
+                completed_at_ms: now_ms,
+                message,
+            },
+            swap_specs: false,
+        };
+    }
+    Outcome::Same
+}
+
+/// Where one group stands (a replicated slot, or a global service's node) once settled.
+pub(crate) enum Group {
+    /// It runs an up-to-date task, since then (`None`: not yet running; an old task beside it,
+    /// start-first, serves meanwhile).
+    Fresh(Option<i64>),
+    /// Its task is not up to date; whether that task runs.
+    Outdated { old: String, runs: bool },
+}
+
+/// Keeps the right runnable tasks of a group and shuts the others down: an up-to-date task when
+/// there is one (and, until it runs, the best old one beside it), else the best old one.
+pub(crate) fn settle(tasks: &mut crate::work::Tasks<'_>, want: &Want<'_>, runnable: &[String]) -> Option<Group> {
+    let fresh: Vec<String> =
+        runnable.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
+    match tasks.best(&fresh) {
+        Some(keep) => match tasks.get(&keep).and_then(running_since) {
+            Some(since) => {
+                tasks.shut_down_all(runnable, Some(&keep));
+                Some(Group::Fresh(Some(since)))
+            }
+            None => {
+                let old: Vec<String> = runnable.iter().filter(|i| !fresh.contains(i)).cloned().collect();
+                let old_keep = tasks.best(&old);
+                for tid in runnable {
+                    if *tid != keep && Some(tid) != old_keep.as_ref() {
+                        tasks.shut_down(tid);
+                    }
+                }
+                Some(Group::Fresh(None))
+            }
+        },
+        None => {
+            let keep = tasks.best(runnable)?;
+            tasks.shut_down_all(runnable, Some(&keep));
+            let runs = tasks.get(&keep).and_then(running_since).is_some();
+            Some(Group::Outdated { old: keep, runs })
+        }
+    }
+}
+
+/// The tally of one pass over a service's groups, and what it leads to.
+pub(crate) struct Round<K> {
+    rolling: Option<Rolling>,
+    outdated: Vec<(K, String, bool)>,
+    in_flight: usize,
+    started: Vec<i64>,
+    all_fresh_running: bool,
+    /// Groups counted (the replicas, or the nodes with a task).
+    groups: usize,
+}
+
+impl<K: Ord + Clone> Round<K> {
+    pub(crate) fn new(service: &Service) -> Round<K> {
+        Round {
+            rolling: Rolling::of(service),
+            outdated: Vec::new(),
+            in_flight: 0,
+            started: Vec::new(),
+            all_fresh_running: true,
+            groups: 0,
+        }
+    }
+
+    /// Counts a settled group.
+    pub(crate) fn group(&mut self, key: K, g: Group, now_ms: i64) {
+        self.groups += 1;
+        match g {
+            Group::Fresh(Some(since)) => {
+                self.started.push(since);
+                if self.rolling.as_ref().is_some_and(|r| now_ms < since.saturating_add(r.config.delay_ms.max(0))) {
+                    self.in_flight += 1;
+                }
+            }
+            Group::Fresh(None) => {
+                self.in_flight += 1;
+                self.all_fresh_running = false;
+            }
+            Group::Outdated { old, runs } => {
+                self.outdated.push((key, old, runs));
+                self.all_fresh_running = false;
+            }
+        }
+    }
+
+    /// A group that runs nothing now (being created, restarted or replaced).
+    pub(crate) fn idle(&mut self) {
+        self.groups += 1;
+        self.all_fresh_running = false;
+    }
+
+    /// A group left as it is (a paused node's), counted among the groups.
+    pub(crate) fn keep(&mut self) {
+        self.groups += 1;
+    }
+
+    /// Moves the update on: judges it, starts the next batch (`create` makes a group's new
+    /// task), and writes the service's new update status.
+    pub(crate) fn finish(
+        mut self,
+        service: &Service,
+        want: &Want<'_>,
+        tasks: &mut crate::work::Tasks<'_>,
+        now_ms: i64,
+        out: &mut Vec<shoal_api::v1::Op>,
+        mut create: impl FnMut(&K) -> Task,
+    ) {
+        let Some(r) = self.rolling.take() else { return };
+        let mut progress = Progress {
+            replicas: self.groups,
+            converged: self.all_fresh_running && self.outdated.is_empty(),
+            last_started_ms: self.started.iter().max().copied().unwrap_or(0),
+            ..Progress::default()
+        };
+        for t in tasks.iter().filter(|t| want.up_to_date(t) && failed(t, &r)) {
+            progress.failures += 1;
+            if progress.first_failure.is_none() {
+                progress.first_failure = Some(describe_failure(t));
+            }
+        }
+        let outcome = judge(service, &r, &progress, now_ms);
+        if outcome == Outcome::Same {
+            // The next batch: groups whose task does not run first, then in order.
+            self.outdated.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+            for (key, old, _) in self.outdated.into_iter().take(r.budget(self.in_flight)) {
+                if !r.start_first() {
+                    tasks.shut_down(&old);
+                }
+                tasks.create(create(&key));
+            }
+        }
+        if let Outcome::Status { status, swap_specs } = outcome {
+            let mut next = service.clone();
+            if swap_specs {
+                let previous = next.previous_spec.take();
+                next.previous_spec = next.spec.take();
+                next.spec = previous;
+            }
+            next.update_status = Some(status);
+            out.push(service_op(next));
+        }
+    }
+}

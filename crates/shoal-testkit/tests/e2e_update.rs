@@ -1,0 +1,156 @@
+//! Rolling updates end to end: 1 manager + 2 workers, each a network namespace with its own
+//! address and shoald (deploy/hosts.sh, set 4: 10.232.4.0/24), real containerd + runc. An
+//! update of 6 replicas with parallelism 2 (stop-first) replaces every task, never has fewer than
+//! 4 running (sampled without pause while it runs), and the CLI follows it to the end; an update
+//! to a spec whose tasks exit rolls back by itself with `--update-failure-action rollback`, and
+//! pauses with `pause`; `--rollback` goes back by hand. Needs root.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_testkit::{shoal, shoal_ok, wait_until, HostSet};
+
+const T: Duration = Duration::from_secs(90);
+const SET: &str = "4";
+const IMAGE: &str = "10.232.4.254:5000/busybox:1";
+
+/// (running tasks, of which with `env`) of service `web`, and its update state.
+async fn status(h: &str, env: &str) -> Option<(usize, usize, String)> {
+    let ps = shoal(h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
+    let ids: Vec<String> = ps
+        .as_array()?
+        .iter()
+        .filter(|t| t["desired_state"] == "running" && t["state"] == "running")
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    let mut with = 0;
+    for id in &ids {
+        let o = shoal(h, &["task", "exec", id, "--", "sh", "-c", "echo $V"]).await.ok()?;
+        if o.ok && o.stdout.trim() == env {
+            with += 1;
+        }
+    }
+    let ls = shoal(h, &["service", "ls", "--format", "json"]).await.ok()?.json().ok()?;
+    let state = ls.as_array()?.iter().find(|s| s["name"] == "web")?["update_state"].as_str()?.to_string();
+    Some((ids.len(), with, state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_roll_pause_and_roll_back() -> Result<()> {
+    let hosts = HostSet::new(SET)?;
+    hosts.run(&["down"]).ok();
+    hosts.run(&["up", "1", "2"]).context("bring up 1 manager + 2 workers")?;
+    let h = hosts.host(1);
+    shoal_ok(
+        &h,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--env",
+            "V=1",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1s",
+            "--update-monitor",
+            "2s",
+            IMAGE,
+            "sleep",
+            "3600",
+        ],
+    )
+    .await?;
+    let (running, _, _) = status(&h, "1").await.context("status")?;
+    assert_eq!(running, 6);
+
+    // Sample the running tasks without pause while the update runs.
+    let floor = Arc::new(AtomicUsize::new(usize::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (h, floor, stop) = (h.clone(), floor.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(v) =
+                    shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
+                {
+                    let n = v
+                        .as_array()
+                        .map(|a| {
+                            a.iter().filter(|t| t["desired_state"] == "running" && t["state"] == "running").count()
+                        })
+                        .unwrap_or(0);
+                    floor.fetch_min(n, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let o = shoal(&h, &["service", "update", "--env-add", "V=2", "web"]).await?;
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    assert!(o.ok, "the CLI follows the update to its end: {o:?}");
+    assert!(
+        o.stdout.contains("out of 6 tasks updated") && o.stdout.contains("verify: Service converged"),
+        "{}",
+        o.stdout
+    );
+    eprintln!("update of 6 tasks (parallelism 2, delay 1 s, monitor 2 s): {} ms", started.elapsed().as_millis());
+    let (running, with, state) = status(&h, "2").await.context("status")?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "completed"), "every task runs the new spec");
+    let low = floor.load(Ordering::Relaxed);
+    assert!((4..=6).contains(&low), "never fewer than 6 - 2 running, sampled: lowest {low}");
+    let ls = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
+    assert_eq!(ls[0]["update_state"], "completed");
+
+    // Tasks that exit at once: the update rolls back by itself to the running spec.
+    let o = shoal(
+        &h,
+        &[
+            "service",
+            "update",
+            "--update-failure-action",
+            "rollback",
+            "--args",
+            "sh -c exit",
+            "--env-add",
+            "V=3",
+            "web",
+        ],
+    )
+    .await?;
+    assert!(!o.ok && o.stderr.contains("update rolled back"), "{o:?}");
+    let (running, with, state) = wait_until(T, "web back on V=2", || {
+        let h = h.clone();
+        async move { status(&h, "2").await.filter(|(r, w, _)| *r == 6 && *w == 6) }
+    })
+    .await?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
+
+    // With pause: the update stops after the first failing batch; the others keep running.
+    let o = shoal(
+        &h,
+        &["service", "update", "--update-failure-action", "pause", "--args", "sh -c exit", "--env-add", "V=4", "web"],
+    )
+    .await?;
+    assert!(!o.ok && o.stderr.contains("update paused"), "{o:?}");
+    let (running, _, state) = status(&h, "2").await.context("status")?;
+    assert_eq!(state, "paused");
+    assert!(running >= 4, "the untouched tasks keep running: {running}");
+
+    // By hand: back to the spec before the paused update.
+    let o = shoal(&h, &["service", "update", "--rollback", "web"]).await?;
+    assert!(o.ok && o.stdout.contains("verify: Service rolled back"), "{o:?}");
+    let (running, with, state) = status(&h, "2").await.context("status")?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
+    Ok(())
+}
