@@ -117,6 +117,25 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result {
     }
     if let Some(e) = &spec.endpoint_spec {
         validate_endpoint(e)?;
+        // A new task could not bind a host-mode port its old one holds on the same node.
+        let host_port = e
+            .ports
+            .iter()
+            .find(|p| p.publish_mode() == crate::v1::port_config::PublishMode::Host && p.published_port != 0);
+        for (field, u) in [("update_config", &spec.update_config), ("rollback_config", &spec.rollback_config)] {
+            if let (Some(p), Some(u)) = (host_port, u) {
+                if u.order() == crate::v1::update_config::Order::StartFirst {
+                    return Err(err(
+                        format!("{field}.order"),
+                        format!(
+                            "start-first cannot replace a task publishing host-mode port {}: the new task could not \
+                             bind it beside the old one on its node; use stop-first",
+                            p.published_port
+                        ),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -306,6 +325,8 @@ fn validate_restart(r: &RestartPolicy) -> Result {
 
 fn validate_update_config(field: &str, u: &UpdateConfig) -> Result {
     non_negative(&format!("{field}.delay"), u.delay_ms)?;
+    non_negative(&format!("{field}.startup_deadline"), u.startup_deadline_ms)?;
+    non_negative(&format!("{field}.min_healthy"), u.min_healthy_ms)?;
     if let Some(m) = u.monitor_ms {
         non_negative(&format!("{field}.monitor"), m)?;
     }
@@ -564,6 +585,16 @@ mod tests {
             s
         };
         assert!(validate_service_spec(&local(PublishMode::Ingress)).is_ok());
+        let mut start_first = with(PublishMode::Host);
+        start_first.update_config = Some(crate::v1::UpdateConfig {
+            order: crate::v1::update_config::Order::StartFirst as i32,
+            ..Default::default()
+        });
+        let e = validate_service_spec(&start_first).expect_err("refused");
+        assert_eq!(e.field, "update_config.order");
+        assert!(e.to_string().contains("use stop-first"), "{e}");
+        start_first.endpoint_spec = Some(EndpointSpec::default());
+        assert!(validate_service_spec(&start_first).is_ok(), "fine without host-mode ports");
         let e = validate_service_spec(&local(PublishMode::Host)).expect_err("refused").to_string();
         assert!(e.contains("traffic=local applies to ingress mode"), "{e}");
     }

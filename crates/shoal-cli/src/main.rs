@@ -379,6 +379,13 @@ enum ServiceCmd {
         #[arg(required = true)]
         pairs: Vec<String>,
     },
+    /// Go back to a service's previous spec (a rolling update with the rollback settings).
+    Rollback {
+        /// Return without waiting for the rollback to complete.
+        #[arg(long, short = 'd', env = "SHOAL_DETACH")]
+        detach: bool,
+        service: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -1348,6 +1355,16 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             }
             if let Some(s) = failed.into_iter().next() {
                 return Err(Fail::Rpc(s));
+            }
+        }
+        ServiceCmd::Rollback { detach, service } => {
+            let v = c.get_service(GetServiceRequest { service: service.clone() }).await?.into_inner();
+            let version = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.version).unwrap_or(0);
+            c.update_service(UpdateServiceRequest { service: service.clone(), version, spec: None, rollback: true })
+                .await?;
+            outln!("{service}");
+            if !detach {
+                progress::wait_updated(c, &service).await?;
             }
         }
         ServiceCmd::Scale { detach, pairs } => {

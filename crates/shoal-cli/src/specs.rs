@@ -91,6 +91,12 @@ pub struct CommonFlags {
     /// Update order: start-first or stop-first.
     #[arg(long)]
     pub update_order: Option<String>,
+    /// A new task not running within this long counts as failed (0: no deadline).
+    #[arg(long)]
+    pub update_startup_deadline: Option<String>,
+    /// How long a new task must run before the next batch starts.
+    #[arg(long)]
+    pub update_min_healthy: Option<String>,
     /// Tasks rolled back at once (0: all).
     #[arg(long)]
     pub rollback_parallelism: Option<u64>,
@@ -449,8 +455,16 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         || f.update_monitor.is_some()
         || f.update_max_failure_ratio.is_some()
         || f.update_order.is_some()
+        || f.update_startup_deadline.is_some()
+        || f.update_min_healthy.is_some()
     {
         let u = spec.update_config.get_or_insert_with(default_update_config);
+        if let Some(d) = &f.update_startup_deadline {
+            u.startup_deadline_ms = parse_duration_ms(d)?;
+        }
+        if let Some(d) = &f.update_min_healthy {
+            u.min_healthy_ms = parse_duration_ms(d)?;
+        }
         parse_update(
             u,
             f.update_parallelism,

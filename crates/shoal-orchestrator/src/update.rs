@@ -95,6 +95,22 @@ impl Rolling {
         })
     }
 
+    /// How long a new task must have run before its slot is no longer in flight: the minimum
+    /// healthy time, then the delay.
+    pub(crate) fn settle_ms(&self) -> i64 {
+        self.config.min_healthy_ms.max(0).saturating_add(self.config.delay_ms.max(0))
+    }
+
+    /// Whether the new task `t`, not running yet, is past its startup deadline at `now_ms`.
+    pub(crate) fn late(&self, t: &Task, now_ms: i64) -> bool {
+        let created = t.meta.as_ref().map_or(now_ms, |m| m.created_at_ms);
+        self.config.startup_deadline_ms > 0
+            && created >= self.started_at_ms
+            && running_since(t).is_none()
+            && task::is_runnable(t)
+            && now_ms > created.saturating_add(self.config.startup_deadline_ms)
+    }
+
     pub(crate) fn monitor_ms(&self) -> i64 {
         self.config.monitor_ms.unwrap_or(DEFAULT_MONITOR_MS).max(0)
     }
@@ -304,7 +320,7 @@ impl<K: Ord + Clone> Round<K> {
         match g {
             Group::Fresh(Some(since)) => {
                 self.started.push(since);
-                if self.rolling.as_ref().is_some_and(|r| now_ms < since.saturating_add(r.config.delay_ms.max(0))) {
+                if self.rolling.as_ref().is_some_and(|r| now_ms < since.saturating_add(r.settle_ms())) {
                     self.in_flight += 1;
                 }
             }
@@ -348,10 +364,22 @@ impl<K: Ord + Clone> Round<K> {
             last_started_ms: self.started.iter().max().copied().unwrap_or(0),
             ..Progress::default()
         };
-        for t in tasks.iter().filter(|t| want.up_to_date(t) && failed(t, &r)) {
+        for t in tasks.iter().filter(|t| want.up_to_date(t)) {
+            let why = if failed(t, &r) {
+                describe_failure(t)
+            } else if r.late(t, now_ms) {
+                let name = t.annotations.as_ref().map_or("", |a| a.name.as_str());
+                let status = t.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
+                format!(
+                    "task {name} not running within the startup deadline of {}: {status}",
+                    shoal_api::units::format_duration_ms(r.config.startup_deadline_ms)
+                )
+            } else {
+                continue;
+            };
             progress.failures += 1;
             if progress.first_failure.is_none() {
-                progress.first_failure = Some(describe_failure(t));
+                progress.first_failure = Some(why);
             }
         }
         let outcome = judge(service, &r, &progress, now_ms);

@@ -61,14 +61,29 @@ async fn follower_behind_compacted_log_catches_up_by_chunked_snapshot() {
     c.kill(follower);
     // 40 x 128 KiB: a state of more than 4 MiB.
     acked.extend(c.write_configs(3..43, PAYLOAD).await);
-    let leader = c.wait_leader().await;
     // A snapshot of everything, so the follower gets all of the > 4 MiB state in one transfer.
-    c.node(leader).raft.trigger().snapshot().await.expect("trigger snapshot");
-    wait_until("a snapshot of all writes on the leader", DEADLINE, || {
-        let m = c.node(leader).metrics();
-        (m.snapshot.is_some() && m.snapshot == m.last_applied).then_some(())
-    })
-    .await;
+    // On a loaded machine the leader may change meanwhile, and the new one applies an entry of
+    // its own after the snapshot: then the snapshot is taken again, on whoever leads.
+    let mut leader = c.wait_leader().await;
+    let started = std::time::Instant::now();
+    loop {
+        c.node(leader).raft.trigger().snapshot().await.expect("trigger snapshot");
+        let caught = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let m = c.node(leader).metrics();
+                if m.snapshot.is_some() && m.snapshot == m.last_applied {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if caught.is_ok() {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "no snapshot of all writes on the leader in {DEADLINE:?}");
+        leader = c.wait_leader().await;
+    }
     wait_until("the leader to purge the entries the follower lacks", DEADLINE, || {
         let purged = c.node(leader).metrics().purged?;
         (purged.index > behind).then_some(())

@@ -257,7 +257,10 @@ async fn json_output_contract() -> Result<()> {
     shoal_ok(&h, &["service", "create", "-d", "--name", "web", "--replicas", "3", "img:1"]).await?;
     let services = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
     let row = services.as_array().and_then(|a| a.first()).context("one service")?;
-    assert_eq!(keys(row), set(&["id", "name", "mode", "replicas", "running", "image", "ports"]));
+    assert_eq!(
+        keys(row),
+        set(&["id", "name", "mode", "replicas", "running", "image", "ports", "update_state", "update_message"])
+    );
     assert_eq!(
         (row["name"].as_str(), row["mode"].as_str(), row["replicas"].as_u64()),
         (Some("web"), Some("replicated"), Some(3))

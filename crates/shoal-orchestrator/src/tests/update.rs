@@ -152,6 +152,7 @@ fn config(parallelism: u64, order: Order, failure: FailureAction) -> UpdateConfi
         monitor_ms: Some(2_000),
         max_failure_ratio: 0.0,
         order: order as i32,
+        ..Default::default()
     }
 }
 
@@ -302,6 +303,49 @@ fn a_global_service_is_updated_node_by_node_and_a_paused_node_keeps_its_task() {
     assert_eq!(last.state, State::Completed, "{samples:#?}");
     assert_eq!((last.running.get("v2"), last.running.get("v1")), (Some(&3), Some(&1)), "{last:?}");
     assert!(samples.iter().all(|s| total(s) >= 3), "one node at a time: {samples:#?}");
+}
+
+#[test]
+fn tasks_that_cannot_be_placed_fail_the_update_at_its_startup_deadline() {
+    let mut w =
+        cluster(UpdateConfig { startup_deadline_ms: 3_000, ..config(2, Order::StopFirst, FailureAction::Rollback) });
+    update_to(&mut w, "v2", 1_000);
+    // The new spec asks for a label no node has: its tasks stay pending.
+    w.edit_service("web", |s| {
+        if let Some(t) = s.spec.as_mut().and_then(|s| s.task_template.as_mut()) {
+            t.placement = Some(shoal_api::v1::Placement {
+                constraints: vec!["node.labels.gpu==yes".into()],
+                ..Default::default()
+            });
+        }
+    });
+    let samples = run(&mut w, 1_000, 100, 60_000);
+    let rolled = samples.iter().find(|s| s.state == State::RollbackStarted).expect("rolled back");
+    assert!((4_000..=4_300).contains(&rolled.at), "at the deadline, not stalled: {}", rolled.at);
+    let last = samples.last().cloned().expect("samples");
+    assert_eq!((last.state, last.running.get("v1")), (State::RollbackCompleted, Some(&6)), "{samples:#?}");
+    let message = w.store.service("web").and_then(|s| s.update_status.clone()).map(|u| u.message).unwrap_or_default();
+    assert!(message.contains("not running within the startup deadline of 3s"), "{message}");
+}
+
+#[test]
+fn min_healthy_holds_the_next_batch_until_the_new_tasks_have_run_that_long() {
+    let quick = {
+        let mut w = cluster(UpdateConfig { delay_ms: 0, ..config(1, Order::StopFirst, FailureAction::Pause) });
+        update_to(&mut w, "v2", 1_000);
+        run(&mut w, 1_000, 100, 120_000).last().map(|s| s.at).unwrap_or_default()
+    };
+    let held = {
+        let mut w = cluster(UpdateConfig {
+            delay_ms: 0,
+            min_healthy_ms: 1_000,
+            ..config(1, Order::StopFirst, FailureAction::Pause)
+        });
+        update_to(&mut w, "v2", 1_000);
+        run(&mut w, 1_000, 100, 120_000).last().map(|s| s.at).unwrap_or_default()
+    };
+    // The last batch is held by the monitor period anyway.
+    assert!(held - quick >= 4_500, "5 batches each held about 1 s longer: {quick} vs {held}");
 }
 
 fn stored_web(w: &World) -> Service {
