@@ -17,7 +17,7 @@ use crate::spec::runtime_spec;
 /// Grace period when the spec sets none (Docker's default).
 const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -44,6 +44,8 @@ pub struct Controller {
     /// The host network loop's reports and this task's namespace file, when the node has
     /// overlay networking.
     net: Option<NetWait>,
+    /// The running task's health, when it has a health check.
+    health: Option<shoal_api::v1::Health>,
 }
 
 /// What a controller needs to put its container in the namespace the network loop makes.
@@ -88,7 +90,9 @@ impl Controller {
         net: Option<NetWait>,
     ) -> Self {
         let Tools { runtime, reporter, files } = tools;
-        Self { task, runtime, reporter, adopted, last, cancel, files, net }
+        // An adopted running task keeps the health it reported.
+        let health = last.health.clone();
+        Self { task, runtime, reporter, adopted, last, cancel, files, net, health }
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -102,6 +106,7 @@ impl Controller {
             message: message.to_string(),
             err: err.to_string(),
             container: container.or_else(|| self.last.container.clone()),
+            health: if state == TaskState::Running { self.health.clone() } else { None },
         };
         self.last = status.clone();
         self.reporter.report(&id, status);
@@ -273,8 +278,23 @@ impl Controller {
         }
     }
 
-    /// Waits for the container to exit, or stops it when asked to.
+    /// Waits for the container to exit, or stops it when asked to; runs its health check, and
+    /// stops and fails it once unhealthy.
     async fn supervise(&mut self, id: &str, task: &Task) {
+        let probe = crate::health::probe_of(
+            task.spec.as_ref().and_then(|s| s.container.as_ref()).and_then(|c| c.healthcheck.as_ref()),
+        );
+        let started = std::time::Instant::now();
+        let started_ms = now_ms();
+        if probe.is_some() && self.health.is_none() {
+            self.health = Some(crate::health::starting(started_ms));
+            self.report(TaskState::Running, "started, health: starting", "", None);
+        }
+        let due = |h: &Option<shoal_api::v1::Health>| match (&probe, h) {
+            (Some(p), Some(h)) => tokio::time::Instant::now() + crate::health::next_delay(h, p, started.elapsed()),
+            _ => tokio::time::Instant::now() + Duration::from_secs(3600),
+        };
+        let mut next_check = due(&self.health);
         let runtime = self.runtime.clone();
         let wait_id = id.to_string();
         // Dropped (so no longer waited on) when this returns.
@@ -329,6 +349,39 @@ impl Controller {
                     return;
                 }
                 r = self.task.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(next_check), if probe.is_some() => {
+                    let Some(p) = probe.as_ref() else { continue };
+                    let result = tokio::select! {
+                        r = crate::health::check(self.runtime.as_ref(), id, p) => r,
+                        // Asked to stop (or told something else): looked at again above.
+                        r = self.task.changed() => { if r.is_err() { return } continue }
+                        _ = self.cancel.cancelled() => return,
+                    };
+                    let before = self.health.clone().unwrap_or_else(|| crate::health::starting(started_ms));
+                    let after = crate::health::record(&before, p, result, started_ms);
+                    let changed = after.status != before.status;
+                    self.health = Some(after.clone());
+                    next_check = due(&self.health);
+                    if after.status() == shoal_api::v1::health::Status::Unhealthy {
+                        let why = crate::health::last_output(&after);
+                        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+                        let grace = c
+                            .and_then(|c| c.stop_grace_period_ms)
+                            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+                            .unwrap_or(DEFAULT_STOP_GRACE);
+                        let exit = self.runtime.stop(id, 15, grace).await;
+                        let mut cs = self.last.container.clone().unwrap_or_default();
+                        if let Ok(e) = exit {
+                            cs.exit_code = e.code;
+                        }
+                        self.report(TaskState::Failed, "unhealthy container", &format!("task: unhealthy container: {why}"), Some(cs));
+                        return;
+                    }
+                    if changed {
+                        let word = crate::health::status_name(after.status());
+                        self.report(TaskState::Running, &format!("started, health: {word}"), "", None);
+                    }
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 mod controller;
 pub mod exec;
 pub mod files;
+pub mod health;
 pub mod logs;
 pub mod network;
 mod reporter;

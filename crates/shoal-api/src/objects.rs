@@ -101,6 +101,28 @@ impl crate::v1::Task {
     }
 }
 
+impl crate::v1::Task {
+    /// Whether the task has a health check (`CMD ...` or `CMD-SHELL ...`): it then counts as
+    /// up (for VIPs, DNS and updates) only once healthy.
+    pub fn has_health_check(&self) -> bool {
+        self.spec.as_ref().and_then(|s| s.container.as_ref()).and_then(|c| c.healthcheck.as_ref()).is_some_and(
+            |h| matches!(h.test.split_first(), Some((k, rest)) if (k == "CMD" || k == "CMD-SHELL") && !rest.is_empty()),
+        )
+    }
+
+    /// Since when the task has been up: running, and healthy when it has a health check.
+    pub fn up_since(&self) -> Option<i64> {
+        let s = self.status.as_ref()?;
+        if s.state() != crate::v1::TaskState::Running {
+            return None;
+        }
+        if !self.has_health_check() {
+            return Some(s.timestamp_ms);
+        }
+        s.health.as_ref().filter(|h| h.status() == crate::v1::health::Status::Healthy).map(|h| h.since_ms)
+    }
+}
+
 impl crate::v1::ServiceSpec {
     /// The ports the service publishes in ingress mode (every node accepts on them).
     pub fn ingress_ports(&self) -> impl Iterator<Item = &crate::v1::PortConfig> {
@@ -114,5 +136,39 @@ impl crate::v1::ServiceSpec {
     /// mode that any node forwards to any of its tasks (`traffic=cluster`).
     pub fn joins_ingress(&self) -> bool {
         self.ingress_ports().any(|p| p.traffic() == crate::v1::port_config::Traffic::Cluster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::v1::{health, ContainerSpec, Health, HealthConfig, Task, TaskSpec, TaskState, TaskStatus};
+
+    #[test]
+    fn a_task_with_a_health_check_is_up_only_once_healthy() {
+        let task = |test: Vec<&str>, health: Option<Health>| Task {
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    healthcheck: Some(HealthConfig {
+                        test: test.into_iter().map(String::from).collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(TaskStatus {
+                state: TaskState::Running as i32,
+                timestamp_ms: 10,
+                health,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let h = |s: health::Status| Some(Health { status: s as i32, since_ms: 20, ..Default::default() });
+        assert_eq!(task(vec!["NONE"], None).up_since(), Some(10), "no check: up once running");
+        assert_eq!(task(vec!["CMD", "true"], None).up_since(), None, "not reported healthy yet");
+        assert_eq!(task(vec!["CMD-SHELL", "true"], h(health::Status::Starting)).up_since(), None);
+        assert_eq!(task(vec!["CMD-SHELL", "true"], h(health::Status::Healthy)).up_since(), Some(20));
+        assert_eq!(task(vec!["CMD", "true"], h(health::Status::Unhealthy)).up_since(), None);
     }
 }

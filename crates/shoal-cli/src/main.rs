@@ -1321,7 +1321,10 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                                 r["name"].as_str().unwrap_or("").to_string(),
                                 r["node"].as_str().unwrap_or("").to_string(),
                                 r["desired_state"].as_str().unwrap_or("").to_string(),
-                                r["state"].as_str().unwrap_or("").to_string(),
+                                match r["health"].as_str().unwrap_or("") {
+                                    "" => r["state"].as_str().unwrap_or("").to_string(),
+                                    h => format!("{} ({h})", r["state"].as_str().unwrap_or("")),
+                                },
                                 r["error"].as_str().unwrap_or("").to_string(),
                             ]
                         })

@@ -121,6 +121,13 @@ pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
         "node": node_hostname,
         "desired_state": names::task_state(t.desired_state()),
         "state": names::task_state(status.state()),
+        // With a health check, while it runs: starting, healthy or unhealthy.
+        "health": status.health.as_ref().filter(|_| status.state() == shoal_api::v1::TaskState::Running).map(|h| match h.status() {
+            shoal_api::v1::health::Status::None => "",
+            shoal_api::v1::health::Status::Starting => "starting",
+            shoal_api::v1::health::Status::Healthy => "healthy",
+            shoal_api::v1::health::Status::Unhealthy => "unhealthy",
+        }).unwrap_or(""),
         // A task waiting for a node says why in its status message (as `docker service ps`).
         "error": if status.err.is_empty() && status.state() == shoal_api::v1::TaskState::Pending { status.message } else { status.err },
         // Its address on each network, and its container's process while it runs.

@@ -91,10 +91,10 @@ fn reachable(t: &Task) -> bool {
     !t.node_id.is_empty() && observed >= TaskState::Assigned as i32 && observed < TaskState::Complete as i32
 }
 
-/// Whether name lookups answer with the task: it runs and is meant to.
+/// Whether name lookups and VIPs lead to the task: it runs (healthy, when it has a health
+/// check) and is meant to.
 fn serving(t: &Task) -> bool {
-    let observed = t.status.as_ref().map_or(0, |s| s.state);
-    observed == TaskState::Running as i32 && t.desired_state == TaskState::Running as i32
+    t.up_since().is_some() && t.desired_state == TaskState::Running as i32
 }
 
 /// What a node knows of its tasks' networks.

@@ -162,9 +162,9 @@ pub(crate) fn service_op(s: Service) -> shoal_api::v1::Op {
     }
 }
 
-/// When the running task `t` started running (its status time while it runs).
+/// Since when the task has been up: running, and healthy when it has a health check.
 pub(crate) fn running_since(t: &Task) -> Option<i64> {
-    (task::observed(t) == TaskState::Running as i32).then(|| task::status_timestamp(t))
+    t.up_since()
 }
 
 /// What became of an update after a pass.

@@ -1,9 +1,10 @@
 //! Rolling updates end to end: 1 manager + 2 workers, each a network namespace with its own
 //! address and shoald (deploy/hosts.sh, set 4: 10.232.4.0/24), real containerd + runc. An
-//! update of 6 replicas with parallelism 2 (stop-first) replaces every task, never has fewer than
-//! 4 running (sampled without pause while it runs), and the CLI follows it to the end; an update
-//! to a spec whose tasks exit rolls back by itself with `--update-failure-action rollback`, and
-//! pauses with `pause`; `--rollback` goes back by hand. Needs root.
+//! update of 6 replicas with a health check and parallelism 2 (stop-first) replaces every task,
+//! never has fewer than 4 healthy (sampled without pause while it runs), and the CLI follows it
+//! to the end; an update to a spec whose tasks exit rolls back by itself with
+//! `--update-failure-action rollback`; one whose tasks never turn healthy pauses with `pause`;
+//! `--rollback` goes back by hand. Needs root.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,14 +61,36 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             "1s",
             "--update-monitor",
             "2s",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
             IMAGE,
-            "sleep",
-            "3600",
+            "sh",
+            "-c",
+            "sleep 1; touch /tmp/ok; exec sleep 3600",
         ],
     )
     .await?;
     let (running, _, _) = status(&h, "1").await.context("status")?;
     assert_eq!(running, 6);
+    let healthy = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| a.iter().filter(|t| t["desired_state"] == "running" && t["health"] == "healthy").count())
+            .unwrap_or(0)
+    };
+    wait_until(T, "6 healthy tasks", || {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
+            (healthy(&v) == 6).then_some(())
+        }
+    })
+    .await?;
+    let table = shoal_ok(&h, &["service", "ps", "web"]).await?.stdout;
+    assert!(table.contains("running (healthy)"), "{table}");
 
     // Sample the running tasks without pause while the update runs.
     let floor = Arc::new(AtomicUsize::new(usize::MAX));
@@ -82,13 +105,7 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
                 if let Some(v) =
                     shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
                 {
-                    let n = v
-                        .as_array()
-                        .map(|a| {
-                            a.iter().filter(|t| t["desired_state"] == "running" && t["state"] == "running").count()
-                        })
-                        .unwrap_or(0);
-                    floor.fetch_min(n, Ordering::Relaxed);
+                    floor.fetch_min(healthy(&v), Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -108,7 +125,7 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     let (running, with, state) = status(&h, "2").await.context("status")?;
     assert_eq!((running, with, state.as_str()), (6, 6, "completed"), "every task runs the new spec");
     let low = floor.load(Ordering::Relaxed);
-    assert!((4..=6).contains(&low), "never fewer than 6 - 2 running, sampled: lowest {low}");
+    assert!((4..=6).contains(&low), "never fewer than 6 - 2 healthy, sampled: lowest {low}");
     let ls = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
     assert_eq!(ls[0]["update_state"], "completed");
 
@@ -136,13 +153,14 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     .await?;
     assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
 
-    // With pause: the update stops after the first failing batch; the others keep running.
+    // With pause: tasks that never turn healthy stop the update after the first batch; the
+    // others keep running.
     let o = shoal(
         &h,
-        &["service", "update", "--update-failure-action", "pause", "--args", "sh -c exit", "--env-add", "V=4", "web"],
+        &["service", "update", "--update-failure-action", "pause", "--health-cmd", "false", "--env-add", "V=4", "web"],
     )
     .await?;
-    assert!(!o.ok && o.stderr.contains("update paused"), "{o:?}");
+    assert!(!o.ok && o.stderr.contains("update paused") && o.stderr.contains("unhealthy"), "{o:?}");
     let (running, _, state) = status(&h, "2").await.context("status")?;
     assert_eq!(state, "paused");
     assert!(running >= 4, "the untouched tasks keep running: {running}");

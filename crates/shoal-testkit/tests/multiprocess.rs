@@ -286,7 +286,7 @@ async fn json_output_contract() -> Result<()> {
         k.remove("node"); // the hostname, for the table
         assert_eq!(
             k,
-            set(&["id", "name", "slot", "node_id", "desired_state", "state", "error", "networks", "pid"]),
+            set(&["id", "name", "slot", "node_id", "desired_state", "state", "error", "networks", "pid", "health"]),
             "{t}"
         );
         assert_eq!(t["desired_state"], "running");
