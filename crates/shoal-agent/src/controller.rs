@@ -171,7 +171,8 @@ impl Controller {
     /// Pull, create, start. Returns false if the task ended on the way.
     async fn prepare_and_start(&mut self, task: &Task) -> bool {
         let id = task_id(task);
-        let mut spec = match runtime_spec(task) {
+        let init = crate::spec::INIT_CANDIDATES.iter().map(std::path::Path::new).find(|p| p.exists());
+        let mut spec = match runtime_spec(task, init) {
             Ok(s) => s,
             Err(e) => {
                 self.report(TaskState::Rejected, "invalid task", &e, None);

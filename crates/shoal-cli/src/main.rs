@@ -1400,3 +1400,23 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn boolean_flags_take_no_value_unless_given_with_equals() {
+        let cli =
+            Cli::try_parse_from(["shoal", "service", "create", "--init", "--read-only", "-t", "img", "sleep", "1"])
+                .expect("parses");
+        let Cmd::Service(ServiceCmd::Create(a)) = cli.cmd else { panic!("a service create") };
+        assert_eq!((a.common.init, a.common.read_only, a.common.tty), (Some(true), Some(true), Some(true)));
+        assert_eq!(a.image, "img", "the image is not taken as the flag's value");
+        let cli = Cli::try_parse_from(["shoal", "service", "update", "--init=false", "web"]).expect("parses");
+        let Cmd::Service(ServiceCmd::Update(a)) = cli.cmd else { panic!("a service update") };
+        assert_eq!(a.common.init, Some(false));
+    }
+}

@@ -134,13 +134,13 @@ pub struct CommonFlags {
     #[arg(long)]
     pub no_healthcheck: bool,
     /// Mount the container's root filesystem read-only.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub read_only: Option<bool>,
     /// Run an init inside the container that forwards signals and reaps processes.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub init: Option<bool>,
     /// Allocate a pseudo-TTY.
-    #[arg(long, short = 't', num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, short = 't', num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub tty: Option<bool>,
 }
 

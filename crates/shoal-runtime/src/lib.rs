@@ -87,6 +87,9 @@ pub struct ContainerSpec {
     /// The network namespace to join (a pinned namespace file); `None`: a new one with
     /// loopback only.
     pub netns: Option<PathBuf>,
+    /// Run the process under this init (a path inside the container: it forwards signals and
+    /// reaps zombies as PID 1), as `docker run --init` does.
+    pub init: Option<String>,
 }
 
 /// How a container ended.

@@ -76,9 +76,12 @@ pub fn resolve_process(
     } else {
         (image.entrypoint.clone(), image.cmd.clone())
     };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let mut args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         return Err(RuntimeError::Io(format!("image {:?} has no command and none was given", spec.image)));
+    }
+    if let Some(init) = &spec.init {
+        args.splice(0..0, [init.clone(), "--".to_string()]);
     }
     let mut env: Vec<String> = Vec::new();
     for e in image.env.iter().chain(&spec.env) {
@@ -322,6 +325,12 @@ mod tests {
         assert_eq!(resolve_process(&spec, &image(), None).expect("p").args, vec!["sh"]);
         let empty = ImageConfig::default();
         assert!(resolve_process(&spec, &empty, None).is_err());
+        let under_init = ContainerSpec { init: Some("/sbin/docker-init".into()), ..Default::default() };
+        assert_eq!(
+            resolve_process(&under_init, &image(), None).expect("p").args,
+            vec!["/sbin/docker-init", "--", "sh"],
+            "the init runs the process, as docker run --init"
+        );
     }
 
     #[test]

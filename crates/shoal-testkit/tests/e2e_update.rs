@@ -67,6 +67,8 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             "500ms",
             "--health-retries",
             "2",
+            // The shell's `exec sleep` is PID 1 without an init, and ignores SIGTERM.
+            "--init",
             IMAGE,
             "sh",
             "-c",
@@ -128,6 +130,19 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert!((4..=6).contains(&low), "never fewer than 6 - 2 healthy, sampled: lowest {low}");
     let ls = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
     assert_eq!(ls[0]["update_state"], "completed");
+    // Under --init the replaced tasks stopped on SIGTERM, well before their 10 s grace period.
+    wait_until(Duration::from_secs(4), "the replaced tasks stopped by SIGTERM", || {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
+            v.as_array()?
+                .iter()
+                .filter(|t| t["desired_state"] == "shutdown")
+                .all(|t| t["state"] == "shutdown")
+                .then_some(())
+        }
+    })
+    .await?;
 
     // Tasks that exit at once: the update rolls back by itself to the running spec.
     let o = shoal(
