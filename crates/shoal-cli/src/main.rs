@@ -506,6 +506,13 @@ struct UpdateArgs {
     /// Go back to the previous spec.
     #[arg(long)]
     rollback: bool,
+    /// Print what the update would do (tasks replaced, on which nodes, in how many batches)
+    /// and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output of --dry-run.
+    #[arg(long, default_value = "table")]
+    format: Format,
     /// Return without waiting for the update to converge.
     #[arg(long, short = 'd', env = "SHOAL_DETACH")]
     detach: bool,
@@ -846,6 +853,41 @@ async fn update_node_spec(
     let id = n.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
     let r = c.update_node(UpdateNodeRequest { node: id, version, spec: Some(spec) }).await?.into_inner();
     Ok(r.node.unwrap_or_default())
+}
+
+/// Prints what `service update --dry-run` found.
+async fn print_update_plan(c: &mut Client, plan: &v1::UpdatePlan, format: Format) -> Result<(), Fail> {
+    if matches!(format, Format::Json) {
+        print_json(&serde_json::to_value(plan).unwrap_or_default());
+        return Ok(());
+    }
+    let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+    let host_of = |id: &str| {
+        nodes
+            .iter()
+            .filter_map(|v| v.node.as_ref())
+            .find(|n| n.meta.as_ref().is_some_and(|m| m.id == id))
+            .map(hostname_of)
+            .unwrap_or_else(|| "(no node yet)".into())
+    };
+    let n = plan.replaced.len();
+    if n == 0 {
+        outln!("no task would be replaced ({} unchanged)", plan.unchanged);
+    } else {
+        let per =
+            if plan.parallelism == 0 { "all at once".to_string() } else { format!("{} at a time", plan.parallelism) };
+        outln!(
+            "{n} task(s) would be replaced in {} batch(es), {per}, {}; {} unchanged",
+            plan.batches,
+            plan.order,
+            plan.unchanged
+        );
+    }
+    if plan.added > 0 || plan.removed > 0 {
+        outln!("{} task(s) would be added, {} removed", plan.added, plan.removed);
+    }
+    print_table(&["TASK", "NODE"], plan.replaced.iter().map(|r| vec![r.name.clone(), host_of(&r.node_id)]).collect());
+    Ok(())
 }
 
 fn hostname_of(n: &v1::Node) -> String {
@@ -1224,15 +1266,13 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     tt.force_update += 1;
                 }
             }
-            let v = c
-                .update_service(UpdateServiceRequest {
-                    service: a.service.clone(),
-                    version,
-                    spec: Some(spec),
-                    rollback: a.rollback,
-                })
-                .await?
-                .into_inner();
+            let req =
+                UpdateServiceRequest { service: a.service.clone(), version, spec: Some(spec), rollback: a.rollback };
+            if a.dry_run {
+                let plan = c.plan_service_update(req).await?.into_inner();
+                return print_update_plan(c, &plan, a.format).await;
+            }
+            let v = c.update_service(req).await?.into_inner();
             let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
             outln!("{name}");
             if !a.detach && !a.quiet {

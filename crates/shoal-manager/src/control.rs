@@ -137,6 +137,39 @@ fn fill_published_ports(store: &shoal_store::Store, spec: &mut ServiceSpec, own_
     Ok(())
 }
 
+/// The service `req` names and the spec it would have: validated, references resolved,
+/// published ports numbered; a rename refused.
+fn prepare_update(
+    rt: &crate::managers::RaftRuntime,
+    req: &UpdateServiceRequest,
+) -> Result<(Service, ServiceSpec), Status> {
+    let current = rt.store.read(|s| s.lookup_service(&req.service).cloned()).map_err(ApiError::from)?;
+    let old_spec = current.spec.clone().unwrap_or_default();
+    let mut new_spec = if req.rollback {
+        current.previous_spec.clone().ok_or_else(|| {
+            ApiError::Rejected(format!("service {:?} has no previous spec to roll back to", req.service))
+        })?
+    } else {
+        req.spec.clone().ok_or_else(|| Status::invalid_argument("service spec must be set"))?
+    };
+    validate::validate_service_spec(&new_spec).map_err(ApiError::from)?;
+    let own_id = id_of(&current.meta);
+    rt.store.read(|s| {
+        resolve_refs(s, &mut new_spec)?;
+        // A port published without a number keeps the one it was given.
+        keep_published_ports(&old_spec, &mut new_spec);
+        fill_published_ports(s, &mut new_spec, &own_id)
+    })?;
+    let old_name = old_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+    let new_name = new_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+    if old_name != new_name {
+        return Err(
+            ApiError::Rejected(format!("renaming services is not supported ({old_name:?} -> {new_name:?})")).into()
+        );
+    }
+    Ok((current, new_spec))
+}
+
 /// Ports of `new` published in ingress mode without a number take the number `old` gave the
 /// same target and protocol.
 fn keep_published_ports(old: &ServiceSpec, new: &mut ServiceSpec) {
@@ -754,32 +787,8 @@ impl Control for ControlService {
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> R<ServiceView> {
         let req = req.into_inner();
         let rt = self.node.managers.require_manager()?;
-        let current = rt.store.read(|s| s.lookup_service(&req.service).cloned()).map_err(ApiError::from)?;
+        let (current, new_spec) = prepare_update(&rt, &req)?;
         let old_spec = current.spec.clone().unwrap_or_default();
-        let new_spec = if req.rollback {
-            current.previous_spec.clone().ok_or_else(|| {
-                ApiError::Rejected(format!("service {:?} has no previous spec to roll back to", req.service))
-            })?
-        } else {
-            req.spec.ok_or_else(|| Status::invalid_argument("service spec must be set"))?
-        };
-        validate::validate_service_spec(&new_spec).map_err(ApiError::from)?;
-        let mut new_spec = new_spec;
-        let own_id = id_of(&current.meta);
-        rt.store.read(|s| {
-            resolve_refs(s, &mut new_spec)?;
-            // A port published without a number keeps the one it was given.
-            keep_published_ports(&old_spec, &mut new_spec);
-            fill_published_ports(s, &mut new_spec, &own_id)
-        })?;
-        let old_name = old_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
-        let new_name = new_spec.annotations.as_ref().map(|a| a.name.as_str()).unwrap_or("");
-        if old_name != new_name {
-            return Err(ApiError::Rejected(format!(
-                "renaming services is not supported ({old_name:?} -> {new_name:?})"
-            ))
-            .into());
-        }
         let mut next = current.clone();
         next.update_status = crate::policy::update_status(
             &old_spec,
@@ -800,6 +809,19 @@ impl Control for ControlService {
             return Err(ApiError::Internal("unexpected object".into()).into());
         };
         Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
+    }
+
+    async fn plan_service_update(&self, req: Request<UpdateServiceRequest>) -> R<v1::UpdatePlan> {
+        let req = req.into_inner();
+        let rt = self.node.managers.require_manager()?;
+        let (current, new_spec) = prepare_update(&rt, &req)?;
+        let mut plan = rt.store.read(|s| shoal_orchestrator::plan_update(s, &current, &new_spec));
+        // Whether the change starts (or resumes) an update: the status it would get is new.
+        let old_spec = current.spec.clone().unwrap_or_default();
+        let status =
+            crate::policy::update_status(&old_spec, &new_spec, current.update_status.as_ref(), req.rollback, 0);
+        plan.starts_update = status.is_some_and(|s| s.started_at_ms == 0);
+        Ok(Response::new(plan))
     }
 
     async fn get_service(&self, req: Request<GetServiceRequest>) -> R<ServiceView> {

@@ -27,10 +27,10 @@
 //! - Tasks of a removed service get desired `SHUTDOWN` (not `REMOVE`: the agent contract stays
 //!   "stop what is not wanted") and are deleted once terminal; tasks that never reached a node,
 //!   or whose node is lost, are deleted at once since no agent will report on them.
-//! - Rolling updates and rollbacks of replicated services (module `update`): only slots whose
-//!   task differs from what the service would create now are replaced, a batch at a time.
+//! - Rolling updates and rollbacks (module `update`): only slots (nodes, for global services)
+//!   whose task differs from what the service would create now are replaced, a batch at a time.
 //! - Out of scope for now, deliberately: jobs (replicated-job and global-job services are left
-//!   untouched, tasks included); rolling updates of global services; global tasks are created
+//!   untouched, tasks included); global tasks are created
 //!   `ASSIGNED` to their node without the scheduler's resource and host-port checks.
 //!
 //! Architecture Invariant: pure and deterministic. No I/O, no clock, no randomness, no async
@@ -60,7 +60,7 @@ use shoal_store::Store;
 
 pub use nodes::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
 pub use restart::DEFAULT_RESTART_DELAY_MS;
-pub use update::DEFAULT_MONITOR_MS;
+pub use update::{plan_update, DEFAULT_MONITOR_MS};
 pub use work::NEVER_SCHEDULED_MESSAGE;
 
 /// Status message of a replicated task the orchestrator created (it waits for the scheduler).

@@ -405,3 +405,55 @@ impl<K: Ord + Clone> Round<K> {
         }
     }
 }
+
+/// What updating `current` to `next` would do now (`service update --dry-run`): the running
+/// tasks replaced, in how many batches, and the tasks a replica change adds or removes. Pure.
+pub fn plan_update(store: &Store, current: &Service, next: &shoal_api::v1::ServiceSpec) -> shoal_api::v1::UpdatePlan {
+    let mut after = current.clone();
+    after.spec = Some(next.clone());
+    let want = Want::of(store, &after);
+    let id = current.meta.as_ref().map_or("", |m| m.id.as_str());
+    let mut runnable: Vec<&Task> = store.tasks_by_service(id).filter(|t| task::is_runnable(t)).collect();
+    runnable.sort_by_key(|t| (t.slot, t.node_id.clone()));
+    let config = next.update_config.unwrap_or(UpdateConfig { parallelism: 1, ..Default::default() });
+    let mut plan = shoal_api::v1::UpdatePlan {
+        parallelism: config.parallelism,
+        order: if config.order() == shoal_api::v1::update_config::Order::StartFirst {
+            "start-first"
+        } else {
+            "stop-first"
+        }
+        .into(),
+        ..Default::default()
+    };
+    let replicas = |s: Option<&shoal_api::v1::ServiceSpec>| match s.and_then(|s| s.mode.as_ref()) {
+        Some(shoal_api::v1::service_spec::Mode::Replicated(r)) => Some(r.replicas),
+        _ => None,
+    };
+    let live = runnable.len() as u64;
+    let mut keep = live;
+    if let Some(n) = replicas(Some(next)) {
+        plan.added = n.saturating_sub(live);
+        plan.removed = live.saturating_sub(n);
+        keep = live.min(n);
+    }
+    for t in runnable.iter().take(usize::try_from(keep).unwrap_or(usize::MAX)) {
+        if want.up_to_date(t) {
+            plan.unchanged += 1;
+        } else {
+            plan.replaced.push(shoal_api::v1::PlannedReplacement {
+                task_id: crate::work::id(t).to_owned(),
+                name: t.annotations.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                node_id: t.node_id.clone(),
+            });
+        }
+    }
+    let n = plan.replaced.len() as u64;
+    plan.batches = match (n, config.parallelism) {
+        (0, _) => 0,
+        (_, 0) => 1,
+        (n, p) => n.div_ceil(p),
+    };
+    plan.starts_update = n > 0;
+    plan
+}

@@ -94,6 +94,16 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     let table = shoal_ok(&h, &["service", "ps", "web"]).await?.stdout;
     assert!(table.contains("running (healthy)"), "{table}");
 
+    // A dry run says what the update will do, and does nothing.
+    let plan = shoal_ok(&h, &["service", "update", "--dry-run", "--format", "json", "--env-add", "V=2", "web"])
+        .await?
+        .json()?;
+    assert_eq!((plan["replaced"].as_array().map(Vec::len), plan["batches"].as_str()), (Some(6), Some("3")), "{plan}");
+    let table = shoal_ok(&h, &["service", "update", "--dry-run", "--env-add", "V=2", "web"]).await?.stdout;
+    assert!(table.contains("6 task(s) would be replaced in 3 batch(es), 2 at a time, stop-first"), "{table}");
+    let (_, with, _) = status(&h, "1").await.context("status")?;
+    assert_eq!(with, 6, "nothing changed");
+
     // Sample the running tasks without pause while the update runs.
     let floor = Arc::new(AtomicUsize::new(usize::MAX));
     let stop = Arc::new(AtomicBool::new(false));

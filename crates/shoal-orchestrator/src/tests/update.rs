@@ -348,6 +348,25 @@ fn min_healthy_holds_the_next_batch_until_the_new_tasks_have_run_that_long() {
     assert!(held - quick >= 4_500, "5 batches each held about 1 s longer: {quick} vs {held}");
 }
 
+#[test]
+fn a_dry_run_names_the_tasks_it_would_replace_and_the_batches() {
+    let w = cluster(config(4, Order::StartFirst, FailureAction::Pause));
+    let web = stored_web(&w);
+    let mut next = web.spec.clone().unwrap_or_default();
+    if let Some(c) = next.task_template.as_mut().and_then(|t| t.container.as_mut()) {
+        c.image = "v2".into();
+    }
+    let plan = crate::plan_update(&w.store, &web, &next);
+    assert_eq!((plan.replaced.len(), plan.batches, plan.unchanged, plan.order.as_str()), (6, 2, 0, "start-first"));
+    assert!(plan.replaced.iter().all(|r| !r.node_id.is_empty() && r.name.starts_with("web.")));
+    // A scale alone replaces nothing.
+    let mut scaled = web.spec.clone().unwrap_or_default();
+    scaled.mode = Some(shoal_api::v1::service_spec::Mode::Replicated(shoal_api::v1::ReplicatedService { replicas: 4 }));
+    let plan = crate::plan_update(&w.store, &web, &scaled);
+    assert_eq!((plan.replaced.len(), plan.batches, plan.unchanged, plan.removed, plan.added), (0, 0, 4, 2, 0));
+    assert_eq!(super::pass(&w, 1_000), Vec::<String>::new(), "planning changed nothing");
+}
+
 fn stored_web(w: &World) -> Service {
     w.store.service("web").cloned().unwrap_or_default()
 }
