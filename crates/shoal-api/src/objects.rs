@@ -123,6 +123,34 @@ impl crate::v1::Task {
     }
 }
 
+/// Specs a service keeps: the current one and the 9 before it.
+pub const SPEC_HISTORY: usize = 10;
+
+impl crate::v1::Service {
+    /// Puts `new` in place of the current spec at `now_ms`: the current one becomes the
+    /// previous spec and the newest entry of the history (the oldest beyond [`SPEC_HISTORY`]
+    /// go), and the revision number grows by one.
+    pub fn replace_spec(&mut self, new: crate::v1::ServiceSpec, now_ms: i64) {
+        let revision = self.spec_revision.max(1);
+        if let Some(old) = self.spec.take() {
+            self.history.push(crate::v1::SpecRevision { revision, replaced_at_ms: now_ms, spec: Some(old.clone()) });
+            let extra = self.history.len().saturating_sub(SPEC_HISTORY - 1);
+            self.history.drain(..extra);
+            self.previous_spec = Some(old);
+        }
+        self.spec = Some(new);
+        self.spec_revision = revision + 1;
+    }
+
+    /// The spec of revision `n`, if the service still keeps it.
+    pub fn spec_at(&self, n: u64) -> Option<&crate::v1::ServiceSpec> {
+        if n == self.spec_revision.max(1) {
+            return self.spec.as_ref();
+        }
+        self.history.iter().find(|r| r.revision == n).and_then(|r| r.spec.as_ref())
+    }
+}
+
 impl crate::v1::ServiceSpec {
     /// The ports the service publishes in ingress mode (every node accepts on them).
     pub fn ingress_ports(&self) -> impl Iterator<Item = &crate::v1::PortConfig> {
@@ -141,6 +169,32 @@ impl crate::v1::ServiceSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_service_keeps_its_last_10_specs_numbered() {
+        let spec = |image: &str| crate::v1::ServiceSpec {
+            task_template: Some(crate::v1::TaskSpec {
+                container: Some(crate::v1::ContainerSpec { image: image.into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let image = |s: Option<&crate::v1::ServiceSpec>| {
+            s.and_then(|s| s.task_template.as_ref()).and_then(|t| t.container.as_ref()).map(|c| c.image.clone())
+        };
+        let mut s = crate::v1::Service { spec: Some(spec("v1")), spec_revision: 1, ..Default::default() };
+        for i in 2..=12 {
+            s.replace_spec(spec(&format!("v{i}")), i);
+        }
+        assert_eq!(s.spec_revision, 12);
+        assert_eq!(s.history.len(), 9, "with the current one, 10");
+        assert_eq!(s.history.first().map(|r| r.revision), Some(3));
+        assert_eq!(image(s.spec_at(3)).as_deref(), Some("v3"));
+        assert_eq!(image(s.spec_at(12)).as_deref(), Some("v12"));
+        assert_eq!(image(s.previous_spec.as_ref()).as_deref(), Some("v11"));
+        assert!(s.spec_at(2).is_none(), "gone");
+        assert_eq!(s.history.last().map(|r| r.replaced_at_ms), Some(12));
+    }
+
     use crate::v1::{health, ContainerSpec, Health, HealthConfig, Task, TaskSpec, TaskState, TaskStatus};
 
     #[test]

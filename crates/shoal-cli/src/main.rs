@@ -379,11 +379,21 @@ enum ServiceCmd {
         #[arg(required = true)]
         pairs: Vec<String>,
     },
-    /// Go back to a service's previous spec (a rolling update with the rollback settings).
+    /// Go back to a service's previous spec, or to a revision of `service history` (a rolling
+    /// update with the rollback settings).
     Rollback {
         /// Return without waiting for the rollback to complete.
         #[arg(long, short = 'd', env = "SHOAL_DETACH")]
         detach: bool,
+        /// The revision to go back to (default: the previous spec).
+        #[arg(long)]
+        to: Option<u64>,
+        service: String,
+    },
+    /// The service's last 10 specs, numbered; `rollback --to N` goes back to one.
+    History {
+        #[arg(long, default_value = "table")]
+        format: Format,
         service: String,
     },
 }
@@ -1266,8 +1276,13 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     tt.force_update += 1;
                 }
             }
-            let req =
-                UpdateServiceRequest { service: a.service.clone(), version, spec: Some(spec), rollback: a.rollback };
+            let req = UpdateServiceRequest {
+                service: a.service.clone(),
+                version,
+                spec: Some(spec),
+                rollback: a.rollback,
+                rollback_to: 0,
+            };
             if a.dry_run {
                 let plan = c.plan_service_update(req).await?.into_inner();
                 return print_update_plan(c, &plan, a.format).await;
@@ -1400,11 +1415,49 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 return Err(Fail::Rpc(s));
             }
         }
-        ServiceCmd::Rollback { detach, service } => {
+        ServiceCmd::History { format, service } => {
+            let svc = c
+                .get_service(GetServiceRequest { service: service.clone() })
+                .await?
+                .into_inner()
+                .service
+                .unwrap_or_default();
+            let mut rows: Vec<serde_json::Value> = svc
+                .history
+                .iter()
+                .map(|r| output::revision_row(r.revision, r.spec.as_ref(), Some(r.replaced_at_ms), false))
+                .collect();
+            rows.push(output::revision_row(svc.spec_revision.max(1), svc.spec.as_ref(), None, true));
+            rows.reverse();
+            match format {
+                Format::Json => print_json(&serde_json::Value::Array(rows)),
+                Format::Table => print_table(
+                    &["REVISION", "IMAGE", "REPLICAS", "REPLACED", ""],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r["revision"].to_string(),
+                                r["image"].as_str().unwrap_or("").to_string(),
+                                r["replicas"].as_str().unwrap_or("").to_string(),
+                                r["replaced_at"].as_str().unwrap_or("").to_string(),
+                                if r["current"] == true { "current".into() } else { String::new() },
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        ServiceCmd::Rollback { detach, to, service } => {
             let v = c.get_service(GetServiceRequest { service: service.clone() }).await?.into_inner();
             let version = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.version).unwrap_or(0);
-            c.update_service(UpdateServiceRequest { service: service.clone(), version, spec: None, rollback: true })
-                .await?;
+            c.update_service(UpdateServiceRequest {
+                service: service.clone(),
+                version,
+                spec: None,
+                rollback: true,
+                rollback_to: to.unwrap_or(0),
+            })
+            .await?;
             outln!("{service}");
             if !detach {
                 progress::wait_updated(c, &service).await?;
@@ -1429,6 +1482,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     version,
                     spec: Some(spec),
                     rollback: false,
+                    rollback_to: 0,
                 })
                 .await?;
                 outln!("{name} scaled to {n}");

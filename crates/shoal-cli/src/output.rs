@@ -222,6 +222,30 @@ pub fn network_row(n: &Network) -> Vec<String> {
     ]
 }
 
+/// A row of `service history`.
+pub fn revision_row(
+    revision: u64,
+    spec: Option<&shoal_api::v1::ServiceSpec>,
+    replaced_at_ms: Option<i64>,
+    current: bool,
+) -> Value {
+    let replicas = match spec.and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => r.replicas.to_string(),
+        Some(Mode::Global(_)) => "global".into(),
+        _ => String::new(),
+    };
+    json!({
+        "revision": revision,
+        "image": spec.and_then(|s| s.task_template.as_ref()).and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
+        "replicas": replicas,
+        "replaced_at": replaced_at_ms
+            .map(|ms| shoal_api::timefmt::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)))
+            .unwrap_or_default(),
+        "current": current,
+        "spec": spec.map(|s| serde_json::to_value(s).unwrap_or_default()),
+    })
+}
+
 #[cfg(test)]
 mod port_tests {
     use super::*;

@@ -145,7 +145,14 @@ fn prepare_update(
 ) -> Result<(Service, ServiceSpec), Status> {
     let current = rt.store.read(|s| s.lookup_service(&req.service).cloned()).map_err(ApiError::from)?;
     let old_spec = current.spec.clone().unwrap_or_default();
-    let mut new_spec = if req.rollback {
+    let mut new_spec = if req.rollback && req.rollback_to != 0 {
+        current.spec_at(req.rollback_to).cloned().ok_or_else(|| {
+            ApiError::Rejected(format!(
+                "service {:?} has no revision {} (see `shoal service history {}`)",
+                req.service, req.rollback_to, req.service
+            ))
+        })?
+    } else if req.rollback {
         current.previous_spec.clone().ok_or_else(|| {
             ApiError::Rejected(format!("service {:?} has no previous spec to roll back to", req.service))
         })?
@@ -775,7 +782,12 @@ impl Control for ControlService {
             fill_published_ports(s, &mut spec, &id)
         })?;
         self.node.managers.require_manager()?;
-        let svc = Service { meta: Some(Meta { id, ..Default::default() }), spec: Some(spec), ..Default::default() };
+        let svc = Service {
+            meta: Some(Meta { id, ..Default::default() }),
+            spec: Some(spec),
+            spec_revision: 1,
+            ..Default::default()
+        };
         let r = self.node.writer.propose(vec![create_op(svc.into())]).await?;
         let object::Kind::Service(s) = first_object(&r)? else {
             return Err(ApiError::Internal("unexpected object".into()).into());
@@ -797,8 +809,9 @@ impl Control for ControlService {
             req.rollback,
             crate::util::now_ms(),
         );
-        next.previous_spec = Some(old_spec);
-        next.spec = Some(new_spec);
+        if new_spec != old_spec {
+            next.replace_spec(new_spec, crate::util::now_ms());
+        }
         if let Some(m) = next.meta.as_mut() {
             if req.version != 0 {
                 m.version = req.version;

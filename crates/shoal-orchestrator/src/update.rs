@@ -395,10 +395,8 @@ impl<K: Ord + Clone> Round<K> {
         }
         if let Outcome::Status { status, swap_specs } = outcome {
             let mut next = service.clone();
-            if swap_specs {
-                let previous = next.previous_spec.take();
-                next.previous_spec = next.spec.take();
-                next.spec = previous;
+            if let (true, Some(previous)) = (swap_specs, next.previous_spec.clone()) {
+                next.replace_spec(previous, now_ms);
             }
             next.update_status = Some(status);
             out.push(service_op(next));

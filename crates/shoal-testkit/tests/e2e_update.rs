@@ -67,6 +67,8 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             "500ms",
             "--health-retries",
             "2",
+            "--health-timeout",
+            "2s",
             // The shell's `exec sleep` is PID 1 without an init, and ignores SIGTERM.
             "--init",
             IMAGE,
@@ -195,5 +197,19 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert!(o.ok && o.stdout.contains("verify: Service rolled back"), "{o:?}");
     let (running, with, state) = status(&h, "2").await.context("status")?;
     assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
+
+    // Every spec is numbered: create, update, automatic rollback, paused update, rollback.
+    let history = shoal_ok(&h, &["service", "history", "web", "--format", "json"]).await?.json()?;
+    let revisions: Vec<u64> =
+        history.as_array().map(|a| a.iter().filter_map(|r| r["revision"].as_u64()).collect()).unwrap_or_default();
+    assert_eq!(revisions, [6, 5, 4, 3, 2, 1], "{history}");
+    assert_eq!(history[0]["current"], true);
+    // Back to the very first spec.
+    let o = shoal(&h, &["service", "rollback", "--to", "1", "web"]).await?;
+    assert!(o.ok, "{o:?}");
+    let (running, with, state) = status(&h, "1").await.context("status")?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
+    let o = shoal(&h, &["service", "rollback", "--to", "99", "web"]).await?;
+    assert!(!o.ok && o.stderr.contains("has no revision 99"), "{o:?}");
     Ok(())
 }

@@ -196,6 +196,7 @@ async fn user_errors_are_one_clear_line() -> Result<()> {
             version: v,
             spec: svc.spec.clone(),
             rollback: false,
+            rollback_to: 0,
         })
         .await
         .expect_err("stale version");

@@ -103,6 +103,7 @@ async fn throughput(host: &str, clients: usize, secs: u64) -> Result<f64> {
                     version: 0,
                     spec: Some(spec(&name, 1 + n % 3)),
                     rollback: false,
+                    rollback_to: 0,
                 })
                 .await?;
                 n += 1;
