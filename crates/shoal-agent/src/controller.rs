@@ -17,7 +17,7 @@ use crate::spec::runtime_spec;
 /// Grace period when the spec sets none (Docker's default).
 const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

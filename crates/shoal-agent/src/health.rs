@@ -112,14 +112,14 @@ pub fn record(h: &Health, p: &Probe, mut result: HealthResult, started_ms: i64) 
 /// not run or timed out).
 pub async fn check(runtime: &dyn shoal_runtime::ContainerRuntime, id: &str, p: &Probe) -> HealthResult {
     use tokio::io::AsyncReadExt;
-    let start_ms = crate::controller::now_ms();
+    let start_ms = wall_ms();
     let spec = shoal_runtime::ExecSpec { args: p.command.clone(), tty: false, stdin: false, width: 0, height: 0 };
     let proc = match runtime.exec(id, &spec).await {
         Ok(proc) => proc,
         Err(e) => {
             return HealthResult {
                 start_ms,
-                end_ms: crate::controller::now_ms(),
+                end_ms: wall_ms(),
                 exit_code: -1,
                 output: format!("cannot run the check: {e}"),
             };
@@ -168,7 +168,14 @@ pub async fn check(runtime: &dyn shoal_runtime::ContainerRuntime, id: &str, p: &
         ),
     };
     runtime.exec_remove(id, &exec_id).await;
-    HealthResult { start_ms, end_ms: crate::controller::now_ms(), exit_code, output }
+    HealthResult { start_ms, end_ms: wall_ms(), exit_code, output }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A health status as people read it.
