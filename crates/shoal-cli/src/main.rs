@@ -865,21 +865,29 @@ async fn update_node_spec(
     Ok(r.node.unwrap_or_default())
 }
 
+/// The service `q` names (id, id prefix or name).
+async fn service_named(c: &mut Client, q: &str) -> Result<v1::Service, Fail> {
+    Ok(c.get_service(GetServiceRequest { service: q.to_string() }).await?.into_inner().service.unwrap_or_default())
+}
+
+/// Every node's hostname, by node id.
+async fn hostnames(c: &mut Client) -> Result<std::collections::BTreeMap<String, String>, Fail> {
+    let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+    Ok(nodes
+        .iter()
+        .filter_map(|v| v.node.as_ref())
+        .filter_map(|n| Some((n.meta.as_ref()?.id.clone(), hostname_of(n))))
+        .collect())
+}
+
 /// Prints what `service update --dry-run` found.
 async fn print_update_plan(c: &mut Client, plan: &v1::UpdatePlan, format: Format) -> Result<(), Fail> {
     if matches!(format, Format::Json) {
         print_json(&serde_json::to_value(plan).unwrap_or_default());
         return Ok(());
     }
-    let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
-    let host_of = |id: &str| {
-        nodes
-            .iter()
-            .filter_map(|v| v.node.as_ref())
-            .find(|n| n.meta.as_ref().is_some_and(|m| m.id == id))
-            .map(hostname_of)
-            .unwrap_or_else(|| "(no node yet)".into())
-    };
+    let hosts = hostnames(c).await?;
+    let host_of = |id: &str| hosts.get(id).cloned().unwrap_or_else(|| "(no node yet)".into());
     let n = plan.replaced.len();
     if n == 0 {
         outln!("no task would be replaced ({} unchanged)", plan.unchanged);
@@ -1336,12 +1344,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             }
         }
         ServiceCmd::Ps { format, quiet, service } => {
-            let svc = c
-                .get_service(GetServiceRequest { service: service.clone() })
-                .await?
-                .into_inner()
-                .service
-                .unwrap_or_default();
+            let svc = service_named(c, &service).await?;
             let name =
                 svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default();
             let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
@@ -1350,15 +1353,8 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             tasks.sort_by_key(|t| {
                 (t.slot, t.node_id.clone(), std::cmp::Reverse(t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0)))
             });
-            let nodes = c.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
-            let host_of = |id: &str| {
-                nodes
-                    .iter()
-                    .filter_map(|v| v.node.as_ref())
-                    .find(|n| n.meta.as_ref().is_some_and(|m| m.id == id))
-                    .map(hostname_of)
-                    .unwrap_or_default()
-            };
+            let hosts = hostnames(c).await?;
+            let host_of = |id: &str| hosts.get(id).cloned().unwrap_or_default();
             let rows: Vec<serde_json::Value> =
                 tasks.iter().map(|t| output::task_row(&name, t, &host_of(&t.node_id))).collect();
             if quiet {
@@ -1416,12 +1412,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             }
         }
         ServiceCmd::History { format, service } => {
-            let svc = c
-                .get_service(GetServiceRequest { service: service.clone() })
-                .await?
-                .into_inner()
-                .service
-                .unwrap_or_default();
+            let svc = service_named(c, &service).await?;
             let mut rows: Vec<serde_json::Value> = svc
                 .history
                 .iter()

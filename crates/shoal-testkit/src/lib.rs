@@ -419,3 +419,54 @@ pub async fn shoal_ok(host: &str, args: &[&str]) -> Result<CliOutput> {
     }
     Ok(o)
 }
+
+/// A running task of a service on a namespace host, as `service ps` shows it.
+#[derive(Debug, Clone)]
+pub struct RunningTask {
+    /// Task id.
+    pub id: String,
+    /// The host's number (its hostname is `host<N>`).
+    pub host: usize,
+    /// Its address on its first network, without the prefix ("" on no network).
+    pub address: String,
+    /// Its container's process.
+    pub pid: i64,
+}
+
+/// The tasks of `service` that run and are meant to, if `service ps` answered.
+pub async fn running_tasks(host: &str, service: &str) -> Option<Vec<RunningTask>> {
+    let v = shoal(host, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?;
+    let mut out = Vec::new();
+    for t in v.as_array()? {
+        if t["desired_state"] != "running" || t["state"] != "running" {
+            continue;
+        }
+        let node = t["node"].as_str()?.strip_prefix("host")?.parse().ok()?;
+        let address = t["networks"][0]["address"].as_str().and_then(|a| a.split('/').next()).unwrap_or("").to_string();
+        out.push(RunningTask {
+            id: t["id"].as_str()?.to_string(),
+            host: node,
+            address,
+            pid: t["pid"].as_i64().unwrap_or(0),
+        });
+    }
+    Some(out)
+}
+
+/// Waits until exactly `n` tasks of `service` run.
+pub async fn wait_running(host: &str, service: &str, n: usize, timeout: Duration) -> Result<Vec<RunningTask>> {
+    wait_until(timeout, &format!("{n} running tasks of {service}"), || async move {
+        let ts = running_tasks(host, service).await?;
+        (ts.len() == n).then_some(ts)
+    })
+    .await
+}
+
+/// The service's VIP on its first network, once the allocator gave it.
+pub async fn vip_of(host: &str, service: &str, timeout: Duration) -> Result<String> {
+    wait_until(timeout, &format!("the VIP of {service}"), || async move {
+        let v = shoal(host, &["service", "inspect", service, "--format", "json"]).await.ok()?.json().ok()?;
+        Some(v[0]["virtual_ips"][0]["address"].as_str()?.split('/').next()?.to_string())
+    })
+    .await
+}

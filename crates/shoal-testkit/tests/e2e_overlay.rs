@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_testkit::{shoal, shoal_ok, wait_until, HostSet};
+use shoal_testkit::{running_tasks, shoal, shoal_ok, wait_until, HostSet, RunningTask as TaskAt};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "2";
@@ -89,46 +89,6 @@ async fn wait_resolves(clients: &[TaskAt], name: &str, want: &[String]) -> Resul
     Ok(())
 }
 
-/// The service's VIP, once the allocator gave it (it runs after the create is committed).
-async fn vip_of(h: &str, service: &str) -> Result<String> {
-    wait_until(T, &format!("the VIP of {service}"), || async move {
-        let v = shoal(h, &["service", "inspect", service, "--format", "json"]).await.ok()?.json().ok()?;
-        Some(v[0]["virtual_ips"][0]["address"].as_str()?.split('/').next()?.to_string())
-    })
-    .await
-}
-
-#[derive(Debug, Clone)]
-struct TaskAt {
-    id: String,
-    host: usize,
-    address: String,
-    pid: i64,
-}
-
-async fn running_tasks(h: &str, service: &str) -> Option<Vec<TaskAt>> {
-    let v = shoal(h, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?;
-    let mut out = Vec::new();
-    for t in v.as_array()? {
-        if t["desired_state"] != "running" || t["state"] != "running" {
-            continue;
-        }
-        let host = t["node"].as_str()?.strip_prefix("host")?.parse().ok()?;
-        // A task on no network has no overlay address.
-        let address = t["networks"][0]["address"].as_str().and_then(|a| a.split('/').next()).unwrap_or("").to_string();
-        out.push(TaskAt { id: t["id"].as_str()?.to_string(), host, address, pid: t["pid"].as_i64().unwrap_or(0) });
-    }
-    Some(out)
-}
-
-async fn wait_running(h: &str, service: &str, n: usize) -> Result<Vec<TaskAt>> {
-    wait_until(T, &format!("{n} running tasks of {service}"), || async move {
-        let ts = running_tasks(h, service).await?;
-        (ts.len() == n).then_some(ts)
-    })
-    .await
-}
-
 /// The first host that still forwards to `address` over the overlay or answers ARP for it
 /// (its MAC is 02:42 + the address), if any.
 fn anywhere_forwards(address: &str) -> Option<usize> {
@@ -178,8 +138,8 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     .await?;
     shoal_ok(&h, &["service", "create", "--name", "priv", "--network", "privnet", IMAGE, "sleep", "1003"]).await?;
     shoal_ok(&h, &["service", "create", "--name", "other", "--network", "othernet", IMAGE, "sleep", "1004"]).await?;
-    let srv = wait_running(&h, "srv", 2).await?;
-    let cli = wait_running(&h, "cli", 3).await?;
+    let srv = shoal_testkit::wait_running(&h, "srv", 2, T).await?;
+    let cli = shoal_testkit::wait_running(&h, "cli", 3, T).await?;
 
     // Every client reaches every server over TCP, across hosts too, and the container really
     // is in the namespace the agent made.
@@ -244,7 +204,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     // is out of reach.
     let c0 = task_ns(&hosts, cli[0].host, &cli[0].id);
     assert!(get(&c0, &format!("http://{REGISTRY}/v2/")).is_some(), "egress from an overlay task");
-    let p = wait_running(&h, "priv", 1).await?;
+    let p = shoal_testkit::wait_running(&h, "priv", 1, T).await?;
     let pns = task_ns(&hosts, p[0].host, &p[0].id);
     assert!(get(&pns, &format!("http://{REGISTRY}/v2/")).is_none(), "no egress from an internal network");
     // A host-mode published port answers on its task's node, and only there.
@@ -264,7 +224,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
         ],
     )
     .await?;
-    let p1 = wait_running(&h, "pub", 1).await?;
+    let p1 = shoal_testkit::wait_running(&h, "pub", 1, T).await?;
     let (on, off) = (p1[0].host, if p1[0].host == 1 { 2 } else { 1 });
     let from = if on == HOSTS { HOSTS - 1 } else { HOSTS };
     let url = |i: usize| format!("http://10.232.{SET}.{i}:8088/");
@@ -279,21 +239,21 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     // A service with no task: its VIP refuses at once instead of timing out.
     shoal_ok(&h, &["service", "create", "--detach", "--name", "idle", "--replicas", "0", "--network", "appnet", IMAGE])
         .await?;
-    let idle_vip = vip_of(&h, "idle").await?;
+    let idle_vip = shoal_testkit::vip_of(&h, "idle", T).await?;
     wait_resolves(&cli, "idle", std::slice::from_ref(&idle_vip)).await?;
     let refused = Command::new("timeout")
         .args(["5", "nsenter", "-t", &cli[0].pid.to_string(), "-n", "-m", "busybox", "nc", &idle_vip, "80"])
         .output()?;
     let why = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && why.contains("refused"), "{why}");
-    let o = wait_running(&h, "other", 1).await?;
+    let o = shoal_testkit::wait_running(&h, "other", 1, T).await?;
     let ons = task_ns(&hosts, o[0].host, &o[0].id);
     assert!(get(&ons, &format!("http://{}/", srv[0].address)).is_none(), "another network cannot reach appnet");
     assert_eq!(resolve(o[0].pid, "tasks.srv"), None, "another network's names are not answered");
 
     // Scale down: the gone task's address leaves every host's forwarding entries.
     shoal_ok(&h, &["service", "scale", "srv=1"]).await?;
-    let left = wait_running(&h, "srv", 1).await?;
+    let left = shoal_testkit::wait_running(&h, "srv", 1, T).await?;
     let gone = srv.iter().find(|s| s.id != left[0].id).context("a task went")?.clone();
     wait_until(T, &format!("no host to forward to {}", gone.address), || {
         let a = gone.address.clone();
@@ -350,7 +310,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
     let after: Vec<_> = cli.iter().filter(|c| c.host == worker).map(ino).collect();
     assert_eq!(before, after, "the restarted agent kept the tasks' namespaces");
     let ids = |ts: &[TaskAt]| ts.iter().map(|t| t.id.clone()).collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(ids(&wait_running(&h, "cli", 3).await?), ids(&cli), "no client was replaced");
+    assert_eq!(ids(&shoal_testkit::wait_running(&h, "cli", 3, T).await?), ids(&cli), "no client was replaced");
 
     // Everything removed: nothing of shoal's is left on any host.
     for s in ["srv", "cli", "priv", "other", "idle", "pub"] {

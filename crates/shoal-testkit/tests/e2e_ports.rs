@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shoal_testkit::{shoal, shoal_ok, wait_until, HostSet};
+use shoal_testkit::{running_tasks, shoal, shoal_ok, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "3";
@@ -151,43 +151,6 @@ impl Load {
     }
 }
 
-#[derive(Debug, Clone)]
-struct TaskAt {
-    id: String,
-    host: usize,
-    pid: i64,
-}
-
-async fn running_tasks(h: &str, service: &str) -> Option<Vec<TaskAt>> {
-    let v = shoal(h, &["service", "ps", service, "--format", "json"]).await.ok()?.json().ok()?;
-    let mut out = Vec::new();
-    for t in v.as_array()? {
-        if t["desired_state"] != "running" || t["state"] != "running" {
-            continue;
-        }
-        let host = t["node"].as_str()?.strip_prefix("host")?.parse().ok()?;
-        out.push(TaskAt { id: t["id"].as_str()?.to_string(), host, pid: t["pid"].as_i64().unwrap_or(0) });
-    }
-    Some(out)
-}
-
-async fn wait_running(h: &str, service: &str, n: usize) -> Result<Vec<TaskAt>> {
-    wait_until(T, &format!("{n} running tasks of {service}"), || async move {
-        let ts = running_tasks(h, service).await?;
-        (ts.len() == n).then_some(ts)
-    })
-    .await
-}
-
-/// The service's VIP on its first network.
-async fn vip_of(h: &str, service: &str) -> Result<String> {
-    wait_until(T, &format!("the VIP of {service}"), || async move {
-        let v = shoal(h, &["service", "inspect", service, "--format", "json"]).await.ok()?.json().ok()?;
-        Some(v[0]["virtual_ips"][0]["address"].as_str()?.split('/').next()?.to_string())
-    })
-    .await
-}
-
 /// busybox httpd answering `hello from <task name>` on / and the client's address on /cgi-bin/ip.
 const WEB: &str = "mkdir -p /www/cgi-bin && echo \"hello from $(hostname)\" >/www/index.html \
                    && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' >/www/cgi-bin/ip \
@@ -234,8 +197,8 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
         &["service", "create", "--name", "cli", "--mode", "global", "--network", "appnet", IMAGE, "sleep", "3000"],
     )
     .await?;
-    let web = wait_running(&h, "web", 3).await?;
-    let cli = wait_running(&h, "cli", HOSTS).await?;
+    let web = shoal_testkit::wait_running(&h, "web", 3, T).await?;
+    let cli = shoal_testkit::wait_running(&h, "cli", HOSTS, T).await?;
     let names: BTreeSet<String> = (1..=3).map(|i| format!("hello from web.{i}")).collect();
 
     // The VIP from every host: connections spread over all 3 tasks.
@@ -309,7 +272,7 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
         ],
     )
     .await?;
-    let loc = wait_running(&h, "loc", 1).await?;
+    let loc = shoal_testkit::wait_running(&h, "loc", 1, T).await?;
     let seen = wait_until(T, "the local port answers", || {
         let a = addr(loc[0].host);
         async move { get(&a, 8090, "/cgi-bin/ip").ok() }
@@ -351,8 +314,8 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
         ],
     )
     .await?;
-    let echo = wait_running(&h, "echo", 1).await?;
-    let echo_vip = vip_of(&h, "echo").await?;
+    let echo = shoal_testkit::wait_running(&h, "echo", 1, T).await?;
+    let echo_vip = shoal_testkit::vip_of(&h, "echo", T).await?;
     let away = (1..=HOSTS).find(|i| *i != echo[0].host).context("another host")?;
     let c = cli.iter().find(|c| c.host == away).context("a client there")?;
     let ns = task_ns(&hosts, c.host, &c.id).display().to_string();
@@ -370,16 +333,16 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
     // 3 -> 6 -> 2 and a task is replaced: nothing fails.
     let stop = hosts.dir().join("stop-load");
     let client_task = &cli[0];
-    let web_vip = vip_of(&h, "web").await?;
+    let web_vip = shoal_testkit::vip_of(&h, "web", T).await?;
     let through_port = Load::start(None, &addr(1), 8080, &stop, "ingress")?;
     let client_ns = task_ns(&hosts, client_task.host, &client_task.id).display().to_string();
     let through_vip = Load::start(Some(&client_ns), &web_vip, 80, &stop, "VIP")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     shoal_ok(&h, &["service", "scale", "web=6"]).await?;
-    wait_running(&h, "web", 6).await?;
+    shoal_testkit::wait_running(&h, "web", 6, T).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     shoal_ok(&h, &["service", "scale", "web=2"]).await?;
-    let two = wait_running(&h, "web", 2).await?;
+    let two = shoal_testkit::wait_running(&h, "web", 2, T).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // One task replaced: its node drained (a worker, so the cluster keeps its managers busy).
     let drained = two.iter().map(|t| t.host).max().context("a web task")?;

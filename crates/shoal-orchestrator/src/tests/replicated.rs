@@ -83,8 +83,7 @@ fn a_new_task_carries_the_host_mode_ports_and_joins_ingress_for_the_others() {
     if let Some(p) = local.spec.as_mut().and_then(|s| s.endpoint_spec.as_mut()).and_then(|e| e.ports.get_mut(1)) {
         p.traffic = shoal_api::v1::port_config::Traffic::Local as i32;
     }
-    let mut w = world(vec![svc]);
-    w.add(shoal_api::v1::Network {
+    let ingress = shoal_api::v1::Network {
         meta: Some(shoal_api::v1::Meta { id: "ing".into(), ..Default::default() }),
         spec: Some(shoal_api::v1::NetworkSpec {
             annotations: Some(Annotations { name: "ingress".into(), ..Default::default() }),
@@ -94,7 +93,9 @@ fn a_new_task_carries_the_host_mode_ports_and_joins_ingress_for_the_others() {
         subnet: "10.255.0.0/16".into(),
         gateway: "10.255.0.1".into(),
         vni: 4096,
-    });
+    };
+    let mut w = world(vec![svc]);
+    w.add(ingress.clone());
     let ops = reconcile(&w.store, NOW, &mut new_ids());
     let created: Vec<&Task> = ops
         .iter()
@@ -115,15 +116,7 @@ fn a_new_task_carries_the_host_mode_ports_and_joins_ingress_for_the_others() {
     assert!(!created[0].networks_attached(), "the scheduler waits for it");
 
     let mut w = world(vec![local]);
-    w.add(shoal_api::v1::Network {
-        meta: Some(shoal_api::v1::Meta { id: "ing".into(), ..Default::default() }),
-        spec: Some(shoal_api::v1::NetworkSpec {
-            annotations: Some(Annotations { name: "ingress".into(), ..Default::default() }),
-            ingress: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    w.add(ingress);
     let ops = reconcile(&w.store, NOW, &mut new_ids());
     let joined = ops.iter().any(|o| {
         matches!(o.kind.as_ref(), Some(shoal_api::v1::op::Kind::Create(Object { kind: Some(shoal_api::v1::object::Kind::Task(t)) })) if !t.networks.is_empty())
