@@ -114,7 +114,12 @@ pub async fn check(runtime: &dyn shoal_runtime::ContainerRuntime, id: &str, p: &
     use tokio::io::AsyncReadExt;
     let start_ms = wall_ms();
     let spec = shoal_runtime::ExecSpec { args: p.command.clone(), tty: false, stdin: false, width: 0, height: 0 };
-    let proc = match runtime.exec(id, &spec).await {
+    // Starting the process is bounded by the timeout too: a busy runtime must not hold the
+    // check (and with it the task's health) indefinitely.
+    let started = tokio::time::timeout(p.timeout, runtime.exec(id, &spec)).await;
+    let proc = match started
+        .unwrap_or_else(|_| Err(shoal_runtime::RuntimeError::Io("the runtime did not start it in time".into())))
+    {
         Ok(proc) => proc,
         Err(e) => {
             return HealthResult {

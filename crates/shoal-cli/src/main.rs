@@ -1229,11 +1229,17 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                 groups: a.group.clone(),
             };
             specs::add_lists(&mut spec, &lists)?;
+            let is_job =
+                matches!(spec.mode, Some(service_spec::Mode::ReplicatedJob(_) | service_spec::Mode::GlobalJob(_)));
             let v = c.create_service(CreateServiceRequest { spec: Some(spec) }).await?.into_inner();
             let id = v.service.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default();
             outln!("{id}");
             if !a.detach && !a.quiet {
-                progress::wait_converged(c, &id).await?;
+                if is_job {
+                    progress::wait_job(c, &id).await?;
+                } else {
+                    progress::wait_converged(c, &id).await?;
+                }
             }
         }
         ServiceCmd::Update(a) => {
@@ -1284,6 +1290,8 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                     tt.force_update += 1;
                 }
             }
+            let is_job =
+                matches!(spec.mode, Some(service_spec::Mode::ReplicatedJob(_) | service_spec::Mode::GlobalJob(_)));
             let req = UpdateServiceRequest {
                 service: a.service.clone(),
                 version,
@@ -1299,7 +1307,11 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let name = v.service.and_then(|s| s.spec).and_then(|s| s.annotations).map(|a| a.name).unwrap_or_default();
             outln!("{name}");
             if !a.detach && !a.quiet {
-                progress::wait_updated(c, &name).await?;
+                if is_job {
+                    progress::wait_job(c, &name).await?;
+                } else {
+                    progress::wait_updated(c, &name).await?;
+                }
             }
         }
         ServiceCmd::Ls { format, quiet } => {
@@ -1320,9 +1332,12 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
                                 r["name"].as_str().unwrap_or("").to_string(),
                                 r["mode"].as_str().unwrap_or("").to_string(),
                                 // As Docker: the update state beside the counts while it matters.
-                                match r["update_state"].as_str().unwrap_or("") {
-                                    "" | "completed" => format!("{}/{}", r["running"], r["replicas"]),
-                                    state => format!("{}/{} ({state})", r["running"], r["replicas"]),
+                                match (r["mode"].as_str().unwrap_or(""), r["update_state"].as_str().unwrap_or("")) {
+                                    ("replicated-job" | "global-job", _) => {
+                                        format!("{}/{} ({} completed)", r["running"], r["replicas"], r["completed"])
+                                    }
+                                    (_, "" | "completed") => format!("{}/{}", r["running"], r["replicas"]),
+                                    (_, state) => format!("{}/{} ({state})", r["running"], r["replicas"]),
                                 },
                                 r["image"].as_str().unwrap_or("").to_string(),
                                 r["ports"].as_str().unwrap_or("").to_string(),

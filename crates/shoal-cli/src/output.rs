@@ -102,6 +102,7 @@ pub fn service_row(v: &ServiceView) -> Value {
         "mode": mode_name(&s),
         "replicas": v.desired_tasks,
         "running": v.running_tasks,
+        "completed": v.completed_tasks,
         "image": spec.task_template.as_ref().and_then(|t| t.container.as_ref()).map(|c| c.image.clone()).unwrap_or_default(),
         "ports": ports_column(&spec),
         "update_state": s.update_status.as_ref().map_or("", |u| names::update_state(u.state())),
@@ -138,7 +139,7 @@ pub fn task_row(service_name: &str, t: &Task, node_hostname: &str) -> Value {
 
 /// `service inspect --format table`.
 pub fn service_pretty(s: &Service) {
-    let row = service_row(&ServiceView { service: Some(s.clone()), running_tasks: 0, desired_tasks: 0 });
+    let row = service_row(&ServiceView { service: Some(s.clone()), ..Default::default() });
     outln!("ID:       {}", row["id"].as_str().unwrap_or(""));
     outln!("Name:     {}", row["name"].as_str().unwrap_or(""));
     outln!("Mode:     {}", row["mode"].as_str().unwrap_or(""));

@@ -128,3 +128,35 @@ pub async fn wait_updated(c: &mut ControlClient<Channel>, service: &str) -> Resu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Follows a job until every task of its current spec completed, showing how many did; an
+/// error when nothing runs any more and the job is not done (its restart policy gave up).
+pub async fn wait_job(c: &mut ControlClient<Channel>, service: &str) -> Result<(), tonic::Status> {
+    let mut last = String::new();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let view = c.get_service(GetServiceRequest { service: service.to_string() }).await?.into_inner();
+        let (done, total, running) = (view.completed_tasks, view.desired_tasks, view.running_tasks);
+        let picture = format!("job progress: {done} out of {total} completed, {running} running");
+        if picture != last {
+            outln!("{picture}");
+            last = picture;
+        }
+        if total > 0 && done >= total {
+            outln!("verify: Job complete");
+            return Ok(());
+        }
+        if running == 0 {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            // A restart may be waiting out its delay: give it time before giving up.
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(tonic::Status::aborted(format!(
+                    "job {service} stopped with {done} of {total} completed (see `shoal service ps {service}`)"
+                )));
+            }
+        } else {
+            idle_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -73,6 +73,9 @@ pub struct CommonFlags {
     /// Endpoint mode: vip or dnsrr.
     #[arg(long)]
     pub endpoint_mode: Option<String>,
+    /// Job tasks run at once (replicated-job; default 1, 0: all).
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
     /// Tasks updated at once (0: all).
     #[arg(long)]
     pub update_parallelism: Option<u64>,
@@ -336,6 +339,12 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
             Some(Mode::ReplicatedJob(j)) => j.total_completions = r,
             None => spec.mode = Some(Mode::Replicated(ReplicatedService { replicas: r })),
             Some(_) => return Err("--replicas applies only to replicated services".into()),
+        }
+    }
+    if let Some(n) = f.max_concurrent {
+        match spec.mode.as_mut() {
+            Some(Mode::ReplicatedJob(j)) => j.max_concurrent = n,
+            _ => return Err("--max-concurrent applies only to replicated jobs (--mode replicated-job)".into()),
         }
     }
     let tt = spec.task_template.get_or_insert_with(TaskSpec::default);

@@ -265,7 +265,26 @@ impl ControlService {
             _ => counts.desired,
         };
         let running = counts.running;
-        ServiceView { service: Some(s.clone()), running_tasks: running, desired_tasks: desired }
+        let job = matches!(
+            s.spec.as_ref().and_then(|sp| sp.mode.as_ref()),
+            Some(service_spec::Mode::ReplicatedJob(_) | service_spec::Mode::GlobalJob(_))
+        );
+        let template = s.spec.as_ref().and_then(|sp| sp.task_template.as_ref());
+        let completed = if job {
+            store
+                .tasks_by_service(&id_of(&s.meta))
+                .filter(|t| t.spec.as_ref() == template)
+                .filter(|t| t.status.as_ref().is_some_and(|st| st.state() == shoal_api::v1::TaskState::Complete))
+                .count() as u64
+        } else {
+            0
+        };
+        ServiceView {
+            service: Some(s.clone()),
+            running_tasks: running,
+            desired_tasks: desired,
+            completed_tasks: completed,
+        }
     }
 
     async fn manager_statuses(&self) -> BTreeMap<u64, &'static str> {

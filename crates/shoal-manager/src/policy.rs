@@ -135,6 +135,13 @@ pub fn update_status(
     let start = |state: State, message: &str| {
         Some(UpdateStatus { state: state as i32, started_at_ms: now_ms, completed_at_ms: 0, message: message.into() })
     };
+    // A job takes no rolling update: a change runs it again.
+    if matches!(
+        new.mode,
+        Some(shoal_api::v1::service_spec::Mode::ReplicatedJob(_) | shoal_api::v1::service_spec::Mode::GlobalJob(_))
+    ) {
+        return None;
+    }
     if rollback {
         return start(State::RollbackStarted, "manually requested rollback");
     }

@@ -29,8 +29,10 @@
 //!   or whose node is lost, are deleted at once since no agent will report on them.
 //! - Rolling updates and rollbacks (module `update`): only slots (nodes, for global services)
 //!   whose task differs from what the service would create now are replaced, a batch at a time.
-//! - Out of scope for now, deliberately: jobs (replicated-job and global-job services are left
-//!   untouched, tasks included); global tasks are created
+//! - Jobs (module `jobs`): replicated jobs run their completions at most `max_concurrent` at a
+//!   time, global jobs once per eligible node; a failed task is replaced under the restart
+//!   policy, a completed one never; a spec change runs the job again.
+//! - Out of scope for now, deliberately: global tasks are created
 //!   `ASSIGNED` to their node without the scheduler's resource and host-port checks.
 //!
 //! Architecture Invariant: pure and deterministic. No I/O, no clock, no randomness, no async
@@ -40,6 +42,7 @@
 
 mod global;
 mod history;
+mod jobs;
 mod nodes;
 mod removed;
 mod replicated;
@@ -102,8 +105,10 @@ pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut d
         match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
             Some(Mode::Replicated(r)) => replicated::reconcile(ctx, service, r.replicas, ops),
             Some(Mode::Global(_)) => global::reconcile(ctx, service, ops),
-            // Jobs are later work; a service without a mode is invalid. Both are left alone.
-            Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_)) | None => {}
+            Some(Mode::ReplicatedJob(j)) => jobs::replicated(ctx, service, j, ops),
+            Some(Mode::GlobalJob(_)) => jobs::global(ctx, service, ops),
+            // A service without a mode is invalid: left alone.
+            None => {}
         }
     };
     match scope {
@@ -157,7 +162,10 @@ pub fn affected(store: &Store, events: &[Event]) -> Scope {
                         store
                             .services()
                             .filter(|s| {
-                                matches!(s.spec.as_ref().and_then(|sp| sp.mode.as_ref()), Some(Mode::Global(_)))
+                                matches!(
+                                    s.spec.as_ref().and_then(|sp| sp.mode.as_ref()),
+                                    Some(Mode::Global(_) | Mode::GlobalJob(_))
+                                )
                             })
                             .filter_map(|s| s.meta.as_ref().map(|m| m.id.clone())),
                     );

@@ -64,11 +64,12 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             "--health-cmd",
             "test -f /tmp/ok",
             "--health-interval",
-            "500ms",
+            "1s",
             "--health-retries",
-            "2",
+            "3",
+            // A check waits for a busy runtime (a loaded CI machine) rather than failing.
             "--health-timeout",
-            "2s",
+            "10s",
             // The shell's `exec sleep` is PID 1 without an init, and ignores SIGTERM.
             "--init",
             IMAGE,
@@ -211,5 +212,70 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
     let o = shoal(&h, &["service", "rollback", "--to", "99", "web"]).await?;
     assert!(!o.ok && o.stderr.contains("has no revision 99"), "{o:?}");
+
+    // A replicated job: 6 completions, at most 2 at once; the CLI waits for the last.
+    let most = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (h, most, stop) = (h.clone(), most.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(v) =
+                    shoal(&h, &["service", "ps", "batch", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
+                {
+                    let n = v.as_array().map(|a| a.iter().filter(|t| t["state"] == "running").count()).unwrap_or(0);
+                    most.fetch_max(n, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let o = shoal(
+        &h,
+        &[
+            "service",
+            "create",
+            "--name",
+            "batch",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "6",
+            "--max-concurrent",
+            "2",
+            IMAGE,
+            "sleep",
+            "1",
+        ],
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    assert!(o.ok && o.stdout.contains("verify: Job complete"), "{o:?}");
+    let ps = shoal_ok(&h, &["service", "ps", "batch", "--format", "json"]).await?.json()?;
+    let complete = ps.as_array().map(|a| a.iter().filter(|t| t["state"] == "complete").count()).unwrap_or(0);
+    assert_eq!(complete, 6, "{ps}");
+    let peak = most.load(Ordering::Relaxed);
+    assert!((1..=2).contains(&peak), "at most 2 at once: {peak}");
+    let ls = shoal_ok(&h, &["service", "ls"]).await?.stdout;
+    assert!(ls.contains("(6 completed)"), "{ls}");
+
+    // A global job: once on each of the 3 nodes.
+    let o = shoal(&h, &["service", "create", "--name", "once", "--mode", "global-job", IMAGE, "true"]).await?;
+    assert!(o.ok && o.stdout.contains("verify: Job complete"), "{o:?}");
+    let ps = shoal_ok(&h, &["service", "ps", "once", "--format", "json"]).await?.json()?;
+    let nodes: std::collections::BTreeSet<String> = ps
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["state"] == "complete")
+                .filter_map(|t| t["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(nodes.len(), 3, "{ps}");
     Ok(())
 }

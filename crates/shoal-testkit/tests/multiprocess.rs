@@ -260,7 +260,18 @@ async fn json_output_contract() -> Result<()> {
     let row = services.as_array().and_then(|a| a.first()).context("one service")?;
     assert_eq!(
         keys(row),
-        set(&["id", "name", "mode", "replicas", "running", "image", "ports", "update_state", "update_message"])
+        set(&[
+            "id",
+            "name",
+            "mode",
+            "replicas",
+            "running",
+            "completed",
+            "image",
+            "ports",
+            "update_state",
+            "update_message"
+        ])
     );
     assert_eq!(
         (row["name"].as_str(), row["mode"].as_str(), row["replicas"].as_u64()),

@@ -5,6 +5,7 @@
 
 mod global;
 mod history;
+mod jobs;
 mod nodes;
 mod props;
 mod removed;

@@ -250,12 +250,14 @@ fn a_spec_change_does_not_replace_running_tasks() {
 }
 
 #[test]
-fn jobs_are_left_alone() {
+fn a_job_task_on_a_lost_node_runs_again() {
     let mut w = world(vec![replicated_job("batch", 3)]);
     let batch = stored(&w, "batch");
     w.add(task("t1", &batch, 1).on("n1").state(Running, 0));
     w.edit_node("n1", |n| n.status.get_or_insert_with(Default::default).state = NodeState::Down as i32);
-    assert_eq!(pass(&w, NOW), Vec::<String>::new());
+    let ops = pass(&w, NOW);
+    assert_eq!(ops[0], "update t1 node=n1 desired=shutdown state=orphaned");
+    assert!(ops.contains(&"create batch.1 node=- desired=running state=pending".to_string()), "{ops:?}");
 }
 
 #[test]

@@ -1,0 +1,157 @@
+//! Jobs: services whose tasks run to completion.
+//!
+//! A replicated job runs `total_completions` tasks, numbered 1..=total like replicated slots, at
+//! most `max_concurrent` at once (0: as many as the total). A slot is done once it holds a task
+//! that completed; a task that failed is replaced under the restart policy (a completed one never
+//! is), and its replacement counts against the concurrency. A global job runs once on every
+//! eligible node, the nodes that join later included.
+//!
+//! Only tasks up to date with the service count (module `update`): changing the spec (`service
+//! update`, `--force` included) runs the job again, and the tasks of the earlier run that still
+//! run are stopped. Jobs take no rolling update.
+
+use std::collections::BTreeMap;
+
+use shoal_api::v1::{Op, ReplicatedJob, Service, TaskState};
+use shoal_scheduler::placement::{node_accepts_new_tasks, Placement};
+use shoal_scheduler::task;
+
+use crate::update::Want;
+use crate::work::{id, Tasks};
+use crate::{history, nodes, restart, Ctx};
+
+/// A task that completed as part of the job: still wanted (history pruning keeps it, as it
+/// keeps every wanted task), not one the cluster stopped.
+fn completed(t: &shoal_api::v1::Task) -> bool {
+    task::observed(t) == TaskState::Complete as i32 && task::is_wanted(t)
+}
+
+/// Reconciles replicated job `service`.
+pub(crate) fn replicated(ctx: &mut Ctx<'_>, service: &Service, job: &ReplicatedJob, out: &mut Vec<Op>) {
+    let store = ctx.store;
+    let now = ctx.now_ms;
+    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
+    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
+    nodes::orphan_lost(&mut tasks, store);
+    for tid in tasks.ids() {
+        let Some(t) = tasks.get(&tid) else { continue };
+        if task::is_runnable(t) && store.node(&t.node_id).is_some_and(nodes::is_drained) {
+            tasks.shut_down(&tid);
+        }
+    }
+    tasks.settle_unassigned();
+    let want = Want::of(store, service);
+    let total = job.total_completions.max(1);
+    let max = if job.max_concurrent == 0 { total } else { job.max_concurrent };
+
+    // An earlier run's tasks (another spec) that still run are stopped.
+    let old: Vec<String> =
+        tasks.iter().filter(|t| task::is_runnable(t) && !want.up_to_date(t)).map(|t| id(t).to_owned()).collect();
+    tasks.shut_down_all(&old, None);
+
+    let mut slots: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for t in tasks.iter() {
+        slots.entry(t.slot).or_default().push(id(t).to_owned());
+    }
+    let fresh = |tasks: &Tasks<'_>, ids: &[String]| -> Vec<String> {
+        ids.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect()
+    };
+    let mut running = 0u64;
+    let mut waiting: Vec<u64> = Vec::new();
+    let mut retry: Vec<(u64, String, Vec<String>)> = Vec::new();
+    for n in 1..=total {
+        let ids = slots.get(&n).cloned().unwrap_or_default();
+        let mine = fresh(&tasks, &ids);
+        if mine.iter().any(|i| tasks.get(i).is_some_and(completed)) {
+            continue;
+        }
+        let runnable: Vec<String> =
+            mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_runnable)).cloned().collect();
+        if let Some(keep) = tasks.best(&runnable) {
+            tasks.shut_down_all(&runnable, Some(&keep));
+            running += 1;
+            continue;
+        }
+        let ended: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
+        match tasks.latest(&ended) {
+            Some(last) => retry.push((n, last, ids)),
+            None => waiting.push(n),
+        }
+    }
+    // Slots beyond the total (it was lowered) stop.
+    for (n, ids) in slots.range(total + 1..) {
+        let _ = n;
+        tasks.shut_down_all(ids, None);
+    }
+    for (n, last, ids) in retry {
+        if running < max && restart::replace_now(&mut tasks, &policy, &last, &ids, now) {
+            tasks.create(ctx.new_task(service, n, ""));
+            running += 1;
+        }
+    }
+    for n in waiting {
+        if running >= max {
+            break;
+        }
+        tasks.create(ctx.new_task(service, n, ""));
+        running += 1;
+    }
+    for ids in slots.values() {
+        history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), now);
+    }
+    tasks.into_ops(out);
+}
+
+/// Reconciles global job `service`: one completed task on every eligible node.
+pub(crate) fn global(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
+    let store = ctx.store;
+    let now = ctx.now_ms;
+    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
+    let placement = Placement::of(template).ok();
+    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
+    nodes::orphan_lost(&mut tasks, store);
+    tasks.settle_unassigned();
+    let want = Want::of(store, service);
+    let old: Vec<String> =
+        tasks.iter().filter(|t| task::is_runnable(t) && !want.up_to_date(t)).map(|t| id(t).to_owned()).collect();
+    tasks.shut_down_all(&old, None);
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| !t.node_id.is_empty()) {
+        by_node.entry(t.node_id.clone()).or_default().push(id(t).to_owned());
+    }
+    for n in store.nodes() {
+        let Some(node_id) = n.meta.as_ref().map(|m| m.id.clone()) else { continue };
+        let ids = by_node.get(&node_id).cloned().unwrap_or_default();
+        let mine: Vec<String> =
+            ids.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
+        if mine.iter().any(|i| tasks.get(i).is_some_and(completed)) {
+            continue;
+        }
+        let runnable: Vec<String> =
+            mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_runnable)).cloned().collect();
+        if let Some(keep) = tasks.best(&runnable) {
+            tasks.shut_down_all(&runnable, Some(&keep));
+            continue;
+        }
+        if !(node_accepts_new_tasks(n) && placement.as_ref().is_some_and(|p| p.admits(n))) {
+            continue;
+        }
+        let ended: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
+        match tasks.latest(&ended) {
+            Some(last) => {
+                if restart::replace_now(&mut tasks, &policy, &last, &ids, now) {
+                    tasks.create(ctx.new_task(service, 0, &node_id));
+                }
+            }
+            None => tasks.create(ctx.new_task(service, 0, &node_id)),
+        }
+    }
+    for ids in by_node.values() {
+        history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), now);
+    }
+    tasks.into_ops(out);
+}
