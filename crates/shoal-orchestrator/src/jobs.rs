@@ -26,6 +26,33 @@ fn completed(t: &shoal_api::v1::Task) -> bool {
     task::observed(t) == TaskState::Complete as i32 && task::is_wanted(t)
 }
 
+/// Where one part of a job (a slot, or a node of a global job) stands.
+enum Part {
+    /// It completed.
+    Done,
+    /// A task of it runs (the others were shut down).
+    Running,
+    /// Its last task ended while wanted: the restart policy decides.
+    Ended(String),
+    /// Nothing of the current spec yet.
+    Empty,
+}
+
+/// Settles the tasks `ids` of one part: keeps one runnable task of the current spec.
+fn settle(tasks: &mut Tasks<'_>, want: &Want<'_>, ids: &[String]) -> Part {
+    let mine: Vec<String> = ids.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
+    if mine.iter().any(|i| tasks.get(i).is_some_and(completed)) {
+        return Part::Done;
+    }
+    let runnable: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_runnable)).cloned().collect();
+    if let Some(keep) = tasks.best(&runnable) {
+        tasks.shut_down_all(&runnable, Some(&keep));
+        return Part::Running;
+    }
+    let ended: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
+    tasks.latest(&ended).map_or(Part::Empty, Part::Ended)
+}
+
 /// Reconciles replicated job `service`.
 pub(crate) fn replicated(ctx: &mut Ctx<'_>, service: &Service, job: &ReplicatedJob, out: &mut Vec<Op>) {
     let store = ctx.store;
@@ -55,29 +82,16 @@ pub(crate) fn replicated(ctx: &mut Ctx<'_>, service: &Service, job: &ReplicatedJ
     for t in tasks.iter() {
         slots.entry(t.slot).or_default().push(id(t).to_owned());
     }
-    let fresh = |tasks: &Tasks<'_>, ids: &[String]| -> Vec<String> {
-        ids.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect()
-    };
     let mut running = 0u64;
     let mut waiting: Vec<u64> = Vec::new();
     let mut retry: Vec<(u64, String, Vec<String>)> = Vec::new();
     for n in 1..=total {
         let ids = slots.get(&n).cloned().unwrap_or_default();
-        let mine = fresh(&tasks, &ids);
-        if mine.iter().any(|i| tasks.get(i).is_some_and(completed)) {
-            continue;
-        }
-        let runnable: Vec<String> =
-            mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_runnable)).cloned().collect();
-        if let Some(keep) = tasks.best(&runnable) {
-            tasks.shut_down_all(&runnable, Some(&keep));
-            running += 1;
-            continue;
-        }
-        let ended: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
-        match tasks.latest(&ended) {
-            Some(last) => retry.push((n, last, ids)),
-            None => waiting.push(n),
+        match settle(&mut tasks, &want, &ids) {
+            Part::Done => {}
+            Part::Running => running += 1,
+            Part::Ended(last) => retry.push((n, last, ids)),
+            Part::Empty => waiting.push(n),
         }
     }
     // Slots beyond the total (it was lowered) stop.
@@ -126,28 +140,19 @@ pub(crate) fn global(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
     for n in store.nodes() {
         let Some(node_id) = n.meta.as_ref().map(|m| m.id.clone()) else { continue };
         let ids = by_node.get(&node_id).cloned().unwrap_or_default();
-        let mine: Vec<String> =
-            ids.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
-        if mine.iter().any(|i| tasks.get(i).is_some_and(completed)) {
+        let part = settle(&mut tasks, &want, &ids);
+        if matches!(part, Part::Done | Part::Running)
+            || !(node_accepts_new_tasks(n) && placement.as_ref().is_some_and(|p| p.admits(n)))
+        {
             continue;
         }
-        let runnable: Vec<String> =
-            mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_runnable)).cloned().collect();
-        if let Some(keep) = tasks.best(&runnable) {
-            tasks.shut_down_all(&runnable, Some(&keep));
-            continue;
-        }
-        if !(node_accepts_new_tasks(n) && placement.as_ref().is_some_and(|p| p.admits(n))) {
-            continue;
-        }
-        let ended: Vec<String> = mine.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
-        match tasks.latest(&ended) {
-            Some(last) => {
+        match part {
+            Part::Ended(last) => {
                 if restart::replace_now(&mut tasks, &policy, &last, &ids, now) {
                     tasks.create(ctx.new_task(service, 0, &node_id));
                 }
             }
-            None => tasks.create(ctx.new_task(service, 0, &node_id)),
+            _ => tasks.create(ctx.new_task(service, 0, &node_id)),
         }
     }
     for ids in by_node.values() {
