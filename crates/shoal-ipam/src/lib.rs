@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 
 pub use cidr::{fmt_addr, parse_addr, Cidr, CidrError};
 pub use plan::{
-    allocate_ingress, allocate_network, ingress_network, plan_addresses, pools, AddressPlan, AllocError,
-    NetworkAllocation, Pools, INGRESS_SUBNET,
+    allocate_ingress, allocate_network, plan_addresses, pools, AddressPlan, AllocError, NetworkAllocation, Pools,
+    INGRESS_SUBNET,
 };
 
 /// The VXLAN ids overlays use (Swarm's range: below 4096 stays free for VLAN-like uses).

@@ -247,11 +247,6 @@ fn joins_ingress(s: &Service) -> bool {
     s.spec.as_ref().is_some_and(shoal_api::v1::ServiceSpec::joins_ingress)
 }
 
-/// The ingress network, when the cluster has one.
-pub fn ingress_network(store: &Store) -> Option<&shoal_api::v1::Network> {
-    store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-}
-
 /// Whether nodes need their address on the ingress network: some service publishes a port
 /// through it.
 fn ingress_in_use(store: &Store) -> bool {
@@ -309,7 +304,7 @@ pub fn plan_addresses(store: &Store) -> AddressPlan {
     if store.networks().next().is_none() {
         return AddressPlan::default();
     }
-    let ingress = ingress_network(store).filter(|_| ingress_in_use(store));
+    let ingress = store.ingress_network().filter(|_| ingress_in_use(store));
     let ingress_id = ingress.and_then(|n| n.meta.as_ref()).map(|m| m.id.clone());
     let needs_work = candidates(store).next().is_some()
         || (ingress_id.is_some() && store.nodes().any(|n| n.ingress_address.is_empty()))

@@ -104,7 +104,7 @@ const DYNAMIC_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
 /// publishing when the cluster has no ingress network.
 fn fill_published_ports(store: &shoal_store::Store, spec: &mut ServiceSpec, own_id: &str) -> Result<(), ApiError> {
     use shoal_api::v1::port_config::PublishMode;
-    if spec.ingress_ports().next().is_some() && shoal_ipam::ingress_network(store).is_none() {
+    if spec.ingress_ports().next().is_some() && store.ingress_network().is_none() {
         return Err(ApiError::Rejected(
             "the cluster has no ingress network to publish on: create it with `shoal network create --ingress ingress`, \
              or publish with mode=host"

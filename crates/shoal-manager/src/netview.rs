@@ -30,7 +30,8 @@ pub struct Ingress {
 /// Reads [`Ingress`] from the store.
 pub fn ingress(store: &shoal_store::Store) -> Ingress {
     let ports = ingress_ports(store);
-    let network_id = shoal_ipam::ingress_network(store)
+    let network_id = store
+        .ingress_network()
         .filter(|_| store.services().any(|s| s.spec.as_ref().is_some_and(|s| s.joins_ingress())))
         .and_then(|n| n.meta.as_ref())
         .map(|m| m.id.clone());

@@ -131,7 +131,7 @@ pub fn update_status(
     rollback: bool,
     now_ms: i64,
 ) -> Option<UpdateStatus> {
-    use shoal_api::v1::{port_config::PublishMode, update_status::State};
+    use shoal_api::v1::update_status::State;
     let start = |state: State, message: &str| {
         Some(UpdateStatus { state: state as i32, started_at_ms: now_ms, completed_at_ms: 0, message: message.into() })
     };
@@ -145,17 +145,7 @@ pub fn update_status(
     if rollback {
         return start(State::RollbackStarted, "manually requested rollback");
     }
-    let host_ports = |s: &ServiceSpec| -> Vec<shoal_api::v1::PortConfig> {
-        s.endpoint_spec
-            .iter()
-            .flat_map(|e| e.ports.iter())
-            .filter(|p| p.publish_mode() == PublishMode::Host)
-            .cloned()
-            .collect()
-    };
-    let reaches_tasks = old.task_template != new.task_template
-        || host_ports(old) != host_ports(new)
-        || old.joins_ingress() != new.joins_ingress();
+    let reaches_tasks = shoal_orchestrator::spec_reaches_tasks(old, new);
     let paused = current.is_some_and(|s| matches!(s.state(), State::Paused | State::RollbackPaused));
     if reaches_tasks || paused {
         return start(State::Updating, "update in progress");

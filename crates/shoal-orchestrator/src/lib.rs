@@ -63,7 +63,7 @@ use shoal_store::Store;
 
 pub use nodes::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
 pub use restart::DEFAULT_RESTART_DELAY_MS;
-pub use update::{plan_update, DEFAULT_MONITOR_MS};
+pub use update::{plan_update, spec_reaches_tasks, DEFAULT_MONITOR_MS};
 pub use work::NEVER_SCHEDULED_MESSAGE;
 
 /// Status message of a replicated task the orchestrator created (it waits for the scheduler).

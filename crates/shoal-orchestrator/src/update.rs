@@ -40,10 +40,18 @@ pub(crate) fn host_ports(spec: Option<&shoal_api::v1::ServiceSpec>) -> Vec<PortC
         .unwrap_or_default()
 }
 
+/// Whether going from spec `old` to `new` changes what the service's tasks are made of (their
+/// spec, host-mode ports, joining the ingress network): then running tasks are out of date.
+pub fn spec_reaches_tasks(old: &shoal_api::v1::ServiceSpec, new: &shoal_api::v1::ServiceSpec) -> bool {
+    old.task_template != new.task_template
+        || host_ports(Some(old)) != host_ports(Some(new))
+        || old.joins_ingress() != new.joins_ingress()
+}
+
 /// The ingress network's id, when a task of a service with `spec` joins it.
 pub(crate) fn ingress_of<'s>(store: &'s Store, spec: Option<&shoal_api::v1::ServiceSpec>) -> Option<&'s str> {
     spec.filter(|s| s.joins_ingress())?;
-    store.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))?.meta.as_ref().map(|m| m.id.as_str())
+    store.ingress_network()?.meta.as_ref().map(|m| m.id.as_str())
 }
 
 /// What a task of the service would be made of now.

@@ -141,6 +141,11 @@ impl Store {
         self.networks.items.values()
     }
 
+    /// The cluster's ingress network, if it has one (there is at most one).
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks().find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+    }
+
     /// The secret with this id.
     pub fn secret(&self, id: &str) -> Option<&Secret> {
         self.secrets.get(id)

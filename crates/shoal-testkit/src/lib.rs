@@ -470,3 +470,13 @@ pub async fn vip_of(host: &str, service: &str, timeout: Duration) -> Result<Stri
     })
     .await
 }
+
+/// Runs `args` inside a task's container (its network and mount namespaces, so its own
+/// `/etc/resolv.conf` and binaries), bounded to 5 s: stdout if it succeeded.
+pub fn in_task(pid: i64, args: &[&str]) -> Option<String> {
+    let pid = pid.to_string();
+    let mut all = vec!["5", "nsenter", "-t", pid.as_str(), "-n", "-m"];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new("timeout").args(&all).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_testkit::{running_tasks, shoal, shoal_ok, wait_until, HostSet, RunningTask as TaskAt};
+use shoal_testkit::{in_task, running_tasks, shoal, shoal_ok, wait_until, HostSet, RunningTask as TaskAt};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "2";
@@ -42,16 +42,6 @@ fn get(ns: &std::path::Path, url: &str) -> Option<String> {
         .args(["3", "nsenter", &format!("--net={}", ns.display()), "busybox", "wget", "-q", "-O", "-", url])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `args` inside a task's container (its network and mount namespaces, so its own
-/// `/etc/resolv.conf` and binaries), bounded to 5 s: stdout if it succeeded.
-fn in_task(pid: i64, args: &[&str]) -> Option<String> {
-    let pid = pid.to_string();
-    let mut all = vec!["5", "nsenter", "-t", pid.as_str(), "-n", "-m"];
-    all.extend_from_slice(args);
-    let out = Command::new("timeout").args(&all).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shoal_testkit::{running_tasks, shoal, shoal_ok, wait_until, HostSet};
+use shoal_testkit::{in_task, running_tasks, shoal, shoal_ok, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "3";
@@ -61,15 +61,6 @@ fn get(host: &str, port: u16, path: &str) -> std::result::Result<String, String>
 /// The distinct bodies of `n` GETs (failures included, as `error: ...`).
 fn bodies(host: &str, port: u16, n: usize) -> BTreeSet<String> {
     (0..n).map(|_| get(host, port, "/").unwrap_or_else(|e| format!("error: {e}"))).collect()
-}
-
-/// Runs `args` inside a task's container (its network and mount namespaces), bounded to 5 s.
-fn in_task(pid: i64, args: &[&str]) -> Option<String> {
-    let pid = pid.to_string();
-    let mut all = vec!["5", "nsenter", "-t", pid.as_str(), "-n", "-m"];
-    all.extend_from_slice(args);
-    let out = Command::new("timeout").args(&all).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A UDP exchange from the network namespace `ns` (the test's own when `None`): the answer.

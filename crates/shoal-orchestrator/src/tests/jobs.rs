@@ -5,14 +5,10 @@
 use std::collections::BTreeSet;
 
 use shoal_api::v1::{
-    op, restart_policy::Condition, service_spec::Mode, GlobalJob, Op, ReplicatedJob, RestartPolicy, Service, TaskState,
-    TaskStatus, TaskStatusUpdate,
+    restart_policy::Condition, service_spec::Mode, GlobalJob, ReplicatedJob, RestartPolicy, Service, TaskState,
 };
+use shoal_scheduler::task as task_state;
 use shoal_scheduler::testing::*;
-use shoal_scheduler::{schedule, task as task_state};
-
-use super::new_ids_for;
-use crate::reconcile;
 
 fn job(id: &str, mode: Mode, image: &str) -> Service {
     let mut s = replicated(id, 1);
@@ -30,19 +26,11 @@ fn job(id: &str, mode: Mode, image: &str) -> Service {
 }
 
 fn step(w: &mut World, now: i64, failed_once: &mut BTreeSet<u64>) {
-    w.now_ms = now;
-    let ops = reconcile(&w.store, now, &mut new_ids_for(w));
-    w.apply(ops);
-    let plan = schedule(&w.store, now);
-    if !plan.assignments.is_empty() {
-        w.apply(plan.assignments);
-    }
-    let mut reports = Vec::new();
-    for t in w.store.tasks() {
+    super::sim_step(w, now, |t| {
         let observed = task_state::observed(t);
         let since = task_state::status_timestamp(t);
         let flaky = t.spec.as_ref().and_then(|s| s.container.as_ref()).is_some_and(|c| c.image == "flaky");
-        let to = if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+        if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
             Some(TaskState::Shutdown)
         } else if !t.node_id.is_empty() && observed < TaskState::Running as i32 && since < now {
             Some(TaskState::Running)
@@ -54,19 +42,8 @@ fn step(w: &mut World, now: i64, failed_once: &mut BTreeSet<u64>) {
             }
         } else {
             None
-        };
-        if let Some(state) = to {
-            reports.push(Op {
-                kind: Some(op::Kind::SetTaskStatus(TaskStatusUpdate {
-                    task_id: t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
-                    status: Some(TaskStatus { state: state as i32, timestamp_ms: now, ..Default::default() }),
-                })),
-            });
         }
-    }
-    if !reports.is_empty() {
-        w.apply(reports);
-    }
+    });
 }
 
 fn count(w: &World, state: TaskState) -> usize {

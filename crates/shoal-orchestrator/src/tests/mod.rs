@@ -53,3 +53,37 @@ fn expect(w: &mut World, now: i64, want: &[&str]) {
 fn stored(w: &World, id: &str) -> Service {
     w.store.service(id).cloned().expect("service exists")
 }
+
+/// One step of a cluster run forward in time at `now`: an orchestrator pass, the scheduler, then
+/// agents reporting what `agent` says each task became (nothing: unchanged).
+fn sim_step(w: &mut World, now: i64, mut agent: impl FnMut(&shoal_api::v1::Task) -> Option<shoal_api::v1::TaskState>) {
+    use shoal_api::v1::{op, Op, TaskStatus, TaskStatusUpdate};
+    w.now_ms = now;
+    let ops = reconcile(&w.store, now, &mut new_ids_for(w));
+    w.apply(ops);
+    let plan = shoal_scheduler::schedule(&w.store, now);
+    if !plan.assignments.is_empty() {
+        w.apply(plan.assignments);
+    }
+    let reports: Vec<Op> = w
+        .store
+        .tasks()
+        .filter_map(|t| {
+            let state = agent(t)?;
+            Some(Op {
+                kind: Some(op::Kind::SetTaskStatus(TaskStatusUpdate {
+                    task_id: t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+                    status: Some(TaskStatus {
+                        state: state as i32,
+                        timestamp_ms: now,
+                        message: "agent".into(),
+                        ..Default::default()
+                    }),
+                })),
+            })
+        })
+        .collect();
+    if !reports.is_empty() {
+        w.apply(reports);
+    }
+}

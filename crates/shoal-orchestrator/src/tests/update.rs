@@ -7,13 +7,10 @@ use proptest::prelude::*;
 use shoal_api::v1::{
     update_config::{FailureAction, Order},
     update_status::State,
-    Service, TaskState, TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateStatus,
+    Service, TaskState, UpdateConfig, UpdateStatus,
 };
+use shoal_scheduler::task as task_state;
 use shoal_scheduler::testing::*;
-use shoal_scheduler::{schedule, task as task_state};
-
-use super::new_ids_for;
-use crate::reconcile;
 
 const BROKEN: &str = "broken";
 
@@ -61,20 +58,12 @@ fn update_to(w: &mut World, img: &str, now: i64) {
     });
 }
 
-/// One step at `now`: orchestrator, scheduler, agents.
+/// One step at `now`: orchestrator, scheduler, agents that start what they are given (a step
+/// after its assignment; `broken` fails) and stop what they are told to.
 fn step(w: &mut World, now: i64) {
-    w.now_ms = now;
-    let ops = reconcile(&w.store, now, &mut new_ids_for(w));
-    w.apply(ops);
-    let plan = schedule(&w.store, now);
-    if !plan.assignments.is_empty() {
-        w.apply(plan.assignments);
-    }
-    let mut reports = Vec::new();
-    for t in w.store.tasks() {
-        let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+    super::sim_step(w, now, |t| {
         let observed = task_state::observed(t);
-        let to = if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+        if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
             Some(TaskState::Shutdown)
         } else if t.desired_state == TaskState::Running as i32
             && !t.node_id.is_empty()
@@ -85,24 +74,8 @@ fn step(w: &mut World, now: i64) {
             Some(if image(t) == BROKEN { TaskState::Failed } else { TaskState::Running })
         } else {
             None
-        };
-        if let Some(state) = to {
-            reports.push(shoal_api::v1::Op {
-                kind: Some(shoal_api::v1::op::Kind::SetTaskStatus(TaskStatusUpdate {
-                    task_id: id,
-                    status: Some(TaskStatus {
-                        state: state as i32,
-                        timestamp_ms: now,
-                        message: "agent".into(),
-                        ..Default::default()
-                    }),
-                })),
-            });
         }
-    }
-    if !reports.is_empty() {
-        w.apply(reports);
-    }
+    });
 }
 
 #[derive(Debug, Clone, PartialEq)]
