@@ -70,8 +70,11 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             // A check waits for a busy runtime (a loaded CI machine) rather than failing.
             "--health-timeout",
             "10s",
-            // The shell's `exec sleep` is PID 1 without an init, and ignores SIGTERM.
+            // The shell's `exec sleep` is PID 1 without an init, and ignores SIGTERM: it would
+            // take the whole grace period to stop.
             "--init",
+            "--stop-grace-period",
+            "60s",
             IMAGE,
             "sh",
             "-c",
@@ -143,8 +146,9 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert!((4..=6).contains(&low), "never fewer than 6 - 2 healthy, sampled: lowest {low}");
     let ls = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
     assert_eq!(ls[0]["update_state"], "completed");
-    // Under --init the replaced tasks stopped on SIGTERM, well before their 10 s grace period.
-    wait_until(Duration::from_secs(4), "the replaced tasks stopped by SIGTERM", || {
+    // Under --init the replaced tasks stopped on SIGTERM, long before their 60 s grace period
+    // (after leaving the VIPs: up to 5 s on a loaded machine).
+    wait_until(Duration::from_secs(20), "the replaced tasks stopped by SIGTERM", || {
         let h = h.clone();
         async move {
             let v = shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok()?.json().ok()?;
