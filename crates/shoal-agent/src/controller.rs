@@ -244,6 +244,11 @@ impl Controller {
         }
         let created = t0.elapsed();
         self.report(TaskState::Ready, "ready", "", None);
+        // A stop-first update creates the new task with desired state READY: it waits here,
+        // pulled and created, until the task it replaces has stopped.
+        if !self.wait_for_start().await {
+            return false;
+        }
         if self.stop_requested() {
             let _ = self.runtime.remove(&id).await;
             self.report(TaskState::Shutdown, "shut down before it started", "", None);
@@ -261,6 +266,24 @@ impl Controller {
             Err(e) => {
                 self.report(TaskState::Failed, "start failed", &e.to_string(), None);
                 false
+            }
+        }
+    }
+
+    /// Waits until the task's desired state is `RUNNING` (true) or past it (also true: the
+    /// caller sees the stop); false when the agent shuts down first or the task left the node.
+    async fn wait_for_start(&mut self) -> bool {
+        loop {
+            if self.task.borrow().desired_state >= TaskState::Running as i32 {
+                return true;
+            }
+            tokio::select! {
+                changed = self.task.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                _ = self.cancel.cancelled() => return false,
             }
         }
     }
@@ -385,5 +408,80 @@ impl Controller {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::TaskDb;
+    use shoal_api::v1::{ContainerSpec as ApiContainer, Meta};
+    use shoal_runtime::fake::FakeRuntime;
+
+    fn task(desired: TaskState) -> Task {
+        Task {
+            meta: Some(Meta { id: "t1".into(), ..Default::default() }),
+            desired_state: desired as i32,
+            spec: Some(shoal_api::v1::TaskSpec {
+                container: Some(ApiContainer { image: "img".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// A task created with desired state READY (a stop-first update's new task) is pulled and
+    /// created, and starts only once its desired state is RUNNING.
+    #[tokio::test]
+    async fn a_ready_task_waits_for_its_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TaskDb::open(dir.path()).expect("db");
+        let reporter = Reporter::recording(db.clone());
+        let runtime = Arc::new(FakeRuntime::default());
+        let (task_tx, task_rx) = watch::channel(task(TaskState::Ready));
+        let tools = Tools { runtime: runtime.clone(), reporter, files: Err("no files".into()) };
+        let cancel = CancellationToken::new();
+        let c = Controller::new(task_rx, tools, None, TaskStatus::default(), cancel.clone(), None);
+        let run = tokio::spawn(c.run());
+        let state = || db.status("t1").ok().flatten().map_or(0, |s| s.state);
+        until("READY", || state() == TaskState::Ready as i32).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(state(), TaskState::Ready as i32, "not started while desired READY");
+        assert!(!runtime.calls().iter().any(|c| c.starts_with("start")), "{:?}", runtime.calls());
+        task_tx.send_replace(task(TaskState::Running));
+        until("RUNNING", || state() == TaskState::Running as i32).await;
+        assert!(runtime.calls().contains(&"start t1".to_string()), "{:?}", runtime.calls());
+        cancel.cancel();
+        run.await.expect("controller");
+    }
+
+    /// Told to stop while waiting, it removes the container it made and never starts it.
+    #[tokio::test]
+    async fn a_ready_task_told_to_stop_never_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TaskDb::open(dir.path()).expect("db");
+        let reporter = Reporter::recording(db.clone());
+        let runtime = Arc::new(FakeRuntime::default());
+        let (task_tx, task_rx) = watch::channel(task(TaskState::Ready));
+        let tools = Tools { runtime: runtime.clone(), reporter, files: Err("no files".into()) };
+        let c = Controller::new(task_rx, tools, None, TaskStatus::default(), CancellationToken::new(), None);
+        let run = tokio::spawn(c.run());
+        let state = || db.status("t1").ok().flatten().map_or(0, |s| s.state);
+        until("READY", || state() == TaskState::Ready as i32).await;
+        task_tx.send_replace(task(TaskState::Shutdown));
+        tokio::time::timeout(Duration::from_secs(5), run).await.expect("ends").expect("controller");
+        assert_eq!(state(), TaskState::Shutdown as i32);
+        let calls = runtime.calls();
+        assert!(calls.contains(&"remove t1".to_string()) && !calls.iter().any(|c| c.starts_with("start")), "{calls:?}");
     }
 }

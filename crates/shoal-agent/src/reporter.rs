@@ -23,6 +23,13 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A reporter that only records (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn recording(db: TaskDb) -> Reporter {
+        let (tx, _) = mpsc::unbounded_channel();
+        Reporter { tx, db }
+    }
+
     /// Records and queues a status change.
     pub fn report(&self, task_id: &str, status: TaskStatus) {
         if let Err(e) = self.db.put_status(task_id, &status) {

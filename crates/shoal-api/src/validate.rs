@@ -109,6 +109,18 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Result {
     }
     let tt = spec.task_template.as_ref().ok_or_else(|| err("task_template", "must be set"))?;
     validate_task_spec(tt)?;
+    if matches!(spec.mode, Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_))) {
+        for (field, set) in
+            [("update_config", spec.update_config.is_some()), ("rollback_config", spec.rollback_config.is_some())]
+        {
+            if set {
+                return Err(err(
+                    field,
+                    "does not apply to a job: a job runs to completion, and a spec change runs it again",
+                ));
+            }
+        }
+    }
     if let Some(u) = &spec.update_config {
         validate_update_config("update_config", u)?;
     }
@@ -495,6 +507,21 @@ mod tests {
     #[test]
     fn a_plain_spec_is_valid() {
         assert_eq!(validate_service_spec(&spec("web", "registry:5000/busybox:1")), Ok(()));
+    }
+
+    #[test]
+    fn a_job_has_no_update_or_rollback_config() {
+        let mut job = spec("batch", "img");
+        job.mode = Some(Mode::ReplicatedJob(crate::v1::ReplicatedJob { max_concurrent: 1, total_completions: 3 }));
+        assert_eq!(validate_service_spec(&job), Ok(()));
+        job.update_config = Some(UpdateConfig { parallelism: 1, ..Default::default() });
+        let e = validate_service_spec(&job).expect_err("refused");
+        assert_eq!(e.field, "update_config");
+        assert!(e.reason.contains("does not apply to a job"), "{e:?}");
+        job.update_config = None;
+        job.mode = Some(Mode::GlobalJob(crate::v1::GlobalJob {}));
+        job.rollback_config = Some(UpdateConfig::default());
+        assert_eq!(validate_service_spec(&job).expect_err("refused").field, "rollback_config");
     }
 
     #[test]

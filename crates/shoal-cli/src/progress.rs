@@ -23,7 +23,7 @@ pub async fn wait_converged(c: &mut ControlClient<Channel>, service: &str) -> Re
         let tasks = c.list_tasks(ListTasksRequest { service: id, node: String::new() }).await?.into_inner().tasks;
         // The newest task of each slot (or node, for global services) is the one that counts.
         let mut current: BTreeMap<String, &shoal_api::v1::Task> = BTreeMap::new();
-        for t in tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
+        for t in tasks.iter().filter(|t| t.desired_state <= TaskState::Running as i32) {
             let key = if t.slot > 0 { format!("{:>4}", t.slot) } else { t.node_id.clone() };
             let newer = current.get(&key).is_none_or(|cur| {
                 cur.meta.as_ref().map_or(0, |m| m.created_at_ms) < t.meta.as_ref().map_or(0, |m| m.created_at_ms)
@@ -91,7 +91,7 @@ pub async fn wait_updated(c: &mut ControlClient<Channel>, service: &str) -> Resu
         let desired = view.desired_tasks as usize;
         let updated = tasks
             .iter()
-            .filter(|t| t.desired_state() == TaskState::Running && t.spec.as_ref() == template)
+            .filter(|t| t.desired_state <= TaskState::Running as i32 && t.spec.as_ref() == template)
             .filter(|t| t.status.as_ref().is_some_and(|s| s.state() == TaskState::Running))
             .count();
         let verb =

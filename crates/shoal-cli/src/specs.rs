@@ -458,15 +458,26 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         spec.endpoint_spec.get_or_insert_with(EndpointSpec::default).mode =
             names::parse_endpoint_mode(v).ok_or_else(|| format!("endpoint mode {v:?} must be vip or dnsrr"))? as i32;
     }
-    if f.update_parallelism.is_some()
+    let update_flags = f.update_parallelism.is_some()
         || f.update_delay.is_some()
         || f.update_failure_action.is_some()
         || f.update_monitor.is_some()
         || f.update_max_failure_ratio.is_some()
         || f.update_order.is_some()
         || f.update_startup_deadline.is_some()
-        || f.update_min_healthy.is_some()
-    {
+        || f.update_min_healthy.is_some();
+    let rollback_flags = f.rollback_parallelism.is_some()
+        || f.rollback_delay.is_some()
+        || f.rollback_failure_action.is_some()
+        || f.rollback_monitor.is_some()
+        || f.rollback_max_failure_ratio.is_some()
+        || f.rollback_order.is_some();
+    if (update_flags || rollback_flags) && is_job(spec) {
+        return Err("--update-* and --rollback-* do not apply to a job: it runs to completion, and `service \
+                    update` runs it again with the new spec"
+            .into());
+    }
+    if update_flags {
         let u = spec.update_config.get_or_insert_with(default_update_config);
         if let Some(d) = &f.update_startup_deadline {
             u.startup_deadline_ms = parse_duration_ms(d)?;
@@ -484,13 +495,7 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
             &f.update_order,
         )?;
     }
-    if f.rollback_parallelism.is_some()
-        || f.rollback_delay.is_some()
-        || f.rollback_failure_action.is_some()
-        || f.rollback_monitor.is_some()
-        || f.rollback_max_failure_ratio.is_some()
-        || f.rollback_order.is_some()
-    {
+    if rollback_flags {
         let u = spec.rollback_config.get_or_insert_with(default_update_config);
         parse_update(
             u,
@@ -503,6 +508,11 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         )?;
     }
     Ok(())
+}
+
+/// Whether the spec is of a job (replicated or global).
+fn is_job(spec: &ServiceSpec) -> bool {
+    matches!(spec.mode, Some(Mode::ReplicatedJob(_) | Mode::GlobalJob(_)))
 }
 
 /// Docker's update defaults: one task at a time, pause on failure.
@@ -519,6 +529,11 @@ pub fn base_spec(name: String, mode: &str, image: String, args: Vec<String>) -> 
         "global-job" => Mode::GlobalJob(v1::GlobalJob {}),
         other => return Err(format!("mode {other:?} must be replicated, global, replicated-job or global-job")),
     };
+    // A job has no update or rollback settings: a spec change runs it again.
+    let (update_config, rollback_config) = match mode {
+        Mode::ReplicatedJob(_) | Mode::GlobalJob(_) => (None, None),
+        _ => (Some(default_update_config()), Some(default_update_config())),
+    };
     Ok(ServiceSpec {
         annotations: Some(Annotations { name, labels: BTreeMap::new() }),
         task_template: Some(TaskSpec {
@@ -526,8 +541,8 @@ pub fn base_spec(name: String, mode: &str, image: String, args: Vec<String>) -> 
             ..Default::default()
         }),
         mode: Some(mode),
-        update_config: Some(default_update_config()),
-        rollback_config: Some(default_update_config()),
+        update_config,
+        rollback_config,
         ..Default::default()
     })
 }
@@ -718,6 +733,19 @@ mod tests {
         assert_eq!(spec.update_config.as_ref().map(|u| u.order()), Some(v1::update_config::Order::StartFirst));
         let bad = CommonFlags { restart_condition: Some("sometimes".into()), ..Default::default() };
         assert!(apply_common(&mut spec, &bad).is_err());
+    }
+
+    #[test]
+    fn a_job_takes_no_update_settings() {
+        let mut job = base_spec("batch".into(), "replicated-job", "img".into(), vec![]).expect("spec");
+        assert_eq!((job.update_config, job.rollback_config), (None, None));
+        for f in [
+            CommonFlags { update_parallelism: Some(2), ..Default::default() },
+            CommonFlags { rollback_order: Some("start-first".into()), ..Default::default() },
+        ] {
+            let e = apply_common(&mut job, &f).expect_err("refused");
+            assert!(e.contains("do not apply to a job"), "{e}");
+        }
     }
 
     #[test]

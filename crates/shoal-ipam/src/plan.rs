@@ -208,10 +208,10 @@ fn holds_addresses(t: &Task) -> bool {
     t.status.as_ref().map_or(0, |s| s.state) < TaskState::Complete as i32
 }
 
-/// Whether a task has not started yet, so the allocator may give it addresses: waiting to be
-/// placed, or (a global service's) created on its node.
+/// Whether a task has not started yet, so the allocator may give it addresses: wanted (desired
+/// `RUNNING` or `READY`) and waiting to be placed, or (a global service's) created on its node.
 fn awaits_placement(t: &Task) -> bool {
-    t.desired_state == TaskState::Running as i32
+    t.desired_state <= TaskState::Running as i32
         && t.status.as_ref().map_or(0, |s| s.state) <= TaskState::Assigned as i32
 }
 

@@ -67,7 +67,8 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
         if !runnable.is_empty() {
             tasks.shut_down_all(&ended, None);
             // A node that takes no new task (paused) keeps its task as it is.
-            match update::settle(&mut tasks, &want, &runnable) {
+            let stopping = ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
+            match update::settle(&mut tasks, &want, &runnable, stopping) {
                 Some(update::Group::Outdated { .. }) if !takes_new => round.keep(),
                 Some(g) => round.group(node_id.clone(), g, now),
                 None => {}

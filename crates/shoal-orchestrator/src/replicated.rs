@@ -121,7 +121,8 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
             continue; // created in this pass
         };
         if !slot.runnable.is_empty() {
-            if let Some(g) = update::settle(&mut tasks, &want, &slot.runnable) {
+            let stopping = slot.ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
+            if let Some(g) = update::settle(&mut tasks, &want, &slot.runnable, stopping) {
                 round.group(*n, g, now);
             }
             tasks.shut_down_all(&slot.ended, None);

@@ -8,8 +8,10 @@
 //! previous spec back in place) when asked; this module moves it on:
 //! - at most `parallelism` slots are in flight at once (0: all): a slot is in flight from the
 //!   moment its new task is created until it has been running for `delay`;
-//! - `stop-first` retires the old task as the new one is created (the old one leaves every VIP
-//!   before it is signalled); `start-first` keeps the old one until the new one runs;
+//! - `stop-first` retires the old task as the new one is created with desired state `READY`:
+//!   placed, pulled and created meanwhile, it starts once the old one has stopped (left every
+//!   VIP, then its stop signal and grace period), so the two never run at once; `start-first`
+//!   keeps the old one until the new one runs;
 //! - a new task that ends (other than being shut down, or its node lost) during the update is a
 //!   failure; more failures than `max_failure_ratio` of the replicas trigger the failure action:
 //!   `pause` (`PAUSED`, resumed by the next `service update`), `rollback` (the previous spec back,
@@ -259,6 +261,15 @@ pub(crate) fn judge(service: &Service, rolling: &Rolling, p: &Progress, now_ms: 
     Outcome::Same
 }
 
+/// Whether `t` was told to stop and has not yet: it still runs (or may) on a node that is not
+/// down. A group's new task waits for it (stop-first).
+pub(crate) fn stopping(store: &Store, t: &Task) -> bool {
+    !task::is_wanted(t)
+        && !task::is_terminal(t)
+        && !t.node_id.is_empty()
+        && store.node(&t.node_id).is_some_and(|n| !crate::nodes::is_down(n))
+}
+
 /// Where one group stands (a replicated slot, or a global service's node) once settled.
 pub(crate) enum Group {
     /// It runs an up-to-date task, since then (`None`: not yet running; an old task beside it,
@@ -269,10 +280,22 @@ pub(crate) enum Group {
 }
 
 /// Keeps the right runnable tasks of a group and shuts the others down: an up-to-date task when
-/// there is one (and, until it runs, the best old one beside it), else the best old one.
-pub(crate) fn settle(tasks: &mut crate::work::Tasks<'_>, want: &Want<'_>, runnable: &[String]) -> Option<Group> {
+/// there is one (and, until it runs, the best old one beside it), else the best old one. The
+/// kept task, if created waiting (desired `READY`), starts once no task of the group is
+/// `stopping` any more.
+pub(crate) fn settle(
+    tasks: &mut crate::work::Tasks<'_>,
+    want: &Want<'_>,
+    runnable: &[String],
+    stopping: bool,
+) -> Option<Group> {
     let fresh: Vec<String> =
         runnable.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
+    if !stopping {
+        if let Some(keep) = tasks.best(&fresh).or_else(|| tasks.best(runnable)) {
+            tasks.start(&keep);
+        }
+    }
     match tasks.best(&fresh) {
         Some(keep) => match tasks.get(&keep).and_then(running_since) {
             Some(since) => {
@@ -395,10 +418,16 @@ impl<K: Ord + Clone> Round<K> {
             // The next batch: groups whose task does not run first, then in order.
             self.outdated.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
             for (key, old, _) in self.outdated.into_iter().take(r.budget(self.in_flight)) {
+                let mut new = create(&key);
                 if !r.start_first() {
                     tasks.shut_down(&old);
+                    // Starts once the old task has stopped (see `settle`), unless that never
+                    // reached a node.
+                    if tasks.get(&old).is_some_and(|t| !task::is_terminal(t)) {
+                        new.desired_state = TaskState::Ready as i32;
+                    }
                 }
-                tasks.create(create(&key));
+                tasks.create(new);
             }
         }
         if let Outcome::Status { status, swap_specs } = outcome {

@@ -77,6 +77,15 @@ impl<'s> Tasks<'s> {
         });
     }
 
+    /// Lets a task created with desired state `READY` (a stop-first update's) start.
+    pub(crate) fn start(&mut self, id: &str) {
+        self.edit(id, |t, _| {
+            if t.desired_state < TaskState::Running as i32 {
+                t.desired_state = TaskState::Running as i32;
+            }
+        });
+    }
+
     /// Gives every task that is no longer wanted and never reached a node its final status
     /// (whoever shut it down: no agent will).
     pub(crate) fn settle_unassigned(&mut self) {

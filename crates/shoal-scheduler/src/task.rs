@@ -28,11 +28,12 @@ pub fn is_runnable(task: &Task) -> bool {
     is_wanted(task) && !is_terminal(task)
 }
 
-/// Whether the scheduler should find a node for the task: observed `PENDING`, desired
-/// `RUNNING`, and no node yet.
+/// Whether the scheduler should find a node for the task: observed `PENDING`, wanted (desired
+/// `RUNNING`, or `READY`: a stop-first update's new task, placed and prepared while the task
+/// it replaces stops), and no node yet.
 pub fn is_schedulable(task: &Task) -> bool {
     observed(task) == TaskState::Pending as i32
-        && task.desired_state == TaskState::Running as i32
+        && is_wanted(task)
         && task.node_id.is_empty()
         && task.networks_attached()
 }
@@ -97,6 +98,7 @@ mod tests {
         assert!(is_schedulable(&task(TaskState::Pending, TaskState::Running, "")));
         assert!(!is_schedulable(&task(TaskState::Pending, TaskState::Running, "n")));
         assert!(!is_schedulable(&task(TaskState::Pending, TaskState::Shutdown, "")));
+        assert!(is_schedulable(&task(TaskState::Pending, TaskState::Ready, "")));
         assert!(!is_schedulable(&task(TaskState::New, TaskState::Running, "")));
         assert!(!is_schedulable(&task(TaskState::Assigned, TaskState::Running, "")));
     }

@@ -162,14 +162,16 @@ pub(crate) struct TaskIndex {
 /// How many of a service's tasks are wanted, and running.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskCounts {
-    /// Desired state `RUNNING`.
+    /// Desired state `RUNNING` (or `READY`: about to start).
     pub desired: u64,
     /// Desired `RUNNING` and observed `RUNNING`.
     pub running: u64,
 }
 
 fn counted(t: &Task) -> (u64, u64) {
-    let desired = t.desired_state == shoal_api::v1::TaskState::Running as i32;
+    // A stop-first update's new task (desired READY) counts: it holds its slot.
+    use shoal_api::v1::TaskState;
+    let desired = (TaskState::Ready as i32..=TaskState::Running as i32).contains(&t.desired_state);
     let running = desired && t.status.as_ref().is_some_and(|s| s.state == shoal_api::v1::TaskState::Running as i32);
     (u64::from(desired), u64::from(running))
 }

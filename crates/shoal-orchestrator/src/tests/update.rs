@@ -153,6 +153,56 @@ fn stop_first_replaces_two_at_a_time_and_never_drops_below_four() {
     assert_eq!(super::pass(&w, last.at + 10_000), Vec::<String>::new());
 }
 
+/// Stop-first with tasks that take `stop_ms` to stop (a workload ignoring its stop signal, killed
+/// at the end of its grace period): the new task of a slot is placed at once but starts only
+/// once the old one has stopped, so a slot never runs two tasks, and each batch takes the grace
+/// period.
+#[test]
+fn stop_first_starts_the_new_task_only_once_the_old_one_stopped() {
+    const STOP_MS: i64 = 3_000;
+    let mut w = cluster(UpdateConfig { delay_ms: 0, ..config(2, Order::StopFirst, FailureAction::Pause) });
+    update_to(&mut w, "v2", 1_000);
+    let mut told: std::collections::HashMap<String, i64> = Default::default();
+    let mut now = 1_000;
+    let mut placed_while_waiting = false;
+    let mut last = State::Updating;
+    while now <= 60_000 && matches!(last, State::Updating) {
+        super::sim_step(&mut w, now, |t| {
+            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let observed = task_state::observed(t);
+            if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+                let since = *told.entry(id).or_insert(now);
+                (now - since >= STOP_MS).then_some(TaskState::Shutdown)
+            } else if t.desired_state == TaskState::Running as i32
+                && !t.node_id.is_empty()
+                && observed < TaskState::Running as i32
+                && task_state::status_timestamp(t) < now
+            {
+                Some(TaskState::Running)
+            } else if t.desired_state == TaskState::Ready as i32 && !t.node_id.is_empty() && observed < 5 {
+                Some(TaskState::Ready)
+            } else {
+                None
+            }
+        });
+        let mut per_slot: std::collections::BTreeMap<u64, usize> = Default::default();
+        for t in w.store.tasks_by_service("web") {
+            if task_state::observed(t) == TaskState::Running as i32 {
+                *per_slot.entry(t.slot).or_default() += 1;
+            }
+            placed_while_waiting |= t.desired_state == TaskState::Ready as i32 && !t.node_id.is_empty();
+        }
+        assert!(per_slot.values().all(|n| *n == 1), "one running task per slot at {now}: {per_slot:?}");
+        last = sample(&w, now).state;
+        now += 100;
+    }
+    assert_eq!(last, State::Completed);
+    assert!(placed_while_waiting, "the new tasks are placed while the old ones stop");
+    // 3 batches, each waiting for the old tasks to stop; then the monitor.
+    let took = now - 100 - 1_000;
+    assert!((3 * STOP_MS + 2_000..=3 * STOP_MS + 3_500).contains(&took), "took {took} ms");
+}
+
 #[test]
 fn start_first_keeps_every_replica_running_throughout() {
     let mut w = cluster(config(2, Order::StartFirst, FailureAction::Pause));

@@ -156,7 +156,7 @@ fn brute_tasks(tasks: &BTreeMap<String, Task>) -> TaskIndex {
     }
     let mut counts: BTreeMap<String, crate::record::TaskCounts> = BTreeMap::new();
     for t in tasks.values() {
-        let desired = t.desired_state == shoal_api::v1::TaskState::Running as i32;
+        let desired = matches!(t.desired_state(), shoal_api::v1::TaskState::Ready | shoal_api::v1::TaskState::Running);
         let running = desired && t.status.as_ref().is_some_and(|s| s.state == shoal_api::v1::TaskState::Running as i32);
         if desired {
             let c = counts.entry(t.service_id.clone()).or_default();
