@@ -2,7 +2,8 @@
 # Builds the test image from busybox-static and pushes it to a registry:
 #   tests/images/build.sh WORK_DIR REGISTRY_HOST:PORT
 # Result: REGISTRY_HOST:PORT/busybox:1 (Cmd: sh; busybox applets as /bin/*; user app = 1000:1001,
-# also in group web = 33). Plain HTTP push.
+# also in group web = 33) and busybox:hc, the same with a HEALTHCHECK (healthy once /tmp/healthy
+# exists; interval 1 s, 3 retries). Plain HTTP push.
 # Idempotent. Needs umoci, skopeo and busybox-static.
 set -euo pipefail
 work=$1
@@ -27,4 +28,28 @@ printf 'root:x:0:\napp:x:1001:\nweb:x:33:app\n' >"$work/bundle/rootfs/etc/group"
 umoci repack --image "$work/layout:busybox" "$work/bundle" >/dev/null
 umoci config --image "$work/layout:busybox" --config.cmd sh --config.env PATH=/bin --config.workingdir / >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:busybox" "docker://$reg/busybox:1"
+# busybox:hc: the same with a HEALTHCHECK (Docker's config extension, which umoci cannot set):
+# healthy once /tmp/healthy exists, checked every second.
+umoci config --image "$work/layout:busybox" --tag hc >/dev/null
+python3 - "$work/layout" hc <<'PY'
+import hashlib, json, os, sys
+layout, tag = sys.argv[1], sys.argv[2]
+def blob(d):
+    return os.path.join(layout, "blobs", *d.split(":"))
+def put(data):
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    with open(blob(d), "wb") as f:
+        f.write(data)
+    return d, len(data)
+index = json.load(open(os.path.join(layout, "index.json")))
+entry = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+manifest = json.load(open(blob(entry["digest"])))
+config = json.load(open(blob(manifest["config"]["digest"])))
+config.setdefault("config", {})["Healthcheck"] = {
+    "Test": ["CMD-SHELL", "test -e /tmp/healthy"], "Interval": 1000000000, "Timeout": 10000000000, "Retries": 3}
+manifest["config"]["digest"], manifest["config"]["size"] = put(json.dumps(config).encode())
+entry["digest"], entry["size"] = put(json.dumps(manifest).encode())
+json.dump(index, open(os.path.join(layout, "index.json"), "w"))
+PY
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:hc" "docker://$reg/busybox:hc"
 echo "$reg/busybox:1"

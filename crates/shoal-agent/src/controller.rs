@@ -46,6 +46,8 @@ pub struct Controller {
     net: Option<NetWait>,
     /// The running task's health, when it has a health check.
     health: Option<shoal_api::v1::Health>,
+    /// Its health check: the spec's, completed from the image's (known once pulled).
+    check: Option<shoal_api::v1::HealthConfig>,
 }
 
 /// What a controller needs to put its container in the namespace the network loop makes.
@@ -92,7 +94,7 @@ impl Controller {
         let Tools { runtime, reporter, files } = tools;
         // An adopted running task keeps the health it reported.
         let health = last.health.clone();
-        Self { task, runtime, reporter, adopted, last, cancel, files, net, health }
+        Self { task, runtime, reporter, adopted, last, cancel, files, net, health, check: None }
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -156,7 +158,9 @@ impl Controller {
             }
             _ => false,
         };
-        if !running {
+        if running {
+            self.resolve_check(&task).await;
+        } else {
             if wants_stop(&task) {
                 self.report(TaskState::Shutdown, "shut down before it started", "", None);
                 return;
@@ -208,6 +212,7 @@ impl Controller {
             return false;
         }
         let pulled = t0.elapsed();
+        self.resolve_check(task).await;
         if self.stop_requested() {
             self.report(TaskState::Shutdown, "shut down before it started", "", None);
             return false;
@@ -260,6 +265,10 @@ impl Controller {
         match started {
             Ok(pid) => {
                 let c = ContainerStatus { container_id: id.clone(), pid: i64::from(pid), exit_code: 0 };
+                // Reported with its first RUNNING: the task is not up before its first check.
+                if crate::health::probe_of(self.check.as_ref()).is_some() {
+                    self.health = Some(crate::health::starting(now_ms()));
+                }
                 self.report(TaskState::Running, "started", "", Some(c));
                 true
             }
@@ -268,6 +277,21 @@ impl Controller {
                 false
             }
         }
+    }
+
+    /// Works out the task's health check: its spec's, completed from its image's `HEALTHCHECK`.
+    async fn resolve_check(&mut self, task: &Task) {
+        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+        let own = c.and_then(|c| c.healthcheck.as_ref());
+        let off = own.is_some_and(|h| h.test.first().is_some_and(|t| t == "NONE"));
+        let image = match c {
+            Some(c) if !off => self.runtime.image_healthcheck(&c.image).await.unwrap_or_else(|e| {
+                tracing::warn!(image = %c.image, error = %e, "cannot read the image's health check");
+                None
+            }),
+            _ => None,
+        };
+        self.check = crate::health::merge(own, image.as_ref());
     }
 
     /// Waits until the task's desired state is `RUNNING` (true) or past it (also true: the
@@ -305,9 +329,7 @@ impl Controller {
     /// Waits for the container to exit, or stops it when asked to; runs its health check, and
     /// stops and fails it once unhealthy.
     async fn supervise(&mut self, id: &str, task: &Task) {
-        let probe = crate::health::probe_of(
-            task.spec.as_ref().and_then(|s| s.container.as_ref()).and_then(|c| c.healthcheck.as_ref()),
-        );
+        let probe = crate::health::probe_of(self.check.as_ref());
         let started = std::time::Instant::now();
         let started_ms = now_ms();
         if probe.is_some() && self.health.is_none() {
@@ -463,6 +485,42 @@ mod tests {
         assert!(runtime.calls().contains(&"start t1".to_string()), "{:?}", runtime.calls());
         cancel.cancel();
         run.await.expect("controller");
+    }
+
+    /// A task whose image declares a health check runs it: its first RUNNING report already
+    /// says "starting", so it is not up before a check passed; `NONE` in the spec turns it off.
+    #[tokio::test]
+    async fn the_image_health_check_applies_unless_the_spec_turns_it_off() {
+        for (own, checked) in [(None, true), (Some(vec!["NONE".to_string()]), false)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = TaskDb::open(dir.path()).expect("db");
+            let runtime = Arc::new(FakeRuntime::default());
+            let hc = shoal_api::v1::HealthConfig {
+                test: vec!["CMD".into(), "true".into()],
+                interval_ms: 3_600_000,
+                ..Default::default()
+            };
+            runtime.set_image_healthcheck("img", hc);
+            let mut t = task(TaskState::Running);
+            if let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) {
+                c.healthcheck = own.map(|test| shoal_api::v1::HealthConfig { test, ..Default::default() });
+            }
+            let (_task_tx, task_rx) = watch::channel(t);
+            let tools = Tools {
+                runtime: runtime.clone(),
+                reporter: Reporter::recording(db.clone()),
+                files: Err("no files".into()),
+            };
+            let cancel = CancellationToken::new();
+            let run =
+                tokio::spawn(Controller::new(task_rx, tools, None, TaskStatus::default(), cancel.clone(), None).run());
+            let status = || db.status("t1").ok().flatten().unwrap_or_default();
+            until("RUNNING", || status().state == TaskState::Running as i32).await;
+            let health = status().health.map(|h| h.status());
+            assert_eq!(health, checked.then_some(shoal_api::v1::health::Status::Starting));
+            cancel.cancel();
+            run.await.expect("controller");
+        }
     }
 
     /// Told to stop while waiting, it removes the container it made and never starts it.

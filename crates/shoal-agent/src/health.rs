@@ -9,6 +9,9 @@
 //!   row make it `UNHEALTHY` (the controller then stops it, and it fails). Failures during the
 //!   start period do not count while the task has never been healthy.
 //! - The last 5 results are kept, each output cut to 4 KiB.
+//! - The image's `HEALTHCHECK` applies as in Docker: a service without a check of its own runs
+//!   the image's; one whose check has no test takes the image's test; any setting left at zero
+//!   takes the image's; `NONE` turns either off.
 
 use std::time::Duration;
 
@@ -37,6 +40,32 @@ fn ms(v: i64, default: Duration) -> Duration {
     } else {
         default
     }
+}
+
+/// The check a task runs: its spec's `own`, completed from its image's `image` check.
+pub fn merge(own: Option<&HealthConfig>, image: Option<&HealthConfig>) -> Option<HealthConfig> {
+    let (mut own, image) = match (own, image) {
+        (None, image) => return image.cloned(),
+        (Some(own), None) => return Some(own.clone()),
+        (Some(own), Some(image)) => (own.clone(), image),
+    };
+    if own.test.is_empty() {
+        own.test = image.test.clone();
+    }
+    for (mine, theirs) in [
+        (&mut own.interval_ms, image.interval_ms),
+        (&mut own.timeout_ms, image.timeout_ms),
+        (&mut own.start_period_ms, image.start_period_ms),
+        (&mut own.start_interval_ms, image.start_interval_ms),
+    ] {
+        if *mine == 0 {
+            *mine = theirs;
+        }
+    }
+    if own.retries == 0 {
+        own.retries = image.retries;
+    }
+    Some(own)
 }
 
 /// The check a task runs, if any.
@@ -201,6 +230,29 @@ pub fn last_output(h: &Health) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_check_fills_what_the_spec_leaves_out() {
+        let image = HealthConfig {
+            test: vec!["CMD".into(), "true".into()],
+            interval_ms: 2_000,
+            retries: 5,
+            ..Default::default()
+        };
+        assert_eq!(merge(None, Some(&image)), Some(image.clone()), "no check of its own: the image's");
+        let own = HealthConfig { interval_ms: 500, ..Default::default() };
+        let merged = merge(Some(&own), Some(&image)).expect("merged");
+        assert_eq!((merged.test.clone(), merged.interval_ms, merged.retries), (image.test.clone(), 500, 5));
+        let none = HealthConfig { test: vec!["NONE".into()], ..Default::default() };
+        assert_eq!(
+            merge(Some(&none), Some(&image)).as_ref().and_then(|h| probe_of(Some(h))),
+            None,
+            "NONE turns it off"
+        );
+        let shell = HealthConfig { test: vec!["CMD-SHELL".into(), "false".into()], ..Default::default() };
+        assert_eq!(merge(Some(&shell), Some(&image)).map(|h| (h.test, h.interval_ms)), Some((shell.test, 2_000)));
+        assert_eq!(merge(None, None), None);
+    }
 
     fn probe() -> Probe {
         probe_of(Some(&HealthConfig {

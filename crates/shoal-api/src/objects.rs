@@ -102,12 +102,14 @@ impl crate::v1::Task {
 }
 
 impl crate::v1::Task {
-    /// Whether the task has a health check (`CMD ...` or `CMD-SHELL ...`): it then counts as
-    /// up (for VIPs, DNS and updates) only once healthy.
+    /// Whether the task has a health check: its spec has one (`CMD ...` or `CMD-SHELL ...`), or
+    /// its agent reports a health (the image's `HEALTHCHECK`). It then counts as up (for VIPs,
+    /// DNS and updates) only once healthy.
     pub fn has_health_check(&self) -> bool {
-        self.spec.as_ref().and_then(|s| s.container.as_ref()).and_then(|c| c.healthcheck.as_ref()).is_some_and(
+        let own = self.spec.as_ref().and_then(|s| s.container.as_ref()).and_then(|c| c.healthcheck.as_ref());
+        own.is_some_and(
             |h| matches!(h.test.split_first(), Some((k, rest)) if (k == "CMD" || k == "CMD-SHELL") && !rest.is_empty()),
-        )
+        ) || self.status.as_ref().is_some_and(|s| s.health.is_some())
     }
 
     /// Since when the task has been up: running, and healthy when it has a health check.

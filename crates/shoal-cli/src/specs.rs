@@ -133,6 +133,9 @@ pub struct CommonFlags {
     /// Start period during which failures do not count.
     #[arg(long)]
     pub health_start_period: Option<String>,
+    /// Time between checks during the start period (5s unless set).
+    #[arg(long)]
+    pub health_start_interval: Option<String>,
     /// Disable any container-specified healthcheck.
     #[arg(long)]
     pub no_healthcheck: bool,
@@ -384,6 +387,7 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         || f.health_timeout.is_some()
         || f.health_retries.is_some()
         || f.health_start_period.is_some()
+        || f.health_start_interval.is_some()
     {
         if f.no_healthcheck {
             return Err("--no-healthcheck conflicts with --health-* options".into());
@@ -403,6 +407,9 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         }
         if let Some(v) = &f.health_start_period {
             h.start_period_ms = parse_duration_ms(v)?;
+        }
+        if let Some(v) = &f.health_start_interval {
+            h.start_interval_ms = parse_duration_ms(v)?;
         }
     }
     if f.restart_condition.is_some()

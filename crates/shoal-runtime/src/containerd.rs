@@ -820,6 +820,11 @@ impl ContainerRuntime for Containerd {
         Ok(())
     }
 
+    async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {
+        let name = Self::image_name(image)?;
+        Ok(self.image_config(&name).await?.healthcheck)
+    }
+
     async fn ping(&self) -> Result<String, RuntimeError> {
         let mut version = VersionClient::new(self.channel.clone());
         let v = version

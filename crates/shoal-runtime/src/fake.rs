@@ -18,6 +18,7 @@ struct State {
     exits: HashMap<String, watch::Sender<Option<i32>>>,
     next_pid: u32,
     down: Option<String>,
+    healthchecks: HashMap<String, shoal_api::v1::HealthConfig>,
 }
 
 /// The fake runtime.
@@ -39,6 +40,11 @@ impl FakeRuntime {
     /// Makes pulls of `image` fail with `reason`.
     pub fn fail_pull(&self, image: &str, reason: &str) {
         self.lock().failing_pulls.insert(image.to_string(), reason.to_string());
+    }
+
+    /// Gives `image` a health check of its own.
+    pub fn set_image_healthcheck(&self, image: &str, h: shoal_api::v1::HealthConfig) {
+        self.lock().healthchecks.insert(image.to_string(), h);
     }
 
     /// Makes [`ContainerRuntime::ping`] fail with `reason` (`None`: answer again).
@@ -121,6 +127,10 @@ impl ContainerRuntime for FakeRuntime {
         s.containers.remove(id);
         s.exits.remove(id);
         Ok(())
+    }
+
+    async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {
+        Ok(self.lock().healthchecks.get(image).cloned())
     }
 
     async fn ping(&self) -> Result<String, RuntimeError> {

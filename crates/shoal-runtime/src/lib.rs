@@ -202,6 +202,11 @@ pub trait ContainerRuntime: Send + Sync {
     async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError>;
     /// Checks that the runtime answers; returns its name and version.
     async fn ping(&self) -> Result<String, RuntimeError>;
+    /// The health check a pulled image declares (its `HEALTHCHECK`), if any.
+    async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {
+        let _ = image;
+        Ok(None)
+    }
     /// Starts another process in the running container `id`, with its container's user,
     /// environment and working directory.
     async fn exec(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {

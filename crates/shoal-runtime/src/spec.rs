@@ -20,6 +20,24 @@ pub struct ImageConfig {
     pub user: String,
     /// `rootfs.diff_ids`, bottom layer first.
     pub diff_ids: Vec<String>,
+    /// `Healthcheck` (Docker's extension of the config; durations there are nanoseconds).
+    pub healthcheck: Option<shoal_api::v1::HealthConfig>,
+}
+
+/// Docker's `Healthcheck` of an image config, durations in milliseconds.
+fn healthcheck(v: &Value) -> Option<shoal_api::v1::HealthConfig> {
+    if !v.is_object() {
+        return None;
+    }
+    let ms = |k: &str| v[k].as_i64().map_or(0, |ns| ns.max(0) / 1_000_000);
+    Some(shoal_api::v1::HealthConfig {
+        test: strings(&v["Test"]),
+        interval_ms: ms("Interval"),
+        timeout_ms: ms("Timeout"),
+        retries: v["Retries"].as_u64().map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+        start_period_ms: ms("StartPeriod"),
+        start_interval_ms: ms("StartInterval"),
+    })
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -38,6 +56,7 @@ pub fn parse_image_config(bytes: &[u8]) -> Result<ImageConfig, RuntimeError> {
         workdir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
         user: c["User"].as_str().unwrap_or("").to_string(),
         diff_ids: strings(&v["rootfs"]["diff_ids"]),
+        healthcheck: healthcheck(&c["Healthcheck"]),
     })
 }
 
@@ -300,6 +319,7 @@ mod tests {
             workdir: "/app".into(),
             user: "1000".into(),
             diff_ids: vec![],
+            healthcheck: None,
         }
     }
 
@@ -384,8 +404,19 @@ mod tests {
         let c = br#"{"config":{"Cmd":["sh"],"Env":["PATH=/bin"],"WorkingDir":"/w"},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
         let i = parse_image_config(c).expect("config");
         assert_eq!(
-            (i.cmd, i.workdir, i.diff_ids),
-            (vec!["sh".to_string()], "/w".to_string(), vec!["sha256:aa".to_string()])
+            (i.cmd, i.workdir, i.diff_ids, i.healthcheck),
+            (vec!["sh".to_string()], "/w".to_string(), vec!["sha256:aa".to_string()], None)
+        );
+    }
+
+    #[test]
+    fn an_image_healthcheck_parses_with_durations_in_ms() {
+        let c = br#"{"config":{"Healthcheck":{"Test":["CMD-SHELL","test -e /ok"],"Interval":2000000000,"Timeout":500000000,"Retries":4,"StartPeriod":10000000000}}}"#;
+        let h = parse_image_config(c).expect("config").healthcheck.expect("healthcheck");
+        assert_eq!(h.test, ["CMD-SHELL", "test -e /ok"]);
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms, h.start_interval_ms),
+            (2_000, 500, 4, 10_000, 0)
         );
     }
 }

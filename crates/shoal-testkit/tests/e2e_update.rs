@@ -4,7 +4,9 @@
 //! never has fewer than 4 healthy (sampled without pause while it runs), and the CLI follows it
 //! to the end; an update to a spec whose tasks exit rolls back by itself with
 //! `--update-failure-action rollback`; one whose tasks never turn healthy pauses with `pause`;
-//! `--rollback` goes back by hand. Needs root.
+//! `--rollback` goes back by hand; start-first never has fewer than 6 healthy; tasks no node can
+//! take fail the update at its startup deadline; an image's own HEALTHCHECK applies; jobs run
+//! their completions (10, at most 3 at once) and once per node. Needs root.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -217,7 +219,87 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     let o = shoal(&h, &["service", "rollback", "--to", "99", "web"]).await?;
     assert!(!o.ok && o.stderr.contains("has no revision 99"), "{o:?}");
 
-    // A replicated job: 6 completions, at most 2 at once; the CLI waits for the last.
+    // Start-first: every slot's new task is healthy before its old one leaves: never fewer
+    // than 6 healthy.
+    let floor = Arc::new(AtomicUsize::new(usize::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (h, floor, stop) = (h.clone(), floor.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(v) =
+                    shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
+                {
+                    floor.fetch_min(healthy(&v), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let o = shoal(&h, &["service", "update", "--update-order", "start-first", "--env-add", "V=5", "web"]).await?;
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    assert!(o.ok, "{o:?}");
+    let (running, with, state) = status(&h, "5").await.context("status")?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "completed"));
+    let low = floor.load(Ordering::Relaxed);
+    assert_eq!(low, 6, "start-first never has fewer than 6 healthy, sampled: lowest {low}");
+
+    // Tasks no node can take fail the update at its startup deadline instead of stalling it.
+    let started = std::time::Instant::now();
+    let o = shoal(
+        &h,
+        &[
+            "service",
+            "update",
+            "--update-order",
+            "stop-first",
+            "--update-failure-action",
+            "rollback",
+            "--update-startup-deadline",
+            "5s",
+            "--constraint-add",
+            "node.labels.nowhere==1",
+            "web",
+        ],
+    )
+    .await?;
+    assert!(!o.ok && o.stderr.contains("not running within the startup deadline of 5s"), "{o:?}");
+    assert!(started.elapsed() < T, "{:?}", started.elapsed());
+    let (running, with, state) = wait_until(T, "web back on V=5, 6 running", || {
+        let h = h.clone();
+        async move { status(&h, "5").await.filter(|(r, w, _)| *r == 6 && *w == 6) }
+    })
+    .await?;
+    assert_eq!((running, with, state.as_str()), (6, 6, "rollback_completed"));
+
+    // An image's own HEALTHCHECK (busybox:hc: healthy once /tmp/healthy exists) applies
+    // without a check in the spec; --no-healthcheck turns it off.
+    let hc_image = IMAGE.replace(":1", ":hc");
+    let health_of = |name: &'static str| {
+        let h = h.clone();
+        async move {
+            let v = shoal(&h, &["service", "ps", name, "--format", "json"]).await.ok()?.json().ok()?;
+            let t = v.as_array()?.iter().find(|t| t["state"] == "running")?.clone();
+            t["health"].as_str().map(str::to_string)
+        }
+    };
+    for (name, flags, want) in [("hc", &[][..], "healthy"), ("nohc", &["--no-healthcheck"][..], "")] {
+        let mut args = vec!["service", "create", "--name", name];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[hc_image.as_str(), "sh", "-c", "sleep 1; touch /tmp/healthy; exec sleep 3600"]);
+        shoal_ok(&h, &args).await?;
+        wait_until(T, "the task running", || async { health_of(name).await.filter(|s| s == want) }).await?;
+        // Long after the file exists (checks every second), it stays as it is.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(health_of(name).await.as_deref(), Some(want), "{name}");
+        shoal_ok(&h, &["service", "rm", name]).await?;
+    }
+
+    // A replicated job: 10 completions, at most 3 at once; the CLI waits for the last.
     let most = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -247,9 +329,9 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
             "--mode",
             "replicated-job",
             "--replicas",
-            "6",
+            "10",
             "--max-concurrent",
-            "2",
+            "3",
             IMAGE,
             "sleep",
             "1",
@@ -261,11 +343,11 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert!(o.ok && o.stdout.contains("verify: Job complete"), "{o:?}");
     let ps = shoal_ok(&h, &["service", "ps", "batch", "--format", "json"]).await?.json()?;
     let complete = ps.as_array().map(|a| a.iter().filter(|t| t["state"] == "complete").count()).unwrap_or(0);
-    assert_eq!(complete, 6, "{ps}");
+    assert_eq!(complete, 10, "{ps}");
     let peak = most.load(Ordering::Relaxed);
-    assert!((1..=2).contains(&peak), "at most 2 at once: {peak}");
+    assert!((1..=3).contains(&peak), "at most 3 at once: {peak}");
     let ls = shoal_ok(&h, &["service", "ls"]).await?.stdout;
-    assert!(ls.contains("(6 completed)"), "{ls}");
+    assert!(ls.contains("(10 completed)"), "{ls}");
 
     // A global job: once on each of the 3 nodes.
     let o = shoal(&h, &["service", "create", "--name", "once", "--mode", "global-job", IMAGE, "true"]).await?;
