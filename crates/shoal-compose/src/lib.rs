@@ -17,4 +17,4 @@ pub mod stack;
 pub mod yaml;
 
 pub use decode::{Condition, Error, Project};
-pub use load::{load, Env, File, Loaded};
+pub use load::{load, merged, Env, File, Loaded};

@@ -34,17 +34,7 @@ const KEYED: &[&str] = &["environment", "labels"];
 
 /// Loads `files` in order.
 pub fn load(files: &[File], env: &Env<'_>) -> Result<Loaded, Error> {
-    let mut merged: Option<Node> = None;
-    for f in files {
-        let mut root = yaml::parse(&f.name, &f.text).map_err(|e| Error { pos: e.pos, message: e.message })?;
-        interpolate(&mut root, env.var)?;
-        normalize(&mut root);
-        merged = Some(match merged {
-            None => root,
-            Some(base) => merge(base, root, ""),
-        });
-    }
-    let root = merged.unwrap_or(Node { pos: Pos::default(), value: Value::Null });
+    let root = merged(files, env)?;
     let mut warnings = Vec::new();
     let env_file = |n: &Node, path: &str| -> Res<Vec<(String, String)>> {
         let text =
@@ -56,6 +46,21 @@ pub fn load(files: &[File], env: &Env<'_>) -> Result<Loaded, Error> {
     };
     let project = decode::project(&root, &env_file, env.var, &mut |pos, w| warnings.push(format!("{pos}: {w}")))?;
     Ok(Loaded { project, warnings })
+}
+
+/// The files interpolated and merged, before decoding (`stack config` prints it).
+pub fn merged(files: &[File], env: &Env<'_>) -> Result<Node, Error> {
+    let mut merged: Option<Node> = None;
+    for f in files {
+        let mut root = yaml::parse(&f.name, &f.text).map_err(|e| Error { pos: e.pos, message: e.message })?;
+        interpolate(&mut root, env.var)?;
+        normalize(&mut root);
+        merged = Some(match merged {
+            None => root,
+            Some(base) => merge(base, root, ""),
+        });
+    }
+    Ok(merged.unwrap_or(Node { pos: Pos::default(), value: Value::Null }))
 }
 
 /// Interpolates every value (not keys) of the tree.

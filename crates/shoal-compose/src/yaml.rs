@@ -201,6 +201,108 @@ fn apply_merge(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, SyntaxEr
     Ok(own)
 }
 
+/// Writes the tree back as YAML (block style; scalars quoted where a plain one would read
+/// differently).
+pub fn emit(n: &Node) -> String {
+    let mut out = String::new();
+    match &n.value {
+        Value::Map(e) if !e.is_empty() => emit_map(e, 0, &mut out),
+        Value::Seq(v) if !v.is_empty() => emit_seq(v, 0, &mut out),
+        _ => {
+            out.push_str(&inline(n));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn inline(n: &Node) -> String {
+    match &n.value {
+        Value::Null => "null".into(),
+        Value::Scalar(s, quoted) => scalar(s, *quoted),
+        Value::Seq(_) => "[]".into(),
+        Value::Map(_) => "{}".into(),
+    }
+}
+
+fn block(n: &Node) -> bool {
+    matches!(&n.value, Value::Map(e) if !e.is_empty()) || matches!(&n.value, Value::Seq(v) if !v.is_empty())
+}
+
+fn emit_map(entries: &[(Node, Node)], indent: usize, out: &mut String) {
+    for (k, v) in entries {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&inline(k));
+        out.push(':');
+        match &v.value {
+            Value::Map(e) if !e.is_empty() => {
+                out.push('\n');
+                emit_map(e, indent + 2, out);
+            }
+            Value::Seq(items) if !items.is_empty() => {
+                out.push('\n');
+                emit_seq(items, indent + 2, out);
+            }
+            _ => {
+                out.push(' ');
+                out.push_str(&inline(v));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn emit_seq(items: &[Node], indent: usize, out: &mut String) {
+    for i in items {
+        out.push_str(&" ".repeat(indent));
+        out.push('-');
+        if block(i) {
+            // The first entry on the dash's line, the rest under it.
+            let mut inner = String::new();
+            match &i.value {
+                Value::Map(e) => emit_map(e, indent + 2, &mut inner),
+                Value::Seq(v) => emit_seq(v, indent + 2, &mut inner),
+                _ => {}
+            }
+            out.push(' ');
+            out.push_str(inner.trim_start());
+        } else {
+            out.push(' ');
+            out.push_str(&inline(i));
+            out.push('\n');
+        }
+    }
+}
+
+fn scalar(s: &str, quoted: bool) -> String {
+    let typed = null_text(s)
+        || matches!(s, "true" | "false" | "True" | "False" | "TRUE" | "FALSE" | "yes" | "no" | "on" | "off")
+        || s.parse::<f64>().is_ok();
+    let special = s.is_empty()
+        || s.starts_with(|c: char| " -?:,[]{}#&*!|>'\"%@`".contains(c))
+        || s.ends_with(' ')
+        || s.contains(": ")
+        || s.contains(" #")
+        || s.contains('\n')
+        || s.contains('\t');
+    if (quoted && typed) || special {
+        let mut q = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => q.push_str("\\\""),
+                '\\' => q.push_str("\\\\"),
+                '\n' => q.push_str("\\n"),
+                '\t' => q.push_str("\\t"),
+                c => q.push(c),
+            }
+        }
+        q.push('"');
+        q
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +327,34 @@ mod tests {
         assert_eq!(a.get("environment").and_then(|e| e.get("A")).and_then(Node::as_str), Some("1"));
         let b = n.get("services").and_then(|s| s.get("b")).expect("b");
         assert_eq!(b.get("image").and_then(Node::as_str), Some("img"));
+    }
+
+    /// The node without its places, to compare content.
+    fn content(n: &Node) -> Value {
+        match &n.value {
+            Value::Seq(v) => Value::Seq(v.iter().map(|i| Node { pos: Pos::default(), value: content(i) }).collect()),
+            Value::Map(e) => Value::Map(
+                e.iter()
+                    .map(|(k, v)| {
+                        (
+                            Node { pos: Pos::default(), value: content(k) },
+                            Node { pos: Pos::default(), value: content(v) },
+                        )
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn emitted_yaml_reads_back_the_same() {
+        let text = "a:\n  b: [1, \"2\", x]\n  c: {d: \"it's: here\", e: null, f: ''}\nlist:\n  - {k: v, w: [1]}\n  - plain\n  - \"-dash\"\nempty: {}\n";
+        let n = parse("f", text).expect("parse");
+        let out = emit(&n);
+        let back = parse("f", &out).expect("reparse");
+        assert_eq!(content(&back), content(&n), "{out}");
+        assert!(out.contains("\"2\""), "a quoted number stays quoted: {out}");
     }
 
     #[test]
