@@ -8,6 +8,7 @@ mod exec;
 mod output;
 mod progress;
 mod specs;
+mod stack;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_api::names;
@@ -59,6 +60,9 @@ enum Cmd {
     /// Manage configs.
     #[command(subcommand)]
     Config(DataCmd),
+    /// Deploy and manage stacks from Compose files.
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Print a shell completion script: `source <(shoal completion bash)`, or save it where your
     /// shell loads completions from (e.g. /usr/share/bash-completion/completions/shoal).
     Completion {
@@ -622,6 +626,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
         Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
+        Cmd::Stack(cmd) => stack::run(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Completion { .. } => Ok(()),
     }
 }
@@ -878,6 +883,68 @@ async fn hostnames(c: &mut Client) -> Result<std::collections::BTreeMap<String, 
         .filter_map(|v| v.node.as_ref())
         .filter_map(|n| Some((n.meta.as_ref()?.id.clone(), hostname_of(n))))
         .collect())
+}
+
+/// Prints `service ls` rows (also `stack services`).
+fn print_services(rows: &[serde_json::Value], format: Format, quiet: bool) {
+    if quiet {
+        rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
+        return;
+    }
+    match format {
+        Format::Json => print_json(&serde_json::Value::Array(rows.to_vec())),
+        Format::Table => print_table(
+            &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r["id"].as_str().unwrap_or("").chars().take(12).collect(),
+                        r["name"].as_str().unwrap_or("").to_string(),
+                        r["mode"].as_str().unwrap_or("").to_string(),
+                        // As Docker: the update state beside the counts while it matters.
+                        match (r["mode"].as_str().unwrap_or(""), r["update_state"].as_str().unwrap_or("")) {
+                            ("replicated-job" | "global-job", _) => {
+                                format!("{}/{} ({} completed)", r["running"], r["replicas"], r["completed"])
+                            }
+                            (_, "" | "completed") => format!("{}/{}", r["running"], r["replicas"]),
+                            (_, state) => format!("{}/{} ({state})", r["running"], r["replicas"]),
+                        },
+                        r["image"].as_str().unwrap_or("").to_string(),
+                        r["ports"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Prints `service ps` rows (also `stack ps`).
+fn print_tasks(rows: &[serde_json::Value], format: Format, quiet: bool) {
+    if quiet {
+        rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
+        return;
+    }
+    match format {
+        Format::Json => print_json(&serde_json::Value::Array(rows.to_vec())),
+        Format::Table => print_table(
+            &["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r["id"].as_str().unwrap_or("").chars().take(12).collect(),
+                        r["name"].as_str().unwrap_or("").to_string(),
+                        r["node"].as_str().unwrap_or("").to_string(),
+                        r["desired_state"].as_str().unwrap_or("").to_string(),
+                        match r["health"].as_str().unwrap_or("") {
+                            "" => r["state"].as_str().unwrap_or("").to_string(),
+                            h => format!("{} ({h})", r["state"].as_str().unwrap_or("")),
+                        },
+                        r["error"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Prints what `service update --dry-run` found.
@@ -1317,35 +1384,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
         ServiceCmd::Ls { format, quiet } => {
             let services = c.list_services(ListServicesRequest {}).await?.into_inner().services;
             let rows: Vec<serde_json::Value> = services.iter().map(output::service_row).collect();
-            if quiet {
-                rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
-                return Ok(());
-            }
-            match format {
-                Format::Json => print_json(&serde_json::Value::Array(rows)),
-                Format::Table => print_table(
-                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
-                    rows.iter()
-                        .map(|r| {
-                            vec![
-                                r["id"].as_str().unwrap_or("").chars().take(12).collect(),
-                                r["name"].as_str().unwrap_or("").to_string(),
-                                r["mode"].as_str().unwrap_or("").to_string(),
-                                // As Docker: the update state beside the counts while it matters.
-                                match (r["mode"].as_str().unwrap_or(""), r["update_state"].as_str().unwrap_or("")) {
-                                    ("replicated-job" | "global-job", _) => {
-                                        format!("{}/{} ({} completed)", r["running"], r["replicas"], r["completed"])
-                                    }
-                                    (_, "" | "completed") => format!("{}/{}", r["running"], r["replicas"]),
-                                    (_, state) => format!("{}/{} ({state})", r["running"], r["replicas"]),
-                                },
-                                r["image"].as_str().unwrap_or("").to_string(),
-                                r["ports"].as_str().unwrap_or("").to_string(),
-                            ]
-                        })
-                        .collect(),
-                ),
-            }
+            print_services(&rows, format, quiet);
         }
         ServiceCmd::Inspect { format, services } => {
             let mut out = Vec::new();
@@ -1372,31 +1411,7 @@ async fn service(c: &mut Client, cmd: ServiceCmd) -> Result<(), Fail> {
             let host_of = |id: &str| hosts.get(id).cloned().unwrap_or_default();
             let rows: Vec<serde_json::Value> =
                 tasks.iter().map(|t| output::task_row(&name, t, &host_of(&t.node_id))).collect();
-            if quiet {
-                rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
-                return Ok(());
-            }
-            match format {
-                Format::Json => print_json(&serde_json::Value::Array(rows)),
-                Format::Table => print_table(
-                    &["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
-                    rows.iter()
-                        .map(|r| {
-                            vec![
-                                r["id"].as_str().unwrap_or("").chars().take(12).collect(),
-                                r["name"].as_str().unwrap_or("").to_string(),
-                                r["node"].as_str().unwrap_or("").to_string(),
-                                r["desired_state"].as_str().unwrap_or("").to_string(),
-                                match r["health"].as_str().unwrap_or("") {
-                                    "" => r["state"].as_str().unwrap_or("").to_string(),
-                                    h => format!("{} ({h})", r["state"].as_str().unwrap_or("")),
-                                },
-                                r["error"].as_str().unwrap_or("").to_string(),
-                            ]
-                        })
-                        .collect(),
-                ),
-            }
+            print_tasks(&rows, format, quiet);
         }
         ServiceCmd::Logs { follow, tail, no_task_ids, service } => {
             use std::io::Write;
