@@ -480,3 +480,23 @@ pub fn in_task(pid: i64, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("timeout").args(&all).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// An HTTP/1.0 GET from the test's own namespace (bounded: 2 s to connect, 3 s to answer): the
+/// body of a 200 answer, or why not.
+pub fn http_get(host: &str, port: u16, path: &str) -> std::result::Result<String, String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    // (A CGI script's own header lines end in a bare newline.)
+    let out = out.replace("\r\n", "\n");
+    match out.split_once("\n\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head[8..].starts_with(" 200") => {
+            Ok(body.trim().to_string())
+        }
+        _ => Err(format!("unexpected answer {out:?}")),
+    }
+}

@@ -10,14 +10,12 @@
 //! Needs root.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shoal_testkit::{in_task, running_tasks, shoal, shoal_ok, wait_until, HostSet};
+use shoal_testkit::{http_get, in_task, running_tasks, shoal, shoal_ok, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(60);
 const SET: &str = "3";
@@ -40,27 +38,9 @@ fn task_ns(hosts: &HostSet, i: usize, task_id: &str) -> PathBuf {
     hosts.dir().join(format!("h{i}/data/agent/netns/{task_id}"))
 }
 
-/// An HTTP/1.0 GET from the test's own namespace: the body, or why not.
-fn get(host: &str, port: u16, path: &str) -> std::result::Result<String, String> {
-    let sa: SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("{e}"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    // (A CGI script's own header lines end in a bare newline.)
-    let out = out.replace("\r\n", "\n");
-    match out.split_once("\n\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head[8..].starts_with(" 200") => {
-            Ok(body.trim().to_string())
-        }
-        _ => Err(format!("unexpected answer {out:?}")),
-    }
-}
-
 /// The distinct bodies of `n` GETs (failures included, as `error: ...`).
 fn bodies(host: &str, port: u16, n: usize) -> BTreeSet<String> {
-    (0..n).map(|_| get(host, port, "/").unwrap_or_else(|e| format!("error: {e}"))).collect()
+    (0..n).map(|_| http_get(host, port, "/").unwrap_or_else(|e| format!("error: {e}"))).collect()
 }
 
 /// A UDP exchange from the network namespace `ns` (the test's own when `None`): the answer.
@@ -235,14 +215,14 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
     // A service without a running task refuses at once.
     let idle_port = u16::try_from(idle_port)?;
     let e = wait_until(T, "the idle port refuses", || async move {
-        match get(&addr(4), idle_port, "/") {
+        match http_get(&addr(4), idle_port, "/") {
             Err(e) if e.contains("refused") => Some(e),
             _ => None,
         }
     })
     .await?;
     let t = Instant::now();
-    let again = get(&addr(4), idle_port, "/");
+    let again = http_get(&addr(4), idle_port, "/");
     assert!(matches!(&again, Err(e) if e.contains("refused")), "{again:?} ({e})");
     assert!(t.elapsed() < Duration::from_secs(1), "refused within a second, not timed out");
 
@@ -266,15 +246,15 @@ async fn vips_and_published_ports_spread_keep_serving_and_clean_up() -> Result<(
     let loc = shoal_testkit::wait_running(&h, "loc", 1, T).await?;
     let seen = wait_until(T, "the local port answers", || {
         let a = addr(loc[0].host);
-        async move { get(&a, 8090, "/cgi-bin/ip").ok() }
+        async move { http_get(&a, 8090, "/cgi-bin/ip").ok() }
     })
     .await?;
     // (busybox httpd listens on IPv6 too, so it writes the address IPv4-mapped.)
     assert!(seen.contains(CLIENT), "traffic=local keeps the client's address: {seen}");
     let other = (1..=HOSTS).find(|i| *i != loc[0].host).context("another host")?;
-    let e = get(&addr(other), 8090, "/cgi-bin/ip");
+    let e = http_get(&addr(other), 8090, "/cgi-bin/ip");
     assert!(matches!(&e, Err(m) if m.contains("refused")), "a node without a local task refuses: {e:?}");
-    let hidden = get(&addr(other), 8080, "/cgi-bin/ip").map_err(anyhow::Error::msg)?;
+    let hidden = http_get(&addr(other), 8080, "/cgi-bin/ip").map_err(anyhow::Error::msg)?;
     assert!(
         hidden.contains("10.255.") && !hidden.contains(CLIENT),
         "traffic=cluster shows the forwarding node's ingress address: {hidden}"
