@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 
-const PURE: &[&str] = &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator", "shoal-ipam"];
+const PURE: &[&str] =
+    &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator", "shoal-ipam", "shoal-compose"];
 const FORBIDDEN_IN_PURE: &[&str] =
     &["tokio", "tonic", "sled", "openraft", "nix", "rand", "hyper", "tower", "containerd-client", "rustls", "mio"];
 
@@ -18,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-store", 1),
     ("shoal-scheduler", 2),
     ("shoal-ipam", 2),
+    ("shoal-compose", 1),
     ("shoal-orchestrator", 3),
     ("shoal-pki", 4),
     ("shoal-raft", 4),
