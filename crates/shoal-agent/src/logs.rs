@@ -1,6 +1,6 @@
 //! The node's `Agent` service: serves what a task's container printed from its log file,
-//! optionally following it as it grows (and across the logger's rotation), and relays exec
-//! processes (`exec`).
+//! optionally following it as it grows (and across the logger's rotation), relays exec
+//! processes (`exec`), and lists and deletes the node's named local volumes.
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -145,6 +145,26 @@ impl Agent for AgentService {
         while readers.try_join_next().is_some() {}
         readers.spawn(crate::exec::run(self.runtime.clone(), start, input, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_volumes(
+        &self,
+        _req: Request<shoal_api::v1::ListVolumesRequest>,
+    ) -> Result<Response<shoal_api::v1::ListVolumesResponse>, Status> {
+        let volumes = self.runtime.volumes().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(shoal_api::v1::ListVolumesResponse { volumes, unreachable: Vec::new() }))
+    }
+
+    async fn remove_volume(
+        &self,
+        req: Request<shoal_api::v1::RemoveVolumeRequest>,
+    ) -> Result<Response<shoal_api::v1::RemoveVolumeResponse>, Status> {
+        let name = req.into_inner().volume;
+        match self.runtime.remove_volume(&name).await {
+            Ok(true) => Ok(Response::new(shoal_api::v1::RemoveVolumeResponse { nodes: Vec::new() })),
+            Ok(false) => Err(Status::not_found(format!("no volume {name:?} on this node"))),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
     }
 
     async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<LogStream>, Status> {

@@ -9,6 +9,7 @@ mod output;
 mod progress;
 mod specs;
 mod stack;
+mod volume;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_api::names;
@@ -63,6 +64,9 @@ enum Cmd {
     /// Deploy and manage stacks from Compose files.
     #[command(subcommand)]
     Stack(stack::StackCmd),
+    /// Named local volumes of the nodes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
     /// Print a shell completion script: `source <(shoal completion bash)`, or save it where your
     /// shell loads completions from (e.g. /usr/share/bash-completion/completions/shoal).
     Completion {
@@ -627,6 +631,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Secret(cmd) => data(&mut c, cmd, true).await.map_err(|e| e.into_line(&err)),
         Cmd::Config(cmd) => data(&mut c, cmd, false).await.map_err(|e| e.into_line(&err)),
         Cmd::Stack(cmd) => stack::run(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
+        Cmd::Volume(cmd) => volume::run(&mut c, cmd).await.map_err(|e| e.into_line(&err)),
         Cmd::Completion { .. } => Ok(()),
     }
 }

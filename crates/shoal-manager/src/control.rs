@@ -671,6 +671,57 @@ impl Control for ControlService {
         Ok(Response::new(without_data(s)))
     }
 
+    async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> R<ListVolumesResponse> {
+        let rt = self.node.managers.require_manager()?;
+        let query = req.into_inner().node;
+        let query = if query == "self" { self.node.identity.local().node_id } else { query };
+        let asked = rt.store.read(|s| crate::volumes::nodes_to_ask(s, &query))?;
+        let store = rt.store.clone();
+        let users = move |node: &str, name: &str| store.read(|s| crate::volumes::users(s, node, name));
+        let (volumes, unreachable) = crate::volumes::list(&self.node, users, asked).await;
+        Ok(Response::new(ListVolumesResponse { volumes, unreachable }))
+    }
+
+    async fn remove_volume(&self, req: Request<RemoveVolumeRequest>) -> R<RemoveVolumeResponse> {
+        let rt = self.node.managers.require_manager()?;
+        let req = req.into_inner();
+        let query = if req.node == "self" { self.node.identity.local().node_id } else { req.node.clone() };
+        let asked = rt.store.read(|s| crate::volumes::nodes_to_ask(s, &query))?;
+        let store = rt.store.clone();
+        let users = move |node: &str, name: &str| store.read(|s| crate::volumes::users(s, node, name));
+        let (found, unreachable) = crate::volumes::list(&self.node, &users, asked.clone()).await;
+        let holders: Vec<&Volume> = found.iter().filter(|v| v.name == req.volume).collect();
+        if holders.is_empty() {
+            let also = if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(" (not asked: {} did not answer)", unreachable.join(", "))
+            };
+            return Err(Status::not_found(format!("no volume {:?} on any node{also}", req.volume)));
+        }
+        // Every holder is checked before any is touched: all or none.
+        for v in &holders {
+            let users = users(&v.node_id, &v.name);
+            if !users.is_empty() {
+                return Err(ApiError::Rejected(format!(
+                    "volume {:?} on {} is in use by task(s) {}: remove or update those services first",
+                    v.name,
+                    v.node,
+                    users.join(", ")
+                ))
+                .into());
+            }
+        }
+        let mut nodes = Vec::new();
+        for v in holders {
+            if let Some(a) = asked.iter().find(|a| a.node_id == v.node_id) {
+                crate::volumes::remove(&self.node, a, &v.name).await?;
+                nodes.push(a.hostname.clone());
+            }
+        }
+        Ok(Response::new(RemoveVolumeResponse { nodes }))
+    }
+
     async fn remove_secret(&self, req: Request<RemoveSecretRequest>) -> R<RemoveSecretResponse> {
         let rt = self.node.managers.require_manager()?;
         let q = req.into_inner().secret;

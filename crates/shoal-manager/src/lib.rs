@@ -29,6 +29,7 @@ pub mod server;
 mod session;
 pub mod tls;
 pub mod util;
+pub mod volumes;
 pub mod workers;
 pub mod writer;
 

@@ -820,6 +820,21 @@ impl ContainerRuntime for Containerd {
         Ok(())
     }
 
+    async fn volumes(&self) -> Result<Vec<shoal_api::v1::Volume>, RuntimeError> {
+        let dir = self.state_dir.join("volumes");
+        tokio::task::spawn_blocking(move || crate::volumes::list(&dir))
+            .await
+            .map_err(|e| RuntimeError::Io(format!("volume listing: {e}")))?
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<bool, RuntimeError> {
+        let dir = self.state_dir.join("volumes");
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || crate::volumes::remove(&dir, &name))
+            .await
+            .map_err(|e| RuntimeError::Io(format!("volume removal: {e}")))?
+    }
+
     async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {
         let name = Self::image_name(image)?;
         Ok(self.image_config(&name).await?.healthcheck)

@@ -19,6 +19,7 @@ struct State {
     next_pid: u32,
     down: Option<String>,
     healthchecks: HashMap<String, shoal_api::v1::HealthConfig>,
+    volumes: BTreeMap<String, u64>,
 }
 
 /// The fake runtime.
@@ -40,6 +41,11 @@ impl FakeRuntime {
     /// Makes pulls of `image` fail with `reason`.
     pub fn fail_pull(&self, image: &str, reason: &str) {
         self.lock().failing_pulls.insert(image.to_string(), reason.to_string());
+    }
+
+    /// Adds a named volume of `size` bytes.
+    pub fn add_volume(&self, name: &str, size: u64) {
+        self.lock().volumes.insert(name.to_string(), size);
     }
 
     /// Gives `image` a health check of its own.
@@ -127,6 +133,21 @@ impl ContainerRuntime for FakeRuntime {
         s.containers.remove(id);
         s.exits.remove(id);
         Ok(())
+    }
+
+    async fn volumes(&self) -> Result<Vec<shoal_api::v1::Volume>, RuntimeError> {
+        Ok(self
+            .lock()
+            .volumes
+            .iter()
+            .map(|(n, s)| shoal_api::v1::Volume { name: n.clone(), size_bytes: *s, ..Default::default() })
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<bool, RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(format!("remove-volume {name}"));
+        Ok(s.volumes.remove(name).is_some())
     }
 
     async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {

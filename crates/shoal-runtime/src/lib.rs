@@ -14,6 +14,7 @@ pub mod containerd;
 pub mod fake;
 pub mod logfile;
 pub mod spec;
+mod volumes;
 
 /// Registry credentials.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -202,6 +203,15 @@ pub trait ContainerRuntime: Send + Sync {
     async fn logs(&self, id: &str) -> Result<PathBuf, RuntimeError>;
     /// Checks that the runtime answers; returns its name and version.
     async fn ping(&self) -> Result<String, RuntimeError>;
+    /// The named local volumes (name, size, creation time).
+    async fn volumes(&self) -> Result<Vec<shoal_api::v1::Volume>, RuntimeError> {
+        Ok(Vec::new())
+    }
+    /// Deletes the named local volume `name` and its files; false if there was none.
+    async fn remove_volume(&self, name: &str) -> Result<bool, RuntimeError> {
+        let _ = name;
+        Ok(false)
+    }
     /// The health check a pulled image declares (its `HEALTHCHECK`), if any.
     async fn image_healthcheck(&self, image: &str) -> Result<Option<shoal_api::v1::HealthConfig>, RuntimeError> {
         let _ = image;

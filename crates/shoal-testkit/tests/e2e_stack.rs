@@ -5,7 +5,9 @@
 //! through its published ports on every node and its service names inside the stack; an
 //! unchanged redeploy touches nothing; a second file changing one service updates only that
 //! one (every other task id stays); `--prune` removes the service the file no longer names;
-//! `stack rm` leaves no service, network or task behind. Needs root.
+//! `stack rm` leaves no service, network or task behind; the stack's named volume is listed on
+//! its node with its size and users, cannot be removed while used, and can be once the stack
+//! is gone. Needs root.
 
 use std::time::Duration;
 
@@ -89,6 +91,16 @@ async fn stacks_deploy_redeploy_prune_and_go() -> Result<()> {
     let before = stack_tasks(&h).await?;
     assert_eq!(before.len(), 6, "{before:?}");
 
+    // The named volume is on db's node, with what db wrote, and cannot go while db uses it.
+    let volumes = shoal(&h, &["volume", "ls", "--format", "json"]).await?.json()?;
+    let db_data: Vec<&serde_json::Value> =
+        volumes.as_array().map(|a| a.iter().filter(|v| v["name"] == "vote_db-data").collect()).unwrap_or_default();
+    assert_eq!(db_data.len(), 1, "{volumes}");
+    assert_eq!((db_data[0]["node"].as_str(), db_data[0]["size_bytes"].as_u64()), (Some("host1"), Some(3)), "{volumes}");
+    assert_eq!(db_data[0]["used_by"], serde_json::json!(["vote_db.1"]));
+    let o = shoal(&h, &["volume", "rm", "vote_db-data"]).await?;
+    assert!(!o.ok && o.stderr.contains("is in use by task(s) vote_db.1"), "{o:?}");
+
     // The same files again: nothing changes.
     let o = shoal(&h, &["stack", "deploy", "--detach", "-c", &file, "vote"]).await?;
     assert!(o.ok && o.stdout.contains("nothing changed"), "{o:?}");
@@ -161,5 +173,12 @@ async fn stacks_deploy_redeploy_prune_and_go() -> Result<()> {
         })
         .await?;
     }
+    // The volume outlives the stack (as in Swarm) until removed.
+    let o = shoal(&h, &["volume", "rm", "vote_db-data"]).await?;
+    assert!(o.ok && o.stdout.contains("removed on host1"), "{o:?}");
+    let volumes = shoal(&h, &["volume", "ls", "-q"]).await?.stdout;
+    assert!(!volumes.contains("vote_db-data"), "{volumes}");
+    let o = shoal(&h, &["volume", "rm", "vote_db-data"]).await?;
+    assert!(!o.ok && o.stderr.contains("no volume \"vote_db-data\""), "{o:?}");
     Ok(())
 }
