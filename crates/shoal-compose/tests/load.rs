@@ -365,3 +365,28 @@ fn the_short_forms() {
     assert_eq!(l.project.secrets["s"].name.as_deref(), Some("shared"));
     let _ = load_err;
 }
+
+#[test]
+fn the_specification_example() {
+    let l = load_ok(include_str!("files/spec-example.yml"));
+    let d = stack::desired(&l.project, "demo", &|_| Err("no files".into())).expect("stack");
+    let names: Vec<&str> =
+        d.services.iter().filter_map(|s| s.spec.annotations.as_ref()).map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["demo_backend", "demo_frontend"]);
+    let nets: Vec<&str> = d.networks.iter().filter_map(|n| n.annotations.as_ref()).map(|a| a.name.as_str()).collect();
+    assert_eq!(nets, ["demo_back-tier", "demo_front-tier"], "no default network: every service names one");
+    assert_eq!(
+        (d.external_configs.clone(), d.external_secrets.clone()),
+        (vec!["httpd-config".to_string()], vec!["server-certificate".to_string()])
+    );
+    let front = container(&d.services[1].spec);
+    assert_eq!(
+        front.configs[0].target.as_ref().map(|t| t.name.as_str()),
+        Some("/httpd-config"),
+        "a config's default target"
+    );
+    assert_eq!(front.secrets[0].target.as_ref().map(|t| t.name.as_str()), Some("server-certificate"));
+    assert_eq!(container(&d.services[0].spec).mounts[0].source, "demo_db-data");
+    let ports = &d.services[1].spec.endpoint_spec.as_ref().expect("ports").ports;
+    assert_eq!((ports[0].published_port, ports[0].target_port), (443, 8043));
+}

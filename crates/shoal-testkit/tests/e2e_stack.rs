@@ -5,7 +5,8 @@
 //! through its published ports on every node and its service names inside the stack; an
 //! unchanged redeploy touches nothing; a second file changing one service updates only that
 //! one (every other task id stays); `--prune` removes the service the file no longer names;
-//! `stack rm` leaves no service, network or task behind; the stack's named volume is listed on
+//! `stack rm` leaves no service, network or task behind; the WordPress sample
+//! (`tests/stacks/wordpress.yml`) runs beside it, its site reaching its database by name; the stack's named volume is listed on
 //! its node with its size and users, cannot be removed while used, and can be once the stack
 //! is gone. Needs root.
 
@@ -18,6 +19,7 @@ const T: Duration = Duration::from_secs(90);
 const SET: &str = "5";
 const REGISTRY: &str = "10.232.5.254:5000";
 const STACK: &str = include_str!("stacks/voting.yml");
+const WORDPRESS: &str = include_str!("stacks/wordpress.yml");
 
 fn node(i: usize) -> String {
     format!("10.232.{SET}.{i}")
@@ -90,6 +92,23 @@ async fn stacks_deploy_redeploy_prune_and_go() -> Result<()> {
     assert_eq!(names, ["vote_db", "vote_redis", "vote_result", "vote_vote", "vote_worker"]);
     let before = stack_tasks(&h).await?;
     assert_eq!(before.len(), 6, "{before:?}");
+
+    // A second stack beside it: the site reaches its database by name, through its port; the
+    // key Swarm ignores is warned about.
+    let wp = dir.join("wordpress.yml");
+    std::fs::write(&wp, WORDPRESS)?;
+    let o = shoal(&h, &["stack", "deploy", "-c", wp.to_str().context("path")?, "wp"]).await?;
+    assert!(o.ok && o.stdout.contains("verify: Stack converged"), "{o:?}");
+    assert!(o.stderr.contains("ignoring restart"), "{o:?}");
+    let site = wait_until(T, "the site serving what it got from db", || async move {
+        http_get(&node(2), 8000, "/").ok().filter(|b| b == "db ok")
+    })
+    .await?;
+    assert_eq!(site, "db ok");
+    let ls = shoal(&h, &["stack", "ls", "--format", "json"]).await?.json()?;
+    assert_eq!(ls, serde_json::json!([{"name": "vote", "services": 5}, {"name": "wp", "services": 2}]));
+    let o = shoal(&h, &["stack", "rm", "wp"]).await?;
+    assert!(o.ok, "{o:?}");
 
     // The named volume is on db's node, with what db wrote, and cannot go while db uses it.
     let volumes = shoal(&h, &["volume", "ls", "--format", "json"]).await?.json()?;
