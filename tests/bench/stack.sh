@@ -16,14 +16,13 @@ export SHOAL_BIN_DIR=${SHOAL_BIN_DIR:-$ROOT/target/release}
 export SHOAL_HOSTS_DIR=${SHOAL_HOSTS_DIR:-/var/tmp/shoal-bench-stack}
 export SHOAL_HOSTS_SET=${SHOAL_HOSTS_SET:-6}
 HOSTS="$ROOT/deploy/hosts.sh"
+# shellcheck source=tests/bench/lib.sh
+. "$ROOT/tests/bench/lib.sh"
 SWARM_LOCAL=${SWARM_LOCAL:-$ROOT/../shared/tools/swarm-local.sh}
 WORK=$(mktemp -d)
 SERVICES=10
 REPLICAS=2
 CHANGED=s5
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-secs() { python3 -c "print(f'{$1 / 1000:.1f}')"; }
 
 # The stack file for IMAGE, with VERSION in the changed service's environment.
 stack_file() {
@@ -50,30 +49,6 @@ EOF
   echo "networks:"
   echo "  net:"
   echo "    driver: overlay"
-}
-
-# Polls `$@` (prints a number) until it is at least $1, within $2 s.
-wait_for() {
-  local want=$1 limit=$2; shift 2
-  local deadline=$(( $(date +%s) + limit )) got
-  while :; do
-    got=$("$@" 2>/dev/null || echo 0)
-    [ "$got" -ge "$want" ] && return 0
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "gave up after $limit s: $got of $want" >&2; return 1; }
-    sleep 0.1
-  done
-}
-
-# Polls `$@` (prints an update state) until "completed", within $1 s.
-wait_completed() {
-  local limit=$1; shift
-  local deadline=$(( $(date +%s) + limit )) state
-  while :; do
-    state=$("$@" 2>/dev/null || true)
-    [ "$state" = completed ] && return 0
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "the update did not complete within $limit s ($state)" >&2; return 1; }
-    sleep 0.1
-  done
 }
 
 shoal_run() {
@@ -141,14 +116,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-if [ $SWARM = 1 ]; then
-  [ -x "$SWARM_LOCAL" ] || { echo "no $SWARM_LOCAL: set SWARM_LOCAL" >&2; exit 1; }
-  if ! command -v dockerd >/dev/null; then
-    echo "installing docker.io for the Swarm side ..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y docker.io >/dev/null
-  fi
-  systemctl stop docker.service docker.socket >/dev/null 2>&1 || true
-fi
+if [ $SWARM = 1 ]; then swarm_ready; fi
 
 shoal_run
 echo "stack_deploy_shoal: $(secs "$SHOAL_DEPLOY") s"

@@ -22,43 +22,13 @@ export SHOAL_BIN_DIR=${SHOAL_BIN_DIR:-$ROOT/target/release}
 export SHOAL_HOSTS_DIR=${SHOAL_HOSTS_DIR:-/var/tmp/shoal-bench-update}
 export SHOAL_HOSTS_SET=${SHOAL_HOSTS_SET:-8}
 HOSTS="$ROOT/deploy/hosts.sh"
+# shellcheck source=tests/bench/lib.sh
+. "$ROOT/tests/bench/lib.sh"
 SWARM_LOCAL=${SWARM_LOCAL:-$ROOT/../shared/tools/swarm-local.sh}
 # Stops at once on SIGTERM (the shell's trap ends `wait`), as a well-behaved service does.
 FAST_CMD='trap "exit 0" TERM; sleep 3600 & wait'
 # PID 1 without an init and without a handler: SIGTERM is ignored, SIGKILL ends it.
 STUBBORN_CMD='exec sleep 3600'
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-secs() { python3 -c "print(f'{$1 / 1000:.1f}')"; }
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-
-# Polls `$@` (prints a number) until it reaches $1, within $2 seconds.
-wait_for() {
-  local want=$1 limit=$2; shift 2
-  local deadline=$(( $(date +%s) + limit )) got
-  while :; do
-    got=$("$@" 2>/dev/null || echo 0)
-    [ "$got" -ge "$want" ] && return 0
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "gave up after $limit s: $got of $want" >&2; return 1; }
-    sleep 0.2
-  done
-}
-
-# Polls `$@` (prints the update state) until it prints "completed"; prints the ms since $1.
-time_update() {
-  local t0=$1 limit=$2; shift 2
-  local deadline=$(( $(date +%s) + limit )) state
-  while :; do
-    state=$("$@" 2>/dev/null || true)
-    case "$state" in
-      completed) break ;;
-      paused | rollback_* ) echo "the update ended $state" >&2; return 1 ;;
-    esac
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "the update did not complete within $limit s ($state)" >&2; return 1; }
-    sleep 0.1
-  done
-  echo $(( $(now_ms) - t0 ))
-}
 
 # scenario -> replicas workers command-kind floor-ms
 params() {
@@ -92,7 +62,8 @@ shoal_run() {
   local t0
   t0=$(now_ms)
   S service update --detach --env-add V=2 bench >/dev/null
-  time_update "$t0" 600 state
+  wait_completed 600 state
+  echo $(( $(now_ms) - t0 ))
   "$HOSTS" down >/dev/null 2>&1 || true
 }
 
@@ -111,7 +82,8 @@ swarm_run() {
   local t0
   t0=$(now_ms)
   D service update --detach --env-add V=2 bench >/dev/null 2>&1
-  time_update "$t0" 600 state
+  wait_completed 600 state
+  echo $(( $(now_ms) - t0 ))
   "$SWARM_LOCAL" down >/dev/null 2>&1 || true
 }
 
@@ -120,15 +92,7 @@ cleanup() {
   if [ $SWARM = 1 ]; then "$SWARM_LOCAL" down >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
-if [ $SWARM = 1 ]; then
-  [ -x "$SWARM_LOCAL" ] || { echo "no $SWARM_LOCAL: set SWARM_LOCAL" >&2; exit 1; }
-  if ! command -v dockerd >/dev/null; then
-    echo "installing docker.io for the Swarm side ..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y docker.io >/dev/null
-  fi
-  # The package's own dockerd would compete for the machine.
-  systemctl stop docker.service docker.socket >/dev/null 2>&1 || true
-fi
+if [ $SWARM = 1 ]; then swarm_ready; fi
 
 for scenario in $SCENARIOS; do
   read -r _ _ _ floor <<<"$(params "$scenario")"

@@ -462,29 +462,55 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
+    /// A controller running task `t` over `runtime`, its reports in a task database.
+    struct Run {
+        _dir: tempfile::TempDir,
+        db: TaskDb,
+        task: watch::Sender<Task>,
+        cancel: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    impl Run {
+        fn start(t: Task, runtime: Arc<FakeRuntime>) -> Run {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = TaskDb::open(dir.path()).expect("db");
+            let (task, rx) = watch::channel(t);
+            let tools = Tools { runtime, reporter: Reporter::recording(db.clone()), files: Err("no files".into()) };
+            let cancel = CancellationToken::new();
+            let handle =
+                tokio::spawn(Controller::new(rx, tools, None, TaskStatus::default(), cancel.clone(), None).run());
+            Run { _dir: dir, db, task, cancel, handle }
+        }
+
+        fn status(&self) -> TaskStatus {
+            self.db.status("t1").ok().flatten().unwrap_or_default()
+        }
+
+        async fn until_state(&self, s: TaskState) {
+            until(&format!("{s:?}"), || self.status().state == s as i32).await;
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            tokio::time::timeout(Duration::from_secs(5), self.handle).await.expect("ends").expect("controller");
+        }
+    }
+
     /// A task created with desired state READY (a stop-first update's new task) is pulled and
     /// created, and starts only once its desired state is RUNNING.
     #[tokio::test]
     async fn a_ready_task_waits_for_its_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = TaskDb::open(dir.path()).expect("db");
-        let reporter = Reporter::recording(db.clone());
         let runtime = Arc::new(FakeRuntime::default());
-        let (task_tx, task_rx) = watch::channel(task(TaskState::Ready));
-        let tools = Tools { runtime: runtime.clone(), reporter, files: Err("no files".into()) };
-        let cancel = CancellationToken::new();
-        let c = Controller::new(task_rx, tools, None, TaskStatus::default(), cancel.clone(), None);
-        let run = tokio::spawn(c.run());
-        let state = || db.status("t1").ok().flatten().map_or(0, |s| s.state);
-        until("READY", || state() == TaskState::Ready as i32).await;
+        let run = Run::start(task(TaskState::Ready), runtime.clone());
+        run.until_state(TaskState::Ready).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(state(), TaskState::Ready as i32, "not started while desired READY");
+        assert_eq!(run.status().state, TaskState::Ready as i32, "not started while desired READY");
         assert!(!runtime.calls().iter().any(|c| c.starts_with("start")), "{:?}", runtime.calls());
-        task_tx.send_replace(task(TaskState::Running));
-        until("RUNNING", || state() == TaskState::Running as i32).await;
+        run.task.send_replace(task(TaskState::Running));
+        run.until_state(TaskState::Running).await;
         assert!(runtime.calls().contains(&"start t1".to_string()), "{:?}", runtime.calls());
-        cancel.cancel();
-        run.await.expect("controller");
+        run.stop().await;
     }
 
     /// A task whose image declares a health check runs it: its first RUNNING report already
@@ -492,8 +518,6 @@ mod tests {
     #[tokio::test]
     async fn the_image_health_check_applies_unless_the_spec_turns_it_off() {
         for (own, checked) in [(None, true), (Some(vec!["NONE".to_string()]), false)] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let db = TaskDb::open(dir.path()).expect("db");
             let runtime = Arc::new(FakeRuntime::default());
             let hc = shoal_api::v1::HealthConfig {
                 test: vec!["CMD".into(), "true".into()],
@@ -505,41 +529,24 @@ mod tests {
             if let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) {
                 c.healthcheck = own.map(|test| shoal_api::v1::HealthConfig { test, ..Default::default() });
             }
-            let (_task_tx, task_rx) = watch::channel(t);
-            let tools = Tools {
-                runtime: runtime.clone(),
-                reporter: Reporter::recording(db.clone()),
-                files: Err("no files".into()),
-            };
-            let cancel = CancellationToken::new();
-            let run =
-                tokio::spawn(Controller::new(task_rx, tools, None, TaskStatus::default(), cancel.clone(), None).run());
-            let status = || db.status("t1").ok().flatten().unwrap_or_default();
-            until("RUNNING", || status().state == TaskState::Running as i32).await;
-            let health = status().health.map(|h| h.status());
+            let run = Run::start(t, runtime);
+            run.until_state(TaskState::Running).await;
+            let health = run.status().health.map(|h| h.status());
             assert_eq!(health, checked.then_some(shoal_api::v1::health::Status::Starting));
-            cancel.cancel();
-            run.await.expect("controller");
+            run.stop().await;
         }
     }
 
     /// Told to stop while waiting, it removes the container it made and never starts it.
     #[tokio::test]
     async fn a_ready_task_told_to_stop_never_starts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = TaskDb::open(dir.path()).expect("db");
-        let reporter = Reporter::recording(db.clone());
         let runtime = Arc::new(FakeRuntime::default());
-        let (task_tx, task_rx) = watch::channel(task(TaskState::Ready));
-        let tools = Tools { runtime: runtime.clone(), reporter, files: Err("no files".into()) };
-        let c = Controller::new(task_rx, tools, None, TaskStatus::default(), CancellationToken::new(), None);
-        let run = tokio::spawn(c.run());
-        let state = || db.status("t1").ok().flatten().map_or(0, |s| s.state);
-        until("READY", || state() == TaskState::Ready as i32).await;
-        task_tx.send_replace(task(TaskState::Shutdown));
-        tokio::time::timeout(Duration::from_secs(5), run).await.expect("ends").expect("controller");
-        assert_eq!(state(), TaskState::Shutdown as i32);
+        let run = Run::start(task(TaskState::Ready), runtime.clone());
+        run.until_state(TaskState::Ready).await;
+        run.task.send_replace(task(TaskState::Shutdown));
+        run.until_state(TaskState::Shutdown).await;
         let calls = runtime.calls();
         assert!(calls.contains(&"remove t1".to_string()) && !calls.iter().any(|c| c.starts_with("start")), "{calls:?}");
+        run.stop().await;
     }
 }

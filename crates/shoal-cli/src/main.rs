@@ -890,66 +890,65 @@ async fn hostnames(c: &mut Client) -> Result<std::collections::BTreeMap<String, 
         .collect())
 }
 
-/// Prints `service ls` rows (also `stack services`).
-fn print_services(rows: &[serde_json::Value], format: Format, quiet: bool) {
+/// Prints list rows: their ids (`-q`), the rows as JSON, or a table of `headers` and `cells`.
+fn print_rows(
+    rows: &[serde_json::Value],
+    format: Format,
+    quiet: bool,
+    headers: &[&str],
+    cells: impl Fn(&serde_json::Value) -> Vec<String>,
+) {
     if quiet {
         rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
         return;
     }
     match format {
         Format::Json => print_json(&serde_json::Value::Array(rows.to_vec())),
-        Format::Table => print_table(
-            &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r["id"].as_str().unwrap_or("").chars().take(12).collect(),
-                        r["name"].as_str().unwrap_or("").to_string(),
-                        r["mode"].as_str().unwrap_or("").to_string(),
-                        // As Docker: the update state beside the counts while it matters.
-                        match (r["mode"].as_str().unwrap_or(""), r["update_state"].as_str().unwrap_or("")) {
-                            ("replicated-job" | "global-job", _) => {
-                                format!("{}/{} ({} completed)", r["running"], r["replicas"], r["completed"])
-                            }
-                            (_, "" | "completed") => format!("{}/{}", r["running"], r["replicas"]),
-                            (_, state) => format!("{}/{} ({state})", r["running"], r["replicas"]),
-                        },
-                        r["image"].as_str().unwrap_or("").to_string(),
-                        r["ports"].as_str().unwrap_or("").to_string(),
-                    ]
-                })
-                .collect(),
-        ),
+        Format::Table => print_table(headers, rows.iter().map(cells).collect()),
     }
+}
+
+/// A row's field as text, `""` without it.
+fn field(r: &serde_json::Value, key: &str) -> String {
+    r[key].as_str().unwrap_or("").to_string()
+}
+
+/// Prints `service ls` rows (also `stack services`).
+fn print_services(rows: &[serde_json::Value], format: Format, quiet: bool) {
+    print_rows(rows, format, quiet, &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], |r| {
+        vec![
+            field(r, "id").chars().take(12).collect(),
+            field(r, "name"),
+            field(r, "mode"),
+            // As Docker: the update state beside the counts while it matters.
+            match (r["mode"].as_str().unwrap_or(""), r["update_state"].as_str().unwrap_or("")) {
+                ("replicated-job" | "global-job", _) => {
+                    format!("{}/{} ({} completed)", r["running"], r["replicas"], r["completed"])
+                }
+                (_, "" | "completed") => format!("{}/{}", r["running"], r["replicas"]),
+                (_, state) => format!("{}/{} ({state})", r["running"], r["replicas"]),
+            },
+            field(r, "image"),
+            field(r, "ports"),
+        ]
+    });
 }
 
 /// Prints `service ps` rows (also `stack ps`).
 fn print_tasks(rows: &[serde_json::Value], format: Format, quiet: bool) {
-    if quiet {
-        rows.iter().for_each(|r| outln!("{}", r["id"].as_str().unwrap_or("")));
-        return;
-    }
-    match format {
-        Format::Json => print_json(&serde_json::Value::Array(rows.to_vec())),
-        Format::Table => print_table(
-            &["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
-            rows.iter()
-                .map(|r| {
-                    vec![
-                        r["id"].as_str().unwrap_or("").chars().take(12).collect(),
-                        r["name"].as_str().unwrap_or("").to_string(),
-                        r["node"].as_str().unwrap_or("").to_string(),
-                        r["desired_state"].as_str().unwrap_or("").to_string(),
-                        match r["health"].as_str().unwrap_or("") {
-                            "" => r["state"].as_str().unwrap_or("").to_string(),
-                            h => format!("{} ({h})", r["state"].as_str().unwrap_or("")),
-                        },
-                        r["error"].as_str().unwrap_or("").to_string(),
-                    ]
-                })
-                .collect(),
-        ),
-    }
+    print_rows(rows, format, quiet, &["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], |r| {
+        vec![
+            field(r, "id").chars().take(12).collect(),
+            field(r, "name"),
+            field(r, "node"),
+            field(r, "desired_state"),
+            match r["health"].as_str().unwrap_or("") {
+                "" => field(r, "state"),
+                h => format!("{} ({h})", field(r, "state")),
+            },
+            field(r, "error"),
+        ]
+    });
 }
 
 /// Prints what `service update --dry-run` found.

@@ -325,24 +325,17 @@ async fn deploy(
             );
         }
     }
-    let data_exists =
-        |list: &[Option<&Annotations>], name: &str| list.iter().any(|a| a.is_some_and(|a| a.name == name));
-    let secrets: Vec<Option<&Annotations>> =
-        cluster.secrets.iter().map(|s| s.spec.as_ref().and_then(|s| s.annotations.as_ref())).collect();
-    for s in &desired.external_secrets {
-        if !data_exists(&secrets, s) {
+    let names = |list: Vec<Option<&Annotations>>| -> BTreeSet<String> {
+        list.into_iter().flatten().map(|a| a.name.clone()).collect()
+    };
+    let secrets = names(cluster.secrets.iter().map(|s| s.spec.as_ref().and_then(|s| s.annotations.as_ref())).collect());
+    let configs = names(cluster.configs.iter().map(|s| s.spec.as_ref().and_then(|s| s.annotations.as_ref())).collect());
+    for (kind, wanted, held) in
+        [("secret", &desired.external_secrets, &secrets), ("config", &desired.external_configs, &configs)]
+    {
+        if let Some(missing) = wanted.iter().find(|n| !held.contains(*n)) {
             return Err(format!(
-                "external secret {s:?} not found: create it first with `shoal secret create {s} FILE`"
-            )
-            .into());
-        }
-    }
-    let configs: Vec<Option<&Annotations>> =
-        cluster.configs.iter().map(|s| s.spec.as_ref().and_then(|s| s.annotations.as_ref())).collect();
-    for s in &desired.external_configs {
-        if !data_exists(&configs, s) {
-            return Err(format!(
-                "external config {s:?} not found: create it first with `shoal config create {s} FILE`"
+                "external {kind} {missing:?} not found: create it first with `shoal {kind} create {missing} FILE`"
             )
             .into());
         }

@@ -90,38 +90,37 @@ pub fn desired(
         }
         network_names.insert(key, name);
     }
+    // A secret or config: from a file (versioned by content; its data), or external.
+    let versioned = |kind: &str, key: &str, f: &crate::decode::FileDef| -> Result<(String, Option<Vec<u8>>), Error> {
+        match (&f.file, f.external) {
+            (Some(file), false) => {
+                let data = read(file).map_err(|e| at(&f.pos, format!("{kind} {key:?}: file {file:?}: {e}")))?;
+                let name = format!("{}-{}", f.name.clone().unwrap_or_else(|| full(key)), short_hash(&data));
+                Ok((name, Some(data)))
+            }
+            _ => Ok((f.name.clone().unwrap_or_else(|| key.to_string()), None)),
+        }
+    };
     let mut secret_names: BTreeMap<&str, String> = BTreeMap::new();
     for (key, s) in &project.secrets {
-        let name = match (&s.file, s.external) {
-            (Some(file), false) => {
-                let data = read(file).map_err(|e| at(&s.pos, format!("secret {key:?}: file {file:?}: {e}")))?;
-                let name = format!("{}-{}", s.name.clone().unwrap_or_else(|| full(key)), short_hash(&data));
-                d.secrets.push(SecretSpec { annotations: labeled(stack, name.clone(), s.labels.clone()), data });
-                name
+        let (name, data) = versioned("secret", key, s)?;
+        match data {
+            Some(data) => {
+                d.secrets.push(SecretSpec { annotations: labeled(stack, name.clone(), s.labels.clone()), data })
             }
-            _ => {
-                let name = s.name.clone().unwrap_or_else(|| key.to_string());
-                d.external_secrets.push(name.clone());
-                name
-            }
-        };
+            None => d.external_secrets.push(name.clone()),
+        }
         secret_names.insert(key, name);
     }
     let mut config_names: BTreeMap<&str, String> = BTreeMap::new();
     for (key, c) in &project.configs {
-        let name = match (&c.file, c.external) {
-            (Some(file), false) => {
-                let data = read(file).map_err(|e| at(&c.pos, format!("config {key:?}: file {file:?}: {e}")))?;
-                let name = format!("{}-{}", c.name.clone().unwrap_or_else(|| full(key)), short_hash(&data));
-                d.configs.push(ConfigSpec { annotations: labeled(stack, name.clone(), c.labels.clone()), data });
-                name
+        let (name, data) = versioned("config", key, c)?;
+        match data {
+            Some(data) => {
+                d.configs.push(ConfigSpec { annotations: labeled(stack, name.clone(), c.labels.clone()), data })
             }
-            _ => {
-                let name = c.name.clone().unwrap_or_else(|| key.to_string());
-                d.external_configs.push(name.clone());
-                name
-            }
-        };
+            None => d.external_configs.push(name.clone()),
+        }
         config_names.insert(key, name);
     }
 

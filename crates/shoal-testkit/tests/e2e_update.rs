@@ -40,6 +40,59 @@ async fn status(h: &str, env: &str) -> Option<(usize, usize, String)> {
     Some((ids.len(), with, state))
 }
 
+/// Running tasks of a `service ps` answer that are healthy.
+fn healthy(v: &serde_json::Value) -> usize {
+    v.as_array()
+        .map(|a| a.iter().filter(|t| t["desired_state"] == "running" && t["health"] == "healthy").count())
+        .unwrap_or(0)
+}
+
+/// Tasks of a `service ps` answer that run.
+fn running_count(v: &serde_json::Value) -> usize {
+    v.as_array().map(|a| a.iter().filter(|t| t["state"] == "running").count()).unwrap_or(0)
+}
+
+/// Samples `service ps SERVICE` without pause (at most 2,000 times) until finished, keeping the
+/// lowest (or highest) `count` seen.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    value: Arc<AtomicUsize>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(h: &str, service: &'static str, lowest: bool, count: fn(&serde_json::Value) -> usize) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let value = Arc::new(AtomicUsize::new(if lowest { usize::MAX } else { 0 }));
+        let (h, s, v) = (h.to_string(), stop.clone(), value.clone());
+        let handle = tokio::spawn(async move {
+            for _ in 0..2000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(ps) =
+                    shoal(&h, &["service", "ps", service, "--format", "json"]).await.ok().and_then(|o| o.json().ok())
+                {
+                    if lowest {
+                        v.fetch_min(count(&ps), Ordering::Relaxed);
+                    } else {
+                        v.fetch_max(count(&ps), Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Sampler { stop, value, handle }
+    }
+
+    /// Stops sampling; what it kept.
+    async fn finish(self) -> Result<usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await?;
+        Ok(self.value.load(Ordering::Relaxed))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_roll_pause_and_roll_back() -> Result<()> {
     let hosts = HostSet::new(SET)?;
@@ -86,11 +139,6 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     .await?;
     let (running, _, _) = status(&h, "1").await.context("status")?;
     assert_eq!(running, 6);
-    let healthy = |v: &serde_json::Value| {
-        v.as_array()
-            .map(|a| a.iter().filter(|t| t["desired_state"] == "running" && t["health"] == "healthy").count())
-            .unwrap_or(0)
-    };
     wait_until(T, "6 healthy tasks", || {
         let h = h.clone();
         async move {
@@ -113,28 +161,10 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     assert_eq!(with, 6, "nothing changed");
 
     // Sample the running tasks without pause while the update runs.
-    let floor = Arc::new(AtomicUsize::new(usize::MAX));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (h, floor, stop) = (h.clone(), floor.clone(), stop.clone());
-        tokio::spawn(async move {
-            for _ in 0..2000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(v) =
-                    shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
-                {
-                    floor.fetch_min(healthy(&v), Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let sampler = Sampler::start(&h, "web", true, healthy);
     let started = std::time::Instant::now();
     let o = shoal(&h, &["service", "update", "--env-add", "V=2", "web"]).await?;
-    stop.store(true, Ordering::Relaxed);
-    sampler.await?;
+    let sampled = sampler.finish().await?;
     assert!(o.ok, "the CLI follows the update to its end: {o:?}");
     assert!(
         o.stdout.contains("out of 6 tasks updated") && o.stdout.contains("verify: Service converged"),
@@ -144,7 +174,7 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     eprintln!("update of 6 tasks (parallelism 2, delay 1 s, monitor 2 s): {} ms", started.elapsed().as_millis());
     let (running, with, state) = status(&h, "2").await.context("status")?;
     assert_eq!((running, with, state.as_str()), (6, 6, "completed"), "every task runs the new spec");
-    let low = floor.load(Ordering::Relaxed);
+    let low = sampled;
     assert!((4..=6).contains(&low), "never fewer than 6 - 2 healthy, sampled: lowest {low}");
     let ls = shoal_ok(&h, &["service", "ls", "--format", "json"]).await?.json()?;
     assert_eq!(ls[0]["update_state"], "completed");
@@ -221,31 +251,13 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
 
     // Start-first: every slot's new task is healthy before its old one leaves: never fewer
     // than 6 healthy.
-    let floor = Arc::new(AtomicUsize::new(usize::MAX));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (h, floor, stop) = (h.clone(), floor.clone(), stop.clone());
-        tokio::spawn(async move {
-            for _ in 0..2000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(v) =
-                    shoal(&h, &["service", "ps", "web", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
-                {
-                    floor.fetch_min(healthy(&v), Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let sampler = Sampler::start(&h, "web", true, healthy);
     let o = shoal(&h, &["service", "update", "--update-order", "start-first", "--env-add", "V=5", "web"]).await?;
-    stop.store(true, Ordering::Relaxed);
-    sampler.await?;
+    let sampled = sampler.finish().await?;
     assert!(o.ok, "{o:?}");
     let (running, with, state) = status(&h, "5").await.context("status")?;
     assert_eq!((running, with, state.as_str()), (6, 6, "completed"));
-    let low = floor.load(Ordering::Relaxed);
+    let low = sampled;
     assert_eq!(low, 6, "start-first never has fewer than 6 healthy, sampled: lowest {low}");
 
     // Tasks no node can take fail the update at its startup deadline instead of stalling it.
@@ -300,25 +312,7 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
     }
 
     // A replicated job: 10 completions, at most 3 at once; the CLI waits for the last.
-    let most = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (h, most, stop) = (h.clone(), most.clone(), stop.clone());
-        tokio::spawn(async move {
-            for _ in 0..2000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(v) =
-                    shoal(&h, &["service", "ps", "batch", "--format", "json"]).await.ok().and_then(|o| o.json().ok())
-                {
-                    let n = v.as_array().map(|a| a.iter().filter(|t| t["state"] == "running").count()).unwrap_or(0);
-                    most.fetch_max(n, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let sampler = Sampler::start(&h, "batch", false, running_count);
     let o = shoal(
         &h,
         &[
@@ -338,13 +332,12 @@ async fn updates_roll_pause_and_roll_back() -> Result<()> {
         ],
     )
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    sampler.await?;
+    let sampled = sampler.finish().await?;
     assert!(o.ok && o.stdout.contains("verify: Job complete"), "{o:?}");
     let ps = shoal_ok(&h, &["service", "ps", "batch", "--format", "json"]).await?.json()?;
     let complete = ps.as_array().map(|a| a.iter().filter(|t| t["state"] == "complete").count()).unwrap_or(0);
     assert_eq!(complete, 10, "{ps}");
-    let peak = most.load(Ordering::Relaxed);
+    let peak = sampled;
     assert!((1..=3).contains(&peak), "at most 3 at once: {peak}");
     let ls = shoal_ok(&h, &["service", "ls"]).await?.stdout;
     assert!(ls.contains("(10 completed)"), "{ls}");
