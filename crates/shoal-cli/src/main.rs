@@ -608,6 +608,10 @@ fn status_failure(host: &str, s: tonic::Status) -> Failure {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // Needs no daemon: the files only.
+    if let Cmd::Stack(stack::StackCmd::Config { files }) = &cli.cmd {
+        return stack::config(files).map_err(Failure::from);
+    }
     let host = Host::parse(&cli.host).map_err(|e| e.to_string())?;
     let channel = connect_with(&host, cli.tls_dir.as_deref()).await.map_err(|e| e.to_string())?;
     let mut c = ControlClient::new(channel)

@@ -19,7 +19,8 @@ use crate::{Client, Fail};
 pub enum StackCmd {
     /// Deploy a stack from Compose files, or update it: only what changed is touched.
     Deploy {
-        /// A Compose file; several are merged in order (later files override earlier ones).
+        /// A Compose file (`-`: standard input); several are merged in order (later files
+        /// override earlier ones).
         #[arg(short = 'c', long = "compose-file", required = true)]
         files: Vec<PathBuf>,
         /// Remove the services, networks, secrets and configs of the stack the files no longer name.
@@ -70,7 +71,7 @@ pub enum StackCmd {
     },
     /// Print the merged, interpolated files.
     Config {
-        /// A Compose file; several are merged in order.
+        /// A Compose file (`-`: standard input); several are merged in order.
         #[arg(short = 'c', long = "compose-file", required = true)]
         files: Vec<PathBuf>,
     },
@@ -87,11 +88,30 @@ struct Input {
 impl Input {
     fn read(paths: &[PathBuf]) -> Result<Input, String> {
         let mut files = Vec::new();
-        for p in paths {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            files.push(shoal_compose::File { name: p.display().to_string(), text });
+        let stdin = Path::new("-");
+        if paths.iter().filter(|p| p.as_path() == stdin).count() > 1 {
+            return Err("standard input (-) can be only one of the files".into());
         }
-        let dir = paths.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        for p in paths {
+            let (name, text) = if p.as_path() == stdin {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| format!("cannot read standard input: {e}"))?;
+                ("(stdin)".to_string(), text)
+            } else {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                (p.display().to_string(), text)
+            };
+            files.push(shoal_compose::File { name, text });
+        }
+        // Files the stack names (.env, env_file, secrets) are found beside the first file, or in
+        // the current directory when it came from standard input.
+        let dir = paths
+            .first()
+            .filter(|p| p.as_path() != stdin)
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let env_path = dir.join(".env");
         let mut dotenv = BTreeMap::new();
         if let Ok(text) = std::fs::read_to_string(&env_path) {
@@ -211,15 +231,18 @@ impl Cluster {
     }
 }
 
+/// `stack config`: the files merged and interpolated, as YAML.
+pub fn config(files: &[PathBuf]) -> Result<(), String> {
+    let input = Input::read(files)?;
+    let env = shoal_compose::Env { var: &|n| input.var(n), read: &|p| input.read_text(p) };
+    let root = shoal_compose::merged(&input.files, &env).map_err(|e| e.to_string())?;
+    out!("{}", shoal_compose::yaml::emit(&root));
+    Ok(())
+}
+
 pub async fn run(c: &mut Client, cmd: StackCmd) -> Result<(), Fail> {
     match cmd {
-        StackCmd::Config { files } => {
-            let input = Input::read(&files)?;
-            let env = shoal_compose::Env { var: &|n| input.var(n), read: &|p| input.read_text(p) };
-            let root = shoal_compose::merged(&input.files, &env).map_err(|e| e.to_string())?;
-            out!("{}", shoal_compose::yaml::emit(&root));
-            Ok(())
-        }
+        StackCmd::Config { files } => Ok(config(&files)?),
         StackCmd::Deploy { files, prune, detach, dry_run, format, stack } => {
             deploy(c, &files, prune, detach, dry_run, format, &stack).await
         }

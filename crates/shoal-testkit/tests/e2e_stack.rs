@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_testkit::{http_get, in_task, running_tasks, shoal, wait_until, HostSet};
+use shoal_testkit::{http_get, in_task, running_tasks, shoal, shoal_with_stdin, wait_until, HostSet};
 
 const T: Duration = Duration::from_secs(90);
 const SET: &str = "5";
@@ -158,6 +158,12 @@ async fn stacks_deploy_redeploy_prune_and_go() -> Result<()> {
     assert!(o.ok && o.stdout.contains("Remove service vote_worker"), "{o:?}");
     let services = shoal(&h, &["stack", "services", "vote", "--format", "json"]).await?.json()?;
     assert_eq!(services.as_array().map(Vec::len), Some(4), "{services}");
+
+    // `stack config` prints the merged, interpolated file, here from standard input.
+    let o =
+        shoal_with_stdin(&h, &["stack", "config", "-c", "-"], b"services:\n  web:\n    image: ${IMG:-img}:${TAG-1}\n")
+            .await?;
+    assert!(o.ok && o.stdout == "services:\n  web:\n    image: img:1\n", "{o:?}");
 
     // An error found before deploying changes nothing.
     let bad = dir.join("bad.yml");
