@@ -8,8 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 
-const PURE: &[&str] =
-    &["shoal-api", "shoal-store", "shoal-scheduler", "shoal-orchestrator", "shoal-ipam", "shoal-compose"];
+const PURE: &[&str] = &[
+    "shoal-api",
+    "shoal-store",
+    "shoal-scheduler",
+    "shoal-orchestrator",
+    "shoal-ipam",
+    "shoal-compose",
+    "shoal-chaos",
+];
 const FORBIDDEN_IN_PURE: &[&str] =
     &["tokio", "tonic", "sled", "openraft", "nix", "rand", "hyper", "tower", "containerd-client", "rustls", "mio"];
 
@@ -31,6 +38,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-daemon", 7),
     ("shoal-cli", 7),
     ("shoal-testkit", 7),
+    ("shoal-chaos", 7),
 ];
 
 fn cargo(args: &[&str]) -> Result<String> {
