@@ -38,7 +38,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shoal-daemon", 7),
     ("shoal-cli", 7),
     ("shoal-testkit", 7),
-    ("shoal-chaos", 7),
+    ("shoal-chaos", 1),
 ];
 
 fn cargo(args: &[&str]) -> Result<String> {
