@@ -20,22 +20,18 @@ use shoal_scheduler::task;
 
 use crate::restart;
 use crate::update::{self, Round, Want};
-use crate::work::{id, Tasks};
+use crate::work::id;
 use crate::{history, nodes, Ctx};
 
 /// Reconciles global service `service`.
 pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
     let store = ctx.store;
     let now = ctx.now_ms;
-    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
     let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
-    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
     // An unparsable placement (written around validation) admits no node.
     let placement = Placement::of(template).ok();
     let admits = |n| placement.as_ref().is_some_and(|p| p.admits(n));
-    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
-
-    nodes::orphan_lost(&mut tasks, store);
+    let (mut tasks, policy, _) = ctx.begin(service);
     // Only slot 0 with a node is a global task; anything else (left by a mode change) is shut
     // down, and kept as history of its own.
     let stray: Vec<String> =

@@ -57,11 +57,7 @@ fn settle(tasks: &mut Tasks<'_>, want: &Want<'_>, ids: &[String]) -> Part {
 pub(crate) fn replicated(ctx: &mut Ctx<'_>, service: &Service, job: &ReplicatedJob, out: &mut Vec<Op>) {
     let store = ctx.store;
     let now = ctx.now_ms;
-    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
-    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
-    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
-    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
-    nodes::orphan_lost(&mut tasks, store);
+    let (mut tasks, policy, _) = ctx.begin(service);
     for tid in tasks.ids() {
         let Some(t) = tasks.get(&tid) else { continue };
         if task::is_runnable(t) && store.node(&t.node_id).is_some_and(nodes::is_drained) {
@@ -122,12 +118,9 @@ pub(crate) fn replicated(ctx: &mut Ctx<'_>, service: &Service, job: &ReplicatedJ
 pub(crate) fn global(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
     let store = ctx.store;
     let now = ctx.now_ms;
-    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
     let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
-    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
     let placement = Placement::of(template).ok();
-    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
-    nodes::orphan_lost(&mut tasks, store);
+    let (mut tasks, policy, _) = ctx.begin(service);
     tasks.settle_unassigned();
     let want = Want::of(store, service);
     let old: Vec<String> =

@@ -219,7 +219,19 @@ pub(crate) struct Ctx<'a> {
     pub(crate) history_limit: usize,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// What a reconciler of `service` starts from: a working copy of its tasks, those of lost
+    /// nodes orphaned (their ids returned), and its restart policy.
+    pub(crate) fn begin(&self, service: &Service) -> (work::Tasks<'a>, shoal_api::v1::RestartPolicy, BTreeSet<String>) {
+        let store = self.store;
+        let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
+        let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+        let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
+        let mut tasks = work::Tasks::new(store, self.now_ms, store.tasks_by_service(service_id));
+        let orphaned = nodes::orphan_lost(&mut tasks, store);
+        (tasks, policy, orphaned)
+    }
+
     /// A new task of `service` in `slot`: the service's task template and version, desired
     /// `RUNNING`, named `<service>.<slot>`; with `node_id` (global services) it is created
     /// `ASSIGNED` there and named `<service>.<node_id>`, else `PENDING` for the scheduler.

@@ -52,14 +52,9 @@ impl Slot {
 pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out: &mut Vec<Op>) {
     let store = ctx.store;
     let now = ctx.now_ms;
-    let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
-    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
-    let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
-    let mut tasks = Tasks::new(store, now, store.tasks_by_service(service_id));
-
     // Take tasks away from lost and drained nodes, and from nodes their placement no longer
     // admits (a label changed). Slot 0 belongs to global services: never valid here.
-    let mut evicted = nodes::orphan_lost(&mut tasks, store);
+    let (mut tasks, policy, mut evicted) = ctx.begin(service);
     for tid in tasks.ids() {
         let Some(t) = tasks.get(&tid) else { continue };
         if t.slot == 0 {
