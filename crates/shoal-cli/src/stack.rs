@@ -152,8 +152,8 @@ fn in_stack(labels: Option<&BTreeMap<String, String>>, stack: &str) -> bool {
     labels.and_then(|l| l.get(NAMESPACE_LABEL)).is_some_and(|s| s == stack)
 }
 
-fn spec_name(s: &Option<ServiceSpec>) -> String {
-    s.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default()
+fn spec_name(s: Option<&ServiceSpec>) -> String {
+    s.and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone()).unwrap_or_default()
 }
 
 /// What the cluster holds of every stack.
@@ -183,7 +183,7 @@ impl Cluster {
                 in_stack(spec.and_then(|s| s.annotations.as_ref()).map(|a| &a.labels), stack)
             })
             .collect();
-        v.sort_by_key(|v| spec_name(&v.service.as_ref().and_then(|s| s.spec.clone())));
+        v.sort_by_key(|v| spec_name(v.service.as_ref().and_then(|s| s.spec.as_ref())));
         v
     }
 
@@ -200,8 +200,8 @@ impl Cluster {
             .into_iter()
             .filter_map(|v| v.service.as_ref()?.spec.as_ref())
             .map(|stored| {
-                let name = spec_name(&Some(stored.clone()));
-                let want = desired.services.iter().find(|s| spec_name(&Some(s.spec.clone())) == name);
+                let name = spec_name(Some(stored));
+                let want = desired.services.iter().find(|s| spec_name(Some(&s.spec)) == name);
                 let spec = match want {
                     Some(w) => stack::comparable(stored, &w.spec, &network_name),
                     None => stored.clone(),
@@ -280,7 +280,7 @@ pub async fn run(c: &mut Client, cmd: StackCmd) -> Result<(), Fail> {
             let mut rows = Vec::new();
             for v in views {
                 let Some(svc) = v.service.as_ref() else { continue };
-                let name = spec_name(&svc.spec);
+                let name = spec_name(svc.spec.as_ref());
                 let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
                 let mut tasks =
                     c.list_tasks(ListTasksRequest { service: id, node: String::new() }).await?.into_inner().tasks;
@@ -334,7 +334,7 @@ async fn deploy(
     // Everything checked before anything is made: specs, then what must exist already.
     for s in &desired.services {
         shoal_api::validate::validate_service_spec(&s.spec)
-            .map_err(|e| format!("service {}: {e}", spec_name(&Some(s.spec.clone()))))?;
+            .map_err(|e| format!("service {}: {e}", spec_name(Some(&s.spec))))?;
     }
     for n in &desired.networks {
         shoal_api::validate::validate_network_spec(n).map_err(|e| format!("network: {e}"))?;
@@ -382,12 +382,12 @@ async fn deploy(
         return Ok(());
     }
     let depends: BTreeMap<String, Vec<(String, Condition)>> =
-        desired.services.iter().map(|s| (spec_name(&Some(s.spec.clone())), s.depends_on.clone())).collect();
+        desired.services.iter().map(|s| (spec_name(Some(&s.spec)), s.depends_on.clone())).collect();
     let mut touched: Vec<String> = Vec::new();
     for step in &steps {
         match step {
             Step::CreateService(spec) | Step::UpdateService(spec) => {
-                let name = spec_name(&Some(spec.clone()));
+                let name = spec_name(Some(spec));
                 for (dep, cond) in depends.get(&name).into_iter().flatten() {
                     wait_for(c, &name, dep, *cond).await?;
                 }
@@ -420,7 +420,7 @@ async fn deploy(
     if detach {
         return Ok(());
     }
-    let names: Vec<String> = desired.services.iter().map(|s| spec_name(&Some(s.spec.clone()))).collect();
+    let names: Vec<String> = desired.services.iter().map(|s| spec_name(Some(&s.spec))).collect();
     follow(c, &names, &touched).await
 }
 
@@ -567,8 +567,13 @@ async fn follow(c: &mut Client, names: &[String], touched: &[String]) -> Result<
     let mut stable_since: Option<Instant> = None;
     loop {
         let mut all = true;
+        // One answer for every service of the stack.
+        let views = c.list_services(ListServicesRequest {}).await?.into_inner().services;
         for name in names {
-            let v = c.get_service(GetServiceRequest { service: name.clone() }).await?.into_inner();
+            let Some(v) = views.iter().find(|v| spec_name(v.service.as_ref().and_then(|s| s.spec.as_ref())) == *name)
+            else {
+                return Err(format!("service {name} is gone (removed while the stack deployed?)").into());
+            };
             let svc = v.service.clone().unwrap_or_default();
             let job = matches!(
                 svc.spec.as_ref().and_then(|s| s.mode.as_ref()),
@@ -581,13 +586,12 @@ async fn follow(c: &mut Client, names: &[String], touched: &[String]) -> Result<
             } else {
                 let updating = touched.contains(name.as_str())
                     && matches!(status.state(), State::Updating | State::RollbackStarted);
-                match status.state() {
-                    State::Paused | State::RollbackPaused | State::RollbackCompleted
-                        if touched.contains(name.as_str()) && status.message.starts_with("update") =>
-                    {
-                        return Err(format!("{name}: {} (see `shoal service ps {name}`)", status.message).into());
-                    }
-                    _ => {}
+                // The deploy asked for no rollback: for a service it changed, a pause or a
+                // rollback is its update failing.
+                if touched.contains(name.as_str())
+                    && matches!(status.state(), State::Paused | State::RollbackPaused | State::RollbackCompleted)
+                {
+                    return Err(format!("{name}: {} (see `shoal service ps {name}`)", status.message).into());
                 }
                 let state = if updating {
                     format!(" ({})", shoal_api::names::update_state(status.state()))
