@@ -291,12 +291,12 @@ pub(crate) fn settle(
 ) -> Option<Group> {
     let fresh: Vec<String> =
         runnable.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
-    if !stopping {
-        if let Some(keep) = tasks.best(&fresh).or_else(|| tasks.best(runnable)) {
-            tasks.start(&keep);
-        }
+    let keep = tasks.best(&fresh);
+    let kept = keep.clone().or_else(|| tasks.best(runnable));
+    if let Some(k) = kept.as_ref().filter(|_| !stopping) {
+        tasks.start(k);
     }
-    match tasks.best(&fresh) {
+    match keep {
         Some(keep) => match tasks.get(&keep).and_then(running_since) {
             Some(since) => {
                 tasks.shut_down_all(runnable, Some(&keep));
@@ -314,7 +314,7 @@ pub(crate) fn settle(
             }
         },
         None => {
-            let keep = tasks.best(runnable)?;
+            let keep = kept?;
             tasks.shut_down_all(runnable, Some(&keep));
             let runs = tasks.get(&keep).and_then(running_since).is_some();
             Some(Group::Outdated { old: keep, runs })
