@@ -7,7 +7,9 @@
 #   deploy/hosts.sh host I                    print the --host value for host I
 #   deploy/hosts.sh registry                  print the registry's HOST:PORT
 #   deploy/hosts.sh exec I CMD...             run CMD inside host I's network namespace
-#   deploy/hosts.sh start I                   start host I's shoald again (after a kill)
+#   deploy/hosts.sh start I [ARG...]          start host I's shoald again (after a kill), with
+#                                             extra shoald arguments (--force-new-cluster)
+#   deploy/hosts.sh registry-start            start the registry again (after a kill)
 #   deploy/hosts.sh wait-ready N              wait (bounded) until N nodes are ready
 # Host I is network namespace shoal-hI at 10.232.0.I with hostname hostI (its own UTS
 # namespace); the bridge (and registry) is 10.232.0.254. `up` returns once every node is ready.
@@ -35,12 +37,18 @@ wait_sock() { for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done
 # shell all exec in place, so $! is shoald's pid.
 start_host() {
   local i=$1
+  shift
   nsenter --net=/var/run/netns/$NS"$i" unshare --uts sh -c 'echo "$0" >/proc/sys/kernel/hostname && exec "$@"' \
     host"$i" "$BIN/shoald" --data-dir "$W/h$i/data" --listen-addr $NET."$i":4242 \
     --control-socket "$W/h$i/shoal.sock" \
     --containerd-socket "$W/containerd/containerd.sock" --containerd-namespace $NS"$i" \
-    --insecure-registry "$REG" >>"$W/h$i/shoald.log" 2>&1 &
+    --insecure-registry "$REG" "$@" >>"$W/h$i/shoald.log" 2>&1 &
   echo $! >"$W/h$i/pid"
+}
+
+start_registry() {
+  docker-registry serve "$W/registry.yml" >>"$W/registry.log" 2>&1 &
+  echo $! >"$W/registry.pid"
 }
 
 # Waits until N nodes are ready (at most 60 s); on timeout prints `node ls` and fails.
@@ -86,8 +94,7 @@ storage:
 http:
   addr: $REG
 YML
-  docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-  echo $! >"$W/registry.pid"
+  start_registry
   "$ROOT/tests/images/build.sh" "$W/images" "$REG" >/dev/null
   for i in $(seq 1 "$n"); do
     ip netns del $NS"$i" 2>/dev/null || true
@@ -146,7 +153,8 @@ case "${1:-}" in
   host) host "$2" ;;
   registry) echo "$REG" ;;
   exec) shift; i=$1; shift; in_host "$i" "$@" ;;
-  start) start_host "$2" ;;
+  start) shift; start_host "$@" ;;
+  registry-start) start_registry ;;
   wait-ready) wait_ready "$2" ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

@@ -9,6 +9,8 @@
 //! - **Slots**: no two containers of one replicated slot run at one sampled moment, unless one
 //!   of them is on a host cut off from the managers (its containers keep running, as in Swarm);
 //!   such a host's extra container must be gone within `grace_ms` of the heal.
+//! - **Stop on disconnect**: a cut-off host runs no container of a service that asked for it
+//!   from a bound after the cut.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -133,6 +135,40 @@ pub fn slots(samples: &[HostSample], cut_offs: &[CutOff], grace_ms: u64) -> Vec<
     out
 }
 
+/// Judges `--stop-on-disconnect`: a host cut off from the managers runs no container of the
+/// services that asked for it from `bound_ms` after the cut until it is back. A host that ran
+/// none when it was cut off proves nothing, and is a violation of the run itself.
+pub fn stopped_when_cut_off(samples: &[HostSample], cut_offs: &[CutOff], bound_ms: u64) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for c in cut_offs {
+        let ran = samples
+            .iter()
+            .filter(|s| s.at_ms >= c.from_ms && s.at_ms < c.from_ms.saturating_add(bound_ms).min(c.to_ms))
+            .any(|s| s.running.iter().any(|r| r.host == c.host));
+        if !ran {
+            out.push(Violation(format!(
+                "{} ran nothing when it was cut off: there was nothing to stop, the run judged nothing",
+                c.host
+            )));
+        }
+    }
+    for s in samples {
+        for c in cut_offs.iter().filter(|c| s.at_ms >= c.from_ms.saturating_add(bound_ms) && s.at_ms < c.to_ms) {
+            for r in s.running.iter().filter(|r| r.host == c.host) {
+                out.push(Violation(format!(
+                    "{}.{} still ran on {} at {} ms, {} ms after it was cut off (bound {bound_ms} ms)",
+                    r.service,
+                    r.slot,
+                    r.host,
+                    s.at_ms,
+                    s.at_ms - c.from_ms
+                )));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +232,26 @@ mod tests {
         assert!(versions(&[s("a", 1, 3), s("a", 2, 3), s("a", 3, 5), s("b", 1, 9)]).is_empty());
         let v = versions(&[s("a", 2, 7), s("a", 1, 3), s("a", 3, 4)]);
         assert_eq!(v, [Violation("a: version went from 7 (at 2 ms) back to 4 (at 3 ms)".into())]);
+    }
+
+    #[test]
+    fn a_cut_off_host_stops_the_containers_within_the_bound() {
+        let r = |slot, host: &str| Running { service: "web".into(), slot, host: host.into() };
+        let sample = |at_ms, running| HostSample { at_ms, running };
+        let cut = [CutOff { host: "h4".into(), from_ms: 100, to_ms: 1_000 }];
+        let ok = [
+            sample(150, vec![r(1, "h4"), r(2, "h5")]),
+            sample(700, vec![r(1, "h5"), r(2, "h5")]),
+            sample(1_200, vec![r(1, "h4"), r(2, "h5")]),
+        ];
+        assert!(stopped_when_cut_off(&ok, &cut, 500).is_empty(), "before the bound, and after the heal");
+        let idle = [sample(150, vec![r(2, "h5")]), sample(1_200, vec![r(1, "h4")])];
+        assert_eq!(stopped_when_cut_off(&idle, &cut, 500).len(), 1, "nothing ran there: nothing judged");
+        let late = [sample(150, vec![r(1, "h4")]), sample(650, vec![r(1, "h4"), r(2, "h5")])];
+        assert_eq!(
+            stopped_when_cut_off(&late, &cut, 500),
+            [Violation("web.1 still ran on h4 at 650 ms, 550 ms after it was cut off (bound 500 ms)".into())]
+        );
     }
 
     #[test]

@@ -29,6 +29,25 @@ fn wants_stop(t: &Task) -> bool {
     t.desired_state > TaskState::Running as i32
 }
 
+/// The signal and grace period that stop `task`'s container.
+fn stop_settings(task: &Task) -> (i32, Duration) {
+    let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
+    let grace = c
+        .and_then(|c| c.stop_grace_period_ms)
+        .map(|ms| Duration::from_millis(ms.max(0) as u64))
+        .unwrap_or(DEFAULT_STOP_GRACE);
+    let signal = c.map(|c| c.stop_signal.as_str()).filter(|s| !s.is_empty()).unwrap_or("SIGTERM");
+    (shoal_api::validate::parse_signal(signal).unwrap_or(15), grace)
+}
+
+/// Sleeps until `at` (forever without one).
+async fn sleep_until_std(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Drives one task.
 pub struct Controller {
     task: watch::Receiver<Task>,
@@ -48,6 +67,8 @@ pub struct Controller {
     health: Option<shoal_api::v1::Health>,
     /// Its health check: the spec's, completed from the image's (known once pulled).
     check: Option<shoal_api::v1::HealthConfig>,
+    /// Since when the node is out of touch with the managers (None: in touch).
+    out_of_touch: watch::Receiver<Option<std::time::Instant>>,
 }
 
 /// What a controller needs to put its container in the namespace the network loop makes.
@@ -79,6 +100,8 @@ pub struct Tools {
     pub reporter: Reporter,
     /// Where secret and config files go (or why they cannot).
     pub files: Result<crate::files::FileRoot, String>,
+    /// Since when the node is out of touch with the managers (None: in touch).
+    pub out_of_touch: watch::Receiver<Option<std::time::Instant>>,
 }
 
 impl Controller {
@@ -91,10 +114,10 @@ impl Controller {
         cancel: CancellationToken,
         net: Option<NetWait>,
     ) -> Self {
-        let Tools { runtime, reporter, files } = tools;
+        let Tools { runtime, reporter, files, out_of_touch } = tools;
         // An adopted running task keeps the health it reported.
         let health = last.health.clone();
-        Self { task, runtime, reporter, adopted, last, cancel, files, net, health, check: None }
+        Self { task, runtime, reporter, adopted, last, cancel, files, net, health, check: None, out_of_touch }
     }
 
     fn report(&mut self, state: TaskState, message: &str, err: &str, container: Option<ContainerStatus>) {
@@ -341,12 +364,14 @@ impl Controller {
             _ => tokio::time::Instant::now() + Duration::from_secs(3600),
         };
         let mut next_check = due(&self.health);
+        let stop_after_ms = task.spec.as_ref().map_or(0, |s| s.stop_on_disconnect_ms);
         let runtime = self.runtime.clone();
         let wait_id = id.to_string();
         // Dropped (so no longer waited on) when this returns.
         let wait = async move { runtime.wait(&wait_id).await };
         tokio::pin!(wait);
         loop {
+            let cut_off_stop = crate::disconnect::stop_at(*self.out_of_touch.borrow(), stop_after_ms);
             if self.stop_requested() {
                 let t = self.task.borrow().clone();
                 // Out of every VIP and name first, then the signal: no new connection reaches a
@@ -365,14 +390,7 @@ impl Controller {
                         tracing::warn!(task_id = %id, "the task's published ports were not withdrawn in time; stopping it");
                     }
                 }
-                let c = t.spec.as_ref().and_then(|s| s.container.as_ref());
-                let grace = c
-                    .and_then(|c| c.stop_grace_period_ms)
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64))
-                    .unwrap_or(DEFAULT_STOP_GRACE);
-                let signal =
-                    c.map(|c| c.stop_signal.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "SIGTERM".into());
-                let sig = shoal_api::validate::parse_signal(&signal).unwrap_or(15);
+                let (sig, grace) = stop_settings(&t);
                 match self.runtime.stop(id, sig, grace).await {
                     Ok(exit) => {
                         let mut c = self.last.container.clone().unwrap_or_default();
@@ -395,6 +413,23 @@ impl Controller {
                     return;
                 }
                 r = self.task.changed() => if r.is_err() { return },
+                r = self.out_of_touch.changed() => if r.is_err() { return },
+                _ = sleep_until_std(cut_off_stop), if cut_off_stop.is_some() => {
+                    let after = Duration::from_millis(stop_after_ms.max(0) as u64);
+                    tracing::warn!(task_id = %id, after_s = after.as_secs(), "out of touch with the managers for the task's --stop-on-disconnect: stopping it");
+                    let (sig, grace) = stop_settings(task);
+                    let exit = self.runtime.stop(id, sig, grace).await;
+                    let mut cs = self.last.container.clone().unwrap_or_default();
+                    if let Ok(e) = exit {
+                        cs.exit_code = e.code;
+                    }
+                    let err = format!(
+                        "task: stopped after {} s out of touch with the managers (--stop-on-disconnect)",
+                        after.as_secs()
+                    );
+                    self.report(TaskState::Failed, "stopped: node out of touch with the managers", &err, Some(cs));
+                    return;
+                }
                 _ = tokio::time::sleep_until(next_check), if probe.is_some() => {
                     let Some(p) = probe.as_ref() else { continue };
                     let result = tokio::select! {
@@ -410,11 +445,7 @@ impl Controller {
                     next_check = due(&self.health);
                     if after.status() == shoal_api::v1::health::Status::Unhealthy {
                         let why = crate::health::last_output(&after);
-                        let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
-                        let grace = c
-                            .and_then(|c| c.stop_grace_period_ms)
-                            .map(|ms| Duration::from_millis(ms.max(0) as u64))
-                            .unwrap_or(DEFAULT_STOP_GRACE);
+                        let (_, grace) = stop_settings(task);
                         let exit = self.runtime.stop(id, 15, grace).await;
                         let mut cs = self.last.container.clone().unwrap_or_default();
                         if let Ok(e) = exit {
@@ -467,6 +498,7 @@ mod tests {
         _dir: tempfile::TempDir,
         db: TaskDb,
         task: watch::Sender<Task>,
+        touch: watch::Sender<Option<std::time::Instant>>,
         cancel: CancellationToken,
         handle: tokio::task::JoinHandle<()>,
     }
@@ -476,11 +508,13 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let db = TaskDb::open(dir.path()).expect("db");
             let (task, rx) = watch::channel(t);
-            let tools = Tools { runtime, reporter: Reporter::recording(db.clone()), files: Err("no files".into()) };
+            let (touch, out_of_touch) = watch::channel(None);
+            let reporter = Reporter::recording(db.clone());
+            let tools = Tools { runtime, reporter, files: Err("no files".into()), out_of_touch };
             let cancel = CancellationToken::new();
             let handle =
                 tokio::spawn(Controller::new(rx, tools, None, TaskStatus::default(), cancel.clone(), None).run());
-            Run { _dir: dir, db, task, cancel, handle }
+            Run { _dir: dir, db, task, touch, cancel, handle }
         }
 
         fn status(&self) -> TaskStatus {
@@ -547,6 +581,53 @@ mod tests {
         run.until_state(TaskState::Shutdown).await;
         let calls = runtime.calls();
         assert!(calls.contains(&"remove t1".to_string()) && !calls.iter().any(|c| c.starts_with("start")), "{calls:?}");
+        run.stop().await;
+    }
+
+    /// `--stop-on-disconnect`: out of touch with the managers for its setting, the task is
+    /// stopped and fails saying why; without the setting it keeps running however long.
+    #[tokio::test]
+    async fn a_task_stops_once_out_of_touch_for_its_setting_and_only_then() {
+        for stop_after_ms in [0, 1_000] {
+            let runtime = Arc::new(FakeRuntime::default());
+            let mut t = task(TaskState::Running);
+            if let Some(s) = t.spec.as_mut() {
+                s.stop_on_disconnect_ms = stop_after_ms;
+            }
+            let run = Run::start(t, runtime.clone());
+            run.until_state(TaskState::Running).await;
+            // Lost touch 800 ms ago: the deadline is 200 ms away.
+            let lost = std::time::Instant::now() - Duration::from_millis(800);
+            run.touch.send_replace(Some(lost));
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let st = run.status();
+            if stop_after_ms == 0 {
+                assert_eq!(st.state, TaskState::Running as i32, "{st:?}");
+            } else {
+                assert_eq!(st.state, TaskState::Failed as i32, "{st:?}");
+                assert!(st.err.contains("out of touch with the managers (--stop-on-disconnect)"), "{st:?}");
+                assert!(runtime.calls().iter().any(|c| c.starts_with("stop t1")), "{:?}", runtime.calls());
+            }
+            run.stop().await;
+        }
+    }
+
+    /// Back in touch before the deadline: it keeps running.
+    #[tokio::test]
+    async fn back_in_touch_before_the_deadline_the_task_keeps_running() {
+        let runtime = Arc::new(FakeRuntime::default());
+        let mut t = task(TaskState::Running);
+        if let Some(s) = t.spec.as_mut() {
+            s.stop_on_disconnect_ms = 1_000;
+        }
+        let run = Run::start(t, runtime.clone());
+        run.until_state(TaskState::Running).await;
+        run.touch.send_replace(Some(std::time::Instant::now()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run.touch.send_replace(None);
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(run.status().state, TaskState::Running as i32, "{:?}", run.status());
+        assert!(!runtime.calls().iter().any(|c| c.starts_with("stop")), "{:?}", runtime.calls());
         run.stop().await;
     }
 }

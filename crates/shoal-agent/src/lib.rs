@@ -7,6 +7,7 @@
 //! placement or restarts: it runs what it is given and reports what happens.
 
 mod controller;
+pub mod disconnect;
 pub mod exec;
 pub mod files;
 pub mod health;
@@ -35,6 +36,12 @@ use state::TaskDb;
 pub trait Leader: Send + Sync {
     /// A channel to the leader's dispatcher (or an error saying why there is none now).
     async fn channel(&self) -> Result<Channel, String>;
+
+    /// When the leader last answered this node (its heartbeat): how the agent judges whether
+    /// it is in touch with the managers (`--stop-on-disconnect`). None: not yet since start.
+    fn last_contact(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Agent settings.
@@ -127,6 +134,8 @@ struct Agent {
     files: Result<files::FileRoot, String>,
     status: watch::Sender<AgentStatus>,
     net: Option<NetSide>,
+    /// Since when the node is out of touch with the managers (None: in touch).
+    out_of_touch: watch::Receiver<Option<std::time::Instant>>,
 }
 
 fn id_of(t: &Task) -> String {
@@ -143,6 +152,7 @@ impl Agent {
             runtime: self.runtime.clone(),
             reporter: self.reporter.clone(),
             files: self.files.clone(),
+            out_of_touch: self.out_of_touch.clone(),
         };
         let net = self.net.as_ref().map(|n| controller::NetWait {
             ready: n.ready.clone(),
@@ -350,6 +360,8 @@ pub fn start(
                 }
             };
             let mut work = tokio::task::JoinSet::new();
+            let (touch_tx, out_of_touch) = watch::channel(None);
+            work.spawn(watch_touch(leader.clone(), touch_tx, cancel.clone()));
             let (reporter, reporting) = reporter::new(cfg.node_id.clone(), db.clone(), leader.clone(), cancel.clone());
             work.spawn(reporting);
             let mut existing: HashMap<String, shoal_runtime::ContainerState> =
@@ -394,6 +406,7 @@ pub fn start(
                 files,
                 status,
                 net,
+                out_of_touch,
             };
             let known = match db.tasks() {
                 Ok(t) => t,
@@ -417,6 +430,39 @@ pub fn start(
         })
     });
     Ok((status_rx, run))
+}
+
+/// Keeps `out` saying since when the node is out of touch with the managers, looked at twice
+/// a second.
+async fn watch_touch(
+    leader: Arc<dyn Leader>,
+    out: watch::Sender<Option<std::time::Instant>>,
+    cancel: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let since = disconnect::out_of_touch_since(
+            leader.last_contact(),
+            started,
+            std::time::Instant::now(),
+            disconnect::THRESHOLD,
+        );
+        out.send_if_modified(|v| {
+            let changed = *v != since;
+            if changed {
+                match since {
+                    Some(_) => tracing::warn!("out of touch with the managers"),
+                    None => tracing::info!("in touch with the managers again"),
+                }
+            }
+            *v = since;
+            changed
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// Tells the leader which network view this node installed (the latest, as they come).

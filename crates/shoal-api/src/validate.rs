@@ -164,6 +164,13 @@ fn validate_task_spec(t: &TaskSpec) -> Result {
     if let Some(p) = &t.placement {
         validate_placement(p)?;
     }
+    non_negative("stop_on_disconnect", t.stop_on_disconnect_ms)?;
+    if (1..1_000).contains(&t.stop_on_disconnect_ms) {
+        return Err(err(
+            "stop_on_disconnect",
+            format!("must be 0 (keep running) or at least 1s (got {}ms): a node's touch with the managers is judged by 1 s heartbeats", t.stop_on_disconnect_ms),
+        ));
+    }
     let mut seen = HashSet::new();
     for n in &t.networks {
         if n.target.is_empty() {
@@ -522,6 +529,22 @@ mod tests {
         job.mode = Some(Mode::GlobalJob(crate::v1::GlobalJob {}));
         job.rollback_config = Some(UpdateConfig::default());
         assert_eq!(validate_service_spec(&job).expect_err("refused").field, "rollback_config");
+    }
+
+    #[test]
+    fn stop_on_disconnect_is_off_or_at_least_a_second() {
+        let with = |ms| {
+            let mut s = spec("web", "img");
+            if let Some(t) = s.task_template.as_mut() {
+                t.stop_on_disconnect_ms = ms;
+            }
+            validate_service_spec(&s)
+        };
+        assert_eq!(with(0), Ok(()));
+        assert_eq!(with(30_000), Ok(()));
+        for bad in [-1, 1, 999] {
+            assert_eq!(with(bad).expect_err("refused").field, "stop_on_disconnect", "{bad}");
+        }
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct CommonFlags {
     /// Time to wait before force-killing a container (e.g. 10s).
     #[arg(long)]
     pub stop_grace_period: Option<String>,
+    /// Stop the tasks on a node out of touch with the managers for this long (e.g. 30s; 0: keep
+    /// them running, the default).
+    #[arg(long, value_name = "DURATION")]
+    pub stop_on_disconnect: Option<String>,
     /// Restart when: none, on-failure, any.
     #[arg(long)]
     pub restart_condition: Option<String>,
@@ -351,6 +355,9 @@ pub fn apply_common(spec: &mut ServiceSpec, f: &CommonFlags) -> Res<()> {
         }
     }
     let tt = spec.task_template.get_or_insert_with(TaskSpec::default);
+    if let Some(v) = &f.stop_on_disconnect {
+        tt.stop_on_disconnect_ms = parse_duration_ms(v)?;
+    }
     let c = tt.container.get_or_insert_with(ContainerSpec::default);
     if let Some(v) = &f.workdir {
         c.dir = v.clone();

@@ -22,6 +22,10 @@ impl shoal_agent::Leader for NodeLeader {
         let addr = self.managers.leader_addr().ok_or_else(|| "no leader known yet".to_string())?;
         self.dialer.channel(&addr).map_err(|e| e.to_string())
     }
+
+    fn last_contact(&self) -> Option<std::time::Instant> {
+        self.managers.last_answer()
+    }
 }
 
 /// Prepares the agent for `node` with `runtime` (once per cluster membership): what it holds,

@@ -513,14 +513,14 @@ impl Control for ControlService {
     }
 
     async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> R<GetClusterResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         Ok(Response::new(GetClusterResponse { cluster: Some(public_cluster(cluster)) }))
     }
 
     async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> R<GetClusterResponse> {
         let req = req.into_inner();
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let mut cluster = rt.store.read(|s| s.cluster().cloned()).ok_or(ApiError::NotInCluster)?;
         let settings = shoal_api::defaults::fill_settings(req.settings.unwrap_or_default());
         validate::validate_settings(&settings).map_err(ApiError::from)?;
@@ -618,13 +618,13 @@ impl Control for ControlService {
     }
 
     async fn list_networks(&self, _req: Request<ListNetworksRequest>) -> R<ListNetworksResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let networks = rt.store.read(|s| s.networks().cloned().collect());
         Ok(Response::new(ListNetworksResponse { networks }))
     }
 
     async fn get_network(&self, req: Request<GetNetworkRequest>) -> R<Network> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let q = req.into_inner().network;
         let n = rt.store.read(|s| s.lookup_network(&q).cloned()).map_err(ApiError::from)?;
         Ok(Response::new(n))
@@ -659,20 +659,20 @@ impl Control for ControlService {
     }
 
     async fn list_secrets(&self, _req: Request<ListSecretsRequest>) -> R<ListSecretsResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let secrets = rt.store.read(|s| s.secrets().cloned().map(without_data).collect());
         Ok(Response::new(ListSecretsResponse { secrets }))
     }
 
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> R<Secret> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let q = req.into_inner().secret;
         let s = rt.store.read(|s| s.lookup_secret(&q).cloned()).map_err(ApiError::from)?;
         Ok(Response::new(without_data(s)))
     }
 
     async fn list_volumes(&self, req: Request<ListVolumesRequest>) -> R<ListVolumesResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let query = req.into_inner().node;
         let query = if query == "self" { self.node.identity.local().node_id } else { query };
         let asked = rt.store.read(|s| crate::volumes::nodes_to_ask(s, &query))?;
@@ -751,13 +751,13 @@ impl Control for ControlService {
     }
 
     async fn list_configs(&self, _req: Request<ListConfigsRequest>) -> R<ListConfigsResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let configs = rt.store.read(|s| s.configs().cloned().collect());
         Ok(Response::new(ListConfigsResponse { configs }))
     }
 
     async fn get_config(&self, req: Request<GetConfigRequest>) -> R<Config> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let q = req.into_inner().config;
         let c = rt.store.read(|s| s.lookup_config(&q).cloned()).map_err(ApiError::from)?;
         Ok(Response::new(c))
@@ -776,7 +776,7 @@ impl Control for ControlService {
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> R<ListNodesResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let statuses = self.manager_statuses().await;
         let nodes = rt.store.read(|s| {
             s.nodes()
@@ -795,7 +795,7 @@ impl Control for ControlService {
     }
 
     async fn get_node(&self, req: Request<GetNodeRequest>) -> R<NodeView> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let n = rt.store.read(|s| self.resolve_node(s, &req.into_inner().node))?;
         let statuses = self.manager_statuses().await;
         let manager_status = statuses.get(&n.raft_id).filter(|_| n.raft_id != 0).copied().unwrap_or("").to_string();
@@ -804,7 +804,7 @@ impl Control for ControlService {
 
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> R<NodeView> {
         let req = req.into_inner();
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let spec = req.spec.ok_or_else(|| Status::invalid_argument("node spec must be set"))?;
         validate::validate_node_spec(&spec).map_err(ApiError::from)?;
         let (mut n, managers) = rt.store.read(|s| {
@@ -868,7 +868,7 @@ impl Control for ControlService {
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> R<ServiceView> {
         let req = req.into_inner();
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let (current, new_spec) = prepare_update(&rt, &req)?;
         let old_spec = current.spec.clone().unwrap_or_default();
         let mut next = current.clone();
@@ -896,7 +896,7 @@ impl Control for ControlService {
 
     async fn plan_service_update(&self, req: Request<UpdateServiceRequest>) -> R<v1::UpdatePlan> {
         let req = req.into_inner();
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let (current, new_spec) = prepare_update(&rt, &req)?;
         let mut plan = rt.store.read(|s| shoal_orchestrator::plan_update(s, &current, &new_spec));
         // Whether the change starts (or resumes) an update: the status it would get is new.
@@ -908,7 +908,7 @@ impl Control for ControlService {
     }
 
     async fn get_service(&self, req: Request<GetServiceRequest>) -> R<ServiceView> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let q = req.into_inner().service;
         let view =
             rt.store.read(|s| s.lookup_service(&q).map(|svc| Self::service_view(s, svc))).map_err(ApiError::from)?;
@@ -916,7 +916,7 @@ impl Control for ControlService {
     }
 
     async fn list_services(&self, _req: Request<ListServicesRequest>) -> R<ListServicesResponse> {
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let services = rt.store.read(|s| s.services().map(|svc| Self::service_view(s, svc)).collect());
         Ok(Response::new(ListServicesResponse { services }))
     }
@@ -931,7 +931,7 @@ impl Control for ControlService {
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> R<ListTasksResponse> {
         let req = req.into_inner();
-        let rt = self.node.managers.require_manager()?;
+        let rt = self.node.writer.read_barrier().await?;
         let tasks = rt.store.read(|s| {
             let service_id =
                 if req.service.is_empty() { None } else { Some(id_of(&s.lookup_service(&req.service)?.meta)) };

@@ -65,6 +65,8 @@ struct Inner {
     raft_slot: watch::Sender<Option<RaftNode>>,
     force_new_cluster_pending: Mutex<bool>,
     leader_hint: Mutex<Option<String>>,
+    /// When the leader last answered this node's heartbeat.
+    last_answer: Mutex<Option<Instant>>,
     /// The last [`Managers::peers`] and when it was computed.
     peers_cache: Mutex<Option<(Instant, Vec<Peer>)>>,
 }
@@ -79,6 +81,7 @@ impl Managers {
                 raft_slot: watch::channel(None).0,
                 force_new_cluster_pending: Mutex::new(force_new_cluster),
                 leader_hint: Mutex::new(None),
+                last_answer: Mutex::new(None),
                 peers_cache: Mutex::new(None),
             }),
         }
@@ -121,9 +124,15 @@ impl Managers {
         self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Remembers where the leader answered.
+    /// Remembers where the leader answered, and that it did now.
     pub fn set_leader_hint(&self, addr: &str) {
         *self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+        *self.inner.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// When the leader last answered this node's heartbeat (None: not since it started).
+    pub fn last_answer(&self) -> Option<Instant> {
+        *self.inner.last_answer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current leader's address: Raft's leader on a manager, else the last hint.

@@ -160,6 +160,14 @@ impl Membership for MembershipService {
         }
     }
 
+    async fn read_index(
+        &self,
+        _req: Request<shoal_api::v1::ReadIndexRequest>,
+    ) -> Result<Response<shoal_api::v1::ReadIndexResponse>, Status> {
+        let index = self.node.writer.leader_read_index().await?;
+        Ok(Response::new(shoal_api::v1::ReadIndexResponse { index }))
+    }
+
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let caller = crate::tls::caller(&req).cloned();
         let req = req.into_inner();

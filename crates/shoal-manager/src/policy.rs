@@ -22,6 +22,11 @@ pub enum PolicyError {
     /// A manager must become a worker before it can be removed.
     #[error("node {0} is a manager: demote it first (`shoal node demote {0}`)")]
     RemoveManager(String),
+    /// Demoted, but still a Raft voter until the leader has taken it out.
+    #[error(
+        "node {0} is being demoted: the managers are still taking it out of the raft membership; retry in a moment"
+    )]
+    RemoveDemoting(String),
     /// A node that is up is removed only on purpose.
     #[error("node {0} is not down: stop it or run `shoal cluster leave` there first, or remove it with --force")]
     RemoveLiveNode(String),
@@ -88,8 +93,11 @@ pub fn node_update(node: &Node, spec: &NodeSpec, managers: usize) -> Result<(), 
 
 /// Whether `node` may be removed (`force`: even while it is up).
 pub fn node_removal(node: &Node, force: bool) -> Result<(), PolicyError> {
-    if desired_role(node) == NodeRole::Manager || node.role() == NodeRole::Manager {
+    if desired_role(node) == NodeRole::Manager {
         return Err(PolicyError::RemoveManager(hostname(node)));
+    }
+    if node.role() == NodeRole::Manager {
+        return Err(PolicyError::RemoveDemoting(hostname(node)));
     }
     let down = node.status.as_ref().is_some_and(|s| s.state() != NodeState::Ready);
     if !down && !force {
@@ -207,7 +215,7 @@ mod tests {
         use NodeState::*;
         let cases = [
             (node(Manager, Manager, Down), false, Err(PolicyError::RemoveManager("h1".into()))),
-            (node(Worker, Manager, Down), true, Err(PolicyError::RemoveManager("h1".into()))),
+            (node(Worker, Manager, Down), true, Err(PolicyError::RemoveDemoting("h1".into()))),
             (node(Manager, Worker, Down), true, Err(PolicyError::RemoveManager("h1".into()))),
             (node(Worker, Worker, Ready), false, Err(PolicyError::RemoveLiveNode("h1".into()))),
             (node(Worker, Worker, Ready), true, Ok(())),

@@ -14,6 +14,7 @@
 //! Nothing here reads message text: a leader marks how a forwarded write ended in the status
 //! metadata ([`WriteOutcome`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -73,6 +74,71 @@ impl Writer {
     /// Proposes `ops` as one atomic command and returns the stored objects.
     pub async fn propose(&self, ops: Vec<Op>) -> Result<CommandResult, ApiError> {
         propose(self, ops).await
+    }
+
+    /// Waits until this manager's store holds every write committed before the call (Raft's
+    /// read index): the leader confirms with a quorum that it still leads; a follower asks the
+    /// leader and waits until it applied that far. A read after it never shows an older state
+    /// than one any manager already showed (a restarted or lagging manager included). Without
+    /// a quorum there is no such guarantee, and the read is refused.
+    pub async fn read_barrier(&self) -> Result<Arc<RaftRuntime>, ApiError> {
+        let rt = self.managers.require_manager()?;
+        let deadline = Instant::now() + write_patience(&rt);
+        let mut metrics = rt.raft.metrics();
+        loop {
+            let m = metrics.borrow_and_update().clone();
+            match m.current_leader {
+                Some(l) if l == m.id => match self.leader_read_index().await {
+                    // ensure_linearizable waited until this node applied that far.
+                    Ok(_) => return Ok(rt),
+                    Err(ApiError::NotLeader) => {}
+                    Err(e) => return Err(e),
+                },
+                Some(l) => {
+                    let Some(addr) = member_addr(&m, l) else {
+                        return Err(ApiError::Internal(format!("leader {l} has no address in the membership")));
+                    };
+                    let mut client = self.dialer.membership_client(&addr)?;
+                    let mut req = tonic::Request::new(shoal_api::v1::ReadIndexRequest {});
+                    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    if let Ok(r) = client.read_index(req).await {
+                        let index = r.into_inner().index;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        return match rt.raft.wait(Some(left)).applied_index_at_least(Some(index), "read barrier").await {
+                            Ok(_) => Ok(rt),
+                            Err(_) => Err(ApiError::Internal(format!(
+                                "this manager has not caught up with the leader (index {index}) in time; retry, or ask another manager"
+                            ))),
+                        };
+                    }
+                    // The leader may be gone: give the election a moment.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+                }
+                None => {
+                    if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                        return Err(no_quorum(self, &rt).await);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(no_quorum(self, &rt).await);
+            }
+        }
+    }
+
+    /// On the leader: the index every read must see, once a quorum confirmed it still leads
+    /// (and this node applied that far).
+    pub async fn leader_read_index(&self) -> Result<u64, ApiError> {
+        let rt = self.managers.require_manager()?;
+        let m = rt.metrics();
+        if m.current_leader != Some(m.id) {
+            return Err(ApiError::NotLeader);
+        }
+        match tokio::time::timeout(quorum_patience(&rt), rt.raft.ensure_linearizable()).await {
+            Ok(Ok(id)) => Ok(id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(_))) => Err(ApiError::NotLeader),
+            _ => Err(no_quorum(self, &rt).await),
+        }
     }
 
     /// Proposes on this node, which must be the leader (used for forwarded writes too).

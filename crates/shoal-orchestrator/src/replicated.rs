@@ -8,7 +8,9 @@
 //!   the service, preferring tasks not yet `RUNNING`, then higher slot numbers. The remaining
 //!   tasks stay evenly spread and nothing already running moves. Slot numbers can then have
 //!   gaps (Swarm numbers loosely too);
-//! - too few (scale-up, new service): tasks are created in the lowest free slot numbers;
+//! - too few (scale-up, new service): tasks are created in the lowest free slot numbers, free
+//!   meaning not live and with no task still stopping (a slot just scaled away whose container
+//!   is still on its way out would otherwise run twice for a moment);
 //! - each live slot keeps one runnable task (extras are shut down), replaces a task taken away
 //!   at once, and applies the restart policy to a task that ended.
 //!
@@ -98,9 +100,12 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
         let excess = live.len() - target;
         scale_down(&mut tasks, &slots, &mut live, excess);
     }
+    let stopping_in = |tasks: &Tasks<'_>, n: u64| {
+        slots.get(&n).is_some_and(|s| s.ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t))))
+    };
     let mut next = 1u64;
     while live.len() < target {
-        if !live.contains(&next) {
+        if !live.contains(&next) && !stopping_in(&tasks, next) {
             let t = ctx.new_task(service, next, "");
             tasks.create(t);
             live.insert(next);

@@ -368,6 +368,38 @@ async fn force_new_cluster_recovers_a_lone_survivor() -> Result<()> {
     Ok(())
 }
 
+/// A read on any manager never shows an older state than one already shown (the read
+/// barrier): a follower killed while writes went on answers, from its first answer after its
+/// restart, with every write acknowledged before, never with the state its disk still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_never_reads_an_older_state() -> Result<()> {
+    let mut c = Cluster::three_managers(27).await?;
+    let leader = c.leader().await?;
+    let f = (leader + 1) % 3;
+    let lh = c.nodes[leader].host();
+    assert!(create(&lh, "web").await?);
+    c.nodes[f].kill9().await?;
+    for r in 3..=9 {
+        shoal_ok(&lh, &["service", "scale", "-d", &format!("web={r}")]).await?;
+    }
+    c.nodes[f].restart(&[]).await?;
+    let fh = c.nodes[f].host();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let o = shoal(&fh, &["service", "inspect", "web"]).await?;
+        if o.ok {
+            let v = o.json()?;
+            seen.push(v[0]["spec"]["replicated"]["replicas"].as_str().unwrap_or("?").to_string());
+            if seen.len() == 5 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, vec!["9"; 5], "every answer of the restarted follower holds the last acknowledged scale");
+    Ok(())
+}
+
 /// Replicas of `web` as `host` sees them.
 async fn replicas(host: &str) -> Result<u64> {
     let v = shoal_ok(host, &["service", "inspect", "web"]).await?.json()?;

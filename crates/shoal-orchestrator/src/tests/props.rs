@@ -339,7 +339,9 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Many generated changes touch nothing (a task state that is already past): they are
+    // rejected, and the default cap of 1,024 rejects ends a run of 512 cases now and then.
+    #![proptest_config(ProptestConfig { cases: 512, max_global_rejects: 16_384, ..ProptestConfig::default() })]
 
     /// Passing every service id (existing or only left in tasks) is the full pass.
     #[test]

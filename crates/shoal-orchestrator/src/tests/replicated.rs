@@ -150,6 +150,39 @@ fn scale_up_fills_the_lowest_free_slots() {
 }
 
 #[test]
+fn scale_up_skips_slots_whose_task_is_still_stopping() {
+    let mut w = world(vec![replicated("web", 3)]);
+    let web = stored(&w, "web");
+    w.add_all([
+        task("t1", &web, 1).on("n1").state(Running, 0),
+        // Scaled away a moment ago: told to stop, its container still running on a live node.
+        task("t2", &web, 2).on("n2").state(Running, 0).desired(Shutdown),
+        // Scaled away and gone.
+        task("t3", &web, 3).on("n3").state(Shutdown, 0).desired(Shutdown),
+    ]);
+    expect(
+        &mut w,
+        NOW,
+        &["create web.3 node=- desired=running state=pending", "create web.4 node=- desired=running state=pending"],
+    );
+}
+
+#[test]
+fn a_slot_stopping_on_a_down_node_is_free_again() {
+    let mut w = World::new();
+    w.add_all([node("n1"), node("n2").state(NodeState::Down)]);
+    w.add_all([replicated("web", 2)]);
+    let web = stored(&w, "web");
+    w.add_all([
+        task("t1", &web, 1).on("n1").state(Running, 0),
+        task("t2", &web, 2).on("n2").state(Running, 0).desired(Shutdown),
+    ]);
+    // Nothing will report t2 stopped: the slot is not held for it.
+    let out = pass(&w, NOW);
+    assert!(out.contains(&"create web.2 node=- desired=running state=pending".to_string()), "{out:?}");
+}
+
+#[test]
 fn scale_down_removes_from_the_most_crowded_nodes() {
     let mut w = world(vec![replicated("web", 3)]);
     let web = stored(&w, "web");

@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! shoal-chaos check --history OPS.jsonl --finals FINALS.json [--initial INITIAL.json]
-//!                   [--hosts SAMPLES.jsonl --cut-offs CUTS.jsonl --grace-ms N]
+//!                   [--versions VERSIONS.jsonl]
+//!                   [--hosts SAMPLES.jsonl --cut-offs CUTS.jsonl --grace-ms N
+//!                    [--stopped-within-ms N]]
 //! ```
 //! - OPS: `{"object", "value" (null: removal), "start_ms", "end_ms", "outcome": ok|failed|unknown}`
 //! - FINALS / INITIAL: `{"object": "value", ...}` (absent objects left out)
+//! - VERSIONS: `{"object", "at_ms", "version"}`
 //! - SAMPLES: `{"at_ms", "running": [{"service", "slot", "host"}]}`
 //! - CUTS: `{"host", "from_ms", "to_ms"}`
 
@@ -14,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use shoal_chaos::check;
-use shoal_chaos::history::{CutOff, HostSample, Op, Outcome, Running, Write};
+use shoal_chaos::history::{CutOff, HostSample, Op, Outcome, Running, VersionSample, Write};
 
 fn lines(path: &str) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
@@ -65,7 +68,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         Some("check") => {}
         _ => {
             return Err(
-                "usage: shoal-chaos check --history F --finals F [--initial F] [--hosts F --cut-offs F --grace-ms N]"
+                "usage: shoal-chaos check --history F --finals F [--initial F] [--versions F] [--hosts F --cut-offs F --grace-ms N [--stopped-within-ms N]]"
                     .into(),
             )
         }
@@ -79,6 +82,17 @@ fn run(args: &[String]) -> Result<bool, String> {
     let finals = map(need("finals")?)?;
     let initial = flags.get("initial").map(|p| map(p)).transpose()?.unwrap_or_default();
     let mut violations = check::writes(&history, &initial, &finals);
+    if let Some(path) = flags.get("versions") {
+        let samples: Vec<VersionSample> = lines(path)?
+            .iter()
+            .map(|v| Ok(VersionSample { object: s(v, "object")?, at_ms: u(v, "at_ms")?, version: u(v, "version")? }))
+            .collect::<Result<_, String>>()?;
+        println!("version samples: {}", samples.len());
+        if samples.is_empty() {
+            return Err("no version was sampled: the sampler is broken".into());
+        }
+        violations.extend(check::versions(&samples));
+    }
     if let Some(hosts) = flags.get("hosts") {
         let samples: Vec<HostSample> = lines(hosts)?
             .iter()
@@ -109,6 +123,10 @@ fn run(args: &[String]) -> Result<bool, String> {
             return Err("the host samples saw no container of the service: the sampler is broken".into());
         }
         violations.extend(check::slots(&samples, &cuts, grace.unwrap_or(0)));
+        if let Some(bound) = flags.get("stopped-within-ms") {
+            let bound = bound.parse::<u64>().map_err(|e| format!("--stopped-within-ms: {e}"))?;
+            violations.extend(check::stopped_when_cut_off(&samples, &cuts, bound));
+        }
     }
     let count = |o: Outcome| history.iter().filter(|h| h.outcome == o).count();
     println!(
