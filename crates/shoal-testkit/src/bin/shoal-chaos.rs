@@ -126,6 +126,17 @@ fn run(args: &[String]) -> Result<bool, String> {
         if let Some(bound) = flags.get("stopped-within-ms") {
             let bound = bound.parse::<u64>().map_err(|e| format!("--stopped-within-ms: {e}"))?;
             violations.extend(check::stopped_when_cut_off(&samples, &cuts, bound));
+            for c in &cuts {
+                let on = |s: &HostSample| s.running.iter().filter(|r| r.host == c.host).count();
+                let during: Vec<&HostSample> =
+                    samples.iter().filter(|s| s.at_ms >= c.from_ms && s.at_ms < c.to_ms).collect();
+                let at_cut = during.first().map_or(0, |s| on(s));
+                let last = during.iter().rev().find(|s| on(s) > 0).map(|s| s.at_ms - c.from_ms);
+                match last {
+                    Some(ms) => println!("{}: {at_cut} running when cut off, the last seen {ms} ms after", c.host),
+                    None => println!("{}: {at_cut} running when cut off", c.host),
+                }
+            }
         }
     }
     let count = |o: Outcome| history.iter().filter(|h| h.outcome == o).count();
