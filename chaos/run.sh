@@ -252,7 +252,8 @@ outcome() {
 
 # Writes for $1 seconds, each to a random manager, one JSON line per write in $2. Objects:
 # service/web#replicas (scale), service/web#V (an environment variable: a rolling update),
-# secret/chaosK (create or remove) and node/host5#chaos (a label).
+# secret/chaosK (create or remove), service/svcK (create or remove) and node/host5#chaos (a
+# label). WORKLOAD names the kinds it cycles through.
 workload() {
   local until=$(( $(date +%s) + $1 )) out=$2 n=0 i obj value args t0 rc err stdin k
   # shellcheck disable=SC2206
@@ -267,6 +268,10 @@ workload() {
       secret) k=$(( RANDOM % 3 )); obj="secret/chaos$k"
          if [ $((RANDOM % 2)) = 0 ]; then value=1; args=(secret create "chaos$k" -); stdin=$WORK/secret
          else value=; args=(secret rm "chaos$k"); fi ;;
+      service) k=$(( RANDOM % 3 )); obj="service/svc$k"
+         # No replicas: a service created and removed in the store only.
+         if [ $((RANDOM % 2)) = 0 ]; then value=1; args=(service create --detach --name "svc$k" --replicas 0 "$("$HOSTS" registry)/busybox:1")
+         else value=; args=(service rm "svc$k"); fi ;;
       label) obj="node/host5#chaos"; value=$n; args=(node update --label-add "chaos=$n" host5) ;;
     esac
     t0=$(now_ms)
@@ -333,7 +338,8 @@ finals() {
   svc=$(SM service inspect web --format json) || return 1
   secrets=$(SM secret ls --format json) || return 1
   node=$(SM node inspect host5 --format json) || return 1
-  python3 - "$svc" "$secrets" "$node" <<'PY'
+  services=$(SM service ls --format json) || return 1
+  python3 - "$svc" "$secrets" "$node" "$services" <<'PY'
 import json, sys
 s = json.loads(sys.argv[1])[0]["spec"]
 c = s["task_template"]["container"]
@@ -344,6 +350,9 @@ if "V" in env:
 for x in json.loads(sys.argv[2]):
     if x["name"].startswith("chaos"):
         out["secret/" + x["name"]] = "1"
+for x in json.loads(sys.argv[4]):
+    if x["name"].startswith("svc"):
+        out["service/" + x["name"]] = "1"
 labels = json.loads(sys.argv[3])[0]["node"].get("spec", {}).get("annotations", {}).get("labels", {})
 if "chaos" in labels:
     out["node/host5#chaos"] = labels["chaos"]
@@ -368,6 +377,8 @@ footprint() {
 leaks() {
   local base=$1 now
   SM service rm web >/dev/null || true
+  local k
+  for k in 0 1 2; do SM service rm "svc$k" >/dev/null 2>&1 || true; done
   for _ in $(seq 1 60); do
     SM network rm chaosnet >/dev/null 2>&1 && break
     sleep 1
@@ -405,11 +416,11 @@ run() {
   footprint >"$DIR/footprint"
   SM network create --driver overlay chaosnet >/dev/null
   local extra=() checks=()
-  WORKLOAD="scale env secret label"
+  WORKLOAD="scale env secret service label"
   if [ "$name" = stop-on-disconnect ]; then
     # web's tasks stay where they are (no scale, no update), so the cut-off worker surely
     # runs some when it is cut off.
-    WORKLOAD="secret label"
+    WORKLOAD="secret service label"
     # On the workers only, so the one cut off surely runs some.
     extra=(--stop-on-disconnect 5s --constraint node.role==worker)
     # 5 s from the last answer, the agent's look twice a second, the stop, a sample a second.
