@@ -149,13 +149,13 @@ impl Dialer {
         i.certs.set(cert_pem, key_pem, ca_der).map_err(bad)?;
         let server = shoal_pki::tls::server_config(ca_der, i.certs.clone()).map_err(bad)?;
         let client = shoal_pki::tls::client_config(ca_der, Some(i.certs.clone())).map_err(bad)?;
-        let ca_changed = self.ca_der().as_deref() != Some(ca_der);
         write(&i.ca, Some(ca_der.to_vec()));
         write(&i.server, Some(Arc::new(server)));
         write(&*i.client, Some(Arc::new(client)));
-        if ca_changed {
-            i.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        // A connection presents the certificate it was made with: new calls must go on new
+        // connections, or a node promoted to manager keeps calling as a worker (and is refused
+        // what only managers may call: forwarded writes, read indexes, pings).
+        i.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
