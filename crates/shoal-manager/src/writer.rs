@@ -79,49 +79,52 @@ impl Writer {
     /// Waits until this manager's store holds every write committed before the call (Raft's
     /// read index): the leader confirms with a quorum that it still leads; a follower asks the
     /// leader and waits until it applied that far. A read after it never shows an older state
-    /// than one any manager already showed (a restarted or lagging manager included). Without
-    /// a quorum there is no such guarantee, and the read is refused.
+    /// than one any manager already showed (a restarted or lagging manager included). When no
+    /// quorum confirms a leader within the quorum's patience (a second), the read is served
+    /// from this manager's own state: without a majority the operator still sees what is down.
     pub async fn read_barrier(&self) -> Result<Arc<RaftRuntime>, ApiError> {
         let rt = self.managers.require_manager()?;
-        let deadline = Instant::now() + write_patience(&rt);
+        if let Err(why) = self.catch_up(&rt).await {
+            tracing::debug!(%why, "a read is served from this manager's own state");
+        }
+        Ok(rt)
+    }
+
+    /// The read barrier's work; the error says why it could not be confirmed.
+    async fn catch_up(&self, rt: &RaftRuntime) -> Result<(), String> {
+        let deadline = Instant::now() + quorum_patience(rt);
         let mut metrics = rt.raft.metrics();
         loop {
             let m = metrics.borrow_and_update().clone();
-            match m.current_leader {
-                Some(l) if l == m.id => match self.leader_read_index().await {
-                    // ensure_linearizable waited until this node applied that far.
-                    Ok(_) => return Ok(rt),
-                    Err(ApiError::NotLeader) => {}
-                    Err(e) => return Err(e),
+            let index = match m.current_leader {
+                // ensure_linearizable also waits until this node applied that far.
+                Some(l) if l == m.id => match tokio::time::timeout_at(deadline, rt.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    // No longer the leader: look again.
+                    Ok(Err(RaftError::APIError(_))) => None,
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("no quorum confirmed this leader in time".into()),
                 },
                 Some(l) => {
-                    let Some(addr) = member_addr(&m, l) else {
-                        return Err(ApiError::Internal(format!("leader {l} has no address in the membership")));
-                    };
-                    let mut client = self.dialer.membership_client(&addr)?;
+                    let addr = member_addr(&m, l).ok_or_else(|| format!("leader {l} has no address"))?;
+                    let mut client = self.dialer.membership_client(&addr).map_err(|e| e.to_string())?;
                     let mut req = tonic::Request::new(shoal_api::v1::ReadIndexRequest {});
                     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                    if let Ok(r) = client.read_index(req).await {
-                        let index = r.into_inner().index;
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        return match rt.raft.wait(Some(left)).applied_index_at_least(Some(index), "read barrier").await {
-                            Ok(_) => Ok(rt),
-                            Err(_) => Err(ApiError::Internal(format!(
-                                "this manager has not caught up with the leader (index {index}) in time; retry, or ask another manager"
-                            ))),
-                        };
-                    }
-                    // The leader may be gone: give the election a moment.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+                    client.read_index(req).await.ok().map(|r| r.into_inner().index)
                 }
-                None => {
-                    if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                        return Err(no_quorum(self, &rt).await);
-                    }
-                }
+                None => None,
+            };
+            if let Some(index) = index {
+                // Applying what is committed is this node's own work: it gets the write patience.
+                let wait = rt.raft.wait(Some(write_patience(rt)));
+                return wait
+                    .applied_index_at_least(Some(index), "read barrier")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
             }
-            if Instant::now() >= deadline {
-                return Err(no_quorum(self, &rt).await);
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err("no leader confirmed the state in time".into());
             }
         }
     }
