@@ -8,7 +8,7 @@
 //! | RPC | callers |
 //! |---|---|
 //! | `Membership/Join` | anyone (the join token is checked by the handler) |
-//! | `Raft/*`, `Membership/Propose`, `Membership/Ping`, `Agent/*` | managers |
+//! | `Raft/*`, `Membership/Propose`, `Membership/ReadIndex`, `Membership/Ping`, `Agent/*` | managers |
 //! | `Control/*` | managers and admin clients (the local unix socket needs no certificate) |
 //! | `Dispatcher/*`, `Membership/Heartbeat`, `Membership/RenewCertificate` | managers and workers |
 //!
