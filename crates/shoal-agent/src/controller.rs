@@ -339,6 +339,16 @@ impl Controller {
         wants_stop(&self.task.borrow())
     }
 
+    /// Stops the container with `sig` (killed after `grace`) and reports the task FAILED.
+    async fn stop_failed(&mut self, id: &str, sig: i32, grace: Duration, message: &str, err: &str) {
+        let exit = self.runtime.stop(id, sig, grace).await;
+        let mut cs = self.last.container.clone().unwrap_or_default();
+        if let Ok(e) = exit {
+            cs.exit_code = e.code;
+        }
+        self.report(TaskState::Failed, message, err, Some(cs));
+    }
+
     fn finish(&mut self, code: i32, message: &str) {
         let mut c = self.last.container.clone().unwrap_or_default();
         c.exit_code = code;
@@ -418,16 +428,11 @@ impl Controller {
                     let after = Duration::from_millis(stop_after_ms.max(0) as u64);
                     tracing::warn!(task_id = %id, after_s = after.as_secs(), "out of touch with the managers for the task's --stop-on-disconnect: stopping it");
                     let (sig, grace) = stop_settings(task);
-                    let exit = self.runtime.stop(id, sig, grace).await;
-                    let mut cs = self.last.container.clone().unwrap_or_default();
-                    if let Ok(e) = exit {
-                        cs.exit_code = e.code;
-                    }
                     let err = format!(
                         "task: stopped after {} s out of touch with the managers (--stop-on-disconnect)",
                         after.as_secs()
                     );
-                    self.report(TaskState::Failed, "stopped: node out of touch with the managers", &err, Some(cs));
+                    self.stop_failed(id, sig, grace, "stopped: node out of touch with the managers", &err).await;
                     return;
                 }
                 _ = tokio::time::sleep_until(next_check), if probe.is_some() => {
@@ -446,12 +451,8 @@ impl Controller {
                     if after.status() == shoal_api::v1::health::Status::Unhealthy {
                         let why = crate::health::last_output(&after);
                         let (_, grace) = stop_settings(task);
-                        let exit = self.runtime.stop(id, 15, grace).await;
-                        let mut cs = self.last.container.clone().unwrap_or_default();
-                        if let Ok(e) = exit {
-                            cs.exit_code = e.code;
-                        }
-                        self.report(TaskState::Failed, "unhealthy container", &format!("task: unhealthy container: {why}"), Some(cs));
+                        let err = format!("task: unhealthy container: {why}");
+                        self.stop_failed(id, 15, grace, "unhealthy container", &err).await;
                         return;
                     }
                     if changed {
