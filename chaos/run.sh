@@ -133,31 +133,39 @@ rejoin_wiped() {
 
 hold() { sleep $((RUN_SECONDS / 2)); }
 
+# Kills host $1 with -9 and brings it back after $2 seconds (default: the hold).
+killed_for() {
+  kill9 "$1"; cut_begin "$1"; sleep "${2:-$((RUN_SECONDS / 2))}"
+  restart_host "$1"; ready; cut_end "$1"
+}
+# Blocks host $1's packets (`block` arguments follow) for the hold, recording host $2 as the
+# one cut off.
+blocked_for() {
+  local a=$1 cut=$2
+  shift 2
+  block "$a" "$@"; cut_begin "$cut"; hold
+  unblock "$a"; ready; cut_end "$cut"
+}
+
 # Each fault_NAME injects its fault, holds it, heals it, records cut-offs and sets FAULT.
 fault_leader-kill() {
   local v; v=$(leader)
   FAULT="kill -9 of host$v (the leader)"
-  kill9 "$v"; cut_begin "$v"; hold
-  restart_host "$v"; ready; cut_end "$v"
+  killed_for "$v"
 }
 fault_follower-kill() {
   local v; v=$(follower "$(leader)")
   FAULT="kill -9 of host$v (a follower)"
-  kill9 "$v"; cut_begin "$v"; hold
-  restart_host "$v"; ready; cut_end "$v"
+  killed_for "$v"
 }
 fault_managers-kill() {
   local v
   FAULT="kill -9 of host1, host2 and host3 in turn, each back before the next"
-  for v in 1 2 3; do
-    kill9 "$v"; cut_begin "$v"; sleep 3
-    restart_host "$v"; ready; cut_end "$v"
-  done
+  for v in 1 2 3; do killed_for "$v" 3; done
 }
 fault_worker-kill() {
   FAULT="kill -9 of host4 (a worker with live containers)"
-  kill9 4; cut_begin 4; hold
-  restart_host 4; ready; cut_end 4
+  killed_for 4
 }
 fault_agent-restart() {
   FAULT="host5's shoald stopped (SIGTERM) and started again under its live containers"
@@ -168,31 +176,26 @@ fault_leader-partition() {
   local v; v=$(leader)
   FAULT="host$v (the leader) cut off from every other host"
   # shellcheck disable=SC2046
-  block "$v" both $(others "$v"); cut_begin "$v"; hold
-  unblock "$v"; ready; cut_end "$v"
+  blocked_for "$v" "$v" both $(others "$v")
 }
 fault_follower-partition() {
   local v; v=$(follower "$(leader)")
   FAULT="host$v (a follower) cut off from every other host"
   # shellcheck disable=SC2046
-  block "$v" both $(others "$v"); cut_begin "$v"; hold
-  unblock "$v"; ready; cut_end "$v"
+  blocked_for "$v" "$v" both $(others "$v")
 }
 fault_one-way() {
   local l f; l=$(leader); f=$(follower "$l")
   FAULT="host$l's (the leader's) packets to host$f dropped, host$f's to host$l delivered"
-  block "$l" out "$f"; cut_begin "$f"; hold
-  unblock "$l"; ready; cut_end "$f"
+  blocked_for "$l" "$f" out "$f"
 }
 fault_worker-cutoff() {
   FAULT="host4 (a worker) cut off from the managers (host1-3), not from host5"
-  block 4 both 1 2 3; cut_begin 4; hold
-  unblock 4; ready; cut_end 4
+  blocked_for 4 4 both 1 2 3
 }
 fault_stop-on-disconnect() {
   FAULT="host4 (a worker) cut off from the managers; web stops on disconnect after 5 s"
-  block 4 both 1 2 3; cut_begin 4; hold
-  unblock 4; ready; cut_end 4
+  blocked_for 4 4 both 1 2 3
 }
 fault_disk-wipe() {
   local l v; l=$(leader); v=$(follower "$l")
