@@ -20,13 +20,13 @@ use shoal_scheduler::task;
 
 use crate::restart;
 use crate::update::{self, Round, Want};
-use crate::work::id;
+use crate::work::Id;
 use crate::{history, nodes, Ctx};
 
 /// Reconciles global service `service`.
-pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>) {
+pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, out: &mut Vec<Op>) {
     let store = ctx.store;
-    let now = ctx.now_ms;
+    let clock = ctx.clock;
     let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
     // An unparsable placement (written around validation) admits no node.
     let placement = Placement::of(template).ok();
@@ -34,39 +34,39 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
     let (mut tasks, policy, _) = ctx.begin(service);
     // Only slot 0 with a node is a global task; anything else (left by a mode change) is shut
     // down, and kept as history of its own.
-    let stray: Vec<String> =
-        tasks.iter().filter(|t| t.slot != 0 || t.node_id.is_empty()).map(|t| id(t).to_owned()).collect();
+    let stray: Vec<Id<'s>> =
+        tasks.entries().filter(|(_, t)| t.slot != 0 || t.node_id.is_empty()).map(|(i, _)| i).collect();
     tasks.shut_down_all(&stray, None);
     tasks.settle_unassigned();
 
-    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.slot == 0 && !t.node_id.is_empty()) {
-        by_node.entry(t.node_id.clone()).or_default().push(id(t).to_owned());
+    let mut by_node: BTreeMap<String, Vec<Id<'s>>> = BTreeMap::new();
+    for (i, t) in tasks.entries().filter(|(_, t)| t.slot == 0 && !t.node_id.is_empty()) {
+        by_node.entry(t.node_id.clone()).or_default().push(i);
     }
     let node_ids: BTreeSet<String> =
         store.nodes().filter_map(|n| n.meta.as_ref().map(|m| m.id.clone())).chain(by_node.keys().cloned()).collect();
 
     let want = Want::of(store, service);
-    let mut round: Round<String> = Round::new(service);
+    let mut round: Round<'s, String> = Round::new(service);
     for node_id in &node_ids {
         let node = store.node(node_id);
         let keeps = node.is_some_and(|n| !nodes::is_down(n) && !nodes::is_drained(n) && admits(n));
         let takes_new = node.is_some_and(|n| node_accepts_new_tasks(n) && admits(n));
         let ids = by_node.get(node_id).cloned().unwrap_or_default();
-        let wanted: Vec<String> = ids.iter().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).cloned().collect();
+        let wanted: Vec<Id<'s>> = ids.iter().copied().filter(|i| tasks.get(i).is_some_and(task::is_wanted)).collect();
         if !keeps {
             tasks.shut_down_all(&wanted, None);
             continue;
         }
-        let (runnable, ended): (Vec<String>, Vec<String>) =
-            wanted.iter().cloned().partition(|i| tasks.get(i).is_some_and(task::is_runnable));
+        let (runnable, ended): (Vec<Id<'s>>, Vec<Id<'s>>) =
+            wanted.iter().copied().partition(|i| tasks.get(i).is_some_and(task::is_runnable));
         if !runnable.is_empty() {
             tasks.shut_down_all(&ended, None);
             // A node that takes no new task (paused) keeps its task as it is.
             let stopping = ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
             match update::settle(&mut tasks, &want, &runnable, stopping) {
                 Some(update::Group::Outdated { .. }) if !takes_new => round.keep(),
-                Some(g) => round.group(node_id.clone(), g, now),
+                Some(g) => round.group(node_id.clone(), g, clock),
                 None => {}
             }
             continue;
@@ -76,11 +76,11 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
         }
         match tasks.latest(&ended) {
             Some(last) => {
-                tasks.shut_down_all(&ended, Some(&last));
+                tasks.shut_down_all(&ended, Some(last));
                 if !takes_new {
                     continue;
                 }
-                if restart::replace_now(&mut tasks, &policy, &last, &ids, now) {
+                if restart::replace_now(&mut tasks, &policy, last, &ids, clock) {
                     let t = ctx.new_task(service, 0, node_id);
                     tasks.create(t);
                 }
@@ -93,11 +93,11 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, out: &mut Vec<Op>)
         }
     }
 
-    round.finish(service, &want, &mut tasks, now, out, |node| ctx.new_task(service, 0, node));
+    round.finish(service, &want, &mut tasks, clock, out, |node| ctx.new_task(service, 0, node));
     for ids in by_node.values() {
-        history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), now);
+        history::prune(&mut tasks, ids, ctx.history_limit, Some(&policy), clock);
     }
     // Stray tasks are history of no node: keep them within the limit as one group.
-    history::prune(&mut tasks, &stray, ctx.history_limit, None, now);
+    history::prune(&mut tasks, &stray, ctx.history_limit, None, clock);
     tasks.into_ops(out);
 }

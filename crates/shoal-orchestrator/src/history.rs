@@ -18,21 +18,34 @@ use std::cmp::Reverse;
 use shoal_api::v1::RestartPolicy;
 use shoal_scheduler::task;
 
+use crate::clock::Clock;
 use crate::restart::is_attempt;
-use crate::work::{id, Tasks};
+use crate::work::{Id, Tasks};
 
 /// Deletes the history of the group `ids` (one slot, or one node of a global service) beyond
 /// `limit`, keeping restart attempts that `policy` still counts.
-pub(crate) fn prune(tasks: &mut Tasks<'_>, ids: &[String], limit: usize, policy: Option<&RestartPolicy>, now_ms: i64) {
+pub(crate) fn prune<'s>(
+    tasks: &mut Tasks<'s>,
+    ids: &[Id<'s>],
+    limit: usize,
+    policy: Option<&RestartPolicy>,
+    clock: &Clock,
+) {
+    // Within the limit nothing goes, whatever counts as an attempt (the common case: no copy).
+    if ids.iter().filter(|&&i| tasks.get(i).is_some_and(|t| task::is_terminal(t) && !task::is_wanted(t))).count()
+        <= limit
+    {
+        return;
+    }
     let mut history: Vec<_> = ids
         .iter()
-        .filter_map(|i| tasks.get(i))
-        .filter(|t| task::is_terminal(t) && !task::is_wanted(t))
-        .map(|t| {
+        .filter_map(|&i| Some((i, tasks.get(i)?)))
+        .filter(|(_, t)| task::is_terminal(t) && !task::is_wanted(t))
+        .map(|(i, t)| {
             let created = t.meta.as_ref().map_or(0, |m| m.created_at_ms);
             (
-                Reverse((task::status_timestamp(t), created, id(t).to_owned())),
-                policy.is_some_and(|p| p.max_attempts > 0 && is_attempt(p, t, now_ms)),
+                Reverse((task::status_timestamp(t), created, i)),
+                policy.is_some_and(|p| p.max_attempts > 0 && is_attempt(p, t, clock)),
             )
         })
         .collect();
@@ -51,6 +64,6 @@ pub(crate) fn prune(tasks: &mut Tasks<'_>, ids: &[String], limit: usize, policy:
         }
     }
     for tid in doomed {
-        tasks.delete(&tid);
+        tasks.delete(tid);
     }
 }

@@ -40,6 +40,7 @@
 //! give the same ops. It never assigns replicated tasks to nodes (the scheduler does) and never
 //! proposes anything itself.
 
+mod clock;
 mod global;
 mod history;
 mod jobs;
@@ -80,6 +81,20 @@ pub fn reconcile(store: &Store, now_ms: i64, new_id: &mut dyn FnMut() -> String)
     reconcile_scope(store, now_ms, &Scope::All, new_id)
 }
 
+/// What a pass decided: its ops, and when it must look at a service again although nothing
+/// changes in the store.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Pass {
+    /// As [`reconcile_scope`] returns them.
+    pub ops: Vec<Op>,
+    /// For each service of the scope with a time-based decision ahead (a restart delay, an
+    /// attempt leaving the restart window, an update's settle, startup or monitor period), the
+    /// earliest time (ms, the clock `now_ms` comes from) at which a pass may decide otherwise.
+    /// Before then, and without a change in the store, a pass over it decides the same as this
+    /// one; a service not listed needs a pass only after a change.
+    pub wake: BTreeMap<String, i64>,
+}
+
 /// Which services a pass looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -93,15 +108,22 @@ pub enum Scope {
 /// [`reconcile`] restricted to `scope`: for the services in it, exactly the ops a full pass
 /// would make for them (a full pass is the union over all services).
 pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut dyn FnMut() -> String) -> Vec<Op> {
+    pass(store, now_ms, scope, new_id).ops
+}
+
+/// [`reconcile_scope`], with when to look again at the services of `scope` ([`Pass::wake`]).
+pub fn pass(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut dyn FnMut() -> String) -> Pass {
     let settings = fill_settings(store.cluster().and_then(|c| c.settings).unwrap_or_default());
+    let clock = clock::Clock::new(now_ms);
     let mut ctx = Ctx {
         store,
-        now_ms,
+        clock: &clock,
         new_id,
         history_limit: usize::try_from(settings.task_history_limit).unwrap_or(usize::MAX),
     };
     let mut ops = Vec::new();
-    let one = |ctx: &mut Ctx<'_>, service: &Service, ops: &mut Vec<Op>| {
+    let mut wake = BTreeMap::new();
+    let mut one = |ctx: &mut Ctx<'_>, service: &Service, ops: &mut Vec<Op>| {
         match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
             Some(Mode::Replicated(r)) => replicated::reconcile(ctx, service, r.replicas, ops),
             Some(Mode::Global(_)) => global::reconcile(ctx, service, ops),
@@ -109,6 +131,9 @@ pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut d
             Some(Mode::GlobalJob(_)) => jobs::global(ctx, service, ops),
             // A service without a mode is invalid: left alone.
             None => {}
+        }
+        if let Some(at) = ctx.clock.take_wake() {
+            wake.insert(service.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), at);
         }
     };
     match scope {
@@ -127,7 +152,7 @@ pub fn reconcile_scope(store: &Store, now_ms: i64, scope: &Scope, new_id: &mut d
             }
         }
     }
-    ops
+    Pass { ops, wake }
 }
 
 /// The services a batch of applied changes (`events`, as the store returned them) may have
@@ -213,7 +238,8 @@ pub fn units(store: &Store, ops: Vec<Op>) -> Vec<Vec<Op>> {
 /// What every reconcile step needs.
 pub(crate) struct Ctx<'a> {
     pub(crate) store: &'a Store,
-    pub(crate) now_ms: i64,
+    /// The present, and the deadlines found ahead of it.
+    pub(crate) clock: &'a clock::Clock,
     pub(crate) new_id: &'a mut dyn FnMut() -> String,
     /// Terminated tasks kept per slot (per node for global services).
     pub(crate) history_limit: usize,
@@ -222,12 +248,15 @@ pub(crate) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// What a reconciler of `service` starts from: a working copy of its tasks, those of lost
     /// nodes orphaned (their ids returned), and its restart policy.
-    pub(crate) fn begin(&self, service: &Service) -> (work::Tasks<'a>, shoal_api::v1::RestartPolicy, BTreeSet<String>) {
+    pub(crate) fn begin(
+        &self,
+        service: &Service,
+    ) -> (work::Tasks<'a>, shoal_api::v1::RestartPolicy, BTreeSet<work::Id<'a>>) {
         let store = self.store;
         let service_id = service.meta.as_ref().map_or("", |m| m.id.as_str());
         let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
         let policy = restart::policy(template.and_then(|t| t.restart_policy.as_ref()));
-        let mut tasks = work::Tasks::new(store, self.now_ms, store.tasks_by_service(service_id));
+        let mut tasks = work::Tasks::new(store, self.clock.now(), store.tasks_by_service(service_id));
         let orphaned = nodes::orphan_lost(&mut tasks, store);
         (tasks, policy, orphaned)
     }
@@ -254,7 +283,7 @@ impl<'a> Ctx<'a> {
             desired_state: TaskState::Running as i32,
             status: Some(TaskStatus {
                 state: state as i32,
-                timestamp_ms: self.now_ms,
+                timestamp_ms: self.clock.now(),
                 message: message.to_owned(),
                 ..TaskStatus::default()
             }),

@@ -11,7 +11,7 @@ use shoal_api::v1::{Node, NodeAvailability, NodeState};
 use shoal_scheduler::task;
 use shoal_store::Store;
 
-use crate::work::{id, Tasks};
+use crate::work::{Id, Tasks};
 
 /// Status message of a task orphaned because its node is down.
 pub const NODE_DOWN_MESSAGE: &str = "node is down";
@@ -43,15 +43,15 @@ pub(crate) fn is_drained(node: &Node) -> bool {
 
 /// Orphans every non-terminal task of `tasks` that sits on a lost node, and returns the ids of
 /// those that were still wanted (their slots need a replacement now).
-pub(crate) fn orphan_lost(tasks: &mut Tasks<'_>, store: &Store) -> BTreeSet<String> {
-    let lost: Vec<(String, &'static str, bool)> = tasks
-        .iter()
-        .filter(|t| !task::is_terminal(t))
-        .filter_map(|t| lost(store, &t.node_id).map(|why| (id(t).to_owned(), why, task::is_wanted(t))))
+pub(crate) fn orphan_lost<'s>(tasks: &mut Tasks<'s>, store: &Store) -> BTreeSet<Id<'s>> {
+    let lost: Vec<(Id<'s>, &'static str, bool)> = tasks
+        .entries()
+        .filter(|(_, t)| !task::is_terminal(t))
+        .filter_map(|(i, t)| lost(store, &t.node_id).map(|why| (i, why, task::is_wanted(t))))
         .collect();
     let mut evicted = BTreeSet::new();
     for (tid, why, wanted) in lost {
-        tasks.orphan(&tid, why);
+        tasks.orphan(tid, why);
         if wanted {
             evicted.insert(tid);
         }

@@ -13,16 +13,16 @@ use crate::{nodes, Ctx};
 /// Shuts down and deletes `orphans`, tasks of removed services.
 pub(crate) fn reconcile<'s>(ctx: &Ctx<'s>, orphans: impl Iterator<Item = &'s Task>, out: &mut Vec<Op>) {
     let store = ctx.store;
-    let mut tasks = Tasks::new(store, ctx.now_ms, orphans);
+    let mut tasks = Tasks::new(store, ctx.clock.now(), orphans);
     for tid in tasks.ids() {
-        let Some(t) = tasks.get(&tid) else { continue };
+        let Some(t) = tasks.get(tid) else { continue };
         // No agent will ever report on a task that never reached a node or whose node is lost.
         let unreachable = t.node_id.is_empty() || nodes::lost(store, &t.node_id).is_some();
         let done = task::is_terminal(t) || unreachable;
         if done {
-            tasks.delete(&tid);
+            tasks.delete(tid);
         } else if task::is_wanted(t) {
-            tasks.shut_down(&tid);
+            tasks.shut_down(tid);
         }
     }
     tasks.into_ops(out);

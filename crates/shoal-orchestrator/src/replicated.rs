@@ -28,40 +28,43 @@ use shoal_scheduler::task;
 
 use crate::restart;
 use crate::update::{self, Round, Want};
-use crate::work::{id, Tasks};
+use crate::work::{Id, Tasks};
 use crate::{history, nodes, Ctx};
 
 /// The tasks of one slot number, by what they are doing.
 #[derive(Debug, Default)]
-struct Slot {
+struct Slot<'s> {
     /// Every task of the slot (history included).
-    ids: Vec<String>,
+    ids: Vec<Id<'s>>,
     /// Wanted and not terminal.
-    runnable: Vec<String>,
+    runnable: Vec<Id<'s>>,
     /// Wanted but terminal: ended, restart pending or refused.
-    ended: Vec<String>,
+    ended: Vec<Id<'s>>,
     /// Its runnable task was taken away in this pass (lost or drained node).
     evicted: bool,
 }
 
-impl Slot {
+impl Slot<'_> {
     fn is_live(&self) -> bool {
         !self.runnable.is_empty() || !self.ended.is_empty() || self.evicted
     }
 }
 
 /// Reconciles replicated service `service` towards `replicas` tasks.
-pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out: &mut Vec<Op>) {
+pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, replicas: u64, out: &mut Vec<Op>) {
     let store = ctx.store;
-    let now = ctx.now_ms;
+    let clock = ctx.clock;
     // Take tasks away from lost and drained nodes, and from nodes their placement no longer
     // admits (a label changed). Slot 0 belongs to global services: never valid here.
     let (mut tasks, policy, mut evicted) = ctx.begin(service);
+    // Tasks made from the service's template share its placement: parsed once.
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    let placement = Placement::of(template);
     for tid in tasks.ids() {
-        let Some(t) = tasks.get(&tid) else { continue };
+        let Some(t) = tasks.get(tid) else { continue };
         if t.slot == 0 {
             if task::is_wanted(t) {
-                tasks.shut_down(&tid);
+                tasks.shut_down(tid);
             }
             continue;
         }
@@ -71,25 +74,29 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
         if !task::is_runnable(t) {
             continue;
         }
-        let misplaced = Placement::of(t.spec.as_ref()).is_ok_and(|p| !p.admits(node));
+        let same = t.spec.as_ref().map(|s| &s.placement) == template.map(|s| &s.placement);
+        let misplaced = if same {
+            placement.as_ref().is_ok_and(|p| !p.admits(node))
+        } else {
+            Placement::of(t.spec.as_ref()).is_ok_and(|p| !p.admits(node))
+        };
         if nodes::is_drained(node) || misplaced {
-            tasks.shut_down(&tid);
+            tasks.shut_down(tid);
             evicted.insert(tid);
         }
     }
     tasks.settle_unassigned();
 
-    let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
-    for t in tasks.iter() {
-        let tid = id(t).to_owned();
+    let mut slots: BTreeMap<u64, Slot<'s>> = BTreeMap::new();
+    for (tid, t) in tasks.entries() {
         let slot = slots.entry(t.slot).or_default();
         if t.slot != 0 {
             if task::is_runnable(t) {
-                slot.runnable.push(tid.clone());
+                slot.runnable.push(tid);
             } else if task::is_wanted(t) {
-                slot.ended.push(tid.clone());
+                slot.ended.push(tid);
             }
-            slot.evicted |= evicted.contains(&tid);
+            slot.evicted |= evicted.contains(tid);
         }
         slot.ids.push(tid);
     }
@@ -123,7 +130,7 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
         if !slot.runnable.is_empty() {
             let stopping = slot.ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
             if let Some(g) = update::settle(&mut tasks, &want, &slot.runnable, stopping) {
-                round.group(*n, g, now);
+                round.group(*n, g, clock);
             }
             tasks.shut_down_all(&slot.ended, None);
         } else if slot.evicted {
@@ -133,23 +140,23 @@ pub(crate) fn reconcile(ctx: &mut Ctx<'_>, service: &Service, replicas: u64, out
             tasks.create(t);
         } else if let Some(last) = tasks.latest(&slot.ended) {
             round.idle();
-            tasks.shut_down_all(&slot.ended, Some(&last));
-            if restart::replace_now(&mut tasks, &policy, &last, &slot.ids, now) {
+            tasks.shut_down_all(&slot.ended, Some(last));
+            if restart::replace_now(&mut tasks, &policy, last, &slot.ids, clock) {
                 let t = ctx.new_task(service, *n, "");
                 tasks.create(t);
             }
         }
     }
-    round.finish(service, &want, &mut tasks, now, out, |n| ctx.new_task(service, *n, ""));
+    round.finish(service, &want, &mut tasks, clock, out, |n| ctx.new_task(service, *n, ""));
 
     for slot in slots.values() {
-        history::prune(&mut tasks, &slot.ids, ctx.history_limit, Some(&policy), now);
+        history::prune(&mut tasks, &slot.ids, ctx.history_limit, Some(&policy), clock);
     }
     tasks.into_ops(out);
 }
 
 /// Removes `excess` live slots (see the module doc for the order) by shutting their tasks down.
-fn scale_down(tasks: &mut Tasks<'_>, slots: &BTreeMap<u64, Slot>, live: &mut BTreeSet<u64>, mut excess: usize) {
+fn scale_down<'s>(tasks: &mut Tasks<'s>, slots: &BTreeMap<u64, Slot<'s>>, live: &mut BTreeSet<u64>, mut excess: usize) {
     struct Candidate {
         slot: u64,
         /// 0: task just taken away, 1: ended, 2: no node yet, 3: on a node.
@@ -162,7 +169,7 @@ fn scale_down(tasks: &mut Tasks<'_>, slots: &BTreeMap<u64, Slot>, live: &mut BTr
     for n in live.iter() {
         let Some(slot) = slots.get(n) else { continue };
         let keep = tasks.best(&slot.runnable);
-        let keep = keep.as_deref().and_then(|i| tasks.get(i));
+        let keep = keep.and_then(|i| tasks.get(i));
         let (rank, node, running) = match keep {
             None if slot.evicted => (0, String::new(), false),
             None => (1, String::new(), false),

@@ -13,7 +13,8 @@
 use shoal_api::v1::{restart_policy::Condition, RestartPolicy, Task, TaskState};
 use shoal_scheduler::task;
 
-use crate::work::Tasks;
+use crate::clock::Clock;
+use crate::work::{Id, Tasks};
 
 /// Delay before a restart when the policy sets none.
 pub const DEFAULT_RESTART_DELAY_MS: i64 = 5_000;
@@ -34,13 +35,14 @@ pub(crate) fn policy(p: Option<&RestartPolicy>) -> RestartPolicy {
     p.copied().unwrap_or_default()
 }
 
-/// Whether `t` counts as a restart attempt at `now_ms`: it ended on its own within the window.
-pub(crate) fn is_attempt(p: &RestartPolicy, t: &Task, now_ms: i64) -> bool {
+/// Whether `t` counts as a restart attempt now: it ended on its own within the window.
+pub(crate) fn is_attempt(p: &RestartPolicy, t: &Task, clock: &Clock) -> bool {
     let state = task::observed(t);
     let ended_on_its_own =
         state == TaskState::Complete as i32 || state == TaskState::Failed as i32 || state == TaskState::Rejected as i32;
-    let in_window = p.window_ms <= 0 || now_ms.saturating_sub(task::status_timestamp(t)) <= p.window_ms;
-    ended_on_its_own && in_window
+    // Out of the window once more than `window_ms` have passed since it ended.
+    ended_on_its_own
+        && (p.window_ms <= 0 || !clock.reached(task::status_timestamp(t).saturating_add(p.window_ms).saturating_add(1)))
 }
 
 /// Decides for `ended` (the latest task of its slot, terminal while still wanted); `slot` holds
@@ -49,7 +51,7 @@ pub(crate) fn decide<'a>(
     p: &RestartPolicy,
     ended: &Task,
     slot: impl Iterator<Item = &'a Task>,
-    now_ms: i64,
+    clock: &Clock,
 ) -> Restart {
     match p.condition() {
         Condition::None => return Restart::Never,
@@ -57,13 +59,13 @@ pub(crate) fn decide<'a>(
         Condition::Any | Condition::OnFailure => {}
     }
     if p.max_attempts > 0 {
-        let attempts = slot.filter(|t| is_attempt(p, t, now_ms)).count() as u64;
+        let attempts = slot.filter(|t| is_attempt(p, t, clock)).count() as u64;
         if attempts > p.max_attempts {
             return Restart::Never;
         }
     }
     let delay = p.delay_ms.unwrap_or(DEFAULT_RESTART_DELAY_MS).max(0);
-    if now_ms >= task::status_timestamp(ended).saturating_add(delay) {
+    if clock.reached(task::status_timestamp(ended).saturating_add(delay)) {
         Restart::Now
     } else {
         Restart::Later
@@ -73,9 +75,15 @@ pub(crate) fn decide<'a>(
 /// Applies the policy to `last`, the ended task of the group `ids` (a slot, or a node of a
 /// global service). When a replacement is due now, retires `last` (desired `SHUTDOWN`) and
 /// returns true: the caller creates the replacement in the same pass.
-pub(crate) fn replace_now(tasks: &mut Tasks<'_>, p: &RestartPolicy, last: &str, ids: &[String], now_ms: i64) -> bool {
+pub(crate) fn replace_now<'s>(
+    tasks: &mut Tasks<'s>,
+    p: &RestartPolicy,
+    last: &str,
+    ids: &[Id<'s>],
+    clock: &Clock,
+) -> bool {
     let decision = match tasks.get(last) {
-        Some(ended) => decide(p, ended, ids.iter().filter_map(|i| tasks.get(i)), now_ms),
+        Some(ended) => decide(p, ended, ids.iter().filter_map(|&i| tasks.get(i)), clock),
         None => Restart::Never,
     };
     if decision == Restart::Now {

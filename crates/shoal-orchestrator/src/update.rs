@@ -28,6 +28,9 @@ use shoal_api::v1::{
     TaskState, UpdateConfig, UpdateStatus,
 };
 use shoal_scheduler::task;
+
+use crate::clock::Clock;
+use crate::work::{Id, Tasks};
 use shoal_store::Store;
 
 /// How long a new task must run before an update counts it done, unless the config says.
@@ -111,14 +114,14 @@ impl Rolling {
         self.config.min_healthy_ms.max(0).saturating_add(self.config.delay_ms.max(0))
     }
 
-    /// Whether the new task `t`, not running yet, is past its startup deadline at `now_ms`.
-    pub(crate) fn late(&self, t: &Task, now_ms: i64) -> bool {
-        let created = t.meta.as_ref().map_or(now_ms, |m| m.created_at_ms);
+    /// Whether the new task `t`, not running yet, is past its startup deadline now.
+    pub(crate) fn late(&self, t: &Task, clock: &Clock) -> bool {
+        let created = t.meta.as_ref().map_or(clock.now(), |m| m.created_at_ms);
         self.config.startup_deadline_ms > 0
             && created >= self.started_at_ms
             && running_since(t).is_none()
             && task::is_runnable(t)
-            && now_ms > created.saturating_add(self.config.startup_deadline_ms)
+            && clock.reached(created.saturating_add(self.config.startup_deadline_ms).saturating_add(1))
     }
 
     pub(crate) fn monitor_ms(&self) -> i64 {
@@ -200,8 +203,9 @@ pub(crate) struct Progress {
     pub(crate) last_started_ms: i64,
 }
 
-/// The transition an update makes at `now_ms`, given its progress.
-pub(crate) fn judge(service: &Service, rolling: &Rolling, p: &Progress, now_ms: i64) -> Outcome {
+/// The transition an update makes now, given its progress.
+pub(crate) fn judge(service: &Service, rolling: &Rolling, p: &Progress, clock: &Clock) -> Outcome {
+    let now_ms = clock.now();
     let ratio = if p.replicas == 0 { 1.0 } else { p.failures as f64 / p.replicas as f64 };
     if p.failures > 0 && ratio > f64::from(rolling.config.max_failure_ratio) {
         let why = p.first_failure.as_deref().unwrap_or("a new task failed");
@@ -239,7 +243,7 @@ pub(crate) fn judge(service: &Service, rolling: &Rolling, p: &Progress, now_ms: 
             }
         }
     }
-    if p.converged && now_ms >= p.last_started_ms.saturating_add(rolling.monitor_ms()) {
+    if p.converged && clock.reached(p.last_started_ms.saturating_add(rolling.monitor_ms())) {
         // An automatic rollback keeps saying why it happened.
         let cause =
             service.update_status.as_ref().map(|s| s.message.as_str()).filter(|m| m.starts_with("update rolled back"));
@@ -271,42 +275,42 @@ pub(crate) fn stopping(store: &Store, t: &Task) -> bool {
 }
 
 /// Where one group stands (a replicated slot, or a global service's node) once settled.
-pub(crate) enum Group {
+pub(crate) enum Group<'s> {
     /// It runs an up-to-date task, since then (`None`: not yet running; an old task beside it,
     /// start-first, serves meanwhile).
     Fresh(Option<i64>),
     /// Its task is not up to date; whether that task runs.
-    Outdated { old: String, runs: bool },
+    Outdated { old: Id<'s>, runs: bool },
 }
 
 /// Keeps the right runnable tasks of a group and shuts the others down: an up-to-date task when
 /// there is one (and, until it runs, the best old one beside it), else the best old one. The
 /// kept task, if created waiting (desired `READY`), starts once no task of the group is
 /// `stopping` any more.
-pub(crate) fn settle(
-    tasks: &mut crate::work::Tasks<'_>,
+pub(crate) fn settle<'s>(
+    tasks: &mut Tasks<'s>,
     want: &Want<'_>,
-    runnable: &[String],
+    runnable: &[Id<'s>],
     stopping: bool,
-) -> Option<Group> {
-    let fresh: Vec<String> =
-        runnable.iter().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).cloned().collect();
+) -> Option<Group<'s>> {
+    let fresh: Vec<Id<'s>> =
+        runnable.iter().copied().filter(|i| tasks.get(i).is_some_and(|t| want.up_to_date(t))).collect();
     let keep = tasks.best(&fresh);
-    let kept = keep.clone().or_else(|| tasks.best(runnable));
-    if let Some(k) = kept.as_ref().filter(|_| !stopping) {
+    let kept = keep.or_else(|| tasks.best(runnable));
+    if let Some(k) = kept.filter(|_| !stopping) {
         tasks.start(k);
     }
     match keep {
-        Some(keep) => match tasks.get(&keep).and_then(running_since) {
+        Some(keep) => match tasks.get(keep).and_then(running_since) {
             Some(since) => {
-                tasks.shut_down_all(runnable, Some(&keep));
+                tasks.shut_down_all(runnable, Some(keep));
                 Some(Group::Fresh(Some(since)))
             }
             None => {
-                let old: Vec<String> = runnable.iter().filter(|i| !fresh.contains(i)).cloned().collect();
+                let old: Vec<Id<'s>> = runnable.iter().copied().filter(|i| !fresh.contains(i)).collect();
                 let old_keep = tasks.best(&old);
-                for tid in runnable {
-                    if *tid != keep && Some(tid) != old_keep.as_ref() {
+                for &tid in runnable {
+                    if tid != keep && Some(tid) != old_keep {
                         tasks.shut_down(tid);
                     }
                 }
@@ -315,17 +319,17 @@ pub(crate) fn settle(
         },
         None => {
             let keep = kept?;
-            tasks.shut_down_all(runnable, Some(&keep));
-            let runs = tasks.get(&keep).and_then(running_since).is_some();
+            tasks.shut_down_all(runnable, Some(keep));
+            let runs = tasks.get(keep).and_then(running_since).is_some();
             Some(Group::Outdated { old: keep, runs })
         }
     }
 }
 
 /// The tally of one pass over a service's groups, and what it leads to.
-pub(crate) struct Round<K> {
+pub(crate) struct Round<'s, K> {
     rolling: Option<Rolling>,
-    outdated: Vec<(K, String, bool)>,
+    outdated: Vec<(K, Id<'s>, bool)>,
     in_flight: usize,
     started: Vec<i64>,
     all_fresh_running: bool,
@@ -333,8 +337,8 @@ pub(crate) struct Round<K> {
     groups: usize,
 }
 
-impl<K: Ord + Clone> Round<K> {
-    pub(crate) fn new(service: &Service) -> Round<K> {
+impl<'s, K: Ord + Clone> Round<'s, K> {
+    pub(crate) fn new(service: &Service) -> Round<'s, K> {
         Round {
             rolling: Rolling::of(service),
             outdated: Vec::new(),
@@ -346,12 +350,12 @@ impl<K: Ord + Clone> Round<K> {
     }
 
     /// Counts a settled group.
-    pub(crate) fn group(&mut self, key: K, g: Group, now_ms: i64) {
+    pub(crate) fn group(&mut self, key: K, g: Group<'s>, clock: &Clock) {
         self.groups += 1;
         match g {
             Group::Fresh(Some(since)) => {
                 self.started.push(since);
-                if self.rolling.as_ref().is_some_and(|r| now_ms < since.saturating_add(r.settle_ms())) {
+                if self.rolling.as_ref().is_some_and(|r| !clock.reached(since.saturating_add(r.settle_ms()))) {
                     self.in_flight += 1;
                 }
             }
@@ -383,8 +387,8 @@ impl<K: Ord + Clone> Round<K> {
         mut self,
         service: &Service,
         want: &Want<'_>,
-        tasks: &mut crate::work::Tasks<'_>,
-        now_ms: i64,
+        tasks: &mut Tasks<'s>,
+        clock: &Clock,
         out: &mut Vec<shoal_api::v1::Op>,
         mut create: impl FnMut(&K) -> Task,
     ) {
@@ -398,7 +402,7 @@ impl<K: Ord + Clone> Round<K> {
         for t in tasks.iter().filter(|t| want.up_to_date(t)) {
             let why = if failed(t, &r) {
                 describe_failure(t)
-            } else if r.late(t, now_ms) {
+            } else if r.late(t, clock) {
                 let name = t.annotations.as_ref().map_or("", |a| a.name.as_str());
                 let status = t.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
                 format!(
@@ -413,17 +417,17 @@ impl<K: Ord + Clone> Round<K> {
                 progress.first_failure = Some(why);
             }
         }
-        let outcome = judge(service, &r, &progress, now_ms);
+        let outcome = judge(service, &r, &progress, clock);
         if outcome == Outcome::Same {
             // The next batch: groups whose task does not run first, then in order.
             self.outdated.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
             for (key, old, _) in self.outdated.into_iter().take(r.budget(self.in_flight)) {
                 let mut new = create(&key);
                 if !r.start_first() {
-                    tasks.shut_down(&old);
+                    tasks.shut_down(old);
                     // Starts once the old task has stopped (see `settle`), unless that never
                     // reached a node.
-                    if tasks.get(&old).is_some_and(|t| !task::is_terminal(t)) {
+                    if tasks.get(old).is_some_and(|t| !task::is_terminal(t)) {
                         new.desired_state = TaskState::Ready as i32;
                     }
                 }
@@ -433,7 +437,7 @@ impl<K: Ord + Clone> Round<K> {
         if let Outcome::Status { status, swap_specs } = outcome {
             let mut next = service.clone();
             if let (true, Some(previous)) = (swap_specs, next.previous_spec.clone()) {
-                next.replace_spec(previous, now_ms);
+                next.replace_spec(previous, clock.now());
             }
             next.update_status = Some(status);
             out.push(service_op(next));

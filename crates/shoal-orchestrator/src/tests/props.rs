@@ -372,6 +372,35 @@ proptest! {
         prop_assert_eq!(full, scoped, "change {:?}, scope {:?}", ch, scope);
     }
 
+    /// A service's wake-up is the first moment a pass may find work again without a change:
+    /// once a pass's ops applied, passes over the unchanged store stay quiet at any time before
+    /// it (a random one, and the last millisecond), and far in the future for a service
+    /// without one. (A pass with ops is followed by their change, or retried: only a quiet one
+    /// waits for time.)
+    #[test]
+    fn a_quiet_service_stays_quiet_until_its_wake(c in cluster(), frac in 0.0..1.0f64) {
+        let mut w = build(&c);
+        w.now_ms = c.now;
+        reconcile_and_apply(&mut w, c.now);
+        let now = crate::pass(&w.store, c.now, &crate::Scope::All, &mut new_ids());
+        prop_assert!(now.ops.is_empty(), "not quiet once applied: {:?}", describe(&now.ops));
+        for s in w.store.services() {
+            let id = s.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let scope = crate::Scope::Services([id.clone()].into());
+            let later = match now.wake.get(&id) {
+                Some(&wake) => {
+                    prop_assert!(wake > c.now, "{}: wake {} is not ahead of {}", id, wake, c.now);
+                    vec![c.now + ((wake - 1 - c.now) as f64 * frac) as i64, wake - 1]
+                }
+                None => vec![c.now + 1_000_000_000],
+            };
+            for t in later {
+                let ops = describe(&crate::reconcile_scope(&w.store, t, &scope, &mut new_ids()));
+                prop_assert!(ops.is_empty(), "{} at {} (now {}, wake {:?}): {:?}", id, t, c.now, now.wake.get(&id), ops);
+            }
+        }
+    }
+
     /// Every op lands in exactly one unit, in order within its unit, and a task's retirement
     /// and its replacement share one.
     #[test]

@@ -413,4 +413,47 @@ proptest! {
         let floor = if start_first { 6 } else { 6 - down };
         prop_assert!(samples.iter().all(|s| total(s) >= floor), "floor {}: {:?}", floor, samples);
     }
+
+    /// Throughout an update (settling, delays, the monitor period, the startup deadline), once a
+    /// pass's ops applied, a pass at any time before the service's wake-up is quiet: a loop that
+    /// looks again only at the wake-up misses nothing.
+    #[test]
+    fn during_an_update_nothing_changes_before_the_wake(
+        parallelism in 0u64..4,
+        start_first in any::<bool>(),
+        delay in 0i64..1_500,
+        min_healthy in 0i64..2_000,
+        frac in 0.0..1.0f64,
+    ) {
+        let order = if start_first { Order::StartFirst } else { Order::StopFirst };
+        let mut w = cluster(UpdateConfig {
+            delay_ms: delay,
+            min_healthy_ms: min_healthy,
+            startup_deadline_ms: 3_000,
+            ..config(parallelism, order, FailureAction::Pause)
+        });
+        update_to(&mut w, "v2", 1_000);
+        let (mut now, mut woke) = (1_000, 0);
+        while now <= 60_000 {
+            step(&mut w, now);
+            // Once what the agents reported is acted on, the pass is quiet until the wake-up.
+            let ops = crate::reconcile(&w.store, now, &mut super::new_ids_for(&w));
+            w.apply(ops);
+            let here = crate::pass(&w.store, now, &crate::Scope::All, &mut super::new_ids());
+            prop_assert!(here.ops.is_empty(), "not quiet once applied: {:?}", describe(&here.ops));
+            if let Some(&at) = here.wake.get("web") {
+                woke += 1;
+                prop_assert!(at > now, "wake {} is not ahead of {}", at, now);
+                for t in [now + ((at - 1 - now) as f64 * frac) as i64, at - 1] {
+                    let then = describe(&crate::reconcile(&w.store, t, &mut super::new_ids()));
+                    prop_assert!(then.is_empty(), "at {} (now {}, wake {}): {:?}", t, now, at, then);
+                }
+            }
+            if !matches!(sample(&w, now).state, State::Updating | State::RollbackStarted) {
+                break;
+            }
+            now += 100;
+        }
+        prop_assert!(woke > 0, "an update waits for time: its passes must say until when");
+    }
 }
