@@ -103,16 +103,27 @@ fn settings(rt: &RaftRuntime) -> v1::ClusterSettings {
 }
 
 /// Marks nodes READY when they heartbeat and DOWN when they miss `grace` periods. A new leader
-/// first waits one grace window: it has not heard anyone yet, and that is not their fault.
+/// first waits one grace window: it has not heard anyone yet, and that is not their fault; so
+/// does a leader whose loop ran later than a heartbeat period (see `liveness`).
 async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
     loop {
         let s = settings(&rt);
-        let period = Duration::from_millis(s.heartbeat_period_ms);
+        let nodes = rt.store.read(|st| st.node_count());
+        let period = Duration::from_millis(crate::liveness::period_ms(s.heartbeat_period_ms, nodes));
         let grace = period * s.heartbeat_grace_periods;
+        let due = Instant::now() + period / 4;
         tokio::select! {
             biased;
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(period / 4) => {}
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let late = Instant::now().saturating_duration_since(due);
+        if late > period {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "the leader fell behind by more than a heartbeat period: no node is marked down for a grace period"
+            );
+            node.heard.hold(Instant::now());
         }
         let since = node.heard.since();
         let ops = rt.store.read(|st| {
@@ -144,14 +155,14 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
 /// that must commit together is never split, even when it is larger.
 const MAX_OPS_PER_COMMAND: usize = 256;
 
-/// How often the orchestrator looks at every service, for decisions that only time makes due
-/// (restart delays) and as a safety net under the event-driven passes.
-const FULL_PASS: Duration = Duration::from_millis(500);
+/// How often the orchestrator and placement look at everything, as a safety net under the
+/// passes that changes and wake-ups drive (see `agenda`).
+const FULL_PASS: Duration = Duration::from_secs(10);
 
 /// Proposes groups of ops, packed into commands of at most [`MAX_OPS_PER_COMMAND`] ops without
-/// splitting a group. A refused command (a concurrent change made one of its versions stale) is
-/// dropped: the next pass re-reads and recomputes.
-async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) {
+/// splitting a group. Returns whether every command applied; one refused (a concurrent change
+/// made one of its versions stale) or lost is for a later pass to recompute.
+async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) -> bool {
     use futures::StreamExt;
     let mut batches: Vec<Vec<v1::Op>> = Vec::new();
     let mut batch: Vec<v1::Op> = Vec::new();
@@ -166,83 +177,95 @@ async fn propose_units(node: &Node, units: Vec<Vec<v1::Op>>, what: &str) {
     }
     // Groups are independent, so their commands need no order: several in flight at once share
     // the leader's fsyncs and replication round trips.
-    futures::stream::iter(batches).for_each_concurrent(COMMANDS_IN_FLIGHT, |b| propose_batch(node, b, what)).await;
+    futures::stream::iter(batches)
+        .map(|b| propose_batch(node, b, what))
+        .buffer_unordered(COMMANDS_IN_FLIGHT)
+        .fold(true, |all, ok| async move { all && ok })
+        .await
 }
 
 /// Commands one pass keeps in flight.
 const COMMANDS_IN_FLIGHT: usize = 8;
 
-async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) {
-    if let Err(e) = node.writer.propose(ops).await {
-        tracing::debug!(error = %e, what, "proposal not applied; the next pass retries");
+async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) -> bool {
+    match node.writer.propose(ops).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, what, "proposal not applied; retried");
+            false
+        }
     }
 }
 
-/// Runs the orchestrator, then the scheduler, proposing what they decide: over the services a
-/// batch of applied changes touched, and over everything on a timer (time-based decisions such
-/// as restart delays) or when the change stream cannot say what changed.
+/// Runs the orchestrator, then placement (the allocator, the scheduler), proposing what they
+/// decide, as the agenda says: over the services applied changes touched or whose time-based
+/// decision came due, placement after changes that may let a pending task be placed, and
+/// everything when a term starts, every [`FULL_PASS`], or when the change stream cannot say
+/// what changed.
 async fn orchestrate_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let mut changes = rt.store.events();
-    let mut full_at = Instant::now();
-    let mut scope = shoal_orchestrator::Scope::All;
+    let mut agenda = crate::agenda::Agenda::new();
+    let mut full_at = Instant::now() + FULL_PASS;
     loop {
         // Everything that arrived so far goes into one pass.
         loop {
             match changes.try_recv() {
-                Ok(change) => merge(&mut scope, &rt, &change),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => scope = shoal_orchestrator::Scope::All,
+                Ok(change) => note(&mut agenda, &rt, &change),
+                Err(TryRecvError::Lagged(_)) => agenda.everything(),
                 Err(_) => break,
             }
         }
         if Instant::now() >= full_at {
-            scope = shoal_orchestrator::Scope::All;
-        }
-        let pass = std::mem::replace(&mut scope, shoal_orchestrator::Scope::Services(Default::default()));
-        if pass == shoal_orchestrator::Scope::All {
+            agenda.everything();
             full_at = Instant::now() + FULL_PASS;
         }
-        if pass != shoal_orchestrator::Scope::Services(Default::default()) {
-            run_pass(&node, &rt, &pass).await;
+        if let Some(work) = agenda.take(now_ms()) {
+            let outcome = run_pass(&node, &rt, &work).await;
+            agenda.done(now_ms(), &work.scope, outcome);
         }
+        let until = match agenda.next_at() {
+            Some(at) => full_at.min(Instant::now() + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))),
+            None => full_at,
+        };
         tokio::select! {
             biased;
             _ = token.cancelled() => return,
             r = changes.recv() => match r {
-                Ok(change) => merge(&mut scope, &rt, &change),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scope = shoal_orchestrator::Scope::All,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Ok(change) => note(&mut agenda, &rt, &change),
+                Err(RecvError::Lagged(_)) => agenda.everything(),
+                Err(RecvError::Closed) => return,
             },
-            _ = tokio::time::sleep_until(full_at) => {}
+            _ = tokio::time::sleep_until(until) => {}
         }
     }
 }
 
-/// Adds what `change` touched to `scope`.
-fn merge(scope: &mut shoal_orchestrator::Scope, rt: &RaftRuntime, change: &shoal_raft::Change) {
-    use shoal_orchestrator::Scope;
-    let more = match change {
-        shoal_raft::Change::Applied(events) => rt.store.read(|s| shoal_orchestrator::affected(s, events)),
-        shoal_raft::Change::Replaced => Scope::All,
-    };
-    match (&mut *scope, more) {
-        (Scope::All, _) => {}
-        (_, Scope::All) => *scope = Scope::All,
-        (Scope::Services(a), Scope::Services(b)) => a.extend(b),
+/// Records on the agenda what `change` touched.
+fn note(agenda: &mut crate::agenda::Agenda, rt: &RaftRuntime, change: &shoal_raft::Change) {
+    match change {
+        shoal_raft::Change::Applied(events) => {
+            let scope = rt.store.read(|s| shoal_orchestrator::affected(s, events));
+            agenda.changed(scope, shoal_scheduler::may_place(events));
+        }
+        shoal_raft::Change::Replaced => agenda.everything(),
     }
 }
 
-/// One orchestrator pass over `scope`, then the allocator's, then one scheduler pass.
-async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Scope) {
+/// One orchestrator pass over the work's scope, then, if due, the allocator's and one
+/// scheduler pass.
+async fn run_pass(node: &Node, rt: &RaftRuntime, work: &crate::agenda::Work) -> crate::agenda::Outcome {
     let now = now_ms();
     let t0 = std::time::Instant::now();
-    let units = rt.store.read(|s| {
-        let ops = shoal_orchestrator::reconcile_scope(s, now, scope, &mut crate::util::new_id);
-        shoal_orchestrator::units(s, ops)
+    let (units, wake) = rt.store.read(|s| {
+        let pass = shoal_orchestrator::pass(s, now, &work.scope, &mut crate::util::new_id);
+        (shoal_orchestrator::units(s, pass.ops), pass.wake)
     });
     let decided = t0.elapsed();
+    let mut outcome = crate::agenda::Outcome { wake, ..Default::default() };
     if !units.is_empty() {
         let n = units.len();
-        propose_units(node, units, "orchestrator").await;
+        outcome.reconcile_failed = !propose_units(node, units, "orchestrator").await;
         tracing::debug!(
             groups = n,
             decide_ms = decided.as_millis() as u64,
@@ -250,16 +273,25 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
             "orchestrator pass"
         );
     }
+    if work.place {
+        outcome.place_failed = !place(node, rt, now).await;
+    }
+    outcome
+}
+
+/// The allocator's pass, then the scheduler's; whether all they proposed applied.
+async fn place(node: &Node, rt: &RaftRuntime, now: i64) -> bool {
+    let mut ok = true;
     // Addresses before placement: a task is placed only once it has one on each network.
     let addresses = rt.store.read(shoal_ipam::plan_addresses);
     if !addresses.ops.is_empty() {
         let n = addresses.ops.len();
-        propose_units(node, addresses.ops.into_iter().map(|op| vec![op]).collect(), "allocator").await;
+        ok &= propose_units(node, addresses.ops.into_iter().map(|op| vec![op]).collect(), "allocator").await;
         tracing::debug!(updates = n, "allocator pass");
     }
     // Nothing to place is cheap to see: unassigned tasks have an index of their own.
     if rt.store.read(|s| !s.unassigned_tasks().any(shoal_scheduler::task::is_schedulable)) {
-        return;
+        return ok;
     }
     let (assignments, reasons) = rt.store.read(|s| {
         let plan = shoal_scheduler::schedule(s, now);
@@ -268,12 +300,13 @@ async fn run_pass(node: &Node, rt: &RaftRuntime, scope: &shoal_orchestrator::Sco
     });
     if !assignments.is_empty() {
         let (n, t1) = (assignments.len(), std::time::Instant::now());
-        propose_units(node, assignments.into_iter().map(|op| vec![op]).collect(), "scheduler").await;
+        ok &= propose_units(node, assignments.into_iter().map(|op| vec![op]).collect(), "scheduler").await;
         tracing::debug!(assignments = n, propose_ms = t1.elapsed().as_millis() as u64, "scheduler pass");
     }
     if !reasons.is_empty() {
-        propose_units(node, reasons.into_iter().map(|op| vec![op]).collect(), "scheduler reasons").await;
+        ok &= propose_units(node, reasons.into_iter().map(|op| vec![op]).collect(), "scheduler reasons").await;
     }
+    ok
 }
 
 /// Reconciles Raft membership with the nodes' desired roles.

@@ -5,6 +5,7 @@
 //! conflicts in shoal-store); this crate moves requests and results and must not grow its own
 //! copy of that logic.
 
+mod agenda;
 mod agent_link;
 /// Client-side connections (moved to shoal-client; re-exported for the daemon's own callers).
 pub use shoal_client as client;

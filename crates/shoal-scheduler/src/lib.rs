@@ -63,6 +63,20 @@ pub struct Unschedulable {
     pub reason: String,
 }
 
+/// Whether a batch of applied changes (`events`, as the store returned them) may give
+/// placement work: anything but the progress of tasks already on a node. A task waiting for a
+/// node, one that ended or was deleted (its resources and ports are free again), and any change
+/// of another object (a node, a service, a network, the cluster) may make a pending task
+/// placeable, or need an address.
+pub fn may_place(events: &[shoal_api::v1::Event]) -> bool {
+    events.iter().any(|e| match e.object.as_ref().and_then(|o| o.kind.as_ref()) {
+        Some(object::Kind::Task(t)) => {
+            e.action() == shoal_api::v1::EventAction::Delete || t.node_id.is_empty() || task::is_terminal(t)
+        }
+        _ => true,
+    })
+}
+
 /// Assigns nodes to the schedulable tasks of `store` (see [`task::is_schedulable`]).
 ///
 /// Tasks are placed one at a time, ordered by service id, slot and task id, each seeing the

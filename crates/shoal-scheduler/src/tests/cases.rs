@@ -341,3 +341,24 @@ fn an_unparsable_stored_constraint_is_a_reason() {
         p.unschedulable[0].reason
     );
 }
+
+#[test]
+fn only_progress_of_placed_tasks_gives_placement_no_work() {
+    use shoal_api::v1::{Event, EventAction, Object};
+    let svc = replicated("web", 1);
+    let event = |action: EventAction, o: Object| Event { action: action as i32, object: Some(o), version: 1 };
+    let placed = task("t1", &svc, 1).on("n1").state(TaskState::Running, 5);
+    let progress = event(EventAction::Update, placed.clone().into());
+    assert!(!crate::may_place(&[progress.clone(), progress.clone()]), "tasks on a node making progress");
+    assert!(!crate::may_place(&[]));
+    let cases: Vec<(&str, Event)> = vec![
+        ("a task waiting for a node", event(EventAction::Create, task("t2", &svc, 2).into())),
+        ("a placed task that ended", event(EventAction::Update, placed.clone().state(TaskState::Failed, 6).into())),
+        ("a deleted task", event(EventAction::Delete, placed.clone().into())),
+        ("a node", event(EventAction::Update, node("n2").into())),
+        ("a service", event(EventAction::Update, svc.clone().into())),
+    ];
+    for (what, e) in cases {
+        assert!(crate::may_place(&[progress.clone(), e]), "{what} may give placement work");
+    }
+}
