@@ -4,6 +4,16 @@
 //! grace period has passed since its term began and since the last node it heard for the first
 //! time (`quiet_since`).
 //!
+//! The heartbeat period grows with the cluster ([`period_ms`]) so the leader answers at most
+//! [`MAX_HEARTBEATS_PER_SEC`]: the configured period holds up to a thousand nodes, and beyond
+//! that failure detection slows in proportion rather than the leader drowning in heartbeats.
+//! Each node is judged by the grace it was given with its last answer, so a period that shrinks
+//! never marks down a node still on the longer one.
+//!
+//! A leader too busy to hear heartbeats on time cannot tell a silent node from its own backlog:
+//! when its liveness loop runs later than a heartbeat period, it judges nobody for a grace
+//! period ([`Heard::hold`]), as a new leader does.
+//!
 //! Pure: [`decide`] reads the nodes, what the leader heard and the time, and returns the node
 //! updates; the leader's liveness loop proposes them.
 
@@ -28,6 +38,17 @@ pub struct Seen {
     pub raft_running: bool,
     /// What it said about itself; `None`: unchanged since it last said.
     pub description: Option<NodeDescription>,
+    /// How long it may stay silent: the grace of the period it was told in the answer.
+    pub grace: Duration,
+}
+
+/// Most heartbeats a leader answers per second, whatever the cluster's size.
+pub const MAX_HEARTBEATS_PER_SEC: u64 = 1_000;
+
+/// The heartbeat period nodes are told: the configured one, or longer in a cluster of `nodes`
+/// nodes so that all of them together stay within [`MAX_HEARTBEATS_PER_SEC`].
+pub fn period_ms(configured_ms: u64, nodes: usize) -> u64 {
+    configured_ms.max((nodes as u64).saturating_mul(1_000) / MAX_HEARTBEATS_PER_SEC)
 }
 
 /// What the leader heard in its current term: the last heartbeat of each node, and when it
@@ -59,6 +80,12 @@ impl Heard {
         *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// Judges nobody for a grace period from `at` (the leader fell behind: see the module doc).
+    pub fn hold(&self, at: Instant) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        *since = Some(since.map_or(at, |s| s.max(at)));
+    }
+
     /// The term's start, or its last first contact, whichever is later.
     pub fn since(&self) -> Instant {
         self.since.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(Instant::now)
@@ -71,9 +98,10 @@ impl Heard {
 }
 
 /// The updates that bring `nodes` in line with what was heard (`seen`, by node id) at `now`:
-/// heard within `grace` -> READY (with the address and description heard); not heard for
-/// `grace`, once `quiet_since` (the term's start, or the last first contact in it, whichever is
-/// later) is older than `grace` -> DOWN. Only nodes whose
+/// heard within `grace` (or the longer grace the node was given) -> READY (with the address and
+/// description heard); not heard for that long, once `quiet_since` (the term's start, the last
+/// first contact in it, or the last hold, whichever is later) is older than `grace` -> DOWN.
+/// Only nodes whose
 /// status or description changes get an update (stamped `now_ms`), carrying the version read.
 pub fn decide<'a>(
     nodes: impl Iterator<Item = &'a Node>,
@@ -87,7 +115,7 @@ pub fn decide<'a>(
     let mut ops = Vec::new();
     for n in nodes {
         let id = n.meta.as_ref().map_or("", |m| m.id.as_str());
-        let heard = seen.get(id).filter(|s| now.duration_since(s.at) < grace);
+        let heard = seen.get(id).filter(|s| now.duration_since(s.at) < grace.max(s.grace));
         let status = n.status.clone().unwrap_or_default();
         let mut next_status = status.clone();
         let mut next_description = n.description.as_ref();
@@ -143,6 +171,7 @@ mod tests {
             addr: "a:1".into(),
             raft_running: false,
             description: desc.map(|h| NodeDescription { hostname: h.into(), ..NodeDescription::default() }),
+            grace: Duration::ZERO,
         }
     }
 
@@ -214,7 +243,7 @@ mod tests {
 
     #[test]
     fn first_contacts_keep_the_leader_from_judging_while_nodes_reconnect() {
-        let seen = |at| Seen { at, addr: String::new(), raft_running: false, description: None };
+        let seen = |at| Seen { at, addr: String::new(), raft_running: false, description: None, grace: Duration::ZERO };
         let heard = Heard::default();
         heard.reset();
         let start = heard.since();
@@ -225,5 +254,32 @@ mod tests {
         assert_eq!(heard.since(), later, "a node heard again does not");
         heard.reset();
         assert!(heard.since() < later, "a new term starts over");
+        let held = heard.since() + Duration::from_secs(9);
+        heard.hold(held);
+        assert_eq!(heard.since(), held, "a hold moves the window");
+        heard.hold(held - Duration::from_secs(1));
+        assert_eq!(heard.since(), held, "never back");
+    }
+
+    #[test]
+    fn the_period_grows_with_the_cluster_beyond_a_thousand_heartbeats_a_second() {
+        assert_eq!(period_ms(1_000, 3), 1_000);
+        assert_eq!(period_ms(1_000, 1_000), 1_000);
+        assert_eq!(period_ms(1_000, 5_000), 5_000);
+        assert_eq!(period_ms(10_000, 5_000), 10_000, "a longer configured period stays");
+    }
+
+    #[test]
+    fn a_node_is_judged_by_the_grace_it_was_given() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(60);
+        let nodes = [node("long", NodeState::Ready), node("short", NodeState::Ready)];
+        let mut long = heard(now - Duration::from_secs(10), None);
+        long.grace = Duration::from_secs(15); // told 5 s periods when the cluster was larger
+        let seen = HashMap::from([
+            ("long".to_string(), long),
+            ("short".to_string(), heard(now - Duration::from_secs(10), None)),
+        ]);
+        assert_eq!(summary(&decide(nodes.iter(), &seen, now, t0, Duration::from_secs(3), 1)), ["short Down short v7"]);
     }
 }

@@ -76,6 +76,7 @@ pub fn next_step(
 mod tests {
     use super::*;
     use shoal_api::v1::{Meta, NodeSpec};
+    use std::time::Duration;
     use tokio::time::Instant;
 
     fn node(id: &str, raft_id: u64, desired: NodeRole, role: NodeRole) -> Node {
@@ -89,7 +90,13 @@ mod tests {
     }
 
     fn seen(raft_running: bool) -> Seen {
-        Seen { at: Instant::now(), addr: "10.0.0.9:4242".into(), raft_running, description: None }
+        Seen {
+            at: Instant::now(),
+            addr: "10.0.0.9:4242".into(),
+            raft_running,
+            description: None,
+            grace: Duration::ZERO,
+        }
     }
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {

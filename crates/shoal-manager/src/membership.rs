@@ -183,18 +183,21 @@ impl Membership for MembershipService {
         if let Some(addr) = leader_elsewhere(&self.node)? {
             return Ok(Response::new(HeartbeatResponse { leader_addr: addr, ..Default::default() }));
         }
-        let (known, settings, cluster_id) = rt.store.read(|s| {
+        let (known, settings, cluster_id, nodes) = rt.store.read(|s| {
             (
                 s.node(&req.node_id).cloned(),
                 s.cluster().and_then(|c| c.settings),
                 s.cluster().and_then(|c| c.meta.as_ref().map(|m| m.id.clone())).unwrap_or_default(),
+                s.node_count(),
             )
         });
         if !req.cluster_id.is_empty() && req.cluster_id != cluster_id {
             return Err(Status::permission_denied("this node belongs to another cluster"));
         }
-        let settings = settings.map(shoal_api::defaults::fill_settings);
-        let period = settings.as_ref().map(|s| s.heartbeat_period_ms);
+        let settings =
+            settings.map(shoal_api::defaults::fill_settings).unwrap_or_else(shoal_api::defaults::cluster_settings);
+        let period = crate::liveness::period_ms(settings.heartbeat_period_ms, nodes);
+        let grace = Duration::from_millis(period.saturating_mul(u64::from(settings.heartbeat_grace_periods)));
         let Some(n) = known else {
             return Ok(Response::new(HeartbeatResponse { removed: true, ..Default::default() }));
         };
@@ -205,16 +208,17 @@ impl Membership for MembershipService {
                 addr: req.addr,
                 raft_running: req.raft_running,
                 description: req.description,
+                grace,
             },
         );
         let desired = n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker);
         Ok(Response::new(HeartbeatResponse {
-            period_ms: period.unwrap_or(shoal_api::defaults::HEARTBEAT_PERIOD_MS),
+            period_ms: period,
             desired_role: desired as i32,
             managers: manager_peers(&self.node),
             removed: false,
             leader_addr: String::new(),
-            settings,
+            settings: Some(settings),
             raft_member: rt.metrics().membership_config.membership().get_node(&n.raft_id).is_some(),
         }))
     }

@@ -68,6 +68,11 @@ impl Store {
         self.nodes.items.values()
     }
 
+    /// How many nodes there are.
+    pub fn node_count(&self) -> usize {
+        self.nodes.items.len()
+    }
+
     /// The service with this id.
     pub fn service(&self, id: &str) -> Option<&Service> {
         self.services.get(id)
