@@ -120,5 +120,43 @@ pub fn run(nodes: usize, tasks: usize) -> Result<()> {
     println!("schedule {n} tasks on {nodes} nodes: {:.3} s", took.as_secs_f64());
     println!("schedule tasks/s: {:.0}", n as f64 / took.as_secs_f64());
     println!("schedule anchor: SwarmKit's scheduler benchmark, 100000 tasks on 1000 nodes: 22.6 s; target <= 1 s");
+
+    // The orchestrator over the same cluster once every task runs: the leader's full pass (its
+    // safety net) and the pass over one service that changed.
+    apply(&mut store, plan.assignments)?;
+    let running: Vec<Op> = store
+        .tasks()
+        .map(|t| {
+            let mut t = t.clone();
+            t.status = Some(TaskStatus { state: TaskState::Running as i32, timestamp_ms: 3, ..TaskStatus::default() });
+            Op { kind: Some(op::Kind::Update(t.into())) }
+        })
+        .collect();
+    for chunk in running.chunks(5000) {
+        apply(&mut store, chunk.to_vec())?;
+    }
+    let mut ids = 0u64;
+    let mut new_id = || {
+        ids += 1;
+        format!("new{ids}")
+    };
+    // The median of a few runs of each.
+    let mut timed = |scope: &shoal_orchestrator::Scope, runs: usize| -> Result<f64> {
+        let mut took = Vec::new();
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            let pass = shoal_orchestrator::pass(&store, 4, scope, &mut new_id);
+            took.push(t0.elapsed().as_secs_f64() * 1000.0);
+            if !pass.ops.is_empty() {
+                bail!("the orchestrator found work in a converged cluster: {} ops", pass.ops.len());
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        Ok(took[took.len() / 2])
+    };
+    let full = timed(&shoal_orchestrator::Scope::All, 3)?;
+    let one = timed(&shoal_orchestrator::Scope::Services(["s00".to_owned()].into()), 5)?;
+    println!("orchestrate full pass over {n} running tasks: {full:.0} ms");
+    println!("orchestrate pass over one service of {per} tasks: {one:.1} ms");
     Ok(())
 }
