@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-/// How long without an answer from the leader before the node counts as out of touch: the
-/// managers' own judgement of a node's liveness (heartbeats missed for the grace periods).
+/// How long without an answer from the leader before the node counts as out of touch, until
+/// an answer says how long the leader itself waits: the managers' own judgement of a node's
+/// liveness (heartbeats missed for the grace periods), at the default settings.
 pub const THRESHOLD: Duration = Duration::from_millis(
     shoal_api::defaults::HEARTBEAT_PERIOD_MS * shoal_api::defaults::HEARTBEAT_GRACE_PERIODS as u64,
 );

@@ -42,6 +42,13 @@ pub trait Leader: Send + Sync {
     fn last_contact(&self) -> Option<std::time::Instant> {
         None
     }
+
+    /// How long without an answer before the node counts as out of touch: the grace the
+    /// leader judges this node by (its heartbeat period times the missed beats it tolerates;
+    /// the period grows in large clusters).
+    fn contact_grace(&self) -> std::time::Duration {
+        disconnect::THRESHOLD
+    }
 }
 
 /// Agent settings.
@@ -445,7 +452,7 @@ async fn watch_touch(
             leader.last_contact(),
             started,
             std::time::Instant::now(),
-            disconnect::THRESHOLD,
+            leader.contact_grace(),
         );
         out.send_if_modified(|v| {
             let changed = *v != since;

@@ -26,6 +26,10 @@ impl shoal_agent::Leader for NodeLeader {
     fn last_contact(&self) -> Option<std::time::Instant> {
         self.managers.last_answer()
     }
+
+    fn contact_grace(&self) -> std::time::Duration {
+        self.managers.contact_grace().unwrap_or(shoal_agent::disconnect::THRESHOLD)
+    }
 }
 
 /// Prepares the agent for `node` with `runtime` (once per cluster membership): what it holds,

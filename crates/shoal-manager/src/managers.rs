@@ -67,6 +67,8 @@ struct Inner {
     leader_hint: Mutex<Option<String>>,
     /// When the leader last answered this node's heartbeat.
     last_answer: Mutex<Option<Instant>>,
+    /// How long the leader lets this node stay silent, as its last answer said.
+    contact_grace: Mutex<Option<std::time::Duration>>,
     /// The last [`Managers::peers`] and when it was computed.
     peers_cache: Mutex<Option<(Instant, Vec<Peer>)>>,
 }
@@ -82,6 +84,7 @@ impl Managers {
                 force_new_cluster_pending: Mutex::new(force_new_cluster),
                 leader_hint: Mutex::new(None),
                 last_answer: Mutex::new(None),
+                contact_grace: Mutex::new(None),
                 peers_cache: Mutex::new(None),
             }),
         }
@@ -128,6 +131,17 @@ impl Managers {
     pub fn set_leader_hint(&self, addr: &str) {
         *self.inner.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
         *self.inner.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Remembers how long the leader lets this node stay silent (its heartbeat period times the
+    /// missed beats it tolerates), as its answer said.
+    pub fn set_contact_grace(&self, grace: std::time::Duration) {
+        *self.inner.contact_grace.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
+    }
+
+    /// How long the leader lets this node stay silent (None: no answer said yet).
+    pub fn contact_grace(&self) -> Option<std::time::Duration> {
+        *self.inner.contact_grace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// When the leader last answered this node's heartbeat (None: not since it started).

@@ -72,6 +72,9 @@ async fn run(node: Node, on_answer: OnAnswer, shutdown: tokio_util::sync::Cancel
                     if resp.period_ms > 0 {
                         period = Duration::from_millis(resp.period_ms);
                     }
+                    if let Some(grace) = contact_grace(&resp) {
+                        node.managers.set_contact_grace(grace);
+                    }
                     if let Err(e) = on_answer(node.clone(), resp).await {
                         tracing::warn!(error = %e, "applying the leader's answer");
                     }
@@ -132,5 +135,35 @@ async fn beat(
         // The managers refuse a removed node's certificate: that is how it learns of it.
         Err(s) if crate::error::is_node_removed(&s) => Ok(HeartbeatResponse { removed: true, ..Default::default() }),
         Err(s) => Err(format!("{addr}: {}", s.message())),
+    }
+}
+
+/// How long the leader lets this node stay silent, as its answer says: the period it set times
+/// the missed beats it tolerates (None: the answer sets no period).
+fn contact_grace(resp: &HeartbeatResponse) -> Option<Duration> {
+    let beats = resp
+        .settings
+        .as_ref()
+        .map(|s| s.heartbeat_grace_periods)
+        .filter(|g| *g > 0)
+        .unwrap_or(shoal_api::defaults::HEARTBEAT_GRACE_PERIODS);
+    (resp.period_ms > 0).then(|| Duration::from_millis(resp.period_ms) * beats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_follows_the_period_and_the_beats_the_leader_sets() {
+        let answer = |period_ms, beats| HeartbeatResponse {
+            period_ms,
+            settings: Some(shoal_api::v1::ClusterSettings { heartbeat_grace_periods: beats, ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(contact_grace(&answer(5_000, 3)), Some(Duration::from_secs(15)), "a large cluster's period");
+        assert_eq!(contact_grace(&answer(1_000, 5)), Some(Duration::from_secs(5)));
+        assert_eq!(contact_grace(&answer(1_000, 0)), Some(Duration::from_secs(3)), "unset beats: the default");
+        assert_eq!(contact_grace(&answer(0, 3)), None, "a redirect sets no period");
     }
 }
