@@ -109,8 +109,7 @@ async fn liveness_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToke
     loop {
         let s = settings(&rt);
         let nodes = rt.store.read(|st| st.node_count());
-        let period = Duration::from_millis(crate::liveness::period_ms(s.heartbeat_period_ms, nodes));
-        let grace = period * s.heartbeat_grace_periods;
+        let (period, grace) = crate::liveness::timing(&s, nodes);
         let due = Instant::now() + period / 4;
         tokio::select! {
             biased;

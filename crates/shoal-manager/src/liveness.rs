@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use shoal_api::v1::{Node, NodeDescription, NodeState, Op};
+use shoal_api::v1::{ClusterSettings, Node, NodeDescription, NodeState, Op};
 use tokio::time::Instant;
 
 /// Status message of a node marked down.
@@ -49,6 +49,14 @@ pub const MAX_HEARTBEATS_PER_SEC: u64 = 1_000;
 /// nodes so that all of them together stay within [`MAX_HEARTBEATS_PER_SEC`].
 pub fn period_ms(configured_ms: u64, nodes: usize) -> u64 {
     configured_ms.max((nodes as u64).saturating_mul(1_000) / MAX_HEARTBEATS_PER_SEC)
+}
+
+/// The heartbeat period of a cluster of `nodes` nodes with `settings`, and the grace a node
+/// gets (the period times the missed beats tolerated): what the leader tells nodes and judges
+/// them by, computed in one place so the two agree.
+pub fn timing(settings: &ClusterSettings, nodes: usize) -> (Duration, Duration) {
+    let period = Duration::from_millis(period_ms(settings.heartbeat_period_ms, nodes));
+    (period, period * settings.heartbeat_grace_periods)
 }
 
 /// What the leader heard in its current term: the last heartbeat of each node, and when it

@@ -196,8 +196,7 @@ impl Membership for MembershipService {
         }
         let settings =
             settings.map(shoal_api::defaults::fill_settings).unwrap_or_else(shoal_api::defaults::cluster_settings);
-        let period = crate::liveness::period_ms(settings.heartbeat_period_ms, nodes);
-        let grace = Duration::from_millis(period.saturating_mul(u64::from(settings.heartbeat_grace_periods)));
+        let (period, grace) = crate::liveness::timing(&settings, nodes);
         let Some(n) = known else {
             return Ok(Response::new(HeartbeatResponse { removed: true, ..Default::default() }));
         };
@@ -213,7 +212,7 @@ impl Membership for MembershipService {
         );
         let desired = n.spec.as_ref().map(|s| s.desired_role()).unwrap_or(NodeRole::Worker);
         Ok(Response::new(HeartbeatResponse {
-            period_ms: period,
+            period_ms: period.as_millis() as u64,
             desired_role: desired as i32,
             managers: manager_peers(&self.node),
             removed: false,
