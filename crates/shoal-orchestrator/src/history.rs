@@ -31,16 +31,15 @@ pub(crate) fn prune<'s>(
     policy: Option<&RestartPolicy>,
     clock: &Clock,
 ) {
+    let is_history = |t: &&shoal_api::v1::Task| task::is_terminal(t) && !task::is_wanted(t);
     // Within the limit nothing goes, whatever counts as an attempt (the common case: no copy).
-    if ids.iter().filter(|&&i| tasks.get(i).is_some_and(|t| task::is_terminal(t) && !task::is_wanted(t))).count()
-        <= limit
-    {
+    if ids.iter().filter(|&&i| tasks.get(i).is_some_and(|t| is_history(&t))).count() <= limit {
         return;
     }
     let mut history: Vec<_> = ids
         .iter()
         .filter_map(|&i| Some((i, tasks.get(i)?)))
-        .filter(|(_, t)| task::is_terminal(t) && !task::is_wanted(t))
+        .filter(|(_, t)| is_history(t))
         .map(|(i, t)| {
             let created = t.meta.as_ref().map_or(0, |m| m.created_at_ms);
             (
