@@ -84,6 +84,16 @@ fn cd(e: tonic::Status) -> RuntimeError {
     RuntimeError::Containerd(format!("{:?}: {}", e.code(), e.message()))
 }
 
+/// How many times a task is created when its shim dies before answering.
+const SHIM_ATTEMPTS: u32 = 3;
+
+/// Whether containerd's answer to a task create says the shim exited before it answered (a
+/// sporadic crash, more likely under load): containerd reports it only as text, code `Unknown`.
+/// Nothing of the container ran then, so creating the task again is safe.
+fn shim_died(e: &tonic::Status) -> bool {
+    e.code() == Code::Unknown && e.message().contains("ttrpc: closed")
+}
+
 fn io(context: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Io(format!("{context}: {e}"))
 }
@@ -738,17 +748,29 @@ impl ContainerRuntime for Containerd {
             .map_err(|e| io("cannot create log file", e))?;
         let uri = format!("file://{}", log.display());
         let mut tasks = TasksClient::new(self.channel.clone());
-        tasks
-            .create(self.req(CreateTaskRequest {
+        let mut attempt = 1;
+        loop {
+            let create = CreateTaskRequest {
                 container_id: id.to_string(),
-                rootfs: mounts,
+                rootfs: mounts.clone(),
                 stdout: uri.clone(),
-                stderr: uri,
+                stderr: uri.clone(),
                 terminal: false,
                 ..Default::default()
-            }))
-            .await
-            .map_err(cd)?;
+            };
+            match tasks.create(self.req(create)).await {
+                Ok(_) => break,
+                Err(e) if attempt < SHIM_ATTEMPTS && shim_died(&e) => {
+                    // The shim exited before it answered: no process of the container ran, so
+                    // the task is cleared and created again.
+                    tracing::warn!(container = %id, attempt, error = %e.message(), "the task's shim died while creating it; trying again");
+                    let _ = tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(cd(e)),
+            }
+        }
         let created = t0.elapsed();
         let r = tasks
             .start(self.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
@@ -897,6 +919,17 @@ impl ContainerRuntime for Containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_shim_that_died_is_created_again() {
+        let died = tonic::Status::unknown("failed to create shim task: ttrpc: closed: unknown");
+        assert!(shim_died(&died));
+        let runc = tonic::Status::unknown("failed to create shim task: OCI runtime create failed: exec: \"nope\"");
+        assert!(!shim_died(&runc));
+        let missing = tonic::Status::not_found("container \"x\" in namespace \"n\": not found");
+        assert!(!shim_died(&missing));
+        assert!(!shim_died(&tonic::Status::unavailable("ttrpc: closed")));
+    }
 
     #[test]
     fn chain_ids_follow_the_oci_rule() {

@@ -59,8 +59,38 @@ impl HostSet {
     }
 }
 
+impl HostSet {
+    /// The last warnings and errors of containerd and of every host's shoald: printed when a
+    /// test fails, before the hosts and their logs are gone.
+    fn print_log_tails(&self) {
+        let mut logs = vec![self.dir.path().join("containerd.log")];
+        for i in 1..=32 {
+            let p = self.dir.path().join(format!("h{i}/shoald.log"));
+            if p.exists() {
+                logs.push(p);
+            }
+        }
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| ["WARN", "ERROR", "level=warn", "level=error"].iter().any(|k| l.contains(k)))
+                .collect();
+            let from = lines.len().saturating_sub(30);
+            let name = p.strip_prefix(self.dir.path()).unwrap_or(&p).display().to_string();
+            eprintln!("--- {name}: last {} warnings and errors ---", lines.len() - from);
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Drop for HostSet {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         let _ = self.run(&["down"]);
     }
 }
