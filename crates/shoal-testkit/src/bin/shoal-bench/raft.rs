@@ -2,7 +2,8 @@
 //!
 //! * committed service updates per second, with 1 and with 64 concurrent clients;
 //! * leader failover: kill -9 of the leader -> first successful write on a survivor, median of
-//!   several runs.
+//!   several runs, under write load (8 clients updating services through the survivors); each
+//!   kill waits until the managers settled (one leader, every manager applied as far as it).
 
 use std::time::{Duration, Instant};
 
@@ -118,12 +119,75 @@ async fn throughput(host: &str, clients: usize, secs: u64) -> Result<f64> {
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn failover_once(nodes: &mut [DaemonProcess], run: usize) -> Result<Duration> {
+/// Waits until every running manager applied as far as the furthest one (a restarted manager
+/// caught up), with one leader all agree on; that leader's index.
+async fn settled(nodes: &[DaemonProcess]) -> Result<usize> {
     let l = leader(nodes).await?;
+    wait_until(Duration::from_secs(30), "every manager caught up", || async {
+        let mut applied = Vec::new();
+        for n in nodes.iter().filter(|n| n.running()) {
+            let info = control(&n.host()).await.ok()?.info(InfoRequest {}).await.ok()?.into_inner();
+            applied.push(info.raft?.last_applied);
+        }
+        (applied.iter().min() == applied.iter().max()).then_some(())
+    })
+    .await?;
+    Ok(l)
+}
+
+/// `clients` writers updating services through the hosts in `hosts` (each its own service)
+/// until `stop`; failed writes (no leader yet) are retried after 10 ms.
+fn write_load(
+    hosts: Vec<String>,
+    clients: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let host = hosts[i % hosts.len()].clone();
+        let stop = stop.clone();
+        set.spawn(async move {
+            let name = format!("load-{i}");
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                let ok = match control(&host).await {
+                    Ok(mut c) => {
+                        let mut req = tonic::Request::new(UpdateServiceRequest {
+                            service: name.clone(),
+                            version: 0,
+                            spec: Some(spec(&name, 1 + n % 3)),
+                            rollback: false,
+                            rollback_to: 0,
+                        });
+                        req.set_timeout(Duration::from_secs(5));
+                        c.update_service(req).await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+    }
+    set
+}
+
+async fn failover_once(nodes: &mut [DaemonProcess], run: usize) -> Result<Duration> {
+    let l = settled(nodes).await?;
     let survivor = (l + 1) % nodes.len();
     let host = nodes[survivor].host();
+    let survivors: Vec<String> = (0..nodes.len()).filter(|i| *i != l).map(|i| nodes[i].host()).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = write_load(survivors, LOAD_CLIENTS, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     nodes[l].kill9().await?;
     let t0 = Instant::now();
+    if keep() {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        eprintln!("  run {}: killed b{} at unix {:.3} s", run + 1, l + 1, at.as_secs_f64());
+    }
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -145,10 +209,15 @@ async fn failover_once(nodes: &mut [DaemonProcess], run: usize) -> Result<Durati
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = t0.elapsed();
+    stop.cancel();
+    while load.join_next().await.is_some() {}
     nodes[l].restart(&[]).await?;
     leader(nodes).await?;
     Ok(took)
 }
+
+/// Writers busy during each failover.
+const LOAD_CLIENTS: usize = 8;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -158,6 +227,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Runs the benchmark.
 pub async fn run(o: Opts) -> Result<()> {
     let root = tempfile::tempdir()?;
+    if keep() {
+        eprintln!("  (managers' data and logs in {}, kept)", root.path().display());
+    }
     let mut nodes = cluster(root.path()).await?;
     let l = leader(&nodes).await?;
     let host = nodes[l].host();
@@ -178,10 +250,15 @@ pub async fn run(o: Opts) -> Result<()> {
         let t2 = term(&nodes).await?;
         println!("raft elections in {} min under load (16 clients): {}", o.stability_minutes, t2 - t1);
     }
+    let mut c = control(&host).await?;
+    for i in 0..LOAD_CLIENTS {
+        let name = format!("load-{i}");
+        c.create_service(CreateServiceRequest { spec: Some(spec(&name, 1)) }).await?;
+    }
     let mut runs = Vec::new();
     for run in 0..o.runs {
         let d = failover_once(&mut nodes, run).await?;
-        println!("raft failover run {}: {:.0} ms", run + 1, d.as_secs_f64() * 1000.0);
+        println!("raft failover run {} ({LOAD_CLIENTS} writers busy): {:.0} ms", run + 1, d.as_secs_f64() * 1000.0);
         runs.push(d);
     }
     println!("raft failover median of {}: {:.0} ms", o.runs, median(runs).as_secs_f64() * 1000.0);
@@ -189,5 +266,13 @@ pub async fn run(o: Opts) -> Result<()> {
     for n in nodes.iter_mut() {
         n.stop().await?;
     }
+    if keep() {
+        let _ = root.keep();
+    }
     Ok(())
+}
+
+/// Whether the managers' data and logs stay for a look afterwards (`SHOAL_BENCH_KEEP`).
+fn keep() -> bool {
+    std::env::var_os("SHOAL_BENCH_KEEP").is_some()
 }
