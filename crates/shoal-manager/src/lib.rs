@@ -28,6 +28,7 @@ pub mod policy;
 pub mod roles;
 pub mod server;
 mod session;
+pub mod takeover;
 pub mod tls;
 pub mod util;
 pub mod volumes;

@@ -25,6 +25,13 @@ pub struct RaftRuntime {
     pub health: PeerHealth,
     /// Election timeout in force (lower bound), for the write path's patience.
     pub election_timeout: Duration,
+    /// Raft heartbeat interval in force.
+    pub heartbeat: Duration,
+    /// How long a voter honours its leader after the leader's last message (openraft's leader
+    /// lease: the longest election timeout); no candidate wins before it ran out.
+    pub leader_lease: Duration,
+    /// When this instance started.
+    pub started: Instant,
     /// The thread Raft runs on.
     _thread: RaftThread,
 }
@@ -51,6 +58,12 @@ impl RaftRuntime {
     pub fn metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
         self.raft.metrics().borrow().clone()
     }
+
+    /// Since when this instance may still honour a leader: its last contact with one, or its
+    /// start when none reached it since (Raft sets a vote's time on start and on any change).
+    pub fn honours_leader_since(&self, contact: &shoal_raft::LeaderContact) -> Instant {
+        contact.last().map_or(self.started, |t| t.max(self.started))
+    }
 }
 
 /// The Raft instance slot and what this node knows of the managers; cheap to clone.
@@ -71,6 +84,8 @@ struct Inner {
     contact_grace: Mutex<Option<std::time::Duration>>,
     /// The last [`Managers::peers`] and when it was computed.
     peers_cache: Mutex<Option<(Instant, Vec<Peer>)>>,
+    /// When a leader last reached this manager's Raft (kept across Raft restarts).
+    leader_contact: shoal_raft::LeaderContact,
 }
 
 impl Managers {
@@ -86,6 +101,7 @@ impl Managers {
                 last_answer: Mutex::new(None),
                 contact_grace: Mutex::new(None),
                 peers_cache: Mutex::new(None),
+                leader_contact: shoal_raft::LeaderContact::default(),
             }),
         }
     }
@@ -110,6 +126,11 @@ impl Managers {
     /// Receiver of the Raft slot, for the Raft gRPC service.
     pub fn raft_slot(&self) -> watch::Receiver<Option<RaftNode>> {
         self.inner.raft_slot.subscribe()
+    }
+
+    /// When a leader last reached this manager's Raft, as the Raft service notes it.
+    pub fn leader_contact(&self) -> shoal_raft::LeaderContact {
+        self.inner.leader_contact.clone()
     }
 
     /// Watch of the Raft runtime (set while this node is a manager).
@@ -248,6 +269,7 @@ impl Managers {
             ..Default::default()
         };
         let config = shoal_raft::raft_config(&params).map_err(|e| ApiError::internal("invalid raft settings", e))?;
+        let (heartbeat_ms, lease_ms) = (config.heartbeat_interval, config.election_timeout_max);
         let client = dialer.client_config_slot();
         let network = shoal_raft::Network::new(Arc::new(move |addr: &str| {
             let cfg = client
@@ -269,6 +291,9 @@ impl Managers {
             store,
             health,
             election_timeout: Duration::from_millis(settings.election_timeout_ms),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            leader_lease: Duration::from_millis(lease_ms),
+            started: Instant::now(),
             _thread: thread,
         });
         self.inner.raft_slot.send_replace(Some(raft));

@@ -244,14 +244,29 @@ impl Membership for MembershipService {
 
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         let local = self.node.identity.local();
-        let (term, leader) = match self.node.managers.raft() {
+        let (term, leader, last_log, silence) = match self.node.managers.raft() {
             Some(rt) => {
                 let m = rt.metrics();
-                (m.current_term, m.current_leader.unwrap_or(0))
+                let last = rt.raft.data_metrics().borrow().last_log;
+                let since = rt.honours_leader_since(&self.node.managers.leader_contact());
+                (
+                    m.current_term,
+                    m.current_leader.unwrap_or(0),
+                    last.map_or((0, 0), |l| (l.leader_id.term, l.index)),
+                    since.elapsed().as_millis() as u64,
+                )
             }
-            None => (0, 0),
+            None => (0, 0, (0, 0), 0),
         };
-        Ok(Response::new(PingResponse { node_id: local.node_id, raft_id: local.raft_id, term, leader_raft_id: leader }))
+        Ok(Response::new(PingResponse {
+            node_id: local.node_id,
+            raft_id: local.raft_id,
+            term,
+            leader_raft_id: leader,
+            last_log_term: last_log.0,
+            last_log_index: last_log.1,
+            leader_silence_ms: silence,
+        }))
     }
 }
 

@@ -328,14 +328,20 @@ pub(crate) async fn after_force_new_cluster(node: &Node, rt: &Arc<RaftRuntime>) 
     }
 }
 
-/// Starts Raft (see [`crate::managers::Managers::start`]) and the leadership supervisor that
-/// runs the leader loops while this node leads.
+/// Starts Raft (see [`crate::managers::Managers::start`]), the leadership supervisor that runs
+/// the leader loops while this node leads, and the takeover worker that stands for election as
+/// soon as a dead leader's lease ran out (see [`crate::takeover`]).
 pub(crate) async fn start_raft(node: &Node) -> Result<Arc<RaftRuntime>, ApiError> {
     if let Some(rt) = node.managers.raft() {
         return Ok(rt);
     }
     let (rt, forced) = node.managers.start(&node.dialer).await?;
     crate::leader::spawn_supervisor(node.clone(), rt.clone());
+    let (n, r) = (node.clone(), rt.clone());
+    node.workers.spawn("takeover", move |stop| async move {
+        crate::takeover::run(n, r, stop).await;
+        Ok::<(), String>(())
+    });
     if forced {
         after_force_new_cluster(node, &rt).await;
     }

@@ -101,9 +101,12 @@ impl Daemon {
         let tcp = tonic::transport::Server::builder()
             .layer(crate::tls::Authz::new(node.identity.clone(), node.managers.clone()))
             .add_service(
-                RaftServer::new(shoal_raft::RaftService::new(node.managers.raft_slot()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                RaftServer::new(shoal_raft::RaftService::new(
+                    node.managers.raft_slot(),
+                    node.managers.leader_contact(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 MembershipServer::new(MembershipService::new(node.clone()))

@@ -35,7 +35,7 @@ pub use error::StorageError;
 pub use log_store::LogStore;
 pub use network::{plain_channels, raft_endpoint, ChannelFactory, Network, PeerClient, PeerHealth, MAX_MESSAGE_BYTES};
 pub use recovery::force_new_cluster;
-pub use service::RaftService;
+pub use service::{LeaderContact, RaftService};
 pub use state_machine::{Change, SnapshotBuilder, StateMachineStore, StoreHandle};
 pub use types::{RaftNode, Request, Response, TypeConfig};
 

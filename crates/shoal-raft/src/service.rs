@@ -1,16 +1,22 @@
 //! The server side of the Raft transport: the tonic `Raft` service in front of a local openraft
 //! instance.
 //!
-//! Messages are JSON (see `codec`), except snapshot chunks, which carry their data raw.
+//! Messages are binary (see `codec`); snapshot chunks carry their data raw.
 //!
 //! The service reads the instance from a watch slot, so the gRPC server can start before Raft
 //! does (and keep running while Raft is stopped or restarted): without an instance it answers
 //! `unavailable`, which the client side treats as an unreachable peer.
 //!
+//! It also notes when a leader last reached this node ([`LeaderContact`]): a follower's view of
+//! its leader's silence, which openraft does not publish.
+//!
 //! Architecture Invariant: no authorization here; the caller's identity is checked by the
 //! server's TLS configuration / interceptors that wrap this service.
 
-use openraft::raft::AppendEntriesRequest;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_api::v1::raft_server::{Raft, RaftServer};
@@ -21,16 +27,36 @@ use tonic::{Request, Response, Status};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::types::RaftNode;
 
+/// When an AppendEntries of a leader this node accepts (its vote is not older than this node's)
+/// last arrived; cheap to clone.
+#[derive(Clone, Default)]
+pub struct LeaderContact {
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+impl LeaderContact {
+    /// The instant of the last accepted AppendEntries, if any arrived in this process.
+    pub fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+}
+
 /// The tonic `Raft` service of a manager.
 #[derive(Clone)]
 pub struct RaftService {
     slot: watch::Receiver<Option<RaftNode>>,
+    contact: LeaderContact,
 }
 
 impl RaftService {
-    /// A service answering for whatever Raft instance `slot` holds.
-    pub fn new(slot: watch::Receiver<Option<RaftNode>>) -> Self {
-        RaftService { slot }
+    /// A service answering for whatever Raft instance `slot` holds, noting leader contact in
+    /// `contact`.
+    pub fn new(slot: watch::Receiver<Option<RaftNode>>, contact: LeaderContact) -> Self {
+        RaftService { slot, contact }
     }
 
     /// The tonic server for this service, with message limits raised to [`MAX_MESSAGE_BYTES`].
@@ -58,7 +84,12 @@ impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let raft = self.raft()?;
         let rpc = decode(request)?;
-        reply(&raft.append_entries(rpc).await)
+        let res = raft.append_entries(rpc).await;
+        // Anything but a higher vote means the sender is the leader this node follows.
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.record();
+        }
+        reply(&res)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -78,8 +109,10 @@ impl Raft for RaftService {
         // lease; a stale vote is simply rejected).
         let lease =
             AppendEntriesRequest { vote: rpc.vote, prev_log_id: None, entries: Vec::new(), leader_commit: None };
-        if let Err(e) = raft.append_entries(lease).await {
-            tracing::debug!(error = %e, "lease refresh for a snapshot chunk failed");
+        match raft.append_entries(lease).await {
+            Ok(AppendEntriesResponse::HigherVote(_)) => {}
+            Ok(_) => self.contact.record(),
+            Err(e) => tracing::debug!(error = %e, "lease refresh for a snapshot chunk failed"),
         }
         reply(&raft.install_snapshot(rpc).await)
     }

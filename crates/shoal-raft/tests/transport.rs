@@ -49,7 +49,7 @@ async fn server_without_raft_answers_unavailable_and_client_sees_unreachable() {
     let (_slot_tx, slot_rx) = watch::channel::<Option<RaftNode>>(None);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RaftService::new(slot_rx).into_server())
+            .add_service(RaftService::new(slot_rx, Default::default()).into_server())
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 

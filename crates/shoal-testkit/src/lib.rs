@@ -333,6 +333,11 @@ impl DaemonProcess {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The daemon's whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the daemon's log (for failure messages).
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -113,6 +113,13 @@ async fn leader_kill9_loses_no_acknowledged_service_and_restart_keeps_state() ->
     })
     .await?;
     acked.insert("after-failover".to_string());
+    // The survivors did not wait out Raft's timers: the one with the longest log stood as soon
+    // as the killed leader's lease ran out, and only it (no split vote).
+    let stood: Vec<usize> = (0..3)
+        .filter(|i| *i != leader)
+        .filter(|i| c.nodes[*i].log_text().contains("the leader's process is gone: standing for election now"))
+        .collect();
+    assert_eq!(stood.len(), 1, "exactly one survivor stands for election: {stood:?}");
 
     // The killed manager shows as unreachable and down.
     let killed = c.nodes[leader].hostname.clone();

@@ -182,7 +182,7 @@ impl TestNode {
             let health = network.health();
             let raft = RaftNode::new(id, Arc::new(config), network, log, sm).await.expect("start raft");
             let (slot_tx, slot_rx) = watch::channel(Some(raft.clone()));
-            let service = Counting { inner: RaftService::new(slot_rx), counters };
+            let service = Counting { inner: RaftService::new(slot_rx, Default::default()), counters };
             let server = shoal_api::v1::raft_server::RaftServer::new(service)
                 .max_decoding_message_size(shoal_raft::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_raft::MAX_MESSAGE_BYTES);
