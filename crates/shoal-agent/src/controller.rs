@@ -270,6 +270,11 @@ impl Controller {
             self.report(TaskState::Rejected, "container create failed", &e.to_string(), None);
             return false;
         }
+        if self.left_node() {
+            // The agent's clean-up may have run before this container existed.
+            self.discard(&id).await;
+            return false;
+        }
         let created = t0.elapsed();
         self.report(TaskState::Ready, "ready", "", None);
         // A stop-first update creates the new task with desired state READY: it waits here,
@@ -285,6 +290,10 @@ impl Controller {
         self.report(TaskState::Starting, "starting", "", None);
         let started = self.runtime.start(&id).await;
         tracing::debug!(task_id = %id, ?pulled, ?created, total = ?t0.elapsed(), "task started");
+        if started.is_ok() && self.left_node() {
+            self.discard(&id).await;
+            return false;
+        }
         match started {
             Ok(pid) => {
                 let c = ContainerStatus { container_id: id.clone(), pid: i64::from(pid), exit_code: 0 };
@@ -336,7 +345,24 @@ impl Controller {
     }
 
     fn stop_requested(&self) -> bool {
-        wants_stop(&self.task.borrow())
+        wants_stop(&self.task.borrow()) || self.left_node()
+    }
+
+    /// Whether the task left this node: the agent dropped its side of the task's channel (an
+    /// agent that shuts down keeps it: its containers stay for the next agent to adopt).
+    fn left_node(&self) -> bool {
+        self.task.has_changed().is_err()
+    }
+
+    /// Stops and removes the container of a task that left the node while this controller was
+    /// still creating or starting it: the agent's own clean-up ran before the container existed,
+    /// so nobody else would.
+    async fn discard(&self, id: &str) {
+        tracing::debug!(task_id = %id, "the task left this node while its container was made; removing it");
+        let _ = self.runtime.stop(id, 9, Duration::ZERO).await;
+        if let Err(e) = self.runtime.remove(id).await {
+            tracing::warn!(task_id = %id, error = %e, "removing the container of a task that left failed");
+        }
     }
 
     /// Stops the container with `sig` (killed after `grace`) and reports the task FAILED.
@@ -546,6 +572,41 @@ mod tests {
         run.until_state(TaskState::Running).await;
         assert!(runtime.calls().contains(&"start t1".to_string()), "{:?}", runtime.calls());
         run.stop().await;
+    }
+
+    /// A task that leaves the node while its image is pulled (the agent drops its channel and
+    /// cleans up at once, before any container exists) leaves no container behind: the
+    /// controller removes what it created after the clean-up ran.
+    #[tokio::test]
+    async fn a_task_that_left_during_its_pull_leaves_no_container() {
+        let runtime = Arc::new(FakeRuntime::default());
+        runtime.hold_pulls();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TaskDb::open(dir.path()).expect("db");
+        let (task_tx, rx) = watch::channel(task(TaskState::Running));
+        let (_touch, out_of_touch) = watch::channel(None);
+        let tools = Tools {
+            runtime: runtime.clone(),
+            reporter: Reporter::recording(db),
+            files: Err("no files".into()),
+            out_of_touch,
+        };
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(Controller::new(rx, tools, None, TaskStatus::default(), cancel.clone(), None).run());
+        until("the pull", || runtime.calls().iter().any(|c| c.starts_with("pull"))).await;
+        // What the agent's `remove` does: drop the channel, cancel, stop and remove (nothing yet).
+        drop(task_tx);
+        cancel.cancel();
+        let _ = runtime.stop("t1", 15, Duration::from_millis(10)).await;
+        let _ = runtime.remove("t1").await;
+        runtime.release_pulls();
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("ends").expect("controller");
+        assert!(runtime.running().is_empty(), "{:?}", runtime.calls());
+        assert!(!runtime.calls().iter().any(|c| c.starts_with("start")), "{:?}", runtime.calls());
+        let created = runtime.calls().iter().any(|c| c.starts_with("create"));
+        let removed_after = runtime.calls().iter().rposition(|c| c.starts_with("remove"))
+            > runtime.calls().iter().rposition(|c| c.starts_with("create"));
+        assert!(!created || removed_after, "a created container is removed again: {:?}", runtime.calls());
     }
 
     /// A task whose image declares a health check runs it: its first RUNNING report already

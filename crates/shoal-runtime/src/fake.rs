@@ -23,9 +23,16 @@ struct State {
 }
 
 /// The fake runtime.
-#[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<State>,
+    /// While false, pulls wait (see [`FakeRuntime::hold_pulls`]).
+    pulls_open: watch::Sender<bool>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime { state: Mutex::default(), pulls_open: watch::channel(true).0 }
+    }
 }
 
 impl FakeRuntime {
@@ -36,6 +43,16 @@ impl FakeRuntime {
     /// Calls so far, as `pull IMAGE`, `create ID`, `start ID`, `stop ID`, `remove ID`.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
+    }
+
+    /// Makes pulls wait until [`FakeRuntime::release_pulls`] (a pull that takes its time).
+    pub fn hold_pulls(&self) {
+        self.pulls_open.send_replace(false);
+    }
+
+    /// Lets held and later pulls go on.
+    pub fn release_pulls(&self) {
+        self.pulls_open.send_replace(true);
     }
 
     /// Makes pulls of `image` fail with `reason`.
@@ -83,8 +100,10 @@ impl FakeRuntime {
 #[async_trait::async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn pull(&self, image: &str, _auth: &RegistryAuth) -> Result<(), RuntimeError> {
-        let mut s = self.lock();
-        s.calls.push(format!("pull {image}"));
+        self.lock().calls.push(format!("pull {image}"));
+        let mut open = self.pulls_open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+        let s = self.lock();
         match s.failing_pulls.get(image) {
             Some(reason) => Err(RuntimeError::ImageNotFound { image: image.to_string(), reason: reason.clone() }),
             None => Ok(()),
