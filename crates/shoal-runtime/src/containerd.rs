@@ -87,11 +87,12 @@ fn cd(e: tonic::Status) -> RuntimeError {
 /// How many times a task is created when its shim dies before answering.
 const SHIM_ATTEMPTS: u32 = 3;
 
-/// Whether containerd's answer to a task create says the shim exited before it answered (a
-/// sporadic crash, more likely under load): containerd reports it only as text, code `Unknown`.
+/// Whether containerd's answer to a task create says the task's shim never came up: it exited
+/// before it answered (`ttrpc: closed`), or its socket was gone when containerd dialled it
+/// (`failed to start shim`); both seen under load, reported only as text with code `Unknown`.
 /// Nothing of the container ran then, so creating the task again is safe.
 fn shim_died(e: &tonic::Status) -> bool {
-    e.code() == Code::Unknown && e.message().contains("ttrpc: closed")
+    e.code() == Code::Unknown && ["ttrpc: closed", "failed to start shim"].iter().any(|m| e.message().contains(m))
 }
 
 fn io(context: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -761,11 +762,11 @@ impl ContainerRuntime for Containerd {
             match tasks.create(self.req(create)).await {
                 Ok(_) => break,
                 Err(e) if attempt < SHIM_ATTEMPTS && shim_died(&e) => {
-                    // The shim exited before it answered: no process of the container ran, so
-                    // the task is cleared and created again.
-                    tracing::warn!(container = %id, attempt, error = %e.message(), "the task's shim died while creating it; trying again");
+                    // The shim never came up: no process of the container ran, so the task is
+                    // cleared and created again.
+                    tracing::warn!(container = %id, attempt, error = %e.message(), "the task's shim did not come up; trying again");
                     let _ = tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await;
-                    tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(cd(e)),
@@ -924,6 +925,10 @@ mod tests {
     fn only_a_shim_that_died_is_created_again() {
         let died = tonic::Status::unknown("failed to create shim task: ttrpc: closed: unknown");
         assert!(shim_died(&died));
+        let gone = tonic::Status::unknown(
+            "failed to start shim: start failed: dial unix /run/containerd/s/3498bf: connect: no such file or directory",
+        );
+        assert!(shim_died(&gone));
         let runc = tonic::Status::unknown("failed to create shim task: OCI runtime create failed: exec: \"nope\"");
         assert!(!shim_died(&runc));
         let missing = tonic::Status::not_found("container \"x\" in namespace \"n\": not found");
