@@ -59,6 +59,11 @@ impl RaftRuntime {
         self.raft.metrics().borrow().clone()
     }
 
+    /// This node's last log id as (term, index); (0, 0) for an empty log.
+    pub fn last_log(&self) -> (u64, u64) {
+        self.raft.data_metrics().borrow().last_log.map_or((0, 0), |l| (l.leader_id.term, l.index))
+    }
+
     /// Since when this instance may still honour a leader: its last contact with one, or its
     /// start when none reached it since (Raft sets a vote's time on start and on any change).
     pub fn honours_leader_since(&self, contact: &shoal_raft::LeaderContact) -> Instant {

@@ -247,14 +247,8 @@ impl Membership for MembershipService {
         let (term, leader, last_log, silence) = match self.node.managers.raft() {
             Some(rt) => {
                 let m = rt.metrics();
-                let last = rt.raft.data_metrics().borrow().last_log;
                 let since = rt.honours_leader_since(&self.node.managers.leader_contact());
-                (
-                    m.current_term,
-                    m.current_leader.unwrap_or(0),
-                    last.map_or((0, 0), |l| (l.leader_id.term, l.index)),
-                    since.elapsed().as_millis() as u64,
-                )
+                (m.current_term, m.current_leader.unwrap_or(0), rt.last_log(), since.elapsed().as_millis() as u64)
             }
             None => (0, 0, (0, 0), 0),
         };

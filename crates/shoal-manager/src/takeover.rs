@@ -83,7 +83,6 @@ pub fn plan(me: Standing, others: &[Standing], voters: usize, lease: Duration) -
 
 /// Runs while `rt` is this node's Raft instance: see the module documentation.
 pub(crate) async fn run(node: Node, rt: Arc<RaftRuntime>, stop: CancellationToken) {
-    let started = Instant::now();
     let contact = node.managers.leader_contact();
     // The silence already looked at (its last contact), so each is looked at once.
     let mut looked_at: Option<Instant> = None;
@@ -107,7 +106,7 @@ pub(crate) async fn run(node: Node, rt: Arc<RaftRuntime>, stop: CancellationToke
         if !voters.contains(&m.id) {
             continue;
         }
-        let last = Instant::from_std(rt.honours_leader_since(&contact)).max(started);
+        let last = Instant::from_std(rt.honours_leader_since(&contact));
         if !silent(last.elapsed(), rt.heartbeat) || looked_at == Some(last) {
             continue;
         }
@@ -128,7 +127,7 @@ pub(crate) async fn run(node: Node, rt: Arc<RaftRuntime>, stop: CancellationToke
             .collect();
         // Until half the lease has passed the answers still come in time.
         let standings = standings(&node, &others, rt.leader_lease / 2).await;
-        let me = Standing { raft_id: m.id, last_log: last_log(&rt), contact: last };
+        let me = Standing { raft_id: m.id, last_log: rt.last_log(), contact: last };
         let Plan::StandAt(at) = plan(me, &standings, voters.len(), rt.leader_lease) else {
             tracing::debug!(leader, ?standings, "the leader is gone; another voter stands");
             continue;
@@ -147,11 +146,6 @@ pub(crate) async fn run(node: Node, rt: Arc<RaftRuntime>, stop: CancellationToke
             tracing::warn!(error = %e, "could not stand for election");
         }
     }
-}
-
-/// This node's last log id as (term, index).
-fn last_log(rt: &RaftRuntime) -> (u64, u64) {
-    rt.raft.data_metrics().borrow().last_log.map_or((0, 0), |l| (l.leader_id.term, l.index))
 }
 
 /// Whether nothing listens on `addr` any more: the connection is refused, fails otherwise, or

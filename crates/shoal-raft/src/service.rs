@@ -40,8 +40,12 @@ impl LeaderContact {
         *self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    /// Notes the answer this node gave an AppendEntries: anything but a higher vote means the
+    /// sender is the leader this node follows.
+    fn note<E>(&self, answer: &Result<AppendEntriesResponse<u64>, E>) {
+        if matches!(answer, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
     }
 }
 
@@ -85,10 +89,7 @@ impl Raft for RaftService {
         let raft = self.raft()?;
         let rpc = decode(request)?;
         let res = raft.append_entries(rpc).await;
-        // Anything but a higher vote means the sender is the leader this node follows.
-        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.contact.record();
-        }
+        self.contact.note(&res);
         reply(&res)
     }
 
@@ -109,10 +110,10 @@ impl Raft for RaftService {
         // lease; a stale vote is simply rejected).
         let lease =
             AppendEntriesRequest { vote: rpc.vote, prev_log_id: None, entries: Vec::new(), leader_commit: None };
-        match raft.append_entries(lease).await {
-            Ok(AppendEntriesResponse::HigherVote(_)) => {}
-            Ok(_) => self.contact.record(),
-            Err(e) => tracing::debug!(error = %e, "lease refresh for a snapshot chunk failed"),
+        let refreshed = raft.append_entries(lease).await;
+        self.contact.note(&refreshed);
+        if let Err(e) = refreshed {
+            tracing::debug!(error = %e, "lease refresh for a snapshot chunk failed");
         }
         reply(&raft.install_snapshot(rpc).await)
     }

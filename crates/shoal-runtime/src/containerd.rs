@@ -84,7 +84,7 @@ fn cd(e: tonic::Status) -> RuntimeError {
     RuntimeError::Containerd(format!("{:?}: {}", e.code(), e.message()))
 }
 
-/// How many times a task is created when its shim dies before answering.
+/// How many times a task is created when its shim does not come up (see [`shim_died`]).
 const SHIM_ATTEMPTS: u32 = 3;
 
 /// Whether containerd's answer to a task create says the task's shim never came up: it exited
