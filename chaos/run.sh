@@ -393,7 +393,26 @@ leaks() {
   done
   echo "left behind after the service and its network were removed (before -> after):"
   diff <(cat "$base") <(echo "$now") | grep '^[<>]' | sed 's/^/  /'
+  # What each host's log says of each container left: how it came to outlive its task.
+  local i id
+  for i in $(seq 1 $N_HOSTS); do
+    for id in $(ctr_in "$i" containers ls -q 2>/dev/null); do
+      echo "  host$i still holds container $id; its log of it:"
+      grep -F "$id" "$W/h$i/shoald.log" | tail -12 | cut -c1-400 | sed 's/^/    /' || true
+    done
+  done
   return 1
+}
+
+# Clean-ups that failed and containers an agent's janitor removed (no task accounted for
+# them): none is a failure of the run (the janitor is there for them), each is reported.
+swept() {
+  local i
+  for i in $(seq 1 $N_HOSTS); do
+    grep -E "no assignment accounts for|removing the container" "$W/h$i/shoald.log" 2>/dev/null | cut -c1-400 \
+      | sed "s/^/note: host$i: /" || true
+  done
+  return 0
 }
 
 # Panics and crashes: any "panicked at" in a shoald log, any shoald not running.
@@ -472,6 +491,7 @@ run() {
   crashes || verdict=1
   t=$(now_ms)
   if leaks "$DIR/footprint"; then echo "leaks: none (clean $(( $(now_ms) - t )) ms after removal)"; else verdict=1; fi
+  swept
   [ "$verdict" = 0 ] && echo "result: pass" || echo "result: FAIL"
   REPORTED=1
   if [ "$verdict" != 0 ]; then

@@ -11,6 +11,7 @@ pub mod disconnect;
 pub mod exec;
 pub mod files;
 pub mod health;
+mod janitor;
 pub mod logs;
 pub mod network;
 mod reporter;
@@ -427,12 +428,12 @@ pub fn start(
                 agent.track_network(&t);
                 agent.spawn_controller(t, adopted);
             }
-            // Containers with no recorded task were created by no assignment this agent knows: remove.
+            // Containers with no recorded task were created by no assignment this agent knows:
+            // removed now, and from then on by the janitor's sweeps.
             for (id, _) in existing {
-                tracing::warn!(container = %id, "removing a container no assignment accounts for");
-                let _ = runtime.stop(&id, 9, Duration::from_secs(1)).await;
-                let _ = runtime.remove(&id).await;
+                janitor::discard(runtime.as_ref(), &id).await;
             }
+            agent.work.spawn(janitor::run(runtime.clone(), db.clone(), cancel.clone()));
             session(cfg.node_id, agent, leader, cancel).await;
         })
     });

@@ -64,6 +64,15 @@ impl TaskDb {
         Ok(out)
     }
 
+    /// The ids of every recorded task.
+    pub fn task_ids(&self) -> Result<std::collections::HashSet<String>, StateError> {
+        let mut out = std::collections::HashSet::new();
+        for k in self.tasks.iter().keys() {
+            out.insert(String::from_utf8_lossy(&k?).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Records the last status of a task (durably: it is what a restart resumes from).
     pub fn put_status(&self, id: &str, s: &TaskStatus) -> Result<(), StateError> {
         self.status.insert(id, s.encode_to_vec())?;
@@ -113,12 +122,14 @@ mod tests {
         }
         let db = TaskDb::open(dir.path()).expect("reopen");
         assert_eq!(db.tasks().expect("tasks"), vec![t]);
+        assert_eq!(db.task_ids().expect("ids"), ["t1".to_string()].into());
         assert_eq!(db.status("t1").expect("status").map(|s| s.state()), Some(TaskState::Running));
         db.put_gateway_address("t1", std::net::Ipv4Addr::new(172, 18, 0, 2)).expect("gateway");
         assert_eq!(db.gateway_addresses().expect("read").get("t1"), Some(&std::net::Ipv4Addr::new(172, 18, 0, 2)));
         db.remove("t1").expect("remove");
         assert!(db.gateway_addresses().expect("read").is_empty());
         assert!(db.tasks().expect("tasks").is_empty());
+        assert!(db.task_ids().expect("ids").is_empty());
         assert_eq!(db.status("t1").expect("status"), None);
     }
 }

@@ -158,6 +158,34 @@ async fn services_run_heal_and_move_across_hosts() -> Result<()> {
     assert_eq!(pids_of("sleep 1001"), before, "the same processes after the agent restart");
     assert_eq!(tasks(&h, "web").await.context("tasks")?.len(), 6, "no task was replaced: {ts:?}");
 
+    // A container in host4's namespace that no task accounts for (what a failed clean-up
+    // leaves) is removed by its agent's janitor; the tasks' containers stay.
+    let socket = hosts.dir().join("containerd/containerd.sock");
+    let rootfs = tempfile::tempdir()?;
+    let ctr = |args: &[&str]| -> Result<String> {
+        let o = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["-n", &format!("shoal{SET}-h4")])
+            .args(args)
+            .output()?;
+        if !o.status.success() {
+            bail!("ctr {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let root = rootfs.path().to_str().context("path")?;
+    ctr(&["containers", "create", "--rootfs", root, "stray", "sh"])?;
+    assert!(ctr(&["containers", "ls", "-q"])?.lines().any(|l| l == "stray"), "the stray container was made");
+    wait_until(T, "host4's janitor to remove the stray container", || {
+        let listed = ctr(&["containers", "ls", "-q"]);
+        async move { listed.ok().filter(|l| !l.lines().any(|l| l == "stray")).map(|_| ()) }
+    })
+    .await?;
+    let log = std::fs::read_to_string(hosts.dir().join("h4/shoald.log"))?;
+    assert!(log.contains("removing a container no assignment accounts for"), "the removal is logged");
+    assert_eq!(pids_of("sleep 1001"), before, "the tasks' containers stay");
+
     // Lose a worker (kill -9 its shoald, its shims and its containers): its replicas run
     // elsewhere; once it is back, nothing runs twice.
     let on5 = ts.iter().filter(|t| t["node"] == "host5").count();
