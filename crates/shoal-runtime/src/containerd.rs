@@ -69,7 +69,12 @@ pub struct Containerd {
     auth_file: Option<PathBuf>,
     state_dir: PathBuf,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One gate per shim group: a task is created or deleted in its group only through it (see
+    /// [`Containerd::shim_gate`]).
+    shim_gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     create_lease_slot: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Task creates that found their shim gone and were made again (see [`shim_died`]).
+    shim_retries: std::sync::atomic::AtomicU64,
 }
 
 fn ns<T>(msg: T, namespace: &str) -> Request<T> {
@@ -89,8 +94,11 @@ const SHIM_ATTEMPTS: u32 = 3;
 
 /// Whether containerd's answer to a task create says the task's shim never came up: it exited
 /// before it answered (`ttrpc: closed`), or its socket was gone when containerd dialled it
-/// (`failed to start shim`); both seen under load, reported only as text with code `Unknown`.
-/// Nothing of the container ran then, so creating the task again is safe.
+/// (`failed to start shim`), reported only as text with code `Unknown`. A grouped shim exits
+/// when the last task of its group is deleted; a create that reached it meanwhile fails so.
+/// [`Containerd::shim_gate`] keeps this process's creates and deletes of a group apart; this
+/// covers a shim that went for any other reason. Nothing of the container ran then, so creating
+/// the task again is safe.
 fn shim_died(e: &tonic::Status) -> bool {
     e.code() == Code::Unknown && ["ttrpc: closed", "failed to start shim"].iter().any(|m| e.message().contains(m))
 }
@@ -150,7 +158,9 @@ impl Containerd {
             auth_file,
             state_dir,
             pulls: Mutex::new(HashMap::new()),
+            shim_gates: Mutex::new(HashMap::new()),
             create_lease_slot: tokio::sync::Mutex::new(None),
+            shim_retries: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -177,6 +187,29 @@ impl Containerd {
                 }
             }
         }
+    }
+
+    /// The gate of container `id`'s shim group. The runc shim of a group exits when the last
+    /// task it serves is deleted, and containerd hands a create in that group to the running
+    /// shim while it is still there: a create racing the delete of the group's last task reaches
+    /// a shim that is going away. Creates of a group pass the gate together, a delete alone, so
+    /// a create starts only once such a delete (and the shim's exit within it) is done, and then
+    /// starts a new shim.
+    fn shim_gate(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut m = self.shim_gates.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(shim_group(&self.namespace, id)).or_default().clone()
+    }
+
+    /// How many task creates so far found their shim gone and were made again.
+    pub fn shim_retries(&self) -> u64 {
+        self.shim_retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Deletes container `id`'s task, alone in its group's gate.
+    async fn delete_task(&self, id: &str) -> Result<(), tonic::Status> {
+        let _alone = self.shim_gate(id).write_owned().await;
+        let req = self.req(DeleteTaskRequest { container_id: id.to_string() });
+        TasksClient::new(self.channel.clone()).delete(req).await.map(|_| ())
     }
 
     fn req<T>(&self, m: T) -> Request<T> {
@@ -759,13 +792,18 @@ impl ContainerRuntime for Containerd {
                 terminal: false,
                 ..Default::default()
             };
-            match tasks.create(self.req(create)).await {
+            let created = {
+                let _together = self.shim_gate(id).read_owned().await;
+                tasks.create(self.req(create)).await
+            };
+            match created {
                 Ok(_) => break,
                 Err(e) if attempt < SHIM_ATTEMPTS && shim_died(&e) => {
                     // The shim never came up: no process of the container ran, so the task is
                     // cleared and created again.
                     tracing::warn!(container = %id, attempt, error = %e.message(), "the task's shim did not come up; trying again");
-                    let _ = tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await;
+                    self.shim_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = self.delete_task(id).await;
                     tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
                     attempt += 1;
                 }
@@ -805,7 +843,7 @@ impl ContainerRuntime for Containerd {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut tasks = TasksClient::new(self.channel.clone());
-        match tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await {
+        match self.delete_task(id).await {
             Ok(_) => {}
             Err(e) if e.code() == Code::NotFound => {}
             Err(e) if e.code() == Code::FailedPrecondition => {
@@ -819,7 +857,7 @@ impl ContainerRuntime for Containerd {
                     }))
                     .await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_exit(id)).await;
-                tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await.map_err(cd)?;
+                self.delete_task(id).await.map_err(cd)?;
             }
             Err(e) => return Err(cd(e)),
         }

@@ -320,3 +320,43 @@ async fn pulls_use_the_credentials_file_and_containerd_may_come_later() {
     let v = rt.ping().await.expect("answers once it is there");
     assert!(v.starts_with("containerd "), "{v}");
 }
+
+/// Ids of `n` containers that share one shim group of `namespace`.
+fn same_group(namespace: &str, prefix: &str, n: usize) -> Vec<String> {
+    let group = shoal_runtime::containerd::shim_group(namespace, &format!("{prefix}-0"));
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| shoal_runtime::containerd::shim_group(namespace, id) == group)
+        .take(n)
+        .collect()
+}
+
+/// A rolling replacement on a node in miniature: the only task of a shim group is deleted (its
+/// shim exits with it) while the next task of the group is created. Every create finds a shim
+/// that serves it at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_while_its_group_empties_finds_a_live_shim() {
+    let f = fixture();
+    let state = f.dir.path().join("agent");
+    let rt = runtime(&f, &state).await;
+    let image = format!("{}/busybox:1", f.reg);
+    rt.pull(&image, &RegistryAuth::Anonymous).await.expect("pull");
+    const ROUNDS: usize = 12;
+    let ids = same_group(&f.namespace, "churn", ROUNDS + 1);
+    rt.create(&spec(&ids[0], &image, &["sleep", "600"])).await.expect("create");
+    rt.start(&ids[0]).await.expect("start");
+    for round in 0..ROUNDS {
+        let (old, new) = (&ids[round], &ids[round + 1]);
+        rt.create(&spec(new, &image, &["sleep", "600"])).await.expect("create");
+        rt.stop(old, 9, Duration::from_secs(5)).await.expect("stop");
+        let (removed, started) = tokio::join!(rt.remove(old), rt.start(new));
+        removed.expect("remove");
+        let pid = started.unwrap_or_else(|e| panic!("round {round}: the new task did not start: {e}"));
+        assert!(pid > 0);
+    }
+    assert_eq!(rt.shim_retries(), 0, "a create reached a shim on its way out");
+    let left: Vec<String> = rt.list().await.expect("list").into_iter().map(|c| c.id).collect();
+    assert_eq!(left, vec![ids[ROUNDS].clone()]);
+    rt.stop(&ids[ROUNDS], 9, Duration::from_secs(5)).await.expect("stop");
+    rt.remove(&ids[ROUNDS]).await.expect("remove");
+}
