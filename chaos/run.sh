@@ -303,7 +303,7 @@ sampler() {
     ids=$(for i in $(seq 1 $N_HOSTS); do
       ctr_in "$i" tasks ls 2>/dev/null | awk -v h="host$i" 'NR > 1 && $3 == "RUNNING" {print h, $1}'
     done)
-    python3 - "$(now_ms)" "$tasks" "$ids" >>"$out" <<'PY'
+    python3 - "$(now_ms)" "$tasks" "$ids" "$out.tasks" >>"$out" <<'PY'
 import json, sys
 at, tasks, ids = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3].split("\n")
 slot = {t["id"]: t["slot"] for t in tasks}
@@ -313,11 +313,39 @@ for line in ids:
         continue
     host, cid = line.split()
     if cid in slot:
-        running.append({"service": "web", "slot": slot[cid], "host": host})
+        running.append({"service": "web", "slot": slot[cid], "host": host, "task": cid})
 print(json.dumps({"at_ms": at, "running": running}))
+# The task table beside it, to tell afterwards what the leader had decided of each container.
+keep = ("id", "slot", "node", "desired_state", "state", "error")
+with open(sys.argv[4], "a") as f:
+    f.write(json.dumps({"at_ms": at, "tasks": [{k: t.get(k) for k in keep} for t in tasks]}) + "\n")
 PY
     sleep 0.5
   done
+}
+
+# For each slot the checker saw running twice (lines of $1), what the leader's task table ($2)
+# said of that slot at that sample and the one before: which task each container was.
+slot_story() {
+  python3 - "$1" "$2" <<'PY' || true
+import json, re, sys
+seen = set()
+samples = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+for line in open(sys.argv[1]):
+    m = re.search(r"web\.(\d+) ran \d+ times at (\d+) ms", line)
+    if not m or m.groups() in seen:
+        continue
+    seen.add(m.groups())
+    slot, at = int(m.group(1)), int(m.group(2))
+    i = next((k for k, s in enumerate(samples) if s["at_ms"] == at), None)
+    for h in (json.loads(l) for l in open(sys.argv[2][:-len(".tasks")]) if l.strip()):
+        if h["at_ms"] == at:
+            print("  containers: " + ", ".join(f"{r['task']} on {r['host']}" for r in h["running"] if r["slot"] == slot))
+    for s in samples[max(0, (i or 0) - 1):(i or 0) + 1] if i is not None else []:
+        for t in s["tasks"]:
+            if t["slot"] == slot:
+                print(f"  web.{slot} at {s['at_ms']} ms: task {t['id']} on {t['node']}: desired {t['desired_state']}, state {t['state']} {t['error'] or ''}")
+PY
 }
 
 # Waits (up to 90 s) until `web` runs as many tasks as it wants with no update under way;
@@ -483,7 +511,8 @@ run() {
   if finals >"$DIR/finals.json"; then
     "$SHOAL_BIN_DIR/shoal-chaos" check --history "$DIR/ops.jsonl" --initial "$DIR/initial.json" \
       --finals "$DIR/finals.json" --versions "$DIR/versions.jsonl" --hosts "$DIR/hosts.jsonl" \
-      --cut-offs "$DIR/cuts.jsonl" --grace-ms $GRACE_MS "${checks[@]}" || verdict=1
+      --cut-offs "$DIR/cuts.jsonl" --grace-ms $GRACE_MS "${checks[@]}" | tee "$DIR/verdict" || verdict=1
+    slot_story "$DIR/verdict" "$DIR/hosts.jsonl.tasks"
   else
     echo "the final state could not be read"; verdict=1
   fi
