@@ -60,10 +60,10 @@ pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, out: &mut Vec<
         }
         let (runnable, ended): (Vec<Id<'s>>, Vec<Id<'s>>) =
             wanted.iter().copied().partition(|i| tasks.get(i).is_some_and(task::is_runnable));
+        let stopping = ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
         if !runnable.is_empty() {
             tasks.shut_down_all(&ended, None);
             // A node that takes no new task (paused) keeps its task as it is.
-            let stopping = ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
             match update::settle(&mut tasks, &want, &runnable, stopping) {
                 Some(update::Group::Outdated { .. }) if !takes_new => round.keep(),
                 Some(g) => round.group(node_id.clone(), g, clock),
@@ -81,12 +81,12 @@ pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, out: &mut Vec<
                     continue;
                 }
                 if restart::replace_now(&mut tasks, &policy, last, &ids, clock) {
-                    let t = ctx.new_task(service, 0, node_id);
+                    let t = update::waiting_for_stop(ctx.new_task(service, 0, node_id), stopping);
                     tasks.create(t);
                 }
             }
             None if takes_new => {
-                let t = ctx.new_task(service, 0, node_id);
+                let t = update::waiting_for_stop(ctx.new_task(service, 0, node_id), stopping);
                 tasks.create(t);
             }
             None => {}

@@ -12,7 +12,10 @@
 //!   meaning not live and with no task still stopping (a slot just scaled away whose container
 //!   is still on its way out would otherwise run twice for a moment);
 //! - each live slot keeps one runnable task (extras are shut down), replaces a task taken away
-//!   at once, and applies the restart policy to a task that ended.
+//!   at once, and applies the restart policy to a task that ended;
+//! - a slot never runs two tasks: a new task of a slot whose other task is still stopping (told
+//!   to, not yet stopped, on a node not down: a drain, a lost waiting task, a restart) is created
+//!   waiting (desired `READY`), placed and prepared, and starts once that one has stopped.
 //!
 //! A slot whose task is not up to date with the service is replaced only by a rolling update
 //! (module `update`), a batch at a time; a slot holding both an up-to-date task and an old one
@@ -127,8 +130,8 @@ pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, replicas: u64,
             round.idle();
             continue; // created in this pass
         };
+        let stopping = stopping_in(&tasks, *n);
         if !slot.runnable.is_empty() {
-            let stopping = slot.ids.iter().any(|i| tasks.get(i).is_some_and(|t| update::stopping(store, t)));
             if let Some(g) = update::settle(&mut tasks, &want, &slot.runnable, stopping) {
                 round.group(*n, g, clock);
             }
@@ -136,13 +139,13 @@ pub(crate) fn reconcile<'s>(ctx: &mut Ctx<'s>, service: &Service, replicas: u64,
         } else if slot.evicted {
             round.idle();
             tasks.shut_down_all(&slot.ended, None);
-            let t = ctx.new_task(service, *n, "");
+            let t = update::waiting_for_stop(ctx.new_task(service, *n, ""), stopping);
             tasks.create(t);
         } else if let Some(last) = tasks.latest(&slot.ended) {
             round.idle();
             tasks.shut_down_all(&slot.ended, Some(last));
             if restart::replace_now(&mut tasks, &policy, last, &slot.ids, clock) {
-                let t = ctx.new_task(service, *n, "");
+                let t = update::waiting_for_stop(ctx.new_task(service, *n, ""), stopping);
                 tasks.create(t);
             }
         }

@@ -274,6 +274,17 @@ pub(crate) fn stopping(store: &Store, t: &Task) -> bool {
         && store.node(&t.node_id).is_some_and(|n| !crate::nodes::is_down(n))
 }
 
+/// A group's new task, made while another task of the group is still `stopping`, waits
+/// (desired `READY`): placed and prepared meanwhile, it starts once that one has stopped (see
+/// `settle`). A group never runs two tasks at once, whatever calls for the new one: an update, a
+/// task lost with its node, a restart.
+pub(crate) fn waiting_for_stop(mut t: Task, stopping: bool) -> Task {
+    if stopping && t.desired_state > TaskState::Ready as i32 {
+        t.desired_state = TaskState::Ready as i32;
+    }
+    t
+}
+
 /// Where one group stands (a replicated slot, or a global service's node) once settled.
 pub(crate) enum Group<'s> {
     /// It runs an up-to-date task, since then (`None`: not yet running; an old task beside it,

@@ -82,9 +82,17 @@ fn a_drained_node_loses_its_task() {
     let mut w = settled();
     set_availability(&mut w, "n1", NodeAvailability::Drain);
     expect(&mut w, NOW, &["update m1 node=n1 desired=shutdown state=running"]);
-    // Back to active: a new task.
+    // Back to active while m1 still stops: a new task, which waits for m1 (one task per node).
     set_availability(&mut w, "n1", NodeAvailability::Active);
-    expect(&mut w, NOW, &["create mon.n1 node=n1 desired=running state=assigned"]);
+    expect(&mut w, NOW, &["create mon.n1 node=n1 desired=ready state=assigned"]);
+    let new = w
+        .store
+        .tasks_by_node("n1")
+        .find(|t| t.desired_state == Ready as i32)
+        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
+        .expect("the waiting task");
+    w.edit_task("m1", |t| t.status.get_or_insert_with(Default::default).state = Shutdown as i32);
+    expect(&mut w, NOW, &[&format!("update {new} node=n1 desired=running state=assigned")]);
 }
 
 #[test]

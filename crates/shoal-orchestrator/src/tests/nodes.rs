@@ -69,11 +69,17 @@ fn draining_moves_tasks_and_leaves_the_stop_to_the_agent() {
     expect(
         &mut w,
         NOW,
-        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=running state=pending"],
+        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=ready state=pending"],
     );
-    // The agent then reports the stop; nothing more to do.
+    // The agent then reports the stop: the replacement, placed meanwhile, starts.
+    let new = w
+        .store
+        .tasks_by_service("web")
+        .find(|t| t.desired_state == Ready as i32)
+        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
+        .expect("the replacement, waiting for t1 to stop");
     w.edit_task("t1", |t| t.status.get_or_insert_with(Default::default).state = Shutdown as i32);
-    assert_eq!(pass(&w, NOW), Vec::<String>::new());
+    expect(&mut w, NOW, &[&format!("update {new} node=- desired=running state=pending")]);
 }
 
 #[test]
@@ -83,11 +89,24 @@ fn a_drained_node_going_down_orphans_what_is_still_stopping() {
     expect(
         &mut w,
         NOW,
-        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=running state=pending"],
+        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=ready state=pending"],
     );
+    let new = w
+        .store
+        .tasks_by_service("web")
+        .find(|t| t.desired_state == Ready as i32)
+        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
+        .expect("the replacement, waiting for t1 to stop");
     set_state(&mut w, "n1", NodeState::Down);
-    // No second replacement: the slot already has one.
-    expect(&mut w, NOW, &["update t1 node=n1 desired=shutdown state=orphaned"]);
+    // No second replacement: the slot already has one, which no longer waits for t1.
+    expect(
+        &mut w,
+        NOW,
+        &[
+            "update t1 node=n1 desired=shutdown state=orphaned",
+            &format!("update {new} node=- desired=running state=pending"),
+        ],
+    );
 }
 
 #[test]
@@ -111,9 +130,10 @@ fn a_label_change_that_breaks_a_constraint_moves_the_task() {
     w.edit_node("n1", |n| {
         *n = n.clone().label("zone", "b");
     });
+    // The replacement is placed at once and starts once t1 has stopped.
     expect(
         &mut w,
         NOW,
-        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=running state=pending"],
+        &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=ready state=pending"],
     );
 }

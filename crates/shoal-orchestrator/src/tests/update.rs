@@ -203,6 +203,83 @@ fn stop_first_starts_the_new_task_only_once_the_old_one_stopped() {
     assert!((3 * STOP_MS + 2_000..=3 * STOP_MS + 3_500).contains(&took), "took {took} ms");
 }
 
+/// Stop-first, old tasks slow to stop: the node holding a slot's waiting new task is lost while
+/// the old task still stops elsewhere (the failover of a leader that also ran tasks, in chaos).
+/// The replacement of the lost task waits for the old one too: a slot never runs two tasks.
+#[test]
+fn a_replacement_for_a_lost_waiting_task_waits_for_the_old_one_to_stop() {
+    const STOP_MS: i64 = 3_000;
+    let mut w = cluster(UpdateConfig { delay_ms: 0, ..config(1, Order::StopFirst, FailureAction::Pause) });
+    update_to(&mut w, "v2", 1_000);
+    let mut told: std::collections::HashMap<String, i64> = Default::default();
+    let mut lost: Option<(String, u64)> = None;
+    let mut now = 1_000;
+    let mut last = State::Updating;
+    while now <= 60_000 && matches!(last, State::Updating) {
+        super::sim_step(&mut w, now, |t| {
+            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let observed = task_state::observed(t);
+            if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+                let since = *told.entry(id).or_insert(now);
+                (now - since >= STOP_MS).then_some(TaskState::Shutdown)
+            } else if t.desired_state == TaskState::Running as i32
+                && !t.node_id.is_empty()
+                && observed < TaskState::Running as i32
+                && task_state::status_timestamp(t) < now
+            {
+                Some(TaskState::Running)
+            } else {
+                None
+            }
+        });
+        if lost.is_none() {
+            // A waiting task placed on another node than the old task it waits for.
+            let stopping_on = |slot: u64| {
+                w.store
+                    .tasks_by_service("web")
+                    .find(|t| {
+                        t.slot == slot
+                            && t.desired_state > TaskState::Running as i32
+                            && task_state::observed(t) == TaskState::Running as i32
+                    })
+                    .map(|t| t.node_id.clone())
+            };
+            let waiting = w
+                .store
+                .tasks_by_service("web")
+                .find(|t| {
+                    t.desired_state == TaskState::Ready as i32
+                        && !t.node_id.is_empty()
+                        && stopping_on(t.slot).is_some_and(|n| n != t.node_id)
+                })
+                .map(|t| (t.node_id.clone(), t.slot));
+            if let Some((node, slot)) = waiting {
+                w.edit_node(&node, |n| {
+                    n.status.get_or_insert_with(Default::default).state = shoal_api::v1::NodeState::Down as i32
+                });
+                lost = Some((node, slot));
+            }
+        }
+        let mut per_slot: std::collections::BTreeMap<u64, usize> = Default::default();
+        for t in w.store.tasks_by_service("web") {
+            if task_state::observed(t) == TaskState::Running as i32 {
+                *per_slot.entry(t.slot).or_default() += 1;
+            }
+        }
+        assert!(per_slot.values().all(|n| *n == 1), "one running task per slot at {now}: {per_slot:?}");
+        last = sample(&w, now).state;
+        now += 100;
+    }
+    let (_, slot) = lost.expect("a waiting task was placed, and its node lost");
+    assert_eq!(last, State::Completed);
+    let running = w
+        .store
+        .tasks_by_service("web")
+        .filter(|t| t.slot == slot && task_state::observed(t) == TaskState::Running as i32)
+        .count();
+    assert_eq!(running, 1, "the slot of the lost task runs again");
+}
+
 #[test]
 fn start_first_keeps_every_replica_running_throughout() {
     let mut w = cluster(config(2, Order::StartFirst, FailureAction::Pause));
