@@ -442,11 +442,29 @@ pub async fn run(o: Opts) -> Result<()> {
             let mut req =
                 tonic::Request::new(CreateServiceRequest { spec: Some(spec(&format!("after-kill-{attempt}"), 0)) });
             req.set_timeout(Duration::from_secs(5));
-            if survivor_client.create_service(req).await.is_ok() {
-                first_write = Some(t_kill.elapsed());
+            let t_attempt = Instant::now();
+            match survivor_client.create_service(req).await {
+                Ok(_) => first_write = Some(t_kill.elapsed()),
+                // What kept the first write waiting: refusals while no leader is known, or an
+                // attempt that hung.
+                Err(e) if attempt <= 5 || attempt % 50 == 0 => eprintln!(
+                    "  (write attempt {attempt} at {:.0} ms failed after {:.0} ms: {})",
+                    (t_attempt - t_kill).as_secs_f64() * 1000.0,
+                    t_attempt.elapsed().as_secs_f64() * 1000.0,
+                    e.message()
+                ),
+                Err(_) => {}
             }
         }
         let reconnected = shared.streams.load(Ordering::Relaxed) - streams_before;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  ... {:.1} s after the kill: {reconnected} streams reopened, {} following",
+                t_kill.elapsed().as_secs_f64(),
+                shared.following.load(Ordering::Relaxed)
+            );
+            last_print = Instant::now();
+        }
         if first_write.is_some() && reconnected >= o.nodes && shared.following.load(Ordering::Relaxed) >= o.nodes {
             break;
         }
