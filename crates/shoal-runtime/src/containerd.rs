@@ -739,6 +739,10 @@ impl ContainerRuntime for Containerd {
 
     async fn pull(&self, image: &str, auth: &RegistryAuth) -> Result<(), RuntimeError> {
         let name = Self::image_name(image)?;
+        // Present: nothing to wait for (tasks of one image starting together check at once).
+        if self.image_chain(&name).await.is_some() {
+            return Ok(());
+        }
         // One pull per image at a time; later callers find it present.
         let gate = {
             let mut m = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
