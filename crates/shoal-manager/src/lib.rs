@@ -37,6 +37,7 @@ pub mod writer;
 
 pub use error::ApiError;
 pub use server::{Daemon, DaemonConfig};
+pub use session::next_beat;
 
 /// TTL of the tasks' resolvers' answers unless set (`shoald --dns-ttl`).
 pub const DEFAULT_DNS_TTL: u32 = shoal_net::dns::TTL;

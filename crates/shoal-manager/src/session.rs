@@ -1,7 +1,9 @@
 //! The node's session with the leader: a heartbeat every period (also from managers, so every
 //! node's liveness is judged the same way), following redirects to the current leader, and
 //! handing each answer to the role transitions (promotion starts Raft, demotion stops and wipes
-//! it, removal resets the node).
+//! it, removal resets the node). After a failed heartbeat the next manager is tried within a
+//! few hundred milliseconds, not a period later ([`next_beat`]): a node finds the new leader
+//! soon after the old one is lost, however long the period a large cluster set.
 
 use std::time::Duration;
 
@@ -33,6 +35,10 @@ async fn run(node: Node, on_answer: OnAnswer, shutdown: tokio_util::sync::Cancel
         let mut next_manager = 0usize;
         let mut redirect: Option<String> = None;
         let mut last_error_logged = false;
+        // Heartbeats failed in a row.
+        let mut failures = 0u32;
+        // Spreads the retries of thousands of nodes that lost the same leader.
+        let jitter = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..RETRY_JITTER_MS));
         // What the leader last heard of this node's description: it goes along only when it
         // changed (or every REFRESH beats), so thousands of nodes send small heartbeats.
         let mut described: Option<(shoal_api::v1::NodeDescription, u32)> = None;
@@ -68,6 +74,7 @@ async fn run(node: Node, on_answer: OnAnswer, shutdown: tokio_util::sync::Cancel
                 }
                 Ok((addr, resp)) => {
                     last_error_logged = false;
+                    failures = 0;
                     node.managers.set_leader_hint(&addr);
                     if resp.period_ms > 0 {
                         period = Duration::from_millis(resp.period_ms);
@@ -85,12 +92,13 @@ async fn run(node: Node, on_answer: OnAnswer, shutdown: tokio_util::sync::Cancel
                         last_error_logged = true;
                     }
                     next_manager = next_manager.wrapping_add(1);
+                    failures = failures.saturating_add(1);
                 }
             }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(next_beat(period, failures, jitter)) => {}
             }
         }
     }
@@ -113,6 +121,23 @@ fn pick_target(node: &Node, next: &mut usize) -> Option<String> {
 
 /// Heartbeats between full descriptions.
 const REFRESH: u32 = 30;
+
+/// The first pause after a failed heartbeat; it doubles with each failure in a row.
+const FIRST_RETRY_MS: u64 = 250;
+/// The most a node's retries are shifted by, so that nodes that lost the same leader do not
+/// all knock at once.
+const RETRY_JITTER_MS: u64 = 250;
+
+/// How long to wait before the next heartbeat: the period after an answer; after `failures`
+/// failed heartbeats in a row, 250 ms doubling with each (plus the node's `jitter`), never
+/// longer than the period. Pure.
+pub fn next_beat(period: Duration, failures: u32, jitter: Duration) -> Duration {
+    if failures == 0 {
+        return period;
+    }
+    let backoff = Duration::from_millis(FIRST_RETRY_MS.saturating_mul(1u64 << failures.saturating_sub(1).min(16)));
+    (backoff + jitter).min(period)
+}
 
 async fn beat(
     node: &Node,
@@ -153,6 +178,17 @@ fn contact_grace(resp: &HeartbeatResponse) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_soon_and_then_less_often_up_to_the_period() {
+        let period = Duration::from_secs(5);
+        let j = Duration::from_millis(100);
+        let ms = |f| next_beat(period, f, j).as_millis();
+        assert_eq!(ms(0), 5_000, "after an answer: the period");
+        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5)], [350, 600, 1_100, 2_100, 4_100]);
+        assert_eq!([ms(6), ms(40)], [5_000, 5_000], "never longer than the period");
+        assert_eq!(next_beat(Duration::from_millis(300), 1, j).as_millis(), 300, "nor in a small one");
+    }
 
     #[test]
     fn the_grace_follows_the_period_and_the_beats_the_leader_sets() {

@@ -153,6 +153,10 @@ impl SimNode {
     async fn heartbeats(self: Arc<Self>, leader: Arc<tokio::sync::Mutex<String>>, stop: CancellationToken) {
         let mut period = Duration::from_secs(1);
         let mut next_manager = 0usize;
+        // As a real node's session: a failed heartbeat is retried soon, on the next manager.
+        let mut failures = 0u32;
+        let spread = self.node_id.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let jitter = Duration::from_millis(spread % 250);
         loop {
             let target = leader.lock().await.clone();
             let Ok(ch) = self.channel(&target) else { return };
@@ -166,6 +170,7 @@ impl SimNode {
             req.set_timeout(Duration::from_secs(2));
             match MembershipClient::new(ch).heartbeat(req).await {
                 Ok(r) => {
+                    failures = 0;
                     let r = r.into_inner();
                     if !r.leader_addr.is_empty() {
                         *leader.lock().await = r.leader_addr;
@@ -184,6 +189,7 @@ impl SimNode {
                         eprintln!("{}: heartbeat to {target}: {e}", self.description.hostname);
                     }
                     next_manager += 1;
+                    failures = failures.saturating_add(1);
                     let managers = self.managers();
                     if !managers.is_empty() {
                         *leader.lock().await = managers[next_manager % managers.len()].clone();
@@ -192,7 +198,7 @@ impl SimNode {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(shoal_manager::next_beat(period, failures, jitter)) => {}
             }
         }
     }
@@ -208,6 +214,8 @@ impl SimNode {
         let mut reported: HashMap<String, i32> = HashMap::new();
         // Reports not yet accepted; they outlive a stream (a leader change).
         let mut due: Vec<(Instant, TaskStatusUpdate)> = Vec::new();
+        // As a real agent: a refused stream is asked for again after 100 ms, doubling to 2 s.
+        let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let target = leader.lock().await.clone();
             let Ok(ch) = self.channel(&target) else { return };
@@ -218,9 +226,12 @@ impl SimNode {
             let Ok(stream) = stream else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
             };
+            backoff = Duration::from_millis(100);
             shared.streams.fetch_add(1, Ordering::Relaxed);
             let mut stream = stream.into_inner();
             let mut counted = false;
