@@ -5,7 +5,7 @@ use shoal_api::v1::{
 };
 use shoal_scheduler::testing::*;
 
-use super::{expect, pass, stored};
+use super::{expect, pass, stored, waiting_task};
 use crate::GLOBAL_ASSIGNED_MESSAGE;
 
 const NOW: i64 = 100_000;
@@ -85,12 +85,7 @@ fn a_drained_node_loses_its_task() {
     // Back to active while m1 still stops: a new task, which waits for m1 (one task per node).
     set_availability(&mut w, "n1", NodeAvailability::Active);
     expect(&mut w, NOW, &["create mon.n1 node=n1 desired=ready state=assigned"]);
-    let new = w
-        .store
-        .tasks_by_node("n1")
-        .find(|t| t.desired_state == Ready as i32)
-        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
-        .expect("the waiting task");
+    let new = waiting_task(&w);
     w.edit_task("m1", |t| t.status.get_or_insert_with(Default::default).state = Shutdown as i32);
     expect(&mut w, NOW, &[&format!("update {new} node=n1 desired=running state=assigned")]);
 }

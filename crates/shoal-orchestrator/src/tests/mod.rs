@@ -49,6 +49,18 @@ fn expect(w: &mut World, now: i64, want: &[&str]) {
     assert_eq!(pass(w, now), Vec::<String>::new(), "second pass is not quiet");
 }
 
+/// The id of the one task created waiting (desired `READY`) for another to stop.
+fn waiting_task(w: &World) -> String {
+    let waiting: Vec<String> = w
+        .store
+        .tasks()
+        .filter(|t| t.desired_state == shoal_api::v1::TaskState::Ready as i32)
+        .filter_map(|t| t.meta.as_ref().map(|m| m.id.clone()))
+        .collect();
+    assert_eq!(waiting.len(), 1, "one waiting task: {waiting:?}");
+    waiting[0].clone()
+}
+
 /// The stored service `id` (with its version).
 fn stored(w: &World, id: &str) -> Service {
     w.store.service(id).cloned().expect("service exists")

@@ -6,7 +6,7 @@ use shoal_api::v1::{
 };
 use shoal_scheduler::testing::*;
 
-use super::{expect, pass, stored};
+use super::{expect, pass, stored, waiting_task};
 use crate::{NODE_DOWN_MESSAGE, NODE_REMOVED_MESSAGE};
 
 const NOW: i64 = 100_000;
@@ -72,12 +72,7 @@ fn draining_moves_tasks_and_leaves_the_stop_to_the_agent() {
         &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=ready state=pending"],
     );
     // The agent then reports the stop: the replacement, placed meanwhile, starts.
-    let new = w
-        .store
-        .tasks_by_service("web")
-        .find(|t| t.desired_state == Ready as i32)
-        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
-        .expect("the replacement, waiting for t1 to stop");
+    let new = waiting_task(&w);
     w.edit_task("t1", |t| t.status.get_or_insert_with(Default::default).state = Shutdown as i32);
     expect(&mut w, NOW, &[&format!("update {new} node=- desired=running state=pending")]);
 }
@@ -91,12 +86,7 @@ fn a_drained_node_going_down_orphans_what_is_still_stopping() {
         NOW,
         &["update t1 node=n1 desired=shutdown state=running", "create web.1 node=- desired=ready state=pending"],
     );
-    let new = w
-        .store
-        .tasks_by_service("web")
-        .find(|t| t.desired_state == Ready as i32)
-        .and_then(|t| t.meta.as_ref().map(|m| m.id.clone()))
-        .expect("the replacement, waiting for t1 to stop");
+    let new = waiting_task(&w);
     set_state(&mut w, "n1", NodeState::Down);
     // No second replacement: the slot already has one, which no longer waits for t1.
     expect(

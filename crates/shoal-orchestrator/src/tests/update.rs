@@ -153,6 +153,33 @@ fn stop_first_replaces_two_at_a_time_and_never_drops_below_four() {
     assert_eq!(super::pass(&w, last.at + 10_000), Vec::<String>::new());
 }
 
+/// An agent whose tasks take `stop_ms` to stop once told (`told`: when each was), start a step
+/// after they are placed, and report a waiting (desired `READY`) task prepared.
+fn slow_to_stop(
+    t: &shoal_api::v1::Task,
+    now: i64,
+    told: &mut std::collections::HashMap<String, i64>,
+    stop_ms: i64,
+) -> Option<TaskState> {
+    let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+    let observed = task_state::observed(t);
+    if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
+        let since = *told.entry(id).or_insert(now);
+        (now - since >= stop_ms).then_some(TaskState::Shutdown)
+    } else if t.desired_state == TaskState::Running as i32
+        && !t.node_id.is_empty()
+        && observed < TaskState::Running as i32
+        && task_state::status_timestamp(t) < now
+    {
+        Some(TaskState::Running)
+    } else if t.desired_state == TaskState::Ready as i32 && !t.node_id.is_empty() && observed < TaskState::Ready as i32
+    {
+        Some(TaskState::Ready)
+    } else {
+        None
+    }
+}
+
 /// Stop-first with tasks that take `stop_ms` to stop (a workload ignoring its stop signal, killed
 /// at the end of its grace period): the new task of a slot is placed at once but starts only
 /// once the old one has stopped, so a slot never runs two tasks, and each batch takes the grace
@@ -167,24 +194,7 @@ fn stop_first_starts_the_new_task_only_once_the_old_one_stopped() {
     let mut placed_while_waiting = false;
     let mut last = State::Updating;
     while now <= 60_000 && matches!(last, State::Updating) {
-        super::sim_step(&mut w, now, |t| {
-            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-            let observed = task_state::observed(t);
-            if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
-                let since = *told.entry(id).or_insert(now);
-                (now - since >= STOP_MS).then_some(TaskState::Shutdown)
-            } else if t.desired_state == TaskState::Running as i32
-                && !t.node_id.is_empty()
-                && observed < TaskState::Running as i32
-                && task_state::status_timestamp(t) < now
-            {
-                Some(TaskState::Running)
-            } else if t.desired_state == TaskState::Ready as i32 && !t.node_id.is_empty() && observed < 5 {
-                Some(TaskState::Ready)
-            } else {
-                None
-            }
-        });
+        super::sim_step(&mut w, now, |t| slow_to_stop(t, now, &mut told, STOP_MS));
         let mut per_slot: std::collections::BTreeMap<u64, usize> = Default::default();
         for t in w.store.tasks_by_service("web") {
             if task_state::observed(t) == TaskState::Running as i32 {
@@ -216,22 +226,7 @@ fn a_replacement_for_a_lost_waiting_task_waits_for_the_old_one_to_stop() {
     let mut now = 1_000;
     let mut last = State::Updating;
     while now <= 60_000 && matches!(last, State::Updating) {
-        super::sim_step(&mut w, now, |t| {
-            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-            let observed = task_state::observed(t);
-            if t.desired_state > TaskState::Running as i32 && observed < TaskState::Complete as i32 {
-                let since = *told.entry(id).or_insert(now);
-                (now - since >= STOP_MS).then_some(TaskState::Shutdown)
-            } else if t.desired_state == TaskState::Running as i32
-                && !t.node_id.is_empty()
-                && observed < TaskState::Running as i32
-                && task_state::status_timestamp(t) < now
-            {
-                Some(TaskState::Running)
-            } else {
-                None
-            }
-        });
+        super::sim_step(&mut w, now, |t| slow_to_stop(t, now, &mut told, STOP_MS));
         if lost.is_none() {
             // A waiting task placed on another node than the old task it waits for.
             let stopping_on = |slot: u64| {
