@@ -471,8 +471,16 @@ pub async fn run(
         let mut retry = Duration::from_secs(30);
         if let Some(view) = &current.view {
             let (d, unready) = desired(view, &current.tasks, &host, &|h| resolver.resolve(h));
+            let started = std::time::Instant::now();
             match shoal_net::converge(exec.as_ref(), &d).await {
                 Ok(out) => {
+                    tracing::debug!(
+                        tasks = d.tasks.len(),
+                        steps = out.done,
+                        failed = out.failed.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "host network converged"
+                    );
                     // What the ports now lead to (a failed ports step keeps the old set: the
                     // next pass tries again).
                     if !out.failed.iter().any(|(s, _)| matches!(s, shoal_net::Step::SetPorts(_))) {
