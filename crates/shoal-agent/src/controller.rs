@@ -40,6 +40,31 @@ fn stop_settings(task: &Task) -> (i32, Duration) {
     (shoal_api::validate::parse_signal(signal).unwrap_or(15), grace)
 }
 
+/// First wait before a failed stop is tried again; the wait doubles up to [`STOP_RETRY_MAX`].
+const STOP_RETRY_FIRST: Duration = Duration::from_millis(250);
+const STOP_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// How stopping a task's container ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    /// Its process exited with this code.
+    Exited(i32),
+    /// The runtime has no such container (any more): nothing runs.
+    Gone,
+    /// The agent shuts down first: nothing is reported (the next agent adopts the task).
+    Cancelled,
+}
+
+/// What the runtime's answer to a stop means: stopped, or a failure to try again (the process
+/// may still run: containerd unreachable, the kill or the wait refused).
+fn stop_outcome(r: Result<shoal_runtime::Exit, shoal_runtime::RuntimeError>) -> Result<Stopped, String> {
+    match r {
+        Ok(exit) => Ok(Stopped::Exited(exit.code)),
+        Err(shoal_runtime::RuntimeError::NotFound(_)) => Ok(Stopped::Gone),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sleeps until `at` (forever without one).
 async fn sleep_until_std(at: Option<std::time::Instant>) {
     match at {
@@ -367,12 +392,34 @@ impl Controller {
 
     /// Stops the container with `sig` (killed after `grace`) and reports the task FAILED.
     async fn stop_failed(&mut self, id: &str, sig: i32, grace: Duration, message: &str, err: &str) {
-        let exit = self.runtime.stop(id, sig, grace).await;
         let mut cs = self.last.container.clone().unwrap_or_default();
-        if let Ok(e) = exit {
-            cs.exit_code = e.code;
+        match self.stop_container(id, sig, grace).await {
+            Stopped::Exited(code) => cs.exit_code = code,
+            Stopped::Gone => {}
+            Stopped::Cancelled => return,
         }
         self.report(TaskState::Failed, message, err, Some(cs));
+    }
+
+    /// Stops the container, trying again (after [`STOP_RETRY_FIRST`], doubling up to
+    /// [`STOP_RETRY_MAX`]) for as long as the runtime fails to: a task is reported stopped only
+    /// once its process is gone, since the managers start its replacement then. While it tries,
+    /// the task stays RUNNING with the failure in its status for `service ps` to show.
+    async fn stop_container(&mut self, id: &str, sig: i32, grace: Duration) -> Stopped {
+        let mut delay = STOP_RETRY_FIRST;
+        loop {
+            let err = match stop_outcome(self.runtime.stop(id, sig, grace).await) {
+                Ok(stopped) => return stopped,
+                Err(e) => e,
+            };
+            tracing::warn!(task_id = %id, error = %err, retry_ms = delay.as_millis() as u64, "stopping the container failed; trying again");
+            self.report(TaskState::Running, "stopping", &format!("stop failed, trying again: {err}"), None);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Stopped::Cancelled,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(STOP_RETRY_MAX);
+        }
     }
 
     fn finish(&mut self, code: i32, message: &str) {
@@ -427,13 +474,14 @@ impl Controller {
                     }
                 }
                 let (sig, grace) = stop_settings(&t);
-                match self.runtime.stop(id, sig, grace).await {
-                    Ok(exit) => {
+                match self.stop_container(id, sig, grace).await {
+                    Stopped::Exited(code) => {
                         let mut c = self.last.container.clone().unwrap_or_default();
-                        c.exit_code = exit.code;
+                        c.exit_code = code;
                         self.report(TaskState::Shutdown, "shut down", "", Some(c));
                     }
-                    Err(e) => self.report(TaskState::Shutdown, "shut down", &format!("stop: {e}"), None),
+                    Stopped::Gone => self.report(TaskState::Shutdown, "shut down", "", None),
+                    Stopped::Cancelled => {}
                 }
                 return;
             }
@@ -672,6 +720,41 @@ mod tests {
             }
             run.stop().await;
         }
+    }
+
+    /// A stop the runtime fails is tried again; the task stays RUNNING (saying why) until its
+    /// process is gone, and only then is it reported SHUTDOWN: the managers start a
+    /// replacement on that report, so a task reported stopped never still runs.
+    #[tokio::test]
+    async fn a_failed_stop_is_tried_again_and_the_task_is_not_reported_stopped_meanwhile() {
+        let runtime = Arc::new(FakeRuntime::default());
+        runtime.fail_stops(2, "connection refused");
+        let run = Run::start(task(TaskState::Running), runtime.clone());
+        run.until_state(TaskState::Running).await;
+        run.task.send_replace(task(TaskState::Shutdown));
+        until("the first failed stop", || run.status().err.contains("stop failed")).await;
+        let st = run.status();
+        assert_eq!(st.state, TaskState::Running as i32, "{st:?}");
+        assert!(st.err.contains("connection refused"), "{st:?}");
+        assert_eq!(runtime.running(), vec!["t1".to_string()]);
+        run.until_state(TaskState::Shutdown).await;
+        let stops = runtime.calls().iter().filter(|c| c.starts_with("stop t1")).count();
+        assert_eq!(stops, 3, "{:?}", runtime.calls());
+        assert!(runtime.running().is_empty());
+        let st = run.status();
+        assert_eq!((st.err.as_str(), st.container.map(|c| c.exit_code)), ("", Some(128 + 15)));
+        run.stop().await;
+    }
+
+    /// The runtime's answers to a stop: an exit or a container already gone is stopped; any
+    /// other failure is tried again.
+    #[test]
+    fn what_a_stop_answer_means() {
+        use shoal_runtime::{Exit, RuntimeError};
+        assert_eq!(stop_outcome(Ok(Exit { code: 143 })), Ok(Stopped::Exited(143)));
+        assert_eq!(stop_outcome(Err(RuntimeError::NotFound("t1".into()))), Ok(Stopped::Gone));
+        let e = stop_outcome(Err(RuntimeError::Containerd("unavailable".into())));
+        assert_eq!(e, Err("containerd: unavailable".to_string()));
     }
 
     /// Back in touch before the deadline: it keeps running.

@@ -14,6 +14,8 @@ use crate::{ContainerRuntime, ContainerSpec, ContainerState, ContainerStatusKind
 struct State {
     calls: Vec<String>,
     failing_pulls: HashMap<String, String>,
+    /// The next stops that fail, and why.
+    failing_stops: (usize, String),
     containers: BTreeMap<String, (ContainerSpec, ContainerStatusKind, u32)>,
     exits: HashMap<String, watch::Sender<Option<i32>>>,
     next_pid: u32,
@@ -58,6 +60,11 @@ impl FakeRuntime {
     /// Makes pulls of `image` fail with `reason`.
     pub fn fail_pull(&self, image: &str, reason: &str) {
         self.lock().failing_pulls.insert(image.to_string(), reason.to_string());
+    }
+
+    /// Makes the next `count` stops fail with `reason` (the process keeps running).
+    pub fn fail_stops(&self, count: usize, reason: &str) {
+        self.lock().failing_stops = (count, reason.to_string());
     }
 
     /// Adds a named volume of `size` bytes.
@@ -141,7 +148,14 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop(&self, id: &str, signal: i32, _grace: Duration) -> Result<Exit, RuntimeError> {
-        self.lock().calls.push(format!("stop {id}"));
+        {
+            let mut s = self.lock();
+            s.calls.push(format!("stop {id}"));
+            if s.failing_stops.0 > 0 {
+                s.failing_stops.0 -= 1;
+                return Err(RuntimeError::Containerd(s.failing_stops.1.clone()));
+            }
+        }
         self.exit(id, 128 + signal);
         Ok(Exit { code: 128 + signal })
     }
