@@ -89,9 +89,6 @@ pub fn vxlan_name(vni: u32) -> String {
 /// Prefix of every task-side link name on the host (the host end of a task's veth pair).
 pub const VETH_PREFIX: &str = "shve";
 
-/// Prefix of a task end still on the host (it moves into the task's namespace at once).
-pub const PEER_PREFIX: &str = "shpe";
-
 fn short_id(task_id: &str) -> String {
     task_id.chars().filter(char::is_ascii_alphanumeric).take(9).collect()
 }
@@ -99,11 +96,6 @@ fn short_id(task_id: &str) -> String {
 /// The host end of interface `index` of task `task_id` (at most 15 bytes, as the kernel asks).
 pub fn veth_name(task_id: &str, index: usize) -> String {
     format!("{VETH_PREFIX}{}{index}", short_id(task_id))
-}
-
-/// The task end of a veth pair, before it moves into the task's namespace.
-pub fn peer_name(task_id: &str, index: usize) -> String {
-    format!("{PEER_PREFIX}{}{index}", short_id(task_id))
 }
 
 /// One overlay network this host needs.

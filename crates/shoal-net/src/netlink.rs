@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -15,8 +17,8 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use crate::{
-    mac_of, netns, peer_name, veth_name, vxlan_name, Executor, Fdb, Interface, Link, LinkKind, Neigh, Net, NetError,
-    Observed, Step, Vip, GATEWAY_BRIDGE,
+    mac_of, netns, veth_name, vxlan_name, Executor, Fdb, Interface, Link, LinkKind, Neigh, Net, NetError, Observed,
+    Step, Vip, GATEWAY_BRIDGE,
 };
 
 /// nftables table holding shoal's egress rules.
@@ -205,59 +207,56 @@ impl Netlink {
     }
 
     async fn add_interface(&self, task_id: &str, index: usize, i: &Interface) -> Result<(), String> {
-        let (host, peer) = (veth_name(task_id, index), peer_name(task_id, index));
+        let host = veth_name(task_id, index);
+        let name = format!("eth{index}");
         let h = &self.handle;
-        h.link()
-            .add(LinkVeth::new(&host, &peer).mtu(i.mtu).build())
-            .execute()
-            .await
-            .map_err(|e| format!("creating veth {host}: {e}"))?;
-        let host_index = self.index(h, &host).await?;
         let bridge = self.index(h, &i.bridge).await?;
+        let path = self.namespace_path(task_id);
+        let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // The task's end is made inside its namespace, named, addressed and sized there, and
+        // the host's end in its bridge and up, in one request: moving a link from one
+        // namespace to another waits for an RCU grace period (~20 ms a task).
+        let peer = LinkUnspec::new_with_name(&name)
+            .address(mac_of(i.address.addr).to_vec())
+            .mtu(i.mtu)
+            .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns))
+            .build();
         h.link()
-            .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
+            .add(
+                LinkVeth::new(&host, &name)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .mtu(i.mtu)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(|e| format!("plugging {host} into {}: {e}", i.bridge))?;
+            .map_err(|e| format!("creating veth {host} in {}: {e}", i.bridge))?;
         if i.bridge == GATEWAY_BRIDGE {
             // Tasks on the egress bridge reach the host, never each other (Docker turns
             // inter-container traffic off on docker_gwbridge for the same reason).
+            let host_index = self.index(h, &host).await?;
             h.link()
                 .set_port(LinkBridgePort::new(host_index).isolated(true).build())
                 .execute()
                 .await
                 .map_err(|e| format!("isolating {host}: {e}"))?;
         }
-        let path = self.namespace_path(task_id);
-        let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let peer_index = self.index(h, &peer).await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns)).build())
-            .execute()
-            .await
-            .map_err(|e| format!("moving {peer} into the task's namespace: {e}"))?;
         let (inner, conn) = netns::connect_in(&path)?;
-        netns::driven(conn, self.configure_inside(&inner, &peer, index, i)).await
+        netns::driven(conn, self.configure_inside(&inner, &name, i)).await
     }
 
-    /// Names, addresses and routes interface `index` of a task (`peer` before it is renamed),
-    /// through a connection inside its namespace.
-    async fn configure_inside(&self, inner: &Handle, peer: &str, index: usize, i: &Interface) -> Result<(), String> {
-        let at = self.index(inner, peer).await?;
-        let name = format!("eth{index}");
+    /// Brings up, addresses and routes the task's interface `name`, through a connection
+    /// inside its namespace.
+    async fn configure_inside(&self, inner: &Handle, name: &str, i: &Interface) -> Result<(), String> {
+        let at = self.index(inner, name).await?;
         inner
             .link()
-            .set(
-                LinkUnspec::new_with_index(at)
-                    .name(name.clone())
-                    .address(mac_of(i.address.addr).to_vec())
-                    .mtu(i.mtu)
-                    .up()
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(at).up().build())
             .execute()
             .await
-            .map_err(|e| format!("configuring {name}: {e}"))?;
+            .map_err(|e| format!("bringing {name} up: {e}"))?;
         inner
             .address()
             .add(at, IpAddr::V4(i.address.addr), i.address.prefix)

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{
     bridge_name, mac_of, veth_name, vxlan_name, Desired, Fdb, Link, LinkKind, Neigh, Observed, Step, GATEWAY_BRIDGE,
-    PEER_PREFIX, VETH_PREFIX,
+    VETH_PREFIX,
 };
 
 fn is_overlay_device(name: &str) -> bool {
@@ -40,11 +40,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     let mut dead_links: BTreeSet<String> = o
         .links
         .iter()
-        .filter(|l| {
-            (l.name.starts_with(VETH_PREFIX) && !keep_veths.contains(&l.name))
-                // A task end that never reached its namespace.
-                || l.name.starts_with(PEER_PREFIX)
-        })
+        .filter(|l| l.name.starts_with(VETH_PREFIX) && !keep_veths.contains(&l.name))
         .map(|l| l.name.clone())
         .collect();
     let wanted_tasks: BTreeSet<&str> = d.tasks.iter().map(|t| t.task_id.as_str()).collect();
@@ -156,7 +152,7 @@ pub fn plan(d: &Desired, o: &Observed) -> Vec<Step> {
     // --- in order
     // Task links before the bridges they are ports of; VXLAN devices before bridges.
     let order = |n: &String| {
-        if n.starts_with(VETH_PREFIX) || n.starts_with(PEER_PREFIX) {
+        if n.starts_with(VETH_PREFIX) {
             0
         } else if n.starts_with("shvx") {
             1
@@ -361,26 +357,17 @@ mod tests {
     }
 
     #[test]
-    fn a_half_made_task_is_made_again_and_a_stray_peer_removed() {
+    fn a_half_made_task_is_made_again() {
         let fake = crate::fake::Fake::default();
         for s in plan(&desired(), &Observed::default()) {
             fake.apply(&s).expect("step");
         }
         let mut o = fake.observed();
         o.links.retain(|l| l.name != "shvetask1abcd1");
-        o.links.push(Link {
-            name: "shpezzz0".into(),
-            kind: LinkKind::Veth,
-            master: None,
-            mtu: 1500,
-            up: false,
-            addresses: vec![],
-        });
         let steps = plan(&desired(), &o);
         assert_eq!(
             steps,
             vec![
-                Step::DeleteLink { name: "shpezzz0".into() },
                 Step::DeleteLink { name: "shvetask1abcd0".into() },
                 Step::DeleteNamespace { task_id: "task1abcdefgh".into() },
                 Step::CreateNamespace { task_id: "task1abcdefgh".into() },

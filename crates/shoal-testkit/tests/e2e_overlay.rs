@@ -319,7 +319,7 @@ async fn tasks_reach_each_other_across_hosts_and_nothing_stale_remains() -> Resu
             (1..=HOSTS)
                 .all(|i| {
                     let (_, links) = in_ns(&host_ns(i), &["ip", "-o", "link"]);
-                    let clean = !["shbr", "shvx", "shve", "shpe", "shoal_gwbridge"].iter().any(|p| links.contains(p));
+                    let clean = !["shbr", "shvx", "shve", "shoal_gwbridge"].iter().any(|p| links.contains(p));
                     let ns_dir = dir.join(format!("h{i}/data/agent/netns"));
                     let empty = std::fs::read_dir(&ns_dir).map(|mut d| d.next().is_none()).unwrap_or(true);
                     let (nft, _) = in_ns(&host_ns(i), &["nft", "list", "table", "ip", "shoal"]);
