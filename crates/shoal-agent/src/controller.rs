@@ -265,14 +265,10 @@ impl Controller {
             self.report(TaskState::Shutdown, "shut down before it started", "", None);
             return false;
         }
-        if let Some(net) = self.net.as_mut() {
-            match crate::network::wait_ready(&mut net.ready, &id, NETWORK_WAIT).await {
-                Ok(()) => spec.netns = Some(net.path.clone()),
-                Err(e) => {
-                    self.report(TaskState::Rejected, "network setup failed", &e, None);
-                    return false;
-                }
-            }
+        // The container names its namespace by path and is made while the network loop makes
+        // the namespace; only its start needs the namespace.
+        if let Some(net) = self.net.as_ref() {
+            spec.netns = Some(net.path.clone());
             if let Some(dir) = net.etc.clone() {
                 match crate::network::write_etc(&dir, &spec.hostname, task, &spec.mounts) {
                     Ok(m) => spec.mounts.extend(m),
@@ -281,10 +277,6 @@ impl Controller {
                         return false;
                     }
                 }
-            }
-            if self.stop_requested() {
-                self.report(TaskState::Shutdown, "shut down before it started", "", None);
-                return false;
             }
         }
         if attempted_before {
@@ -299,6 +291,22 @@ impl Controller {
             // The agent's clean-up may have run before this container existed.
             self.discard(&id).await;
             return false;
+        }
+        if let Some(net) = self.net.as_mut() {
+            if let Err(e) = crate::network::wait_ready(&mut net.ready, &id, NETWORK_WAIT).await {
+                let _ = self.runtime.remove(&id).await;
+                self.report(TaskState::Rejected, "network setup failed", &e, None);
+                return false;
+            }
+            if self.left_node() {
+                self.discard(&id).await;
+                return false;
+            }
+            if self.stop_requested() {
+                let _ = self.runtime.remove(&id).await;
+                self.report(TaskState::Shutdown, "shut down before it started", "", None);
+                return false;
+            }
         }
         let created = t0.elapsed();
         self.report(TaskState::Ready, "ready", "", None);
@@ -542,6 +550,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::Readiness;
     use crate::state::TaskDb;
     use shoal_api::v1::{ContainerSpec as ApiContainer, Meta};
     use shoal_runtime::fake::FakeRuntime;
@@ -719,6 +728,57 @@ mod tests {
                 assert!(runtime.calls().iter().any(|c| c.starts_with("stop t1")), "{:?}", runtime.calls());
             }
             run.stop().await;
+        }
+    }
+
+    /// With overlay networking, the container is made while the network loop makes its
+    /// namespace (it names the namespace by path) and starts only once the loop reports the
+    /// namespace ready; a namespace that cannot be made rejects the task and removes the
+    /// container.
+    #[tokio::test]
+    async fn the_container_is_made_before_its_namespace_is_ready_and_started_after() {
+        for fails in [false, true] {
+            let runtime = Arc::new(FakeRuntime::default());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = TaskDb::open(dir.path()).expect("db");
+            let (_task_tx, rx) = watch::channel(task(TaskState::Running));
+            let (_touch, out_of_touch) = watch::channel(None);
+            let (ready_tx, ready) = watch::channel(std::collections::BTreeMap::new());
+            let net = NetWait {
+                ready,
+                path: dir.path().join("ns-t1"),
+                etc: None,
+                drained: watch::channel(Default::default()).1,
+                published: watch::channel(Default::default()).1,
+            };
+            let tools = Tools {
+                runtime: runtime.clone(),
+                reporter: Reporter::recording(db.clone()),
+                files: Err("no files".into()),
+                out_of_touch,
+            };
+            let cancel = CancellationToken::new();
+            let handle =
+                tokio::spawn(Controller::new(rx, tools, None, TaskStatus::default(), cancel.clone(), Some(net)).run());
+            until("the create", || runtime.calls().contains(&"create t1".to_string())).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!runtime.calls().iter().any(|c| c.starts_with("start")), "{:?}", runtime.calls());
+            let status = || db.status("t1").ok().flatten().unwrap_or_default();
+            assert_eq!(status().state, TaskState::Preparing as i32, "not READY before its network");
+            let r = if fails { Readiness::Failed("no address".into()) } else { Readiness::Ready };
+            ready_tx.send_replace([("t1".to_string(), r)].into());
+            let end = if fails { TaskState::Rejected } else { TaskState::Running };
+            until(&format!("{end:?}"), || status().state == end as i32).await;
+            let calls = runtime.calls();
+            if fails {
+                assert!(status().err.contains("no address"), "{:?}", status());
+                assert!(calls.contains(&"remove t1".to_string()), "{calls:?}");
+                assert!(!calls.iter().any(|c| c.starts_with("start")), "{calls:?}");
+            } else {
+                assert!(calls.contains(&"start t1".to_string()), "{calls:?}");
+            }
+            cancel.cancel();
+            tokio::time::timeout(Duration::from_secs(5), handle).await.expect("ends").expect("controller");
         }
     }
 
