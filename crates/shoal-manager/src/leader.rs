@@ -158,6 +158,10 @@ const MAX_OPS_PER_COMMAND: usize = 256;
 /// passes that changes and wake-ups drive (see `agenda`).
 const FULL_PASS: Duration = Duration::from_secs(10);
 
+/// How long a new leader's first pass waits for this node to apply its log (past it, the pass
+/// runs anyway: a stuck apply must not stop the orchestrator).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
 /// Proposes groups of ops, packed into commands of at most [`MAX_OPS_PER_COMMAND`] ops without
 /// splitting a group. Returns whether every command applied; one refused (a concurrent change
 /// made one of its versions stale) or lost is for a later pass to recompute.
@@ -204,6 +208,23 @@ async fn propose_batch(node: &Node, ops: Vec<v1::Op>, what: &str) -> bool {
 async fn orchestrate_loop(node: Node, rt: Arc<RaftRuntime>, token: CancellationToken) {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let mut changes = rt.store.events();
+    // The term's first pass waits until this node applied what its log held when the term
+    // began (what the last leader committed in its last moments): a pass over a store behind
+    // its own log decides from old states, and a full pass holds the store's lock that those
+    // applies, and so the term's first client writes, wait for.
+    if let Some(index) = rt.metrics().last_log_index {
+        let t0 = Instant::now();
+        let wait = rt.raft.wait(Some(CATCH_UP_WAIT));
+        let caught_up = wait.applied_index_at_least(Some(index), "leader catch-up");
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = caught_up => match r {
+                Ok(_) => tracing::debug!(index, ms = t0.elapsed().as_millis() as u64, "applied the log before the term's first pass"),
+                Err(e) => tracing::warn!(index, error = %e, "the term's first pass runs before this node applied its log"),
+            },
+        }
+    }
     let mut agenda = crate::agenda::Agenda::new();
     let mut full_at = Instant::now() + FULL_PASS;
     loop {

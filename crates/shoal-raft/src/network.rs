@@ -1,9 +1,9 @@
 //! The client side of the Raft transport: openraft's `RaftNetworkFactory` over the tonic `Raft`
 //! service, and the peer health it observes.
 //!
-//! Each RPC carries the openraft request as JSON in a `RaftMessage` (a snapshot chunk as a JSON
-//! header followed by its raw bytes, see `codec`); the reply carries `Result<response,
-//! RaftError>` as JSON. Channels are created by a [`ChannelFactory`] (so TLS is
+//! Each RPC carries the openraft request in `codec`'s binary form in a `RaftMessage` (a
+//! snapshot chunk as a JSON header followed by its raw bytes); the reply carries
+//! `Result<response, RaftError>` in the same form. Channels are created by a [`ChannelFactory`] (so TLS is
 //! the caller's choice), cached per target and rebuilt when the target's address changes.
 //!
 //! Errors are mapped so openraft reacts correctly: a peer that cannot be reached (connection
