@@ -80,7 +80,8 @@ impl Store {
     /// returned. On success every created or updated object gets `meta.version = version` and
     /// `meta.updated_at_ms = cmd.now_ms`; created ones also get `meta.created_at_ms = cmd.now_ms`
     /// (updates keep the stored one). `result.objects` holds the stored objects in op order
-    /// (deletes omitted) and there is one event per op. [`Store::version`] becomes `version`
+    /// (deletes and tasks omitted: the leader's loops write tasks by the thousand, on every
+    /// manager, and nobody waits for them back) and there is one event per op. [`Store::version`] becomes `version`
     /// even when the command fails: it was still applied as a log entry. Never panics.
     pub fn apply(&mut self, version: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
         self.version = version;
@@ -91,7 +92,7 @@ impl Store {
             match self.apply_op(op, version, cmd.now_ms) {
                 Ok(done) => {
                     undo.push(done.undo);
-                    if !done.deleted {
+                    if !done.deleted && !matches!(done.object.kind, Some(object::Kind::Task(_))) {
                         objects.push(done.object.clone());
                     }
                     events.push(Event { action: done.action.into(), object: Some(done.object), version });
@@ -416,6 +417,39 @@ mod status_tests {
         assert!(ev.is_empty());
         let (r, _) = s.apply(4, &Command { now_ms: 4, ops: vec![status("nope", TaskState::Running)] });
         assert_eq!(r.refusal(), shoal_api::v1::Refusal::NotFound);
+    }
+
+    /// A command's result gives back the objects it stored, tasks left out (every manager
+    /// writes them by the thousand and nobody waits for them back); its events carry them all.
+    #[test]
+    fn the_result_gives_back_stored_objects_but_tasks() {
+        let mut s = Store::new();
+        let config = Object {
+            kind: Some(shoal_api::v1::object::Kind::Config(shoal_api::v1::Config {
+                meta: Some(Meta { id: "c1".into(), ..Default::default() }),
+                spec: Some(shoal_api::v1::ConfigSpec {
+                    annotations: Some(shoal_api::v1::Annotations { name: "app".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let ops = vec![
+            Op { kind: Some(op::Kind::Create(task("t1"))) },
+            Op { kind: Some(op::Kind::Create(config)) },
+            status("t1", TaskState::Running),
+        ];
+        let (r, ev) = s.apply(1, &Command { now_ms: 1, ops });
+        assert!(r.error.is_empty(), "{}", r.error);
+        assert_eq!(ev.len(), 3);
+        let ids: Vec<&str> = r
+            .objects
+            .iter()
+            .filter_map(|o| match &o.kind {
+                Some(shoal_api::v1::object::Kind::Config(c)) => c.meta.as_ref().map(|m| m.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((r.objects.len(), ids), (1, vec!["c1"]));
     }
 
     #[test]
