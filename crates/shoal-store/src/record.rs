@@ -87,6 +87,11 @@ pub(crate) trait Record: Clone + Debug + PartialEq {
     fn index(_extra: &mut Self::Extra, _id: &str, _rec: &Self) {}
     /// Removes `rec` (stored under `id`) from the extra indexes.
     fn unindex(_extra: &mut Self::Extra, _id: &str, _rec: &Self) {}
+    /// Moves `id` in the extra indexes from where `old` had it to where `new` has it.
+    fn reindex(extra: &mut Self::Extra, id: &str, old: &Self, new: &Self) {
+        Self::unindex(extra, id, old);
+        Self::index(extra, id, new);
+    }
 
     fn id(&self) -> &str {
         self.meta().map_or("", |m| m.id.as_str())
@@ -210,26 +215,46 @@ impl Record for Task {
         add(&mut extra.by_service, t.service_id.clone(), id);
         add(&mut extra.by_node, t.node_id.clone(), id);
         add(&mut extra.by_slot, (t.service_id.clone(), t.slot), id);
-        let (desired, running) = counted(t);
-        if desired > 0 {
-            let c = extra.counts.entry(t.service_id.clone()).or_default();
-            c.desired += desired;
-            c.running += running;
-        }
+        count_in(extra, t);
     }
 
     fn unindex(extra: &mut TaskIndex, id: &str, t: &Task) {
         remove(&mut extra.by_service, &t.service_id, id);
         remove(&mut extra.by_node, &t.node_id, id);
         remove(&mut extra.by_slot, &(t.service_id.clone(), t.slot), id);
-        let (desired, running) = counted(t);
-        if desired > 0 {
-            if let Some(c) = extra.counts.get_mut(&t.service_id) {
-                c.desired = c.desired.saturating_sub(desired);
-                c.running = c.running.saturating_sub(running);
-                if c.desired == 0 {
-                    extra.counts.remove(&t.service_id);
-                }
+        count_out(extra, t);
+    }
+
+    /// Most writes of a task (its status, its desired state) leave its service, node and slot
+    /// as they were: then only the counts move.
+    fn reindex(extra: &mut TaskIndex, id: &str, old: &Task, new: &Task) {
+        if old.service_id != new.service_id || old.node_id != new.node_id || old.slot != new.slot {
+            Self::unindex(extra, id, old);
+            Self::index(extra, id, new);
+        } else if counted(old) != counted(new) {
+            count_out(extra, old);
+            count_in(extra, new);
+        }
+    }
+}
+
+fn count_in(extra: &mut TaskIndex, t: &Task) {
+    let (desired, running) = counted(t);
+    if desired > 0 {
+        let c = extra.counts.entry(t.service_id.clone()).or_default();
+        c.desired += desired;
+        c.running += running;
+    }
+}
+
+fn count_out(extra: &mut TaskIndex, t: &Task) {
+    let (desired, running) = counted(t);
+    if desired > 0 {
+        if let Some(c) = extra.counts.get_mut(&t.service_id) {
+            c.desired = c.desired.saturating_sub(desired);
+            c.running = c.running.saturating_sub(running);
+            if c.desired == 0 {
+                extra.counts.remove(&t.service_id);
             }
         }
     }
@@ -267,14 +292,26 @@ impl<T: Record> Table<T> {
     /// Stores `rec` under its id, replacing (and returning) what was there. The caller has made
     /// sure that a named record's name is free or already its own.
     pub(crate) fn put(&mut self, rec: T) -> Option<T> {
+        if let Some(stored) = self.items.get_mut(rec.id()) {
+            // Replaced in place: one search of the table, and the indexes moved only as far as
+            // the record changed.
+            let id = rec.id();
+            if T::NAMED {
+                if stored.name() != rec.name() && self.names.get(stored.name()).is_some_and(|owner| owner == id) {
+                    self.names.remove(stored.name());
+                }
+                self.names.insert(rec.name().to_owned(), id.to_owned());
+            }
+            T::reindex(&mut self.extra, id, stored, &rec);
+            return Some(std::mem::replace(stored, rec));
+        }
         let id = rec.id().to_owned();
-        let prev = self.take(&id);
         if T::NAMED {
             self.names.insert(rec.name().to_owned(), id.clone());
         }
         T::index(&mut self.extra, &id, &rec);
         self.items.insert(id, rec);
-        prev
+        None
     }
 
     /// Removes and returns the object stored under `id`.

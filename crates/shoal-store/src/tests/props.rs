@@ -47,6 +47,8 @@ struct OpSeed {
     service: &'static str,
     node: &'static str,
     slot: u64,
+    /// A task's desired and observed state: what the running counts follow.
+    life: u8,
 }
 
 const KINDS: &[Option<Tag>] = &[
@@ -90,8 +92,9 @@ fn op_seed() -> impl Strategy<Value = OpSeed> {
         prop::sample::select(&["a", "b"][..]),
         prop::sample::select(&["", "a", "b"][..]),
         0u64..3,
+        0u8..4,
     )
-        .prop_map(|(action, kind, id, name, ver, service, node, slot)| OpSeed {
+        .prop_map(|(action, kind, id, name, ver, service, node, slot, life)| OpSeed {
             action,
             kind,
             id,
@@ -100,6 +103,7 @@ fn op_seed() -> impl Strategy<Value = OpSeed> {
             service,
             node,
             slot,
+            life,
         })
 }
 
@@ -149,7 +153,16 @@ fn realize(seed: &OpSeed, store: &Store) -> Op {
         Some(Tag::Cluster) => cluster(id, version),
         Some(Tag::Node) => node(id, name, version),
         Some(Tag::Service) => service(id, name, version),
-        Some(Tag::Task) => task(id, seed.service, seed.node, seed.slot, version),
+        Some(Tag::Task) => {
+            let mut o = task(id, seed.service, seed.node, seed.slot, version);
+            if let Some(shoal_api::v1::object::Kind::Task(t)) = o.kind.as_mut() {
+                use shoal_api::v1::{TaskState, TaskStatus};
+                let running = TaskState::Running as i32;
+                t.desired_state = if seed.life < 3 { running } else { TaskState::Shutdown as i32 };
+                t.status = (seed.life % 2 == 1).then(|| TaskStatus { state: running, ..Default::default() });
+            }
+            o
+        }
         Some(Tag::Network) => network(id, name, version),
         Some(Tag::Secret) => secret(id, name, version),
         Some(Tag::Config) => config(id, name, version),
