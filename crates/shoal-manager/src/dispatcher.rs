@@ -106,24 +106,67 @@ struct Deps {
     configs: Vec<shoal_api::v1::Config>,
 }
 
-/// Ids of the secrets and configs a node's runnable tasks refer to: a node never receives
-/// another secret.
-fn dependency_ids<'a>(tasks: impl Iterator<Item = &'a Task>) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut secret_ids = BTreeSet::new();
-    let mut config_ids = BTreeSet::new();
-    for t in tasks {
-        let observed = t.status.as_ref().map_or(0, |s| s.state);
-        if t.desired_state > shoal_api::v1::TaskState::Running as i32
-            || observed >= shoal_api::v1::TaskState::Complete as i32
-        {
-            continue;
+/// The secrets and configs one task needs on its node (a node never receives another secret):
+/// none once it is to stop or ended.
+fn task_dependencies(t: &Task) -> (Vec<String>, Vec<String>) {
+    let observed = t.status.as_ref().map_or(0, |s| s.state);
+    if t.desired_state > shoal_api::v1::TaskState::Running as i32
+        || observed >= shoal_api::v1::TaskState::Complete as i32
+    {
+        return Default::default();
+    }
+    match t.spec.as_ref().and_then(|s| s.container.as_ref()) {
+        Some(c) => (
+            c.secrets.iter().map(|r| r.secret_id.clone()).collect(),
+            c.configs.iter().map(|r| r.config_id.clone()).collect(),
+        ),
+        None => Default::default(),
+    }
+}
+
+/// What each of a node's assigned tasks refers to (its secrets and configs, its networks),
+/// kept as its tasks change, so that a sync of a few changed tasks does not look up every task
+/// of the node. Only tasks that refer to something are held.
+#[derive(Default)]
+struct Refs {
+    dependencies: HashMap<String, (Vec<String>, Vec<String>)>,
+    networks: HashMap<String, Vec<String>>,
+}
+
+impl Refs {
+    /// Task `id` is now `t` (`None`: no longer one of the node's assigned tasks).
+    fn set(&mut self, id: &str, t: Option<&Task>) {
+        let deps = t.map(task_dependencies).filter(|(s, c)| !s.is_empty() || !c.is_empty());
+        match deps {
+            Some(d) => {
+                self.dependencies.insert(id.to_owned(), d);
+            }
+            None => {
+                self.dependencies.remove(id);
+            }
         }
-        if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
-            secret_ids.extend(c.secrets.iter().map(|r| r.secret_id.clone()));
-            config_ids.extend(c.configs.iter().map(|r| r.config_id.clone()));
+        let nets: Vec<String> =
+            t.map(|t| t.networks.iter().map(|a| a.network_id.clone()).collect()).unwrap_or_default();
+        if nets.is_empty() {
+            self.networks.remove(id);
+        } else {
+            self.networks.insert(id.to_owned(), nets);
         }
     }
-    (secret_ids, config_ids)
+
+    /// The ids of the secrets and configs the node's tasks need.
+    fn dependency_ids(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let secrets = self.dependencies.values().flat_map(|(s, _)| s.iter().cloned()).collect();
+        let configs = self.dependencies.values().flat_map(|(_, c)| c.iter().cloned()).collect();
+        (secrets, configs)
+    }
+
+    /// The networks in the node's view (see `netview::network_ids`).
+    fn network_ids(&self, ingress: &crate::netview::Ingress) -> BTreeSet<String> {
+        let mut ids = crate::netview::network_ids(ingress, std::iter::empty());
+        ids.extend(self.networks.values().flatten().cloned());
+        ids
+    }
 }
 
 /// Versions of the node's dependencies, cheap to compare after every apply.
@@ -270,6 +313,8 @@ struct Session {
     drained: BTreeSet<String>,
     /// A message could not be buffered: diff the whole set at the next chance.
     stale: bool,
+    /// What the node's assigned tasks refer to, as the store has them.
+    refs: Refs,
 }
 
 /// The overlays a node's tasks use and every address on them.
@@ -367,33 +412,31 @@ impl Session {
         if everything {
             current = node_tasks(store, &self.node_id);
             sent_view = self.sent.clone();
+            self.refs = Refs::default();
+            for (id, t) in &current {
+                self.refs.set(id, Some(t));
+            }
         } else if let Some(ids) = touched {
             for id in ids {
                 if let Some(v) = self.sent.get(id) {
                     sent_view.insert(id.clone(), *v);
                 }
-                if let Some(t) = store.task(id).filter(|t| t.node_id == self.node_id && assigned(t)) {
+                let t = store.task(id).filter(|t| t.node_id == self.node_id && assigned(t));
+                self.refs.set(id, t);
+                if let Some(t) = t {
                     current.insert(id.clone(), t.clone());
                 }
             }
         }
         // Dependencies follow the node's whole runnable set; their versions are cheap to compare.
-        let ids = if everything {
-            dependency_ids(current.values())
-        } else {
-            dependency_ids(store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
-        };
+        let ids = self.refs.dependency_ids();
         let versions = dependency_versions(store, &ids);
         let deps_changed = self.sent_deps.as_ref() != Some(&versions);
         let deps = deps_changed.then(|| {
             let d = dependencies(store, &ids);
             (d.secrets, d.configs)
         });
-        let net_ids = if everything {
-            crate::netview::network_ids(ingress, current.values())
-        } else {
-            crate::netview::network_ids(ingress, store.tasks_by_node(&self.node_id).filter(|t| assigned(t)))
-        };
+        let net_ids = self.refs.network_ids(ingress);
         let view = crate::netview::view(store, &net_ids, ingress);
         let port = store
             .cluster()
@@ -525,6 +568,7 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                         acked: None,
                         drained: BTreeSet::new(),
                         stale: false,
+                        refs: Refs::default(),
                     };
                     if rt.store.read(|st| s.sync(st, &crate::netview::ingress(st), None)) {
                         sessions.insert(node_id, s);
@@ -549,6 +593,16 @@ pub(crate) async fn run_hub(rt: Arc<RaftRuntime>, mut regs: mpsc::Receiver<Regis
                             let t = touched(events);
                             rt.store.read(|st| {
                                 let ing = crate::netview::ingress(st);
+                                if !(t.deps || t.ingress || t.all_networks || !t.networks.is_empty()) {
+                                    // Only the nodes of the changed tasks can have anything to
+                                    // learn: they are looked at, not every stream of the cluster.
+                                    for (node_id, ids) in &t.per_node {
+                                        if sessions.get_mut(node_id).is_some_and(|s| !s.sync(st, &ing, Some(ids))) {
+                                            sessions.remove(node_id);
+                                        }
+                                    }
+                                    return;
+                                }
                                 sessions.retain(|node_id, s| match t.per_node.get(node_id) {
                                     Some(ids) => s.sync(st, &ing, Some(ids)),
                                     None if t.deps => s.sync(st, &ing, Some(&BTreeSet::new())),
@@ -769,5 +823,76 @@ mod drain_tests {
         assert!(drained(&stopping, &[node(&n1, Some(&without), Some(&with))]).is_empty());
         // Never acknowledged anything: not yet.
         assert!(drained(&stopping, &[node(&n1, None, Some(&without))]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod refs_tests {
+    use super::*;
+    use shoal_api::v1::{
+        ConfigReference, ContainerSpec, NetworkAttachment, SecretReference, TaskSpec, TaskState, TaskStatus,
+    };
+
+    /// The reference: every task looked at.
+    fn dependency_ids<'a>(tasks: impl Iterator<Item = &'a Task>) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut secret_ids = BTreeSet::new();
+        let mut config_ids = BTreeSet::new();
+        for t in tasks {
+            let (secrets, configs) = task_dependencies(t);
+            secret_ids.extend(secrets);
+            config_ids.extend(configs);
+        }
+        (secret_ids, config_ids)
+    }
+
+    fn task(n: u64) -> Task {
+        let secrets =
+            (0..n % 3).map(|i| SecretReference { secret_id: format!("s{i}"), ..Default::default() }).collect();
+        let configs =
+            (0..n % 2).map(|i| ConfigReference { config_id: format!("c{}", n + i), ..Default::default() }).collect();
+        let networks =
+            (0..n % 4).map(|i| NetworkAttachment { network_id: format!("n{i}"), ..Default::default() }).collect();
+        Task {
+            desired_state: if n % 5 == 4 { TaskState::Shutdown } else { TaskState::Running } as i32,
+            status: Some(TaskStatus {
+                state: if n % 7 == 6 { TaskState::Complete } else { TaskState::Running } as i32,
+                ..Default::default()
+            }),
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec { secrets, configs, ..Default::default() }),
+                ..Default::default()
+            }),
+            networks,
+            ..Default::default()
+        }
+    }
+
+    /// The references kept task by task, through tasks added, changed and gone in any order,
+    /// are those of the node's tasks as they are at the end, as a walk over all of them finds.
+    #[test]
+    fn kept_references_are_those_of_the_node_tasks_now() {
+        let ingress = crate::netview::Ingress { network_id: Some("ingress".into()), ..Default::default() };
+        let mut refs = Refs::default();
+        let mut now: std::collections::BTreeMap<String, Task> = Default::default();
+        // A fixed pseudo-random walk: task k of 12 becomes variant v, or leaves (v = 0).
+        let mut x: u64 = 7;
+        for _ in 0..400 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let (id, v) = (format!("t{}", (x >> 33) % 12), (x >> 17) % 20);
+            if v == 0 {
+                now.remove(&id);
+                refs.set(&id, None);
+            } else {
+                let t = task(v);
+                refs.set(&id, Some(&t));
+                now.insert(id, t);
+            }
+            assert_eq!(refs.dependency_ids(), dependency_ids(now.values()));
+            assert_eq!(refs.network_ids(&ingress), crate::netview::network_ids(&ingress, now.values()));
+        }
+        assert!(
+            !refs.dependency_ids().0.is_empty() && refs.network_ids(&ingress).len() > 1,
+            "the walk refers to things"
+        );
     }
 }
