@@ -226,12 +226,22 @@ impl Record for Task {
     }
 
     /// Most writes of a task (its status, its desired state) leave its service, node and slot
-    /// as they were: then only the counts move.
+    /// as they were, and an assignment changes only its node: only what changed moves.
     fn reindex(extra: &mut TaskIndex, id: &str, old: &Task, new: &Task) {
-        if old.service_id != new.service_id || old.node_id != new.node_id || old.slot != new.slot {
-            Self::unindex(extra, id, old);
-            Self::index(extra, id, new);
-        } else if counted(old) != counted(new) {
+        let service_moved = old.service_id != new.service_id;
+        if service_moved {
+            remove(&mut extra.by_service, &old.service_id, id);
+            add(&mut extra.by_service, new.service_id.clone(), id);
+        }
+        if old.node_id != new.node_id {
+            remove(&mut extra.by_node, &old.node_id, id);
+            add(&mut extra.by_node, new.node_id.clone(), id);
+        }
+        if service_moved || old.slot != new.slot {
+            remove(&mut extra.by_slot, &(old.service_id.clone(), old.slot), id);
+            add(&mut extra.by_slot, (new.service_id.clone(), new.slot), id);
+        }
+        if service_moved || counted(old) != counted(new) {
             count_out(extra, old);
             count_in(extra, new);
         }
