@@ -106,6 +106,20 @@ async fn purge_and_truncate_survive_reopen() {
     assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(2, 6)));
 }
 
+#[tokio::test]
+async fn a_dropped_log_store_lets_go_of_its_database() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = open_log(tmp.path()).await;
+    log.blocking_append((1..=10).map(entry)).await.expect("append");
+    let clone = log.clone();
+    drop(log);
+    drop(clone);
+    // sled locks its database while any handle is open, the flush thread's included: opening
+    // it directly (no retry) works only if that thread ended with the last store.
+    let db = sled::Config::new().path(tmp.path().join("log")).open().expect("the log database is free again");
+    assert!(db.open_tree("logs").expect("logs tree").len() == 10, "the appended entries are on disk");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_entries_are_reapplied_at_restart() {
     let mut c = Cluster::start(1, test_params()).await;
