@@ -44,6 +44,13 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
                 node.heard.reset();
                 tracing::info!("became leader: starting leader loops");
                 let w = node.workers.child("leader");
+                let (proposer, queue) = crate::proposer::Proposer::new();
+                let raft = rt.raft.clone();
+                w.spawn("proposer", move |stop| async move {
+                    crate::proposer::run(raft, queue, stop).await;
+                    Ok::<(), String>(())
+                });
+                rt.set_proposer(Some(proposer));
                 let (n, r) = (node.clone(), rt.clone());
                 w.spawn("liveness", move |stop| async move {
                     liveness_loop(n, r, stop).await;
@@ -77,6 +84,7 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
             (false, Some(_)) => {
                 tracing::info!("no longer leader: stopping leader loops");
                 node.links.set(None, None);
+                rt.set_proposer(None);
                 if let Some(w) = term.take() {
                     w.stop().await;
                 }
@@ -90,6 +98,7 @@ async fn watch_leadership(node: Node, rt: Arc<RaftRuntime>, shutdown: Cancellati
         }
     }
     node.links.set(None, None);
+    rt.set_proposer(None);
     if let Some(w) = term {
         w.stop().await;
     }

@@ -7,6 +7,7 @@
 
 mod agenda;
 mod agent_link;
+mod proposer;
 /// Client-side connections (moved to shoal-client; re-exported for the daemon's own callers).
 pub use shoal_client as client;
 pub mod control;

@@ -32,8 +32,22 @@ pub struct RaftRuntime {
     pub leader_lease: Duration,
     /// When this instance started.
     pub started: Instant,
+    /// The current leader term's proposer (none while this manager does not lead).
+    proposer: Mutex<Option<crate::proposer::Proposer>>,
     /// The thread Raft runs on.
     _thread: RaftThread,
+}
+
+impl RaftRuntime {
+    /// Where this leader's writes are batched into entries, while its term's proposer runs.
+    pub(crate) fn proposer(&self) -> Option<crate::proposer::Proposer> {
+        self.proposer.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|p| p.is_open())
+    }
+
+    /// Connects a new term's proposer; `None`: the term ended.
+    pub(crate) fn set_proposer(&self, proposer: Option<crate::proposer::Proposer>) {
+        *self.proposer.lock().unwrap_or_else(|p| p.into_inner()) = proposer;
+    }
 }
 
 /// Raft's own runtime, on threads of its own: openraft's core, replication and log flushing
@@ -299,6 +313,7 @@ impl Managers {
             heartbeat: Duration::from_millis(heartbeat_ms),
             leader_lease: Duration::from_millis(lease_ms),
             started: Instant::now(),
+            proposer: Mutex::new(None),
             _thread: thread,
         });
         self.inner.raft_slot.send_replace(Some(raft));

@@ -4,7 +4,7 @@
 //!
 //! Supervisors form a tree that follows the cancellation tree: the node's supervisor holds the
 //! node-long workers (session, certificate renewal, runtime probe, leadership watch, agent); a
-//! leader term is a child supervisor whose workers (liveness, membership, orchestrator,
+//! leader term is a child supervisor whose workers (proposer, liveness, membership, orchestrator,
 //! dispatcher hub, status batcher) all stop when the term ends. Nothing here decides what runs.
 
 use std::collections::BTreeMap;

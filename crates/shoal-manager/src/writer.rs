@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::dialer::Dialer;
 use crate::error::{write_outcome, ApiError, WriteOutcome};
 use crate::managers::{member_addr, Managers, RaftRuntime};
+use crate::proposer::Outcome;
 use crate::util::now_ms;
 
 /// Create op.
@@ -256,8 +257,28 @@ async fn propose_as_leader(
             }
         }
     }
-    match tokio::time::timeout_at(deadline, rt.raft.client_write(shoal_raft::Request(cmd))).await {
-        Ok(Ok(resp)) => into_result(resp.data.0),
+    if let Some(proposer) = rt.proposer() {
+        return match proposer.propose(cmd).await {
+            // The term ended: nothing was queued.
+            None => Err(ApiError::NotLeader),
+            Some(outcome) => match tokio::time::timeout_at(deadline, outcome).await {
+                Ok(Ok(Outcome::Applied(r))) => into_result(r),
+                Ok(Ok(Outcome::NotLeader | Outcome::NotSubmitted)) => Err(ApiError::NotLeader),
+                Ok(Ok(Outcome::Failed(e))) => {
+                    tracing::warn!(error = %e, "raft write failed after it was submitted");
+                    Err(unknown_outcome(w, rt, started).await)
+                }
+                // Submitted, then dropped with the term; or not committed in time.
+                Ok(Err(_)) | Err(_) => Err(unknown_outcome(w, rt, started).await),
+            },
+        };
+    }
+    // Before the term's proposer runs (or after it stopped): an entry of its own.
+    match tokio::time::timeout_at(deadline, rt.raft.client_write(shoal_raft::Request::one(cmd))).await {
+        Ok(Ok(resp)) => match resp.data.0.into_iter().next() {
+            Some(r) => into_result(r),
+            None => Err(ApiError::Internal("the entry was applied but gave no result".into())),
+        },
         // openraft answers this before appending, or after the entry was truncated away: either
         // way it will never apply.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::NotLeader),

@@ -90,7 +90,7 @@ mod tests {
         let cmd = shoal_api::v1::Command { now_ms: 42, ops: Vec::new() };
         let entry = openraft::Entry::<TypeConfig> {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 17),
-            payload: openraft::EntryPayload::Normal(crate::Request(cmd)),
+            payload: openraft::EntryPayload::Normal(crate::Request::one(cmd)),
         };
         let bin = to_bytes(&entry).expect("encode");
         assert_eq!(bin[0], BINARY);

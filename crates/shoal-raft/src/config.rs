@@ -36,6 +36,12 @@ impl Default for RaftParams {
     }
 }
 
+/// Entries one replication request carries at most (openraft's default is 300). A new leader
+/// finds where each follower's log matches by probing with requests that carry entries the
+/// follower mostly has already: fewer per probe is less to send again, and one entry holds
+/// many proposals, so 64 still carry a thousand commands.
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
+
 /// Deadline of each snapshot chunk RPC (a chunk is written to memory on the follower; the last
 /// one also decodes and persists the whole snapshot).
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
@@ -68,6 +74,7 @@ pub fn raft_config(p: &RaftParams) -> Result<Config, ConfigError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(p.snapshot_interval_entries),
         max_in_snapshot_log_to_keep: p.log_entries_kept,
         snapshot_max_chunk_size: p.snapshot_chunk_bytes,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         enable_tick: true,
         enable_heartbeat: true,
         enable_elect: true,
@@ -88,6 +95,7 @@ mod tests {
         assert_eq!(c.snapshot_policy, SnapshotPolicy::LogsSinceLast(10_000));
         assert_eq!(c.max_in_snapshot_log_to_keep, 1_000);
         assert_eq!(c.snapshot_max_chunk_size, 1 << 20);
+        assert_eq!(c.max_payload_entries, 64);
         assert!(c.install_snapshot_timeout >= 10_000);
         assert!(c.enable_tick && c.enable_heartbeat && c.enable_elect);
     }

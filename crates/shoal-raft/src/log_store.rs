@@ -36,6 +36,13 @@ const KEY_PURGED: &[u8] = b"last_purged_log_id";
 /// (the default of 1 GiB would dominate a manager's footprint).
 const CACHE_BYTES: u64 = 32 << 20;
 
+/// Stored bytes of entries at most that one read for replication returns (at least one entry):
+/// an AppendEntries request carries them with little more, so it stays within the transport's
+/// budget ([`crate::network::APPEND_BUDGET_BYTES`]) and is not encoded, refused as too large and
+/// read again with fewer entries (which, with entries of many commands, repeated a dozen times
+/// while a new leader caught a follower up).
+pub(crate) const REPLICATION_READ_BYTES: usize = crate::network::APPEND_BUDGET_BYTES * 3 / 4;
+
 /// How long `open` waits for another instance in this process to release the database lock
 /// (a Raft instance that is shutting down still holds it for a moment).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -196,6 +203,30 @@ impl LogStore {
             .collect()
     }
 
+    /// Entries from `start` on (before `end`), in order, as many as fit in `budget` stored bytes;
+    /// at least the first one, however large.
+    pub(crate) fn entries_within(
+        &self,
+        start: u64,
+        end: u64,
+        budget: usize,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.logs.range(key(start)..key(end)) {
+            let (_, raw) = item.map_err(StorageError::log("reading entries"))?;
+            bytes = bytes.saturating_add(raw.len());
+            if !out.is_empty() && bytes > budget {
+                break;
+            }
+            out.push(decode_entry(&raw)?);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
@@ -275,6 +306,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> RaftResult<Vec<Entry<TypeConfig>>> {
         self.entries(range).map_err(to_raft_logs(ErrorVerb::Read))
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> RaftResult<Vec<Entry<TypeConfig>>> {
+        self.entries_within(start, end, REPLICATION_READ_BYTES).map_err(to_raft_logs(ErrorVerb::Read))
     }
 }
 

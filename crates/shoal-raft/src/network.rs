@@ -42,8 +42,10 @@ use crate::types::TypeConfig;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Encoded size above which an AppendEntries batch of several entries is split. Keeps each RPC
-/// well within openraft's AppendEntries deadline (the heartbeat interval).
-const APPEND_BUDGET_BYTES: usize = 256 << 10;
+/// well within openraft's AppendEntries deadline (the heartbeat interval). The log reader already
+/// hands replication no more than [`crate::log_store::REPLICATION_READ_BYTES`] of entries, so
+/// this is a guard rather than the usual way a batch is cut.
+pub(crate) const APPEND_BUDGET_BYTES: usize = 256 << 10;
 
 /// Deadline used when openraft passes none (it always does in 0.9; this is a guard).
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(1);

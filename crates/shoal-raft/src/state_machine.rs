@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, StoredMembership};
-use shoal_api::v1::{CommandResult, Event};
+use shoal_api::v1::Event;
 use shoal_store::Store;
 use tokio::sync::{broadcast, watch};
 
@@ -117,7 +117,8 @@ impl StateMachineStore {
         Ok((sm, handle))
     }
 
-    /// Applies one entry; returns its response and appends its events to `events`.
+    /// Applies one entry (each of its commands on its own, all at the entry's index); returns
+    /// their results and appends their events to `events`.
     fn apply_one(
         store: &mut Store,
         membership: &mut StoredMembership<u64, BasicNode>,
@@ -125,15 +126,20 @@ impl StateMachineStore {
         events: &mut Vec<Event>,
     ) -> Response {
         match entry.payload {
-            EntryPayload::Blank => Response(CommandResult::default()),
-            EntryPayload::Normal(Request(cmd)) => {
-                let (result, evs) = store.apply(entry.log_id.index, &cmd);
-                events.extend(evs);
-                Response(result)
-            }
+            EntryPayload::Blank => Response(Vec::new()),
+            EntryPayload::Normal(Request(commands)) => Response(
+                commands
+                    .iter()
+                    .map(|cmd| {
+                        let (result, evs) = store.apply(entry.log_id.index, cmd);
+                        events.extend(evs);
+                        result
+                    })
+                    .collect(),
+            ),
             EntryPayload::Membership(m) => {
                 *membership = StoredMembership::new(Some(entry.log_id), m);
-                Response(CommandResult::default())
+                Response(Vec::new())
             }
         }
     }
@@ -351,7 +357,7 @@ fn holds_the_thread(entries: &[openraft::Entry<TypeConfig>]) -> bool {
     let ops: usize = entries
         .iter()
         .map(|e| match &e.payload {
-            EntryPayload::Normal(Request(cmd)) => cmd.ops.len().max(1),
+            EntryPayload::Normal(Request(commands)) => commands.iter().map(|c| c.ops.len().max(1)).sum(),
             EntryPayload::Blank | EntryPayload::Membership(_) => 1,
         })
         .sum();

@@ -3,14 +3,20 @@
 //! [`Request`] and [`Response`] wrap the prost messages of `shoal-api`. Their serde form is the
 //! protobuf encoding (base64 text in JSON, a byte string in binary formats; a JSON array of
 //! integers is accepted too), so the log and the Raft RPCs carry exactly what the proto defines
-//! and there is no second schema to keep in sync. This module does no I/O.
+//! and there is no second schema to keep in sync.
+//!
+//! An entry of one command is that `Command`'s bytes, as ever. An entry of several is
+//! [`BATCH_TAG`] followed by a `CommandBatch`: the tag is a protobuf key with wire type 7, which
+//! no protobuf message can start with, so a manager that knows only single commands refuses
+//! such an entry (a decode error stops its Raft) instead of applying it as an empty command.
+//! This module does no I/O.
 
 use std::fmt;
 
 use prost::Message;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_api::v1::{Command, CommandResult};
+use shoal_api::v1::{Command, CommandBatch, CommandResult, CommandResults};
 
 openraft::declare_raft_types!(
     /// openraft types of shoal's Raft group.
@@ -27,64 +33,98 @@ openraft::declare_raft_types!(
 /// A running Raft instance of shoal.
 pub type RaftNode = openraft::Raft<TypeConfig>;
 
-/// A command proposed through Raft (the application data of a normal log entry).
+/// The commands of a normal log entry: one, or several proposed at about the same time (each is
+/// applied on its own, in order, with its own result).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Request(pub Command);
+pub struct Request(pub Vec<Command>);
 
-/// The outcome of applying a [`Request`], returned to the proposer by `client_write`.
-///
-/// Blank and membership entries produce an empty (default) result.
+impl Request {
+    /// An entry of one command.
+    pub fn one(cmd: Command) -> Self {
+        Request(vec![cmd])
+    }
+}
+
+/// The results of applying a [`Request`], one per command in order, returned to the proposer by
+/// `client_write`. Blank and membership entries have none.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Response(pub CommandResult);
+pub struct Response(pub Vec<CommandResult>);
+
+/// The first byte of an entry of several commands: protobuf field 3 with wire type 7 (invalid).
+pub const BATCH_TAG: u8 = (3 << 3) | 7;
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "command({} ops)", self.0.ops.len())
+        let ops: usize = self.0.iter().map(|c| c.ops.len()).sum();
+        write!(f, "{} command(s), {ops} ops", self.0.len())
     }
 }
 
-/// Serializes prost bytes: a base64 string in human-readable formats (JSON), bytes otherwise.
-fn serialize_proto<S: Serializer>(msg: &impl Message, serializer: S) -> Result<S::Ok, S::Error> {
-    let bytes = msg.encode_to_vec();
+/// Protobuf bytes: base64 text in human-readable formats (JSON), bytes otherwise.
+fn serialize_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     if serializer.is_human_readable() {
         use base64::Engine;
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&bytes))
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     } else {
-        serializer.serialize_bytes(&bytes)
+        serializer.serialize_bytes(bytes)
     }
 }
 
-/// Deserializes prost bytes written by [`serialize_proto`], or as a sequence of integers.
-fn deserialize_proto<'de, M: Message + Default, D: Deserializer<'de>>(deserializer: D) -> Result<M, D::Error> {
-    let bytes = if deserializer.is_human_readable() {
-        deserializer.deserialize_any(BytesVisitor)?
+/// Bytes written by [`serialize_bytes`], or a sequence of integers.
+fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    if deserializer.is_human_readable() {
+        deserializer.deserialize_any(BytesVisitor)
     } else {
-        deserializer.deserialize_bytes(BytesVisitor)?
-    };
-    M::decode(bytes.as_slice()).map_err(de::Error::custom)
+        deserializer.deserialize_bytes(BytesVisitor)
+    }
+}
+
+impl Request {
+    /// The entry's bytes: a single command as its protobuf, several as a tagged batch.
+    fn encode(&self) -> Vec<u8> {
+        match self.0.as_slice() {
+            [one] => one.encode_to_vec(),
+            commands => {
+                // A `CommandBatch` written field by field, without copying the commands into one.
+                let mut out = vec![BATCH_TAG];
+                for c in commands {
+                    prost::encoding::message::encode(1, c, &mut out);
+                }
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        match bytes.split_first() {
+            Some((&BATCH_TAG, batch)) => Ok(Request(CommandBatch::decode(batch)?.commands)),
+            _ => Ok(Request::one(Command::decode(bytes)?)),
+        }
+    }
 }
 
 impl Serialize for Request {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_proto(&self.0, serializer)
+        serialize_bytes(&self.encode(), serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Request {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_proto(deserializer).map(Request)
+        Request::decode(&deserialize_bytes(deserializer)?).map_err(de::Error::custom)
     }
 }
 
 impl Serialize for Response {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_proto(&self.0, serializer)
+        serialize_bytes(&CommandResults { results: self.0.clone() }.encode_to_vec(), serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Response {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_proto(deserializer).map(Response)
+        let bytes = deserialize_bytes(deserializer)?;
+        CommandResults::decode(bytes.as_slice()).map(|r| Response(r.results)).map_err(de::Error::custom)
     }
 }
 
@@ -131,7 +171,7 @@ mod tests {
 
     #[test]
     fn request_roundtrips_through_json() {
-        let req = Request(sample_command());
+        let req = Request::one(sample_command());
         let json = serde_json::to_vec(&req).expect("encode");
         let back: Request = serde_json::from_slice(&json).expect("decode");
         assert_eq!(back, req);
@@ -139,12 +179,15 @@ mod tests {
 
     #[test]
     fn response_roundtrips_through_json() {
-        let resp = Response(CommandResult {
-            error: "conflict".into(),
-            refusal: shoal_api::v1::Refusal::Conflict as i32,
-            objects: vec![Object { kind: None }],
-            version: 7,
-        });
+        let resp = Response(vec![
+            CommandResult {
+                error: "conflict".into(),
+                refusal: shoal_api::v1::Refusal::Conflict as i32,
+                objects: vec![Object { kind: None }],
+                version: 7,
+            },
+            CommandResult { version: 7, ..Default::default() },
+        ]);
         let json = serde_json::to_vec(&resp).expect("encode");
         let back: Response = serde_json::from_slice(&json).expect("decode");
         assert_eq!(back, resp);
@@ -154,23 +197,23 @@ mod tests {
     fn entry_roundtrips_through_json() {
         let entry = openraft::Entry::<TypeConfig> {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 9),
-            payload: openraft::EntryPayload::Normal(Request(sample_command())),
+            payload: openraft::EntryPayload::Normal(Request::one(sample_command())),
         };
         let json = serde_json::to_vec(&entry).expect("encode");
         let back: openraft::Entry<TypeConfig> = serde_json::from_slice(&json).expect("decode");
         assert_eq!(back.log_id, entry.log_id);
         match back.payload {
-            openraft::EntryPayload::Normal(r) => assert_eq!(r, Request(sample_command())),
+            openraft::EntryPayload::Normal(r) => assert_eq!(r, Request::one(sample_command())),
             other => panic!("unexpected payload {other:?}"),
         }
     }
 
     #[test]
     fn json_carries_base64_and_accepts_integer_arrays() {
-        let req = Request(sample_command());
+        let req = Request::one(sample_command());
         let json = serde_json::to_string(&req).expect("encode");
         assert!(json.starts_with('"'), "expected a base64 string, got {json}");
-        let as_array = serde_json::to_string(&req.0.encode_to_vec()).expect("encode array");
+        let as_array = serde_json::to_string(&req.0[0].encode_to_vec()).expect("encode array");
         let back: Request = serde_json::from_str(&as_array).expect("decode array");
         assert_eq!(back, req);
     }
@@ -181,5 +224,30 @@ mod tests {
         assert!(serde_json::from_slice::<Request>(b"[10, 200]").is_err());
         assert!(serde_json::from_slice::<Request>(b"\"not base64!\"").is_err());
         assert!(serde_json::from_slice::<Request>(b"{}").is_err());
+    }
+
+    #[test]
+    fn one_command_is_written_as_that_command() {
+        // What managers that know only single commands read: the bytes of a `Command`.
+        let req = Request::one(sample_command());
+        assert_eq!(req.encode(), sample_command().encode_to_vec());
+        assert_eq!(Request::decode(&sample_command().encode_to_vec()).expect("decode"), req);
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_is_no_command() {
+        let second = Command { now_ms: 43, ops: vec![shoal_api::v1::Op { kind: None }; 3] };
+        let req = Request(vec![sample_command(), second.clone(), Command::default()]);
+        let bytes = req.encode();
+        assert_eq!(bytes[0], BATCH_TAG);
+        assert_eq!(Request::decode(&bytes).expect("decode"), req);
+        let batch = CommandBatch::decode(&bytes[1..]).expect("a CommandBatch after the tag");
+        assert_eq!(batch.commands, vec![sample_command(), second, Command::default()]);
+        // A reader that knows only single commands refuses it rather than applying nothing.
+        assert!(Command::decode(bytes.as_slice()).is_err());
+        let json = serde_json::to_vec(&req).expect("json");
+        assert_eq!(serde_json::from_slice::<Request>(&json).expect("from json"), req);
+        let bin = postcard::to_allocvec(&req).expect("postcard");
+        assert_eq!(postcard::from_bytes::<Request>(&bin).expect("from postcard"), req);
     }
 }

@@ -24,7 +24,7 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
 }
 
 fn entry(index: u64) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(2, index), payload: EntryPayload::Normal(Request(create_config(index, 10_000))) }
+    Entry { log_id: log_id(2, index), payload: EntryPayload::Normal(Request::one(create_config(index, 10_000))) }
 }
 
 async fn open_log(dir: &Path) -> LogStore {
@@ -80,7 +80,7 @@ async fn append_and_vote_survive_kill_9() {
     for (e, want) in entries.iter().zip(1..=ENTRIES) {
         assert_eq!(e.log_id, log_id(2, want));
         match &e.payload {
-            EntryPayload::Normal(r) => assert_eq!(r, &Request(create_config(want, 10_000))),
+            EntryPayload::Normal(r) => assert_eq!(r, &Request::one(create_config(want, 10_000))),
             other => panic!("entry {want} has payload {other:?}"),
         }
     }
@@ -104,6 +104,39 @@ async fn purge_and_truncate_survive_reopen() {
         log.try_get_log_entries(0..100).await.expect("entries").iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, vec![4, 5, 6, 7]);
     assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(2, 6)));
+}
+
+#[tokio::test]
+async fn replication_reads_a_prefix_that_fits_one_request() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut log = open_log(tmp.path()).await;
+    let big = |index: u64, payload: usize| Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(Request::one(create_config(index, payload))),
+    };
+    // 1..=10 small, 11..=20 of 60 kB each, 21 of 400 kB.
+    let entries: Vec<_> =
+        (1..=10).map(|i| big(i, 100)).chain((11..=20).map(|i| big(i, 60_000))).chain([big(21, 400_000)]).collect();
+    log.blocking_append(entries).await.expect("append");
+    let encoded =
+        |es: &[Entry<TypeConfig>]| es.iter().map(|e| serde_json::to_vec(e).map_or(0, |v| v.len())).sum::<usize>();
+
+    let small = log.limited_get_log_entries(1, 11).await.expect("read");
+    assert_eq!(
+        small.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>(),
+        "small entries all at once"
+    );
+
+    let large = log.limited_get_log_entries(11, 22).await.expect("read");
+    let indexes: Vec<u64> = large.iter().map(|e| e.log_id.index).collect();
+    assert!(!indexes.is_empty() && indexes.len() < 10, "a prefix of the large entries: {indexes:?}");
+    assert_eq!(indexes, (11..11 + indexes.len() as u64).collect::<Vec<_>>(), "in order from the start");
+    // JSON carries the payload as base64 (4/3 of the binary form): a generous upper bound.
+    assert!(encoded(&large) < 2 * (256 << 10), "within one request's budget");
+
+    let huge = log.limited_get_log_entries(21, 22).await.expect("read");
+    assert_eq!(huge.len(), 1, "an entry larger than the budget still goes, alone");
 }
 
 #[tokio::test]

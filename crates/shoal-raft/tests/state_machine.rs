@@ -15,7 +15,7 @@ fn log_id(index: u64) -> LogId<u64> {
 }
 
 fn normal(index: u64, config: u64) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(index), payload: EntryPayload::Normal(Request(create_config(config, 10))) }
+    Entry { log_id: log_id(index), payload: EntryPayload::Normal(Request::one(create_config(config, 10))) }
 }
 
 fn membership(index: u64) -> Entry<TypeConfig> {
@@ -24,6 +24,27 @@ fn membership(index: u64) -> Entry<TypeConfig> {
         log_id: log_id(index),
         payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1])], nodes)),
     }
+}
+
+#[tokio::test]
+async fn each_command_of_a_batch_is_applied_on_its_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm, store) = shoal_raft::open(tmp.path()).await.expect("open");
+    let mut events = store.events();
+    // The second command creates what the first did: refused alone, the others still apply.
+    let batch = Request(vec![create_config(1, 10), create_config(1, 10), create_config(2, 10)]);
+    let replies = sm.apply([Entry { log_id: log_id(5), payload: EntryPayload::Normal(batch) }]).await.expect("apply");
+    assert_eq!(replies.len(), 1);
+    let results = &replies[0].0;
+    assert_eq!(results.len(), 3, "one result per command, in order");
+    assert!(results[0].error.is_empty(), "{}", results[0].error);
+    assert_eq!(results[1].refusal(), shoal_api::v1::Refusal::Exists);
+    assert!(results[2].error.is_empty(), "{}", results[2].error);
+    assert!(results.iter().all(|r| r.version == 5), "every command applies at the entry's index");
+    assert_eq!(config_ids(&store), BTreeSet::from([common::config_id(1), common::config_id(2)]));
+    let change = events.try_recv().expect("one event batch");
+    let shoal_raft::Change::Applied(evs) = &*change else { panic!("applied events expected, got {change:?}") };
+    assert_eq!(evs.len(), 2, "the refused command has no event");
 }
 
 #[tokio::test]
@@ -38,12 +59,17 @@ async fn apply_answers_each_entry_and_publishes_events_and_applied_index() {
     let replies = sm.apply([blank, normal(2, 7), membership(3), normal(4, 7)]).await.expect("apply");
 
     assert_eq!(replies.len(), 4);
-    assert_eq!(replies[0].0, Default::default(), "blank entry: empty result");
-    assert!(replies[1].0.error.is_empty(), "{}", replies[1].0.error);
-    assert_eq!(replies[1].0.version, 2, "the store applies at the entry's log index");
-    assert_eq!(replies[1].0.objects.len(), 1);
-    assert_eq!(replies[2].0, Default::default(), "membership entry: empty result");
-    assert_eq!(replies[3].0.refusal(), shoal_api::v1::Refusal::Exists, "the same create twice is refused by the store");
+    assert!(replies[0].0.is_empty(), "blank entry: no result");
+    assert_eq!(replies[1].0.len(), 1, "one result per command");
+    assert!(replies[1].0[0].error.is_empty(), "{}", replies[1].0[0].error);
+    assert_eq!(replies[1].0[0].version, 2, "the store applies at the entry's log index");
+    assert_eq!(replies[1].0[0].objects.len(), 1);
+    assert!(replies[2].0.is_empty(), "membership entry: no result");
+    assert_eq!(
+        replies[3].0[0].refusal(),
+        shoal_api::v1::Refusal::Exists,
+        "the same create twice is refused by the store"
+    );
 
     assert_eq!(*applied.borrow(), 4);
     let batch = events.try_recv().expect("one event batch");

@@ -113,7 +113,8 @@ async fn slow_snapshot_transfer_keeps_the_follower_loyal_and_installs() {
         payload: EntryPayload::Membership(Membership::new(vec![members.keys().copied().collect()], members.clone())),
     }];
     entries.extend(
-        (2..=10).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Normal(Request(create_config(i, 1000))) }),
+        (2..=10)
+            .map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Normal(Request::one(create_config(i, 1000))) }),
     );
     source.apply(entries).await.expect("apply");
     let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build snapshot");

@@ -207,3 +207,55 @@ async fn restarted_manager_catches_up_by_log_and_by_snapshot() -> Result<()> {
     drop(m3);
     Ok(())
 }
+
+/// Writes proposed at the same time share Raft entries on the leader (the proposer batches
+/// them); each still gets its own answer: its own object, or its own refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_each_get_their_own_answer() -> Result<()> {
+    init_logging();
+    let root = tempfile::tempdir()?;
+    let m1 = node(root.path(), "m1").await?;
+    let m2 = node(root.path(), "m2").await?;
+    init(&m1, None).await?;
+    join(&m2, &token(&m1, NodeRole::Manager).await?, &m1).await?;
+    let h = m1.host();
+    wait_until(T, "2 voters", || async { (voters(&h).await? == 2).then_some(()) }).await?;
+
+    // 24 names, each created twice at once, half through the follower (forwarded to the leader).
+    let hosts = [m1.host(), m2.host()];
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let host = hosts[i % 2].clone();
+        let name = format!("c{}", i / 2);
+        set.spawn(async move {
+            let mut c = control(&host).await?;
+            let r = c.create_service(CreateServiceRequest { spec: Some(spec(&name)) }).await;
+            anyhow::Ok((name, r.map(|r| r.into_inner())))
+        });
+    }
+    let mut created: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut versions = std::collections::BTreeSet::new();
+    while let Some(r) = set.join_next().await {
+        let (name, r) = r??;
+        match r {
+            Ok(view) => {
+                let svc = view.service.context("a created service")?;
+                let got = svc.spec.as_ref().and_then(|s| s.annotations.as_ref()).map(|a| a.name.clone());
+                assert_eq!(got.as_deref(), Some(name.as_str()), "an answer carries the service asked for");
+                versions.insert(svc.meta.map_or(0, |m| m.version));
+                *created.entry(name).or_default() += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::AlreadyExists, "{name}: {s}");
+                *refused.entry(name).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(created.len(), 24, "every name was created: {created:?}");
+    assert!(created.values().all(|n| *n == 1), "each name once: {created:?}");
+    assert!(refused.values().all(|n| *n == 1) && refused.len() == 24, "each second create refused: {refused:?}");
+    assert_eq!(service_count(&h).await, Some(24));
+    println!("24 creates committed in {} Raft entries", versions.len());
+    Ok(())
+}

@@ -297,8 +297,10 @@ impl Cluster {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let leader = self.wait_leader().await;
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(3), self.node(leader).raft.client_write(Request(cmd.clone())));
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(3),
+                self.node(leader).raft.client_write(Request::one(cmd.clone())),
+            );
             match attempt.await {
                 Ok(Ok(resp)) => return resp,
                 Ok(Err(e)) => tracing::info!(error = %e, leader, "write failed; retrying"),
@@ -315,7 +317,7 @@ impl Cluster {
         for i in range {
             let resp = self.write(create_config(i, payload)).await;
             // "exists": an earlier attempt that timed out was committed after all.
-            let r = &resp.data.0;
+            let r = &resp.data.0[0];
             assert!(
                 r.error.is_empty() || r.refusal() == shoal_api::v1::Refusal::Exists,
                 "write {i} rejected: {}",
