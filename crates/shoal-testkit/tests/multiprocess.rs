@@ -330,9 +330,14 @@ async fn json_output_contract() -> Result<()> {
         }
     };
     let on_leader = workers(leader).await?;
-    for w in
-        ["node/session", "node/leadership", "node/tls accept", "node/leader/orchestrator", "node/leader/dispatcher"]
-    {
+    for w in [
+        "node/session",
+        "node/leadership",
+        "node/tls accept",
+        "node/leader/orchestrator",
+        "node/leader/dispatcher",
+        "node/leader/proposer",
+    ] {
         assert!(on_leader.contains(w), "the leader runs {w}: {on_leader:?}");
     }
     let on_follower = workers((leader + 1) % 3).await?;
