@@ -139,6 +139,39 @@ fn fill_published_ports(store: &shoal_store::Store, spec: &mut ServiceSpec, own_
 
 /// The service `req` names and the spec it would have: validated, references resolved,
 /// published ports numbered; a rename refused.
+/// The service as `req` would leave it, computed from this manager's state, with the version it
+/// was read at (or the one the request names) for the store's compare-and-set. With
+/// `same_version`, a request naming another version than the one read is refused here (the
+/// state read may be the stale one): the caller decides again after a read barrier.
+fn next_service(
+    rt: &crate::managers::RaftRuntime,
+    req: &UpdateServiceRequest,
+    same_version: bool,
+) -> Result<Service, Status> {
+    let (current, new_spec) = prepare_update(rt, req)?;
+    if same_version && req.version != 0 && current.meta.as_ref().map_or(0, |m| m.version) != req.version {
+        return Err(ApiError::Apply { refusal: Refusal::Conflict, message: "read at another version".into() }.into());
+    }
+    let old_spec = current.spec.clone().unwrap_or_default();
+    let mut next = current.clone();
+    next.update_status = crate::policy::update_status(
+        &old_spec,
+        &new_spec,
+        current.update_status.as_ref(),
+        req.rollback,
+        crate::util::now_ms(),
+    );
+    if new_spec != old_spec {
+        next.replace_spec(new_spec, crate::util::now_ms());
+    }
+    if let Some(m) = next.meta.as_mut() {
+        if req.version != 0 {
+            m.version = req.version;
+        }
+    }
+    Ok(next)
+}
+
 fn prepare_update(
     rt: &crate::managers::RaftRuntime,
     req: &UpdateServiceRequest,
@@ -255,6 +288,14 @@ impl ControlService {
     fn resolve_node(&self, store: &shoal_store::Store, query: &str) -> Result<v1::Node, ApiError> {
         let query = if query == "self" { self.node.identity.local().node_id } else { query.to_string() };
         Ok(store.lookup_node(&query)?.clone())
+    }
+
+    /// The answer to an update: the service as stored, viewed from `rt`'s state.
+    fn updated_view(rt: &crate::managers::RaftRuntime, r: CommandResult) -> R<ServiceView> {
+        let object::Kind::Service(s) = first_object(&r)? else {
+            return Err(ApiError::Internal("unexpected object".into()).into());
+        };
+        Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
     }
 
     fn service_view(store: &shoal_store::Store, s: &Service) -> ServiceView {
@@ -868,30 +909,24 @@ impl Control for ControlService {
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> R<ServiceView> {
         let req = req.into_inner();
-        let rt = self.node.writer.read_barrier().await?;
-        let (current, new_spec) = prepare_update(&rt, &req)?;
-        let old_spec = current.spec.clone().unwrap_or_default();
-        let mut next = current.clone();
-        next.update_status = crate::policy::update_status(
-            &old_spec,
-            &new_spec,
-            current.update_status.as_ref(),
-            req.rollback,
-            crate::util::now_ms(),
-        );
-        if new_spec != old_spec {
-            next.replace_spec(new_spec, crate::util::now_ms());
-        }
-        if let Some(m) = next.meta.as_mut() {
-            if req.version != 0 {
-                m.version = req.version;
+        // An update is a compare-and-set on the version it was computed from, so a stale read
+        // is refused by the store, never applied. The leader (whose state holds every write it
+        // acknowledged) therefore starts from its own state without a read barrier (a round of
+        // heartbeats per update); whatever may come from a stale read (a lookup or a check that
+        // failed, a version conflict) is decided again after a barrier.
+        let rt = self.node.managers.require_manager()?;
+        if rt.proposer().is_some() {
+            if let Ok(next) = next_service(&rt, &req, true) {
+                match self.node.writer.propose(vec![update_op(next.into())]).await {
+                    Err(ApiError::Apply { refusal: Refusal::Conflict, .. }) => {}
+                    r => return Self::updated_view(&rt, r?),
+                }
             }
         }
+        let rt = self.node.writer.read_barrier().await?;
+        let next = next_service(&rt, &req, false)?;
         let r = self.node.writer.propose(vec![update_op(next.into())]).await?;
-        let object::Kind::Service(s) = first_object(&r)? else {
-            return Err(ApiError::Internal("unexpected object".into()).into());
-        };
-        Ok(Response::new(rt.store.read(|st| Self::service_view(st, &s))))
+        Self::updated_view(&rt, r)
     }
 
     async fn plan_service_update(&self, req: Request<UpdateServiceRequest>) -> R<v1::UpdatePlan> {
