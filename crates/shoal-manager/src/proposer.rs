@@ -28,8 +28,12 @@ const MAX_COMMANDS: usize = 256;
 /// that a new leader's probes of its followers' logs, which carry entries they already have,
 /// stay cheap; large enough for hundreds of service updates.
 const MAX_BYTES: usize = 32 << 10;
-/// Entries submitted and not yet answered at most: one appending while another replicates.
-const MAX_IN_FLIGHT: usize = 2;
+/// Entries of shared commands submitted and not yet answered at most: few enough that commands
+/// wait and share entries while openraft appends one entry per fsync. A command too large to
+/// share an entry (a leader's status reports, the orchestrator's chunks) goes at once, outside
+/// this bound: waiting would batch nothing, and those come in streams that need several entries
+/// in each replication request (bounding them too made 100,000 tasks take twice as long).
+const MAX_IN_FLIGHT: usize = 4;
 /// Commands waiting for the proposer at most; a proposal waits for room beyond that.
 const QUEUE: usize = 4096;
 
@@ -101,38 +105,43 @@ pub(crate) fn cut(sizes: impl IntoIterator<Item = usize>, max_commands: usize, m
 }
 
 /// The proposer worker: submits what waits, a batch per entry, at most [`MAX_IN_FLIGHT`] at a
-/// time, until `stop`. Then everything still queued is answered `NotSubmitted`; entries in
-/// flight are dropped (their callers see an unknown outcome).
+/// time (a command too large to share an entry at once, alone), until `stop`. Then everything
+/// still queued is answered `NotSubmitted`; entries in flight are dropped (their callers see an
+/// unknown outcome).
 pub(crate) async fn run(raft: RaftNode, queue: Queue, stop: CancellationToken) {
     let Queue(mut rx) = queue;
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut alone: JoinSet<()> = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
-        if waiting.is_empty() {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                p = rx.recv() => match p {
-                    Some(p) => waiting.push_back(p),
-                    None => break,
-                },
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-            }
-        }
+        while alone.try_join_next().is_some() {}
         while let Ok(p) = rx.try_recv() {
             waiting.push_back(p);
         }
-        if in_flight.len() >= MAX_IN_FLIGHT {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = in_flight.join_next() => continue,
+        while let Some(p) = waiting.pop_front() {
+            if p.size < MAX_BYTES {
+                waiting.push_front(p);
+                break;
             }
+            alone.spawn(submit(raft.clone(), vec![p]));
         }
-        let n = cut(waiting.iter().map(|p| p.size), MAX_COMMANDS, MAX_BYTES);
-        let batch: Vec<Pending> = waiting.drain(..n).collect();
-        in_flight.spawn(submit(raft.clone(), batch));
+        if !waiting.is_empty() && in_flight.len() < MAX_IN_FLIGHT {
+            let n = cut(waiting.iter().map(|p| p.size), MAX_COMMANDS, MAX_BYTES);
+            let batch: Vec<Pending> = waiting.drain(..n).collect();
+            in_flight.spawn(submit(raft.clone(), batch));
+            continue;
+        }
+        // Nothing to submit now: wait for a command, a finished entry, or the end.
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            p = rx.recv() => match p {
+                Some(p) => waiting.push_back(p),
+                None => break,
+            },
+        }
     }
     rx.close();
     while let Ok(p) = rx.try_recv() {
