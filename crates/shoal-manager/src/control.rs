@@ -137,8 +137,6 @@ fn fill_published_ports(store: &shoal_store::Store, spec: &mut ServiceSpec, own_
     Ok(())
 }
 
-/// The service `req` names and the spec it would have: validated, references resolved,
-/// published ports numbered; a rename refused.
 /// The service as `req` would leave it, computed from this manager's state, with the version it
 /// was read at (or the one the request names) for the store's compare-and-set. With
 /// `same_version`, a request naming another version than the one read is refused here (the
@@ -172,6 +170,8 @@ fn next_service(
     Ok(next)
 }
 
+/// The service `req` names and the spec it would have: validated, references resolved,
+/// published ports numbered; a rename refused.
 fn prepare_update(
     rt: &crate::managers::RaftRuntime,
     req: &UpdateServiceRequest,
